@@ -1,0 +1,169 @@
+"""Addresses and address rules, as written in configs and handshakes.
+
+``host:port`` with IPv6 in brackets (``[::1]:9000``); rules add CIDR hosts and port ranges
+(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``). Pure: no I/O, no DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .errors import AddressError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _split(text: str) -> tuple[str, str]:
+    """Split ``host:port`` / ``[v6]:port`` / ``:port`` into host and port text."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise AddressError(f"{text!r}: expected '[ipv6]:port'")
+        return text[1:end], text[end + 2 :]
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise AddressError(f"{text!r}: expected 'host:port'")
+    if ":" in host:
+        raise AddressError(f"{text!r}: an IPv6 address must be in brackets, as '[::1]:9000'")
+    return host, port
+
+
+def _port(text: str, where: str, allow_zero: bool = False) -> int:
+    if not text.isdigit():
+        raise AddressError(f"{where!r}: port {text!r} is not a number")
+    port = int(text)
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise AddressError(f"{where!r}: port {port} is out of range")
+    return port
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP endpoint. ``host`` is a name or an IP literal (no brackets); ``""`` = all."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, allow_zero_port: bool = False) -> Address:
+        """Parse ``host:port``.
+
+        Args:
+            text: the address as written; an empty host (``":9100"``) means all interfaces.
+            allow_zero_port: accept port 0 (let the OS choose), for listeners.
+
+        Raises:
+            AddressError: with the offending text.
+        """
+        host, port = _split(text)
+        if host.startswith("[") or "/" in host:
+            raise AddressError(f"{text!r}: not a host")
+        return cls(host, _port(port, text, allow_zero_port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def bind_host(self) -> str | None:
+        """The host as asyncio's ``create_server`` wants it (``None`` = all interfaces)."""
+        return self.host or None
+
+
+def ip_or_none(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """One ``allow_connect`` / ``allow_listen`` entry: a host, CIDR or ``*``, and ports.
+
+    A name matches only the same name (case-insensitive): a rule never makes the server
+    resolve names to decide. A CIDR (or a bare IP) matches IP addresses inside it.
+    """
+
+    text: str
+    hostname: str | None  # set for a DNS name rule; None for IP/CIDR/any
+    network: IPNetwork | None  # set for an IP/CIDR rule
+    port_low: int
+    port_high: int
+
+    @classmethod
+    def parse(cls, text: str) -> AddressRule:
+        """Parse ``host:port``, ``cidr:port``, ``host:low-high`` or ``*:port``.
+
+        Raises:
+            AddressError: naming the rule.
+        """
+        host, ports = _split(text)
+        if ports == "*":
+            low, high = 1, 65535
+        elif "-" in ports:
+            a, _, b = ports.partition("-")
+            low, high = _port(a, text), _port(b, text)
+            if low > high:
+                raise AddressError(f"{text!r}: port range {low}-{high} is empty")
+        else:
+            low = high = _port(ports, text)
+        if host in ("*", ""):
+            return cls(text, None, None, low, high)
+        try:
+            network = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            network = None
+        if network is not None:
+            return cls(text, None, network, low, high)
+        if "/" in host or not _is_hostname(host):
+            raise AddressError(f"{text!r}: {host!r} is neither a host name, an IP nor a CIDR")
+        return cls(text, host.lower().rstrip("."), None, low, high)
+
+    @property
+    def any_host(self) -> bool:
+        return self.hostname is None and self.network is None
+
+    def matches(self, host: str, port: int) -> bool:
+        """True when ``host:port`` falls under this rule (``host`` as the peer wrote it)."""
+        if not self.port_low <= port <= self.port_high:
+            return False
+        if self.any_host:
+            return True
+        ip = ip_or_none(host)
+        if ip is None:
+            return self.hostname is not None and host.lower().rstrip(".") == self.hostname
+        if self.network is not None:
+            return _in_network(ip, self.network)
+        return False
+
+    def matches_ip(self, ip: IPAddress, port: int) -> bool:
+        """True when a resolved address is covered by an IP/CIDR (or any-host) rule."""
+        if not self.port_low <= port <= self.port_high:
+            return False
+        if self.any_host:
+            return True
+        return self.network is not None and _in_network(ip, self.network)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _in_network(ip: IPAddress, network: IPNetwork) -> bool:
+    if ip.version != network.version:
+        # ::ffff:10.0.0.1 is 10.0.0.1 for the purpose of a rule.
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return mapped is not None and mapped in network
+    return ip in network
+
+
+def _is_hostname(host: str) -> bool:
+    labels = host.rstrip(".").split(".")
+    return all(
+        0 < len(label) <= 63
+        and all(c.isalnum() or c in "-_" for c in label)
+        and not label.startswith("-")
+        for label in labels
+    )

@@ -1,0 +1,61 @@
+"""Exponential backoff with full jitter, as a pure object.
+
+Delays grow ``initial * factor**n`` up to ``max``; each actual delay is drawn uniformly from
+``[0, that]`` ("full jitter", which spreads a herd of clients restarting together). A
+connection that stayed up for at least ``reset_after`` seconds resets the sequence.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    initial: float = 1.0
+    max: float = 60.0
+    factor: float = 2.0
+    reset_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.max:
+            raise ValueError(f"backoff: need 0 < initial ({self.initial}) <= max ({self.max})")
+        if self.factor < 1:
+            raise ValueError(f"backoff: factor ({self.factor}) must be >= 1")
+
+
+class Backoff:
+    """The delay sequence of one supervised connection.
+
+    Args:
+        policy: the numbers.
+        random: returns a float in [0, 1); injected so that tests are deterministic.
+    """
+
+    def __init__(self, policy: BackoffPolicy, random: Callable[[], float] = random.random) -> None:
+        self.policy = policy
+        self._random = random
+        self.attempt = 0
+        self.last_delay = 0.0
+
+    def ceiling(self) -> float:
+        """The upper bound of the next delay (before jitter)."""
+        p = self.policy
+        return min(p.max, p.initial * p.factor ** min(self.attempt, 64))
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        self.last_delay = self.ceiling() * self._random()
+        self.attempt += 1
+        return self.last_delay
+
+    def connection_ended(self, stayed_up: float) -> None:
+        """Tell how long the last connection stayed up; a long run resets the sequence."""
+        if stayed_up >= self.policy.reset_after:
+            self.reset()
+
+    def reset(self) -> None:
+        self.attempt = 0
+        self.last_delay = 0.0

@@ -1,0 +1,53 @@
+"""One exception root for the package, split by who broke the rules.
+
+- :class:`ProtocolViolation`: the peer sent something the protocol forbids. It is answered
+  (RST for a stream, close 1002 for the session), logged once, and never reaches the caller.
+- :class:`ConfigError`: the configuration is wrong; the message names the key and the file.
+- :class:`HandshakeRefused`: the server said no before the upgrade (401, 403, ...).
+Anything else is our own bug and is left to surface.
+"""
+
+from __future__ import annotations
+
+
+class TunnelError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ProtocolViolation(TunnelError):
+    """The peer broke the wire protocol (docs/protocol.md).
+
+    Attributes:
+        stream_id: the stream at fault, or ``None`` for a session-level fault.
+    """
+
+    def __init__(self, message: str, stream_id: int | None = None) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+
+
+class AddressError(TunnelError, ValueError):
+    """An address or address rule does not parse (``host:port``, ``[v6]:port``, CIDR, range)."""
+
+
+class ConfigError(TunnelError):
+    """The configuration is invalid. ``errors`` holds every problem found, one line each."""
+
+    def __init__(self, errors: list[str], source: str = "<config>") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__("\n".join(f"{source}: {e}" for e in self.errors))
+
+
+class HandshakeRefused(TunnelError):
+    """The tunnel server refused the WebSocket upgrade.
+
+    Attributes:
+        status: the HTTP status (401 bad token, 403 not allowed, 409 cannot listen, ...).
+        reason: the plain-text reason the server gave.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason

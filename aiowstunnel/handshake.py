@@ -1,0 +1,117 @@
+"""The tunnel request carried by the WebSocket upgrade, and the server's refusals.
+
+The client says in HTTP headers which tunnel it wants (mode and one address) and who it
+is (``Authorization: Bearer``); the server answers with 101, or with a status and a plain
+text reason before any upgrade (protocol.md, Handshake). Pure: headers in, objects out.
+"""
+
+from __future__ import annotations
+
+import enum
+import http
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .addresses import Address
+from .errors import AddressError
+
+HEADER_MODE = "X-Aiowstunnel-Mode"
+HEADER_ADDRESS = "X-Aiowstunnel-Address"
+DEFAULT_PATH = "/aiowstunnel"
+
+
+class Mode(enum.Enum):
+    """CONNECT: the client listens, the server dials. LISTEN: the server listens, the
+    client dials. The side that owns the listener opens the streams."""
+
+    CONNECT = "connect"
+    LISTEN = "listen"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CONNECT = Mode.CONNECT
+LISTEN = Mode.LISTEN
+
+
+class Refusal(enum.Enum):
+    """Why a server refuses an upgrade: the HTTP status, and the metric's ``reason``."""
+
+    BAD_REQUEST = (http.HTTPStatus.BAD_REQUEST, "bad_request")
+    BAD_TOKEN = (http.HTTPStatus.UNAUTHORIZED, "bad_token")
+    FORBIDDEN = (http.HTTPStatus.FORBIDDEN, "forbidden")
+    NOT_FOUND = (http.HTTPStatus.NOT_FOUND, "bad_path")
+    LISTEN_FAILED = (http.HTTPStatus.CONFLICT, "listen_failed")
+    TOO_MANY_SESSIONS = (http.HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions")
+    SHUTTING_DOWN = (http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting_down")
+
+    @property
+    def status(self) -> http.HTTPStatus:
+        return self.value[0]
+
+    @property
+    def label(self) -> str:
+        return self.value[1]
+
+
+class RequestRefused(Exception):
+    """Raised while checking a tunnel request; becomes the HTTP refusal."""
+
+    def __init__(self, refusal: Refusal, reason: str) -> None:
+        super().__init__(reason)
+        self.refusal = refusal
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TunnelRequest:
+    """What a client asks of the server.
+
+    ``address`` is the target the server dials (CONNECT) or the address it binds (LISTEN).
+    """
+
+    mode: Mode
+    address: Address
+    token: str | None = field(default=None, repr=False)
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = [(HEADER_MODE, self.mode.value), (HEADER_ADDRESS, str(self.address))]
+        if self.token is not None:
+            headers.append(("Authorization", f"Bearer {self.token}"))
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> TunnelRequest:
+        """Read the request out of the upgrade's headers.
+
+        Raises:
+            RequestRefused: 400 with what is missing or malformed.
+        """
+        mode_text = headers.get(HEADER_MODE)
+        if mode_text is None:
+            raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_MODE} header")
+        try:
+            mode = Mode(mode_text.strip().lower())
+        except ValueError:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not 'connect' or 'listen'"
+            ) from None
+        address_text = headers.get(HEADER_ADDRESS)
+        if address_text is None:
+            raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_ADDRESS} header")
+        try:
+            address = Address.parse(address_text, allow_zero_port=mode is Mode.LISTEN)
+        except AddressError as exc:
+            raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
+        return cls(mode, address, bearer_token(headers.get("Authorization")))
+
+
+def bearer_token(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

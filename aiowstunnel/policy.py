@@ -1,0 +1,104 @@
+"""Who may use the tunnel server, and for what (default deny).
+
+A :class:`ClientPolicy` is one client entry: a token (kept only as its SHA-256) and the
+addresses it may CONNECT to or LISTEN on. :class:`Policy` finds the entry for a presented
+token in constant time and answers whether a request is allowed, with a reason when not.
+Pure: name resolution for CIDR rules is done by the caller (the server) and passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .addresses import Address, AddressRule, IPAddress, ip_or_none
+
+
+def token_digest(token: str | bytes) -> bytes:
+    """The SHA-256 of a token, the only form in which the server keeps it."""
+    if isinstance(token, str):
+        token = token.encode()
+    return hashlib.sha256(token).digest()
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """One ``[[server.client]]`` entry.
+
+    Args:
+        name: the client's name, used in logs and as the metrics ``tunnel`` label.
+        token_sha256: SHA-256 digest (32 bytes) of the client's token.
+        allow_connect: targets this client may have the server dial (CONNECT mode).
+        allow_listen: addresses this client may have the server bind (LISTEN mode).
+        max_sessions: tunnels this client may have up at once.
+    """
+
+    name: str
+    token_sha256: bytes = field(repr=False)
+    allow_connect: tuple[AddressRule, ...] = ()
+    allow_listen: tuple[AddressRule, ...] = ()
+    max_sessions: int = 16
+
+    def __post_init__(self) -> None:
+        if len(self.token_sha256) != 32:
+            raise ValueError(f"client {self.name!r}: token_sha256 must be 32 bytes")
+
+    def may_connect(self, target: Address) -> bool:
+        """True when a rule allows the target as written (name or IP literal)."""
+        return any(rule.matches(target.host, target.port) for rule in self.allow_connect)
+
+    def may_connect_ip(self, ip: IPAddress, port: int) -> bool:
+        """True when a resolved address is allowed by an IP/CIDR rule."""
+        return any(rule.matches_ip(ip, port) for rule in self.allow_connect)
+
+    def may_listen(self, address: Address) -> bool:
+        host = address.host or "0.0.0.0"
+        return any(rule.matches(host, address.port) for rule in self.allow_listen)
+
+    def needs_resolution(self, target: Address) -> bool:
+        """True when the target is a name that no name rule allows but a CIDR rule might."""
+        return (
+            ip_or_none(target.host) is None
+            and not self.may_connect(target)
+            and any(r.network is not None for r in self.allow_connect)
+        )
+
+
+#: The policy of a ``Server`` created without one: anyone, anything (the seed's behaviour).
+OPEN_RELAY = ClientPolicy(
+    "anonymous",
+    token_digest(b""),
+    (AddressRule.parse("*:*"),),
+    (AddressRule.parse("*:*"),),
+    max_sessions=1_000_000,
+)
+
+
+class Policy:
+    """The server's client entries. ``None`` entries means an open relay (seed behaviour)."""
+
+    def __init__(self, clients: Iterable[ClientPolicy] | None) -> None:
+        self.open_relay = clients is None
+        self.clients: Sequence[ClientPolicy] = tuple(clients or ())
+        names = [c.name for c in self.clients]
+        if len(set(names)) != len(names):
+            raise ValueError("client names must be unique")
+
+    def authenticate(self, token: str | None) -> ClientPolicy | None:
+        """The entry whose token this is, or None.
+
+        Every entry is compared, with ``hmac.compare_digest``, whatever matched first, so
+        the time taken tells nothing about which entry or how many bytes matched.
+        """
+        if self.open_relay:
+            return OPEN_RELAY
+        if token is None:
+            return None
+        digest = token_digest(token)
+        found = None
+        for client in self.clients:
+            if hmac.compare_digest(digest, client.token_sha256):
+                found = client
+        return found

@@ -1,0 +1,34 @@
+"""Plain counters that the tunnel layers keep and the metrics collector reads at scrape time.
+
+Nothing here calls prometheus_client: incrementing an int is all the hot path pays.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TunnelStats:
+    """Counters of one tunnel (client side) or one client entry (server side)."""
+
+    name: str
+    up: bool = False
+    connects: int = 0
+    connect_failures: Counter[str] = field(default_factory=Counter)
+    backoff_seconds: float = 0.0
+    streams_active: int = 0
+    streams_opened: int = 0
+    stream_open_failures: Counter[str] = field(default_factory=Counter)
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    sessions_active: int = 0
+
+
+@dataclass
+class ServerStats:
+    """Counters of the tunnel server as a whole."""
+
+    rejected: Counter[str] = field(default_factory=Counter)
+    sessions_total: int = 0
