@@ -102,7 +102,7 @@ class AddressRule:
         """
         host, ports = _split(text)
         if ports == "*":
-            low, high = 1, 65535
+            low, high = 0, 65535  # 0 too: a LISTEN on port 0 asks for any free port
         elif "-" in ports:
             a, _, b = ports.partition("-")
             low, high = _port(a, text), _port(b, text)

@@ -1,0 +1,308 @@
+"""The tunnel client: keeps one tunnel up forever, reconnecting with backoff.
+
+In CONNECT mode it owns the local listener (bound once, kept across reconnects) and opens
+a stream per accepted connection; in LISTEN mode the server owns the listener and the
+client dials ``connect_host:connect_port`` for each stream the server opens. It never
+exits because the server is down, refuses it, or vanishes: it logs why and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl as ssl_module
+from collections.abc import Callable
+
+from websockets.client import ClientProtocol
+from websockets.frames import CloseCode
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from . import wire
+from .addresses import Address
+from .backoff import Backoff, BackoffPolicy
+from .errors import HandshakeRefused
+from .handshake import DEFAULT_PATH, Mode, TunnelRequest
+from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .stats import TunnelStats
+
+log = logging.getLogger("aiowstunnel.client")
+
+#: HTTP status of a refusal -> the ``reason`` label of connect_failures_total.
+_REFUSAL_LABELS = {
+    400: "bad_request",
+    401: "bad_token",
+    403: "forbidden",
+    404: "bad_path",
+    409: "listen_failed",
+    429: "too_many_sessions",
+    503: "server_unavailable",
+}
+
+
+class Client:
+    """A tunnel client (the seed's API; keyword arguments are additions).
+
+    Args:
+        mode: ``aiowstunnel.CONNECT`` (we listen, the server dials) or
+            ``aiowstunnel.LISTEN`` (the server listens, we dial).
+        tunnel_host, tunnel_port: the tunnel server.
+        listen_host, listen_port: where the listener is (here in CONNECT, on the server
+            in LISTEN). Port 0 picks a free port (see :attr:`listen_address`).
+        connect_host, connect_port: what is dialed for each connection (by the server in
+            CONNECT, by us in LISTEN).
+        ssl: ``True`` or an ``ssl.SSLContext`` for ``wss://`` (a client certificate in
+            the context gives mutual TLS); ``None`` for plain ``ws://``.
+        server_hostname: the name to verify the server's certificate against.
+        path: URL path of the server's WebSocket endpoint.
+        token: this client's bearer token.
+        backoff: reconnect delays.
+        name: the tunnel's name in logs and metrics.
+        stats: counters to keep (the daemon passes its own; a new one otherwise).
+        random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+    """
+
+    def __init__(
+        self,
+        mode: Mode,
+        tunnel_host: str,
+        tunnel_port: int,
+        listen_host: str,
+        listen_port: int,
+        connect_host: str,
+        connect_port: int,
+        *,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        path: str = DEFAULT_PATH,
+        token: str | None = None,
+        backoff: BackoffPolicy | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        window: int = wire.DEFAULT_WINDOW,
+        max_frame: int = 1024 * 1024 + 64,
+        handshake_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        name: str | None = None,
+        stats: TunnelStats | None = None,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self.mode = Mode(mode)
+        self.server = Address(tunnel_host, int(tunnel_port))
+        self.listen = Address(listen_host, int(listen_port))
+        self.connect = Address(connect_host, int(connect_port))
+        if ssl is True:
+            ssl = ssl_module.create_default_context()
+        self.ssl: ssl_module.SSLContext | None = ssl or None
+        self.server_hostname = server_hostname
+        self.path = path
+        self.token = token
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.window = window
+        self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.name = name or f"{self.mode.value}:{self.listen}"
+        self.stats = stats or TunnelStats(self.name)
+        self.backoff = Backoff(backoff or BackoffPolicy(), random)
+        self.session: Session | None = None
+        self.listen_address: Address | None = None  # what is actually bound (either side)
+        self.last_error = ""
+        self._listener: asyncio.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._up = asyncio.Event()
+        self._log = logging.LoggerAdapter(log, {"tunnel": self.name})
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl else "ws"
+        return f"{scheme}://{self.server}{self.path}"
+
+    @property
+    def up(self) -> bool:
+        return self.session is not None and self.session.phase is Phase.OPEN
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the tunnel in the background until :meth:`close` (the seed's API)."""
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        """Wait until a session is open (tests and the supervisor use this)."""
+        await asyncio.wait_for(self._up.wait(), timeout)
+
+    async def run(self) -> None:
+        """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            if self.mode is Mode.CONNECT and self._listener is None:
+                try:
+                    await self._bind()
+                except OSError as exc:
+                    self._failed("listen_failed", str(exc), logging.ERROR)
+                    await self._pause()
+                    continue
+            started = loop.time()
+            try:
+                session = await self._connect()
+            except HandshakeRefused as exc:
+                label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
+                self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
+            except ssl_module.SSLError as exc:
+                self._failed("tls", f"TLS failed with {self.url}: {exc}", logging.ERROR)
+            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                self._failed(label, f"cannot reach {self.url}: {_why(exc)}", logging.WARNING)
+            else:
+                await self._serve(session)
+                self.backoff.connection_ended(loop.time() - started)
+            if not self._closing:
+                await self._pause()
+
+    async def _serve(self, session: Session) -> None:
+        self.session = session
+        self.stats.up = True
+        self.stats.connects += 1
+        self.stats.backoff_seconds = 0.0
+        self._up.set()
+        where = f", server listening on {self.listen_address}" if self.mode is Mode.LISTEN else ""
+        self._log.info(
+            "tunnel up: %s %s via %s%s",
+            self.mode.value,
+            self.connect if self.mode is Mode.CONNECT else self.listen,
+            self.url,
+            where,
+        )
+        reason = await session.wait_closed()
+        self._up.clear()
+        self.session = None
+        self.stats.up = False
+        if not self._closing:
+            self.last_error = reason
+            self._log.warning("tunnel down: %s", reason)
+
+    def _failed(self, label: str, message: str, level: int) -> None:
+        self.stats.connect_failures[label] += 1
+        self.last_error = message
+        self._log.log(level, "%s", message)
+
+    async def _pause(self) -> None:
+        delay = self.backoff.next_delay()
+        self.stats.backoff_seconds = delay
+        self._log.info("reconnecting in %.1f s", delay)
+        await asyncio.sleep(delay)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop: close the listener, let open streams finish up to ``timeout``, disconnect.
+
+        Safe to call twice.
+        """
+        self._closing = True
+        if self._listener is not None:
+            self._listener.close()
+        session = self.session
+        if session is not None:
+            session.goaway("client closing")
+            await session.drain(timeout)
+            session.close(CloseCode.GOING_AWAY, "client closing")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(session.wait_closed(), timeout)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
+            self._listener = None
+
+    # -- connecting -----------------------------------------------------------------
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._listener = await loop.create_server(
+                self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.listen}: {exc.strerror}") from exc
+        port = self._listener.sockets[0].getsockname()[1]
+        self.listen_address = Address(self.listen.host, port)
+        self._log.info("listening on %s", self.listen_address)
+
+    def _local_stream(self) -> asyncio.Protocol:
+        session = self.session
+        if session is None:
+            return _Refuse(self.stats)
+        return TcpStream(session)
+
+    async def _connect(self) -> Session:
+        loop = asyncio.get_running_loop()
+        ws = ClientProtocol(
+            parse_uri(self.url),
+            subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
+            max_size=self.max_frame,
+            logger=ws_log,
+        )
+        session = Session(
+            ws,
+            self.stats,
+            window=self.window,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            name=self.name,
+        )
+        if self.mode is Mode.LISTEN:
+            # Set before the request: the server may open a stream right after the 101.
+            session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
+        await asyncio.wait_for(
+            loop.create_connection(
+                lambda: session,
+                self.server.host,
+                self.server.port,
+                ssl=self.ssl,
+                server_hostname=(self.server_hostname or self.server.host) if self.ssl else None,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
+            ),
+            self.connect_timeout,
+        )
+        request = ws.connect()
+        target = self.connect if self.mode is Mode.CONNECT else self.listen
+        for key, value in TunnelRequest(self.mode, target, self.token).headers():
+            request.headers[key] = value
+        session.send_request(request)
+        try:
+            response = await asyncio.wait_for(
+                asyncio.shield(session.handshake), self.handshake_timeout
+            )
+        except BaseException:
+            session.abort("handshake failed")
+            raise
+        if self.mode is Mode.LISTEN:
+            bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
+            self.listen_address = Address.parse(bound, True) if bound else self.listen
+        return session
+
+
+class _Refuse(asyncio.Protocol):
+    """A local connection accepted while the tunnel is down: closed at once, counted."""
+
+    def __init__(self, stats: TunnelStats) -> None:
+        self.stats = stats
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stats.stream_open_failures["tunnel_down"] += 1
+        transport.abort()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,421 @@
+"""The tunnel server: accepts WebSocket sessions, checks who asks for what, serves them.
+
+Every check happens before the upgrade (protocol.md, Handshake), so a refused client gets
+an HTTP status and a plain-text reason, and a refused CONNECT target never sees a packet.
+In LISTEN mode the server binds the listener for the session and closes it the moment the
+session ends, so that the reconnecting client can bind it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from websockets.frames import CloseCode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from . import wire
+from .addresses import Address, ip_or_none
+from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
+from .policy import ClientPolicy, Policy
+from .session import Dial, Phase, Session, TcpStream, close_quietly, tcp_dialer, ws_log
+from .stats import ServerStats, TunnelStats
+
+log = logging.getLogger("aiowstunnel.server")
+
+DEFAULT_MAX_FRAME = 1024 * 1024 + 64
+
+
+@dataclass(eq=False)
+class Grant:
+    """What one accepted session was allowed: kept to re-check it when rules change."""
+
+    client: ClientPolicy
+    request: TunnelRequest
+    target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
+    listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
+    bound: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Server:
+    """A tunnel server.
+
+    Args:
+        host, port: where to listen for tunnel clients (port 0: any free port).
+        ssl: an ``ssl.SSLContext`` for ``wss://`` (with ``verify_mode=CERT_REQUIRED`` and
+            a CA loaded for mutual TLS).
+        path: URL path of the WebSocket endpoint.
+        clients: the client entries (tokens and rules). ``None`` makes an open relay, as
+            the original aiowstunnel was: anyone may CONNECT anywhere and LISTEN anywhere.
+        window: receive window per stream, in bytes.
+        max_streams: streams one session may have open at once.
+        max_frame: the largest WebSocket message accepted.
+        handshake_timeout: seconds a connection has to complete TLS and the upgrade.
+        connect_timeout: seconds to dial a CONNECT target.
+        ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        path: str = DEFAULT_PATH,
+        clients: Iterable[ClientPolicy] | None = None,
+        window: int = wire.DEFAULT_WINDOW,
+        max_streams: int = wire.DEFAULT_MAX_STREAMS,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        handshake_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.path = path
+        self.window = window
+        self.max_streams = max_streams
+        self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.stats = ServerStats()
+        self.client_stats: dict[str, TunnelStats] = {}
+        self.sessions: dict[Session, Grant] = {}
+        self.policy = Policy(None)
+        self.set_clients(clients)
+        self._server: asyncio.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start listening in the background (the seed's API). Errors are logged."""
+        self._task = asyncio.get_running_loop().create_task(self.listen())
+        self._task.add_done_callback(_log_failure)
+
+    async def listen(self) -> None:
+        """Bind the tunnel endpoint.
+
+        Raises:
+            OSError: the address cannot be bound; the message names it.
+        """
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._new_session,
+                self.host or None,
+                self.port,
+                ssl=self.ssl,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            where = Address(self.host, self.port)
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        scheme = "wss" if self.ssl else "ws"
+        log.info(
+            "tunnel server listening on %s://%s%s", scheme, Address(self.host, self.port), self.path
+        )
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, send GOAWAY, let open streams drain up to ``timeout``, close.
+
+        Safe to call twice.
+        """
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await self._task
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._pending):
+            task.cancel()
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.goaway("server shutting down")
+            grant = self.sessions.get(session)
+            if grant is not None and grant.listener is not None:
+                grant.listener.close()  # no new streams: stop accepting on LISTEN ports
+        if sessions:
+            await asyncio.gather(*(s.drain(timeout) for s in sessions))
+            await asyncio.gather(*(close_quietly(s) for s in sessions))
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    # -- policy ---------------------------------------------------------------------
+
+    def set_clients(self, clients: Iterable[ClientPolicy] | None) -> None:
+        """Replace the client entries; sessions whose permission was removed are closed.
+
+        New sessions see the new rules at once; a session stays up while its client entry
+        (same name, same token) still allows what it asked for.
+        """
+        self.policy = Policy(clients)
+        if self.policy.open_relay:
+            log.warning(
+                "tunnel server has no client policy: it is an OPEN RELAY, anyone may connect "
+                "anywhere through it and listen on any port; give it clients= to restrict it"
+            )
+        for client in self.policy.clients:
+            self.client_stats.setdefault(client.name, TunnelStats(client.name))
+        for session, grant in list(self.sessions.items()):
+            reason = self._still_allowed(grant)
+            if reason:
+                log.warning(
+                    "closing session of %s from %s: %s",
+                    grant.client.name,
+                    session.peer,
+                    reason,
+                    extra={"tunnel": grant.client.name, "peer": session.peer},
+                )
+                session.close(CloseCode.POLICY_VIOLATION, reason)
+
+    def _still_allowed(self, grant: Grant) -> str:
+        """Why a granted session is no longer allowed, or ``""``."""
+        if self.policy.open_relay:
+            return ""
+        current = next((c for c in self.policy.clients if c.name == grant.client.name), None)
+        if current is None:
+            return f"client entry {grant.client.name!r} was removed"
+        if current.token_sha256 != grant.client.token_sha256:
+            return f"the token of client {grant.client.name!r} changed"
+        request = grant.request
+        if request.mode is Mode.CONNECT:
+            target = grant.target or request.address
+            ip = ip_or_none(target.host)
+            allowed = current.may_connect(request.address) or (
+                ip is not None and current.may_connect_ip(ip, target.port)
+            )
+            if not allowed:
+                return f"connect to {request.address} is no longer allowed"
+        elif not current.may_listen(request.address):
+            return f"listen on {request.address} is no longer allowed"
+        grant.client = current
+        return ""
+
+    # -- sessions --------------------------------------------------------------------
+
+    def _new_session(self) -> Session:
+        ws = ServerProtocol(
+            subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
+            max_size=self.max_frame,
+            logger=ws_log,
+        )
+        session = Session(
+            ws,
+            TunnelStats("unauthenticated"),
+            window=self.window,
+            max_streams=self.max_streams,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            on_request=self._on_request,
+            name="server",
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.handshake_timeout, self._handshake_deadline, session)
+        return session
+
+    def _handshake_deadline(self, session: Session) -> None:
+        if session.phase is Phase.HANDSHAKE and not session.closed.done():
+            self.stats.rejected["handshake_timeout"] += 1
+            log.warning(
+                "dropping %s: no complete handshake within %g s",
+                session.peer,
+                self.handshake_timeout,
+                extra={"peer": session.peer},
+            )
+            session.abort(f"handshake timeout ({self.handshake_timeout:g} s)")
+
+    def _on_request(self, session: Session, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._authorize(session, request))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _authorize(self, session: Session, request: Request) -> None:
+        grant: Grant | None = None
+        try:
+            grant = await self._check(request)
+            if grant.request.mode is Mode.LISTEN:
+                await self._bind(session, grant)
+        except RequestRefused as refused:
+            self.stats.rejected[refused.refusal.label] += 1
+            name = grant.client.name if grant else ""
+            log.warning(
+                "refused tunnel request from %s%s: %d %s",
+                session.peer,
+                f" (client {name})" if name else "",
+                refused.refusal.status,
+                refused.reason,
+                extra={"peer": session.peer, "tunnel": name},
+            )
+            session.reject(refused.refusal.status, refused.reason)
+            return
+        if session.closed.done():  # the client went away while we checked
+            if grant.listener is not None:
+                grant.listener.close()
+            return
+        stats = self.client_stats.setdefault(grant.client.name, TunnelStats(grant.client.name))
+        session.stats = stats
+        session.name = grant.client.name
+        self.stats.sessions_total += 1
+        stats.sessions_active += 1
+        stats.connects += 1
+        stats.up = True
+        self.sessions[session] = grant
+        session.on_close.append(self._session_closed)
+        dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
+        session.accept(request, dial, extra_headers=grant.extra)
+        what = (
+            f"connect to {grant.request.address}"
+            if grant.request.mode is Mode.CONNECT
+            else f"listen on {grant.bound}"
+        )
+        log.info(
+            "session of %s from %s: %s",
+            grant.client.name,
+            session.peer,
+            what,
+            extra={"tunnel": grant.client.name, "peer": session.peer},
+        )
+
+    async def _check(self, request: Request) -> Grant:
+        if self._closing:
+            raise RequestRefused(Refusal.SHUTTING_DOWN, "server is shutting down")
+        path = urlsplit(request.path).path
+        if path != self.path:
+            raise RequestRefused(Refusal.NOT_FOUND, f"no tunnel endpoint at {path}")
+        offered = [
+            p.strip()
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+        ]
+        if wire.SUBPROTOCOL not in offered:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"this server speaks the subprotocol {wire.SUBPROTOCOL}; "
+                f"offered: {', '.join(offered) or 'none'}",
+            )
+        tunnel = TunnelRequest.from_headers(request.headers)
+        client = self.policy.authenticate(tunnel.token)
+        if client is None:
+            reason = "missing bearer token" if tunnel.token is None else "invalid token"
+            raise RequestRefused(Refusal.BAD_TOKEN, reason)
+        grant = Grant(client, tunnel)
+        active = sum(1 for g in self.sessions.values() if g.client.name == client.name)
+        if active >= client.max_sessions:
+            raise RequestRefused(
+                Refusal.TOO_MANY_SESSIONS,
+                f"client {client.name!r} already has {active} sessions (max {client.max_sessions})",
+            )
+        if tunnel.mode is Mode.CONNECT:
+            grant.target = await self._connect_target(client, tunnel.address)
+        elif not client.may_listen(tunnel.address):
+            raise RequestRefused(
+                Refusal.FORBIDDEN,
+                f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
+            )
+        return grant
+
+    async def _connect_target(self, client: ClientPolicy, target: Address) -> Address:
+        """Where to dial for a CONNECT request, or a 403 refusal.
+
+        A name allowed by a name rule is dialed by name. A name allowed only through a
+        CIDR rule is resolved here, and the session is pinned to an address that the rule
+        allows, so a later DNS answer cannot steer it elsewhere.
+        """
+        if client.may_connect(target):
+            return target
+        if client.needs_resolution(target):
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(target.host, target.port, type=1), self.connect_timeout
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise RequestRefused(
+                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {exc}"
+                ) from None
+            for info in infos:
+                ip = ip_or_none(str(info[4][0]))
+                if ip is not None and client.may_connect_ip(ip, target.port):
+                    return Address(str(ip), target.port)
+            raise RequestRefused(
+                Refusal.FORBIDDEN,
+                f"client {client.name!r} may not connect to {target}: it resolves to addresses "
+                "outside allow_connect",
+            )
+        raise RequestRefused(
+            Refusal.FORBIDDEN,
+            f"client {client.name!r} may not connect to {target} (not in allow_connect)",
+        )
+
+    def _dialer(self, grant: Grant) -> Dial:
+        target = grant.target or grant.request.address
+        return tcp_dialer(target.host, target.port, self.connect_timeout)
+
+    async def _bind(self, session: Session, grant: Grant) -> None:
+        address = grant.request.address
+
+        def new_stream() -> TcpStream:
+            return TcpStream(session)
+
+        loop = asyncio.get_running_loop()
+        try:
+            grant.listener = await loop.create_server(
+                new_stream, address.bind_host, address.port, backlog=1024
+            )
+        except OSError as exc:
+            raise RequestRefused(
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {exc.strerror or exc}"
+            ) from None
+        port = grant.listener.sockets[0].getsockname()[1]
+        grant.bound = str(Address(address.host, port))
+        grant.extra["X-Aiowstunnel-Bound"] = grant.bound
+
+    def _session_closed(self, session: Session) -> None:
+        grant = self.sessions.pop(session, None)
+        if grant is None:
+            return
+        if grant.listener is not None:
+            grant.listener.close()  # at once: the client must be able to bind it again
+        stats = self.client_stats.get(grant.client.name)
+        if stats is not None:
+            stats.sessions_active -= 1
+            stats.up = stats.sessions_active > 0
+        log.info(
+            "session of %s from %s ended: %s",
+            grant.client.name,
+            session.peer,
+            session.close_reason,
+            extra={"tunnel": grant.client.name, "peer": session.peer},
+        )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("tunnel server failed: %s", task.exception())

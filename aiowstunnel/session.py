@@ -1,0 +1,751 @@
+"""One WebSocket connection carrying many TCP streams: the asyncio glue.
+
+A :class:`Session` is the asyncio protocol of the WebSocket's TCP connection. It drives
+websockets' sans-I/O protocol for framing, and :class:`wire.Mux` for streams and credit.
+Every callback runs to completion without awaiting: a frame for one stream is handed to
+that stream's transport at once, so one slow stream never stalls the others; credit
+(protocol.md, Flow control) bounds what each stream may buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from websockets.client import ClientProtocol
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from . import wire
+from .errors import HandshakeRefused, ProtocolViolation
+from .stats import TunnelStats
+
+log = logging.getLogger("aiowstunnel.session")
+#: websockets logs every connection opened and closed at INFO; our own lines say what
+#: matters (docs/operations.md, Logging), so its logger only passes warnings.
+ws_log = logging.getLogger("aiowstunnel.websockets")
+ws_log.setLevel(logging.WARNING)
+
+#: Write-buffer high-water marks. The WebSocket's pauses every stream's reading; a TCP
+#: stream's holds back credit (protocol.md: "credit is returned only as the socket accepts
+#: the bytes"). Memory per stream is then bounded by window + STREAM_HIGH_WATER.
+WS_HIGH_WATER = 1024 * 1024
+STREAM_HIGH_WATER = 256 * 1024
+#: Seconds to wait for the peer's side of the WebSocket closing handshake.
+CLOSE_TIMEOUT = 5.0
+
+
+class Dial(Protocol):
+    """Opens the TCP connection for a stream the peer asked for (the dialing side)."""
+
+    def __call__(
+        self, factory: Callable[[], asyncio.Protocol], origin: str
+    ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]: ...
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    DRAINING = "draining"  # GOAWAY sent or received: no new streams
+    CLOSED = "closed"
+
+
+class TcpStream(asyncio.Protocol):
+    """One tunneled TCP connection: the asyncio protocol of its socket.
+
+    It only forwards socket events to its session; the session decides everything.
+    """
+
+    def __init__(self, session: Session, stream_id: int | None = None) -> None:
+        self.session = session
+        self.stream_id = stream_id  # None until OPEN is sent (listener side)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.backlog: memoryview | None = None  # read from the socket, waiting for credit
+        self.eof_pending = False  # socket EOF seen while the backlog still waits
+        self.write_paused = False
+        self.ungranted = 0  # bytes written while paused: credit owed to the peer
+        self.reading = True
+        self.accepted = False  # OPEN_OK exchanged: data may flow
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = _format_peer(peer)
+        self.session.stream_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.stream_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.session.stream_eof(self)
+        return True  # keep the write side open: half-close (protocol.md, FIN)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.stream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.session.stream_writable(self)
+
+    # helpers for the session
+
+    def set_reading(self, on: bool) -> None:
+        if on == self.reading or self.transport is None or self.transport.is_closing():
+            return
+        self.reading = on
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+
+class Session(asyncio.Protocol):
+    """One tunnel connection: handshake, then frames for many streams.
+
+    Args:
+        ws: websockets' sans-I/O protocol, ClientProtocol or ServerProtocol, CONNECTING.
+        stats: the counters of the tunnel (or the server's client entry) this belongs to.
+        window: our receive window per stream.
+        max_streams: streams the peer may open at once.
+        ping_interval, ping_timeout: keepalive; a peer silent for their sum is dead.
+        on_request: server side: called with the upgrade request; the server answers
+            later with :meth:`accept` or :meth:`reject`.
+        name: for logs (tunnel or client name).
+    """
+
+    def __init__(
+        self,
+        ws: ClientProtocol | ServerProtocol,
+        stats: TunnelStats,
+        *,
+        window: int = wire.DEFAULT_WINDOW,
+        max_streams: int = wire.DEFAULT_MAX_STREAMS,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        on_request: Callable[[Session, Request], None] | None = None,
+        name: str = "",
+    ) -> None:
+        self.ws = ws
+        self.stats = stats
+        self.client_side = isinstance(ws, ClientProtocol)
+        self.mux = wire.Mux(self.client_side, window=window, max_streams=max_streams)
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.on_request = on_request
+        self.name = name
+        self.dial: Dial | None = None  # set once accepted, on the dialing side
+        self.streams: dict[int, TcpStream] = {}
+        self.phase = Phase.HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[Response | Request] = self.loop.create_future()
+        self.closed: asyncio.Future[str] = self.loop.create_future()
+        self.close_reason = ""
+        self._ws_paused = False
+        self._fragments: list[bytes] | None = None
+        self._last_rx = self.loop.time()
+        self._last_ping = 0.0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._dials: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Event = asyncio.Event()
+        self._idle.set()
+        self.on_close: list[Callable[[Session], None]] = []
+
+    # -- WebSocket transport callbacks --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WS_HIGH_WATER)
+        self.peer = _format_peer(transport.get_extra_info("peername"))
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self.loop.time()
+        self.ws.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._process()
+        return None  # let asyncio close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.close_reason:
+            self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+        self.phase = Phase.CLOSED
+        for timer in (self._ping_timer, self._deadline, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        for task in self._dials:
+            task.cancel()
+        for stream in list(self.streams.values()):
+            self._drop(stream, abort=True)
+        self.streams.clear()
+        self._idle.set()
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(self.close_reason))
+        if not self.closed.done():
+            self.closed.set_result(self.close_reason)
+        for callback in self.on_close:
+            callback(self)
+
+    def pause_writing(self) -> None:
+        self._ws_paused = True
+        for stream in self.streams.values():
+            stream.set_reading(False)
+
+    def resume_writing(self) -> None:
+        self._ws_paused = False
+        for stream in self.streams.values():
+            self._update_reading(stream)
+
+    # -- handshake -----------------------------------------------------------------
+
+    def send_request(self, request: Request) -> None:
+        """Client side: send the upgrade request (see client.py for its headers)."""
+        assert isinstance(self.ws, ClientProtocol)
+        self.ws.send_request(request)
+        self._flush()
+
+    def accept(
+        self, request: Request, dial: Dial | None, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        """Server side: answer the request with 101 and start the session.
+
+        Args:
+            request: the upgrade request, as received.
+            dial: opens the connection for each stream the peer opens; None refuses them.
+            extra_headers: added to the 101 response (e.g. the address bound for LISTEN).
+        """
+        assert isinstance(self.ws, ServerProtocol)
+        response = self.ws.accept(request)
+        for key, value in (extra_headers or {}).items():
+            response.headers[key] = value
+        self.ws.send_response(response)
+        if response.status_code != 101:  # websockets found the upgrade itself invalid
+            self._fail_handshake(f"invalid upgrade: {response.status_code}")
+            self._flush()
+            return
+        self.dial = dial
+        self._open()
+        self._flush()
+        self._process()  # frames that arrived with the request
+
+    def reject(self, status: int, reason: str) -> None:
+        """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
+        assert isinstance(self.ws, ServerProtocol)
+        response = self.ws.reject(status, reason + "\n")
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
+        self.ws.send_response(response)
+        self._fail_handshake(f"refused {status}: {reason}")
+        self._flush()
+
+    def _fail_handshake(self, reason: str) -> None:
+        self.close_reason = reason
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(reason))
+        self._close_later()
+
+    def _open(self) -> None:
+        self.phase = Phase.OPEN
+        if self.ping_interval:
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
+
+    # -- keepalive (protocol.md, Keepalive) ----------------------------------------
+
+    def _ping(self) -> None:
+        if self.phase is Phase.CLOSED or self.ws.state is not State.OPEN:
+            return
+        now = self.loop.time()
+        self.ws.send_ping(os.urandom(4))
+        self._flush()
+        self._last_ping = now
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.ping_timeout, self._ping_deadline, now)
+        self._ping_timer = self.loop.call_later(self.ping_interval or 1.0, self._ping)
+
+    def _ping_deadline(self, sent_at: float) -> None:
+        # Any byte from the peer since the ping proves it alive: under load the pong may
+        # queue behind data, which must not count as silence. A peer silent from time s is
+        # caught by the first ping after s (<= s + interval) plus ping_timeout.
+        self._deadline = None
+        if self.phase is Phase.CLOSED:
+            return
+        if self._last_rx < sent_at:
+            silent = self.loop.time() - self._last_rx
+            self.abort(f"peer silent for {silent:.1f} s (no pong within {self.ping_timeout:g} s)")
+        elif self._last_ping > sent_at:  # a later ping is still unanswered: watch it
+            delay = self._last_ping + self.ping_timeout - self.loop.time()
+            self._deadline = self.loop.call_later(
+                max(0.0, delay), self._ping_deadline, self._last_ping
+            )
+
+    # -- incoming frames ------------------------------------------------------------
+
+    def _process(self) -> None:
+        try:
+            for event in self.ws.events_received():
+                if isinstance(event, Frame):
+                    self._frame(event)
+                elif isinstance(event, Request):
+                    self._request(event)
+                else:
+                    self._response(event)
+        except ProtocolViolation as exc:
+            log.warning(
+                "%s: protocol violation by %s: %s",
+                self.name,
+                self.peer,
+                exc,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
+            self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+        self._flush()
+        if self.ws.state is State.CLOSED and self.transport and not self.transport.is_closing():
+            self.transport.close()
+
+    def _request(self, request: Request) -> None:
+        if self.ws.handshake_exc is not None or self.on_request is None:
+            self._fail_handshake(f"bad upgrade request: {self.ws.handshake_exc}")
+            return
+        self.handshake.set_result(request)
+        self.on_request(self, request)
+
+    def _response(self, response: Response) -> None:
+        exc = self.ws.handshake_exc
+        if exc is None:
+            self._open()
+            self.handshake.set_result(response)
+            return
+        if response.status_code != 101:
+            body = (response.body or b"").decode("utf-8", "replace").strip()
+            error: Exception = HandshakeRefused(
+                response.status_code, body or response.reason_phrase
+            )
+        else:
+            error = HandshakeRefused(response.status_code, f"bad upgrade response: {exc}")
+        self.close_reason = str(error)
+        if not self.handshake.done():
+            self.handshake.set_exception(error)
+        self._close_later()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(frame.data)
+            else:
+                self._fragments = [frame.data]
+        elif opcode is Opcode.CONT:
+            if self._fragments is None:
+                return  # websockets already failed the connection for this
+            self._fragments.append(frame.data)
+            if frame.fin:
+                message, self._fragments = b"".join(self._fragments), None
+                self._message(message)
+        elif opcode is Opcode.TEXT:
+            raise ProtocolViolation("text message: aiowstunnel.v1 uses binary messages only")
+        elif opcode is Opcode.CLOSE:
+            rcvd = self.ws.close_rcvd
+            self.close_reason = self.close_reason or (
+                f"closed by peer: {rcvd.code} {rcvd.reason}".strip() if rcvd else "closed by peer"
+            )
+            self.phase = Phase.CLOSED  # nothing can be sent any more; connection_lost cleans up
+            self._close_later()
+        # PING is answered by websockets itself; PONG only proves liveness (_last_rx).
+
+    def _message(self, message: bytes | bytearray) -> None:
+        if self.phase is Phase.HANDSHAKE:
+            raise ProtocolViolation("frame before the handshake completed")
+        for event in self.mux.receive(message):
+            self._event(event)
+        for answer in self.mux.take_outbox():
+            self._send(answer)
+
+    def _event(self, event: wire.Event) -> None:
+        if isinstance(event, wire.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None or stream.transport is None:
+                return
+            n = len(event.data)
+            self.stats.received_bytes += n
+            stream.transport.write(event.data)
+            if stream.write_paused:
+                stream.ungranted += n
+            else:
+                self._grant(event.stream_id, n)
+        elif isinstance(event, wire.CreditGranted):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                self._send_backlog(stream)
+        elif isinstance(event, wire.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.transport is not None:
+                if event.stream_id in self.mux.streams:
+                    stream.transport.write_eof()  # after what is buffered (asyncio)
+                else:
+                    self._finish(stream)
+        elif isinstance(event, wire.StreamRequested):
+            self._stream_requested(event.stream_id, event.origin)
+        elif isinstance(event, wire.StreamAccepted):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.accepted = True
+                self._update_reading(stream)
+        elif isinstance(event, wire.StreamRefused):
+            stream = self.streams.get(event.stream_id)
+            self._count_open_failure(event.reason)
+            log.warning(
+                "%s: stream from %s refused by the other side: %s",
+                self.name,
+                stream.peer if stream else "?",
+                event.reason,
+                extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
+            )
+            if stream is not None:
+                self._drop(stream, abort=True)
+        elif isinstance(event, wire.StreamReset | wire.StreamViolated):
+            stream = self.streams.get(event.stream_id)
+            if isinstance(event, wire.StreamViolated):
+                log.warning(
+                    "%s: stream %d: protocol violation by %s: %s",
+                    self.name,
+                    event.stream_id,
+                    self.peer,
+                    event.reason,
+                    extra={"tunnel": self.name, "peer": self.peer},
+                )
+            else:
+                log.debug(
+                    "%s: stream %d reset by peer: %s", self.name, event.stream_id, event.reason
+                )
+            if stream is not None:
+                self._drop(stream, abort=True)
+        elif isinstance(event, wire.GoAwayReceived):
+            log.info(
+                "%s: peer %s is going away: %s",
+                self.name,
+                self.peer,
+                event.reason,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
+            self.phase = Phase.DRAINING
+            self.close_reason = f"peer going away: {event.reason}"
+            if not self.streams:
+                self.close(CloseCode.GOING_AWAY, "going away")
+
+    def _grant(self, stream_id: int, n: int) -> None:
+        update = self.mux.grant(stream_id, n)
+        if update is not None:
+            self._send(update)
+
+    # -- streams the peer opens (the dialing side) -----------------------------------
+
+    def _stream_requested(self, stream_id: int, origin: str) -> None:
+        if self.dial is None or self.phase is not Phase.OPEN:
+            reason = "this side does not accept streams" if self.dial is None else "going away"
+            self._send(self.mux.refuse_stream(stream_id, reason))
+            return
+        task = self.loop.create_task(self._dial(stream_id, origin))
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
+
+    async def _dial(self, stream_id: int, origin: str) -> None:
+        assert self.dial is not None
+        stream = TcpStream(self, stream_id)
+        stream.reading = True
+        try:
+            await self.dial(lambda: stream, origin)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = _describe(exc)
+            self._count_open_failure(_failure_label(exc))
+            log.warning(
+                "%s: stream from %s: %s",
+                self.name,
+                origin or self.peer,
+                reason,
+                extra={"tunnel": self.name, "peer": origin or self.peer},
+            )
+            if stream_id in self.mux.streams:
+                self._send(self.mux.refuse_stream(stream_id, reason))
+                self._flush()
+            return
+
+    # -- stream callbacks (from TcpStream) ---------------------------------------
+
+    def stream_connected(self, stream: TcpStream) -> None:
+        if self.phase is not Phase.OPEN:
+            self._count_open_failure("tunnel_down")
+            assert stream.transport is not None
+            stream.transport.abort()
+            return
+        if stream.stream_id is None:  # listener side: ask the peer to dial
+            try:
+                stream.stream_id, message = self.mux.open_stream(stream.peer)
+            except ProtocolViolation as exc:
+                self._count_open_failure("tunnel_down")
+                log.warning(
+                    "%s: cannot open stream for %s: %s",
+                    self.name,
+                    stream.peer,
+                    exc,
+                    extra={"tunnel": self.name, "peer": stream.peer},
+                )
+                assert stream.transport is not None
+                stream.transport.abort()
+                return
+            self._send(message)
+        else:  # dialing side: the connection is up, tell the opener
+            if stream.stream_id not in self.mux.streams:  # reset while we dialed
+                assert stream.transport is not None
+                stream.transport.abort()
+                return
+            self._send(self.mux.accept_stream(stream.stream_id))
+            stream.accepted = True
+        self.streams[stream.stream_id] = stream
+        self._idle.clear()
+        self.stats.streams_opened += 1
+        self.stats.streams_active += 1
+        self._update_reading(stream)
+        self._flush()
+
+    def stream_data(self, stream: TcpStream, data: bytes) -> None:
+        sid = stream.stream_id
+        if sid is None or sid not in self.mux.streams:
+            return
+        if stream.backlog is not None:  # should not happen: reading is paused meanwhile
+            stream.backlog = memoryview(bytes(stream.backlog) + data)
+        else:
+            stream.backlog = memoryview(data)
+        self._send_backlog(stream)
+
+    def _send_backlog(self, stream: TcpStream) -> None:
+        sid = stream.stream_id
+        backlog = stream.backlog
+        if backlog is not None and sid is not None and sid in self.mux.streams:
+            messages, n = self.mux.send_data(sid, backlog)
+            for message in messages:
+                self.ws.send_binary(message)
+            self.stats.sent_bytes += n
+            stream.backlog = backlog[n:] if n < len(backlog) else None
+        if stream.backlog is None and stream.eof_pending:
+            stream.eof_pending = False
+            self._send_fin(stream)
+        self._update_reading(stream)
+        self._flush()
+
+    def stream_eof(self, stream: TcpStream) -> None:
+        if stream.backlog is not None:
+            stream.eof_pending = True
+            return
+        self._send_fin(stream)
+        self._flush()
+
+    def _send_fin(self, stream: TcpStream) -> None:
+        sid = stream.stream_id
+        if sid is None or sid not in self.mux.streams:
+            return
+        self._send(self.mux.send_fin(sid))
+        if sid not in self.mux.streams:  # both sides finished
+            self._finish(stream)
+
+    def stream_writable(self, stream: TcpStream) -> None:
+        if stream.ungranted and stream.stream_id is not None:
+            n, stream.ungranted = stream.ungranted, 0
+            self._grant(stream.stream_id, n)
+            self._flush()
+
+    def stream_lost(self, stream: TcpStream, exc: Exception | None) -> None:
+        sid = stream.stream_id
+        if sid is not None and sid in self.mux.streams and self.phase is not Phase.CLOSED:
+            reason = f"connection lost: {_describe(exc)}" if exc else "connection closed"
+            self._send(self.mux.reset_stream(sid, reason))
+            self._flush()
+        self._forget(stream)
+
+    def _update_reading(self, stream: TcpStream) -> None:
+        stream.set_reading(
+            stream.accepted
+            and stream.backlog is None
+            and not self._ws_paused
+            and self.phase is not Phase.CLOSED
+        )
+
+    def _finish(self, stream: TcpStream) -> None:
+        """Both directions ended cleanly: close once the socket's buffer is written."""
+        if stream.transport is not None:
+            stream.transport.close()
+        self._forget(stream)
+
+    def _drop(self, stream: TcpStream, abort: bool) -> None:
+        if stream.transport is not None:
+            if abort:
+                stream.transport.abort()
+            else:
+                stream.transport.close()
+        self._forget(stream)
+
+    def _forget(self, stream: TcpStream) -> None:
+        sid = stream.stream_id
+        if sid is not None and self.streams.get(sid) is stream:
+            del self.streams[sid]
+            self.stats.streams_active -= 1
+            self.mux.streams.pop(sid, None)
+            if not self.streams:
+                self._idle.set()
+                if self.phase is Phase.DRAINING and self.ws.state is State.OPEN:
+                    self.close(CloseCode.GOING_AWAY, "going away")
+
+    def _count_open_failure(self, reason: str) -> None:
+        self.stats.stream_open_failures[reason] += 1
+
+    # -- outgoing --------------------------------------------------------------------
+
+    def _send(self, message: bytes) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_binary(message)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                if not transport.is_closing():
+                    transport.write(data)
+            elif transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+            else:
+                transport.close()
+
+    # -- closing ---------------------------------------------------------------------
+
+    def goaway(self, reason: str) -> None:
+        """Announce that no new streams will be opened; open ones may finish."""
+        if self.phase is Phase.OPEN and self.ws.state is State.OPEN:
+            self.phase = Phase.DRAINING
+            self._send(self.mux.goaway(reason))
+            self._flush()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no stream is open, at most ``timeout`` seconds. True if drained."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the WebSocket closing handshake; open streams are cut."""
+        if not self.close_reason:
+            self.close_reason = f"closed locally: {reason}" if reason else "closed locally"
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+            self._flush()
+        elif self.ws.state is State.CONNECTING and self.transport is not None:
+            self.transport.close()
+        self._close_later()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close because of an error (protocol violation: 1002), with the reason."""
+        self.close_reason = self.close_reason or reason
+        if self.ws.state is State.OPEN:
+            self.ws.fail(code, reason)
+            self._flush()
+        self._close_later()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (dead peer)."""
+        self.close_reason = self.close_reason or reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close_later(self) -> None:
+        # The peer has CLOSE_TIMEOUT to finish the closing handshake, then we cut.
+        if self._close_timer is None and not self.closed.done():
+            self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self._close_timeout)
+
+    def _close_timeout(self) -> None:
+        if self.transport is not None and not self.closed.done():
+            self.transport.abort()
+
+    async def wait_closed(self) -> str:
+        return await asyncio.shield(self.closed)
+
+
+def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
+    """A :class:`Dial` that connects to one fixed TCP target, with a timeout."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def dial(
+        factory: Callable[[], asyncio.Protocol], origin: str
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"connect to {where} failed: {exc.strerror or exc}") from exc
+
+    return dial
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer or "")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _failure_label(exc: BaseException) -> str:
+    """A short, bounded metric label for why a dial failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, PermissionError):
+        return "forbidden"
+    if isinstance(exc, OSError) and "Name or service" in str(exc):
+        return "dns"
+    if isinstance(exc, OSError):
+        return "unreachable"
+    return "error"
+
+
+async def close_quietly(session: Session, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close a session and wait (bounded) until its connection is gone."""
+    session.close(CloseCode.GOING_AWAY, "going away")
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(session.closed), timeout)
+    if not session.closed.done() and session.transport is not None:
+        session.transport.abort()
