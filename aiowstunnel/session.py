@@ -73,6 +73,7 @@ class TcpStream(asyncio.Protocol):
         self.write_paused = False
         self.ungranted = 0  # bytes written while paused: credit owed to the peer
         self.reading = True
+        self.at_eof = False  # the socket said EOF: it must never be read again
         self.accepted = False  # OPEN_OK exchanged: data may flow
 
     # asyncio callbacks
@@ -89,6 +90,7 @@ class TcpStream(asyncio.Protocol):
         self.session.stream_data(self, data)
 
     def eof_received(self) -> bool:
+        self.at_eof = True
         self.session.stream_eof(self)
         return True  # keep the write side open: half-close (protocol.md, FIN)
 
@@ -105,7 +107,10 @@ class TcpStream(asyncio.Protocol):
     # helpers for the session
 
     def set_reading(self, on: bool) -> None:
-        if on == self.reading or self.transport is None or self.transport.is_closing():
+        # After EOF, asyncio's resume_reading would re-arm the reader and report EOF again.
+        if on == self.reading or self.at_eof or self.transport is None:
+            return
+        if self.transport.is_closing():
             return
         self.reading = on
         if on:

@@ -1,0 +1,151 @@
+"""Fixtures for tests over real loopback sockets: backends, tunnels, and byte movers.
+
+Every listener binds port 0; readiness is awaited (``Client.wait_up``), never slept for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+import aiowstunnel
+from aiowstunnel.addresses import Address
+from aiowstunnel.backoff import BackoffPolicy
+from aiowstunnel.client import Client
+from aiowstunnel.server import Server
+
+LOCAL = "127.0.0.1"
+FAST_BACKOFF = BackoffPolicy(initial=0.05, max=0.3, factor=2.0)
+
+
+@dataclass
+class Backend:
+    """A TCP server on loopback that records how many connections it accepted."""
+
+    server: asyncio.Server
+    accepted: int = 0
+    received: list[bytes] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until EOF, then half-close back (so half-close is visible end to end)."""
+    try:
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def start_backend(handler=_echo) -> Backend:
+    backend: Backend
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        backend.accepted += 1
+        await handler(reader, writer)
+
+    server = await asyncio.start_server(counted, LOCAL, 0, limit=1 << 20)
+    backend = Backend(server)
+    return backend
+
+
+@pytest.fixture
+async def echo_backend() -> AsyncIterator[Backend]:
+    backend = await start_backend()
+    yield backend
+    backend.server.close()
+
+
+@dataclass
+class Tunnel:
+    server: Server
+    client: Client
+
+    @property
+    def entry(self) -> Address:
+        """Where a user connects to enter the tunnel (the listener of either side)."""
+        assert self.client.listen_address is not None
+        return self.client.listen_address
+
+
+TunnelFactory = Callable[..., "asyncio.Future[Tunnel]"]
+
+
+@pytest.fixture
+async def make_tunnel() -> AsyncIterator[Callable[..., object]]:
+    """Start a Server and a Client on loopback; returns the factory, closes them after."""
+    made: list[Tunnel] = []
+
+    async def factory(
+        mode: aiowstunnel.Mode,
+        target_port: int,
+        *,
+        server_kw: dict | None = None,
+        client_kw: dict | None = None,
+        wait: bool = True,
+    ) -> Tunnel:
+        server = Server(LOCAL, 0, **(server_kw or {}))
+        await server.listen()
+        kw = {"backoff": FAST_BACKOFF, **(client_kw or {})}
+        client = Client(mode, LOCAL, server.port, LOCAL, 0, LOCAL, target_port, **kw)
+        client.start()
+        tunnel = Tunnel(server, client)
+        made.append(tunnel)
+        if wait:
+            await client.wait_up(10)
+        return tunnel
+
+    yield factory
+    for tunnel in made:
+        await tunnel.client.close(timeout=1)
+        await tunnel.server.close(timeout=1)
+
+
+def pattern_block(index: int, size: int, seed: bytes) -> bytes:
+    """A block that differs per index, so reordered or repeated blocks change the digest."""
+    head = index.to_bytes(8, "big")
+    return head + seed[: size - len(head)]
+
+
+async def echo_roundtrip(address: Address, total: int, block: int = 256 * 1024) -> tuple[str, str]:
+    """Send ``total`` bytes while reading the echo back; returns (sent, received) sha256."""
+    reader, writer = await asyncio.open_connection(address.host, address.port, limit=1 << 20)
+    seed = os.urandom(block)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    async def send() -> None:
+        remaining, index = total, 0
+        while remaining > 0:
+            chunk = pattern_block(index, min(block, remaining), seed)
+            sent.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+            remaining -= len(chunk)
+            index += 1
+        writer.write_eof()
+
+    sender = asyncio.create_task(send())
+    count = 0
+    while data := await reader.read(1 << 20):
+        received.update(data)
+        count += len(data)
+    await sender
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    assert count == total, f"received {count} of {total} bytes"
+    return sent.hexdigest(), received.hexdigest()

@@ -1,0 +1,82 @@
+"""Bytes through both modes arrive intact, with many streams at once and with half-close."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+import aiowstunnel
+
+from .conftest import echo_roundtrip, start_backend
+
+MODES = [aiowstunnel.CONNECT, aiowstunnel.LISTEN]
+MiB = 1024 * 1024
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_256_mib_each_way_intact(make_tunnel, echo_backend, mode):
+    tunnel = await make_tunnel(mode, echo_backend.port)
+    sent, received = await echo_roundtrip(tunnel.entry, 256 * MiB)
+    assert sent == received
+    assert tunnel.client.stats.sent_bytes >= 256 * MiB
+    assert tunnel.client.stats.received_bytes >= 256 * MiB
+
+
+@pytest.mark.timeout(180)
+async def test_500_concurrent_streams_each_intact(make_tunnel, echo_backend):
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, MiB) for _ in range(500)))
+    assert all(sent == received for sent, received in results)
+    assert echo_backend.accepted == 500
+    assert tunnel.client.stats.streams_opened == 500
+
+
+async def _request_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the whole request (to EOF), then answers with its digest and size."""
+    body = await reader.read()
+    reply = hashlib.sha256(body).hexdigest().encode() + b" %d\n" % len(body)
+    writer.write(reply * 1000)  # a reply larger than one frame
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_half_close_request_then_reply(make_tunnel, mode):
+    backend = await start_backend(_request_then_reply)
+    tunnel = await make_tunnel(mode, backend.port)
+    reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+    request = os.urandom(3 * MiB + 17)
+    writer.write(request)
+    writer.write_eof()  # shutdown(SHUT_WR): "no more from me", keep reading
+    reply = await asyncio.wait_for(reader.read(), 20)
+    expected = hashlib.sha256(request).hexdigest().encode() + b" %d\n" % len(request)
+    assert reply == expected * 1000
+    writer.close()
+    backend.server.close()
+
+
+@pytest.mark.timeout(30)
+async def test_backend_half_close_reaches_client_and_client_can_still_send(make_tunnel):
+    """The reverse direction: the backend shuts down its write side first."""
+    got = asyncio.get_running_loop().create_future()
+
+    async def greet_then_listen(reader, writer):
+        writer.write(b"hello")
+        writer.write_eof()
+        got.set_result(await reader.read())
+        writer.close()
+
+    backend = await start_backend(greet_then_listen)
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, backend.port)
+    reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+    assert await asyncio.wait_for(reader.read(), 10) == b"hello"  # EOF arrived after it
+    writer.write(b"still talking")
+    writer.write_eof()
+    assert await asyncio.wait_for(got, 10) == b"still talking"
+    writer.close()
+    backend.server.close()

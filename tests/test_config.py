@@ -1,0 +1,519 @@
+"""Tests for aiowstunnel/config.py: every broken config names its key, defaults, paths, diff."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from aiowstunnel.addresses import Address
+from aiowstunnel.backoff import BackoffPolicy
+from aiowstunnel.config import (
+    Config,
+    ConfigDiff,
+    Secret,
+    diff,
+    load_config,
+    read_config,
+)
+from aiowstunnel.errors import ConfigError
+from aiowstunnel.handshake import Mode
+from aiowstunnel.policy import Policy, token_digest
+from aiowstunnel.wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW
+
+HASH_A = hashlib.sha256(b"token-a").hexdigest()
+HASH_B = hashlib.sha256(b"token-b").hexdigest()
+
+
+def fake_secrets(files: dict[str, str]):
+    """A read_secret that serves ``files`` by absolute path, as the real one would."""
+
+    def read(path: Path) -> str:
+        try:
+            return files[str(path)]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+    return read
+
+
+def load(text: str, files: dict[str, str] | None = None) -> Config:
+    return load_config(text, Path("/etc"), "test.toml", fake_secrets(files or {}))
+
+
+def errors_of(text: str, files: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(text, files)
+    return info.value.errors
+
+
+def toml_table(header: str, base: dict[str, str], changes: dict[str, str | None]) -> str:
+    """One TOML table from raw ``key -> TOML value`` pairs; a change to None drops the key."""
+    merged = {**base, **changes}
+    body = "".join(f"{k} = {v}\n" for k, v in merged.items() if v is not None)
+    return f"{header}\n{body}"
+
+
+TUNNEL = {
+    "name": '"app"',
+    "mode": '"connect"',
+    "server": '"wss://host2:9000/aiowstunnel"',
+    "token": '"s3cret-token"',
+    "listen": '"127.0.0.1:5678"',
+    "connect": '"srv:6789"',
+}
+SERVER = {"listen": '"0.0.0.0:9000"'}
+CLIENT = {"name": '"branch"', "token_sha256": f'"{HASH_A}"', "allow_connect": '["srv:6789"]'}
+
+
+def tunnel(**changes: str | None) -> str:
+    return toml_table("[[tunnel]]", TUNNEL, changes)
+
+
+def server(clients: int = 1, client: dict[str, str | None] | None = None, **changes) -> str:
+    text = toml_table("[server]", SERVER, changes)
+    for _ in range(clients):
+        text += toml_table("[[server.client]]", CLIENT, client or {})
+    return text
+
+
+BROKEN = [
+    # --- tunnels
+    ("misspelt key", tunnel(conect='"srv:1"'), "tunnel[0].conect: unknown key"),
+    ("bad listen", tunnel(listen='"foo"'), "tunnel[0].listen: 'foo': expected 'host:port'"),
+    ("listen port range", tunnel(listen='"h:70000"'), "tunnel[0].listen: 'h:70000': port"),
+    ("missing name", tunnel(name=None), "tunnel[0].name: required key is missing"),
+    ("name with space", tunnel(name='"my app"'), "tunnel[0].name: 'my app': use only"),
+    ("bad mode", tunnel(mode='"both"'), "tunnel[0].mode: expected 'connect' or 'listen'"),
+    ("mode not a string", tunnel(mode="1"), "tunnel[0].mode: expected a string, got 1"),
+    ("http server", tunnel(server='"http://h:1"'), "tunnel[0].server: 'http://h:1': expected"),
+    ("server no host", tunnel(server='"wss://:9000/x"'), "tunnel[0].server: 'wss://:9000/x'"),
+    ("server bad port", tunnel(server='"ws://h:99999"'), "tunnel[0].server: 'ws://h:99999'"),
+    ("server creds", tunnel(server='"wss://u:p@h/"'), "tunnel[0].server: 'wss://u:p@h/'"),
+    ("both tokens", tunnel(token_file='"t"'), "tunnel[0].token: give either token_file"),
+    ("no token", tunnel(token=None), "tunnel[0].token_file: required key is missing (or token)"),
+    ("empty token", tunnel(token='""'), "tunnel[0].token: the token is empty"),
+    ("token with space", tunnel(token='"a b"'), "tunnel[0].token: the token must be printable"),
+    ("token not str", tunnel(token="1234"), "tunnel[0].token: expected a string, got an integer"),
+    ("connect port 0", tunnel(connect='"srv:0"'), "tunnel[0].connect: 'srv:0': port 0"),
+    ("connect no host", tunnel(connect='":80"'), "tunnel[0].connect: ':80': a host is required"),
+    ("ping word", tunnel(ping_interval='"fast"'), "tunnel[0].ping_interval: expected a number"),
+    ("ping bool", tunnel(ping_timeout="true"), "tunnel[0].ping_timeout: expected a number, got"),
+    ("ping zero", tunnel(ping_interval="0"), "tunnel[0].ping_interval: must be > 0, got 0"),
+    ("ping inf", tunnel(ping_interval="inf"), "tunnel[0].ping_interval: expected a finite"),
+    ("backoff initial", tunnel(backoff="{ initial = 0 }"), "tunnel[0].backoff.initial: must be"),
+    ("backoff factor", tunnel(backoff="{ factor = 0.5 }"), "tunnel[0].backoff.factor: must be"),
+    (
+        "backoff max < initial",
+        tunnel(backoff="{ initial = 5, max = 1 }"),
+        "tunnel[0].backoff.max: must be >= initial (5)",
+    ),
+    ("backoff key", tunnel(backoff="{ jitter = 1 }"), "tunnel[0].backoff.jitter: unknown key"),
+    ("backoff type", tunnel(backoff="5"), "tunnel[0].backoff: expected a table, got 5"),
+    ("cert no key", tunnel(client_cert='"c.pem"'), "tunnel[0].client_cert: needs client_key"),
+    (
+        "ca_file on ws://",
+        tunnel(server='"ws://h:1/"', ca_file='"ca.pem"'),
+        "tunnel[0].ca_file: only used with a wss:// server",
+    ),
+    ("socks proxy", tunnel(proxy='"socks5://p:1080"'), "tunnel[0].proxy: 'socks5://p:1080'"),
+    ("proxy path", tunnel(proxy='"http://p:3128/x"'), "tunnel[0].proxy: 'http://p:3128/x'"),
+    ("window zero", tunnel(window="0"), "tunnel[0].window: must be between 1 and"),
+    ("window float", tunnel(window="1.5"), "tunnel[0].window: expected an integer, got 1.5"),
+    ("empty path", tunnel(ca_file='""'), "tunnel[0].ca_file: expected a file path"),
+    (
+        "duplicate tunnel",
+        tunnel() + tunnel(listen='"127.0.0.1:5679"'),
+        "tunnel[1].name: 'app' is already used by tunnel[0]",
+    ),
+    ("tunnel not array", '[tunnel]\nname = "x"\n', "tunnel: expected an array of tables"),
+    (
+        "two listeners one port",
+        server() + tunnel(listen='"127.0.0.1:9000"'),
+        "tunnel[0].listen: 127.0.0.1:9000 is also used by server.listen",
+    ),
+    # --- top level, metrics, log, daemon
+    ("log level", '[log]\nlevel = "verbose"\n', "log.level: expected one of debug, info"),
+    ("metrics listen", '[metrics]\nlisten = "9100"\n', "metrics.listen: '9100': expected"),
+    ("metrics enabled", '[metrics]\nenabled = "no"\n', "metrics.enabled: expected true or false"),
+    ("unknown section", "[daemons]\n", "daemons: unknown key (did you mean 'daemon'?)"),
+    ("top-level key", "shutdown_timeout = 5\n", "shutdown_timeout: unknown key"),
+    (
+        "negative shutdown",
+        "[daemon]\nshutdown_timeout = -1\n",
+        "daemon.shutdown_timeout: must be >= 0",
+    ),
+    # --- server
+    ("open relay", server(clients=0), "server.client: at least one [[server.client]]"),
+    ("server no listen", server(listen=None), "server.listen: required key is missing"),
+    ("server path", server(path='"tunnel"'), "server.path: 'tunnel': must start with '/'"),
+    ("cert no key", server(tls_cert='"s.crt"'), "server.tls_cert: needs tls_key too"),
+    ("mtls no tls", server(tls_client_ca='"ca.crt"'), "server.tls_client_ca: client certif"),
+    ("tiny max_frame", server(max_frame="100"), "server.max_frame: must be between"),
+    ("bad timeout", server(handshake_timeout="-1"), "server.handshake_timeout: must be > 0"),
+    (
+        "short hash",
+        server(client={"token_sha256": '"abc"'}),
+        "server.client[0].token_sha256: expected 64 hexadecimal",
+    ),
+    (
+        "inline server token",
+        server(client={"token": '"x"'}),
+        "server.client[0].token: inline tokens are not accepted",
+    ),
+    (
+        "bad rule",
+        server(client={"allow_connect": '["srv:1", "nope"]'}),
+        "server.client[0].allow_connect[1]: 'nope': expected 'host:port'",
+    ),
+    (
+        "rule not string",
+        server(client={"allow_listen": "[1]"}),
+        "server.client[0].allow_listen[0]: expected a string, got 1",
+    ),
+    (
+        "rules not array",
+        server(client={"allow_listen": '"*:80"'}),
+        "server.client[0].allow_listen: expected an array of strings",
+    ),
+    (
+        "zero sessions",
+        server(client={"max_sessions": "0"}),
+        "server.client[0].max_sessions: must be between 1 and",
+    ),
+    (
+        "missing token file",
+        server(client={"token_sha256": None, "token_file": '"tokens/x"'}),
+        "server.client[0].token_file: /etc/tokens/x: no such file",
+    ),
+    ("client not array", '[server]\nlisten = ":1"\n[server.client]\nname = "a"\n', "server.client"),
+    (
+        "duplicate token",
+        server() + toml_table("[[server.client]]", CLIENT, {"name": '"other"'}),
+        "server.client[1].token_sha256: same token as server.client[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_broken_config_names_the_key(text: str, expected: str) -> None:
+    errors = errors_of(text)
+    # One fault, one message: no cascade of follow-on errors to wade through.
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(expected), errors
+
+
+def test_duplicate_client_names() -> None:
+    text = server() + toml_table("[[server.client]]", CLIENT, {"token_sha256": f'"{HASH_B}"'})
+    assert errors_of(text) == [
+        "server.client[1].name: 'branch' is already used by server.client[0] (line 8)"
+    ]
+
+
+def test_empty_token_file_is_an_error() -> None:
+    text = server(client={"token_sha256": None, "token_file": '"/t/empty"'})
+    errors = errors_of(text, {"/t/empty": ""})
+    assert errors == ["server.client[0].token_file: /t/empty: the token is empty (line 6)"]
+
+
+def test_toml_syntax_error_names_line_and_column() -> None:
+    with pytest.raises(ConfigError) as info:
+        load('[log]\nlevel = "info\n')
+    (message,) = info.value.errors
+    assert message.startswith("TOML syntax error:")
+    assert "line 2" in message and "column" in message
+
+
+def test_every_error_is_reported_in_file_order() -> None:
+    text = (
+        '[log]\nlevel = "loud"\n'  # line 2
+        + tunnel(conect='"x:1"', ping_interval='"fast"')  # lines 3..11
+        + tunnel(name='"b c"', mode='"sideways"', listen='"nowhere"')
+    )
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    errors = info.value.errors
+    assert [e.split(":")[0] for e in errors] == [
+        "log.level",
+        "tunnel[0].conect",
+        "tunnel[0].ping_interval",
+        "tunnel[1].name",
+        "tunnel[1].mode",
+        "tunnel[1].listen",
+    ]
+    assert errors[0].endswith("(line 2)")
+    assert errors[1].endswith("(line 10)")
+    # The exception text prefixes each line with the file, as `aiowstunnel check` prints it.
+    assert str(info.value).splitlines()[0] == (
+        "test.toml: log.level: expected one of debug, info, warning, error, got 'loud' (line 2)"
+    )
+
+
+def test_missing_key_points_at_its_table_header() -> None:
+    text = tunnel() + "\n" + tunnel(name=None, listen='"127.0.0.1:1"')
+    assert errors_of(text) == ["tunnel[1].name: required key is missing (line 9)"]
+
+
+# The example of DESIGN.md, section Configuration, with its commented options switched on.
+EXAMPLE = f"""
+[metrics]                       # Prometheus exporter; also serves GET /healthz
+listen = ":9100"
+
+[log]
+level = "info"
+
+[daemon]
+shutdown_timeout = 5
+
+[server]
+listen = "0.0.0.0:9000"
+path = "/aiowstunnel"
+tls_cert = "/etc/aiowstunnel/server.crt"
+tls_key = "/etc/aiowstunnel/server.key"
+tls_client_ca = "/etc/aiowstunnel/clients-ca.crt"
+
+[[server.client]]
+name = "branch-office"
+token_file = "/etc/aiowstunnel/tokens/branch-office"
+allow_connect = ["srv:6789", "10.0.0.0/8:22"]
+allow_listen = ["0.0.0.0:5678"]
+
+[[server.client]]
+name = "laptop"
+token_sha256 = "{HASH_B}"
+allow_connect = ["*:443"]
+max_sessions = 2
+
+[[tunnel]]
+name = "app"
+mode = "connect"
+server = "wss://host2:9000/aiowstunnel"
+token_file = "/etc/aiowstunnel/tokens/app"
+listen = "0.0.0.0:5678"
+connect = "srv:6789"
+ca_file = "/etc/aiowstunnel/ca.crt"
+proxy = "http://proxy:3128"
+backoff = {{ initial = 1.0, max = 60.0, factor = 2.0 }}
+ping_interval = 20.0
+ping_timeout = 20.0
+
+[[tunnel]]
+name = "reverse-ssh"
+mode = "listen"
+server = "ws://[::1]:9000"
+token = "inline-token"
+listen = "0.0.0.0:2222"
+connect = "localhost:22"
+"""
+EXAMPLE_TOKENS = {
+    "/etc/aiowstunnel/tokens/branch-office": "token-a",
+    "/etc/aiowstunnel/tokens/app": "app-token",
+}
+
+
+def test_example_loads_with_defaults_filled() -> None:
+    config = load(EXAMPLE, EXAMPLE_TOKENS)
+    assert config.source == "test.toml"
+    assert config.metrics.enabled and config.metrics.listen == Address("", 9100)
+    assert config.log.level == "info"
+    assert config.shutdown_timeout == 5.0
+
+    srv = config.server
+    assert srv is not None
+    assert srv.listen == Address("0.0.0.0", 9000)
+    assert srv.tls_client_ca == Path("/etc/aiowstunnel/clients-ca.crt")
+    assert (srv.window, srv.max_streams, srv.max_frame) == (
+        DEFAULT_WINDOW,
+        DEFAULT_MAX_STREAMS,
+        1024 * 1024 + 64,
+    )
+    assert (srv.handshake_timeout, srv.ping_interval, srv.ping_timeout) == (10.0, 20.0, 20.0)
+    # The clients are ready for the server's Policy: the token file authenticates.
+    policy = Policy(srv.clients)
+    branch = policy.authenticate("token-a")
+    assert branch is not None and branch.name == "branch-office"
+    assert branch.max_sessions == 16
+    assert branch.may_connect(Address("10.1.2.3", 22))
+    assert not branch.may_connect(Address("10.1.2.3", 23))
+    assert branch.may_listen(Address("0.0.0.0", 5678))
+    assert policy.authenticate("token-b").name == "laptop"  # by its token_sha256
+
+    app, reverse = config.tunnels
+    assert app.mode is Mode.CONNECT and app.uses_tls
+    assert app.token.reveal() == "app-token"
+    assert app.backoff == BackoffPolicy(1.0, 60.0, 2.0, 30.0)
+    assert app.proxy == "http://proxy:3128"
+    assert reverse.mode is Mode.LISTEN and not reverse.uses_tls
+    assert reverse.server == "ws://[::1]:9000/aiowstunnel"  # default path filled in
+    assert reverse.window == DEFAULT_WINDOW
+    assert (reverse.ping_interval, reverse.ping_timeout) == (20.0, 20.0)
+
+
+def test_empty_file_is_a_valid_config_with_defaults() -> None:
+    config = load("")
+    assert config.server is None and config.tunnels == ()
+    assert config.metrics.listen == Address("", 9100)
+    assert config.shutdown_timeout == 10.0
+
+
+def test_metrics_can_be_turned_off_and_port_zero_is_allowed_for_listeners() -> None:
+    config = load("[metrics]\nenabled = false\n" + tunnel(listen='"127.0.0.1:0"'))
+    assert not config.metrics.enabled
+    assert config.tunnels[0].listen == Address("127.0.0.1", 0)
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    conf = tmp_path / "etc"
+    (conf / "tokens").mkdir(parents=True)
+    (conf / "tokens" / "app").write_text("app-token\n")  # as `echo token > file` writes it
+    (conf / "tokens" / "branch").write_text("token-a\r\n")
+    text = server(
+        tls_cert='"tls/server.crt"',
+        tls_key='"/abs/server.key"',
+        client={"token_sha256": None, "token_file": '"tokens/branch"'},
+    ) + tunnel(
+        token=None,
+        token_file='"tokens/app"',
+        ca_file='"tls/ca.crt"',
+        client_cert='"tls/client.crt"',
+        client_key='"../client.key"',
+    )
+    (conf / "aiowstunnel.toml").write_text(text)
+
+    config = read_config(conf / "aiowstunnel.toml")
+
+    assert config.source == str(conf / "aiowstunnel.toml")
+    assert config.server.tls_cert == conf / "tls" / "server.crt"
+    assert config.server.tls_key == Path("/abs/server.key")
+    assert config.server.clients[0].token_sha256 == token_digest("token-a")
+    spec = config.tunnels[0]
+    assert spec.token.reveal() == "app-token"
+    assert (spec.ca_file, spec.client_cert) == (conf / "tls" / "ca.crt", conf / "tls/client.crt")
+    assert spec.client_key == conf / ".." / "client.key"
+
+
+def test_read_config_reports_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        read_config(tmp_path / "missing.toml")
+    assert str(info.value) == f"{tmp_path / 'missing.toml'}: cannot read: No such file or directory"
+
+
+def test_token_file_errors_name_key_and_path(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    text = tunnel(token=None, token_file='"dir"') + tunnel(
+        name='"b"', token=None, token_file='"nope"', listen='"127.0.0.1:1"'
+    )
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_config(tmp_path / "c.toml")
+    assert info.value.errors == [
+        f"tunnel[0].token_file: {tmp_path / 'dir'}: is a directory (line 7)",
+        f"tunnel[1].token_file: {tmp_path / 'nope'}: no such file (line 14)",
+    ]
+
+
+def test_secrets_never_print() -> None:
+    config = load(EXAMPLE, EXAMPLE_TOKENS)
+    shown = repr(config) + str(config) + repr(config.tunnels) + f"{config.tunnels[1].token}"
+    for secret in ("app-token", "inline-token", "token-a"):
+        assert secret not in shown
+    assert repr(Secret("x")) == str(Secret("x")) == "***"
+    assert Secret("x") == Secret("x") != Secret("y")
+    assert len({Secret("x"), Secret("x")}) == 1
+
+
+def test_token_is_never_echoed_in_an_error() -> None:
+    errors = errors_of(tunnel(token='"abc def-secret"'))
+    assert "secret" not in "".join(errors)
+
+
+# --- diff, as a table
+
+
+def three_tunnels(**changes: dict[str, str | None]) -> str:
+    """Tunnels a, b, c; ``changes`` maps a name to key changes (``{"drop": None}`` drops it)."""
+    text = ""
+    for port, name in enumerate(("a", "b", "c"), start=7001):
+        change = changes.get(name, {})
+        if "drop" in change:
+            continue
+        text += tunnel(**{"name": f'"{name}"', "listen": f'"127.0.0.1:{port}"', **change})
+    return text
+
+
+BASE = server() + three_tunnels()
+DIFFS = [
+    ("nothing", BASE, ConfigDiff(unchanged=("a", "b", "c"))),
+    (
+        "added",
+        BASE + tunnel(name='"d"', listen='"127.0.0.1:7004"'),
+        ConfigDiff(added=("d",), unchanged=("a", "b", "c")),
+    ),
+    (
+        "removed",
+        server() + three_tunnels(b={"drop": None}),
+        ConfigDiff(removed=("b",), unchanged=("a", "c")),
+    ),
+    (
+        "changed target",
+        server() + three_tunnels(b={"connect": '"srv:1"'}),
+        ConfigDiff(changed=("b",), unchanged=("a", "c")),
+    ),
+    (
+        "changed token",
+        server() + three_tunnels(a={"token": '"new-token"'}),
+        ConfigDiff(changed=("a",), unchanged=("b", "c")),
+    ),
+    (
+        "changed backoff",
+        server() + three_tunnels(c={"backoff": "{ max = 5 }"}),
+        ConfigDiff(changed=("c",), unchanged=("a", "b")),
+    ),
+    (
+        "renamed",
+        server() + three_tunnels(c={"name": '"c2"'}),
+        ConfigDiff(added=("c2",), removed=("c",), unchanged=("a", "b")),
+    ),
+    (
+        "reordered",
+        server() + tunnel(name='"c"', listen='"127.0.0.1:7003"') + three_tunnels(c={"drop": None}),
+        ConfigDiff(unchanged=("c", "a", "b")),
+    ),
+    (
+        "server ACL",
+        server(client={"allow_connect": '["srv:6790"]'}) + three_tunnels(),
+        ConfigDiff(unchanged=("a", "b", "c"), server_changed=True),
+    ),
+    ("server removed", three_tunnels(), ConfigDiff(unchanged=("a", "b", "c"), server_changed=True)),
+    (
+        "metrics",
+        '[metrics]\nlisten = "127.0.0.1:9100"\n' + BASE,
+        ConfigDiff(unchanged=("a", "b", "c"), metrics_changed=True),
+    ),
+    (
+        "log level only",
+        '[log]\nlevel = "debug"\n' + BASE,
+        ConfigDiff(unchanged=("a", "b", "c")),
+    ),
+]
+
+
+@pytest.mark.parametrize(("new", "expected"), [d[1:] for d in DIFFS], ids=[d[0] for d in DIFFS])
+def test_diff(new: str, expected: ConfigDiff) -> None:
+    assert diff(load(BASE), load(new)) == expected
+
+
+def test_diff_sees_a_changed_token_file() -> None:
+    text = tunnel(token=None, token_file='"/t/app"')
+    old = load(text, {"/t/app": "one"})
+    assert diff(old, load(text, {"/t/app": "one"})) == ConfigDiff(unchanged=("app",))
+    assert diff(old, load(text, {"/t/app": "two"})) == ConfigDiff(changed=("app",))
+
+
+def test_documented_example_loads() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    example = doc.split("```toml\n")[-1].split("```")[0]
+    config = load_config(example, Path("/etc/aiowstunnel"), read_secret=lambda path: "t0ken")
+    assert [t.name for t in config.tunnels] == ["app", "reverse-ssh"]
+    assert config.server.tls_cert == Path("/etc/aiowstunnel/tls/server.crt")
