@@ -157,7 +157,10 @@ class Client:
                 self._failed("tls", f"TLS failed with {self.url}: {exc}", logging.ERROR)
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
-                self._failed(label, f"cannot reach {self.url}: {_why(exc)}", logging.WARNING)
+                hint = ""
+                if self.ssl and isinstance(exc, ConnectionError):
+                    hint = " (a TLS server that requires a client certificate closes like this)"
+                self._failed(label, f"cannot reach {self.url}: {_why(exc)}{hint}", logging.WARNING)
             else:
                 await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)

@@ -241,7 +241,8 @@ class Server:
         return session
 
     def _handshake_deadline(self, session: Session) -> None:
-        if session.phase is Phase.HANDSHAKE and not session.closed.done():
+        # transport None: the TLS handshake failed and asyncio already dropped the socket.
+        if session.phase is Phase.HANDSHAKE and session.transport and not session.closed.done():
             self.stats.rejected["handshake_timeout"] += 1
             log.warning(
                 "dropping %s: no complete handshake within %g s",

@@ -712,7 +712,9 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
         except asyncio.TimeoutError:
             raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise type(exc)(exc.errno, f"connect to {where} failed: {exc.strerror or exc}") from exc
+            # asyncio's own text ("Connect call failed (...)") hides the errno's meaning.
+            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+            raise type(exc)(exc.errno, f"connect to {where} failed: {why}") from exc
 
     return dial
 

@@ -115,6 +115,16 @@ async def make_tunnel() -> AsyncIterator[Callable[..., object]]:
         await tunnel.server.close(timeout=1)
 
 
+async def wait_for_count(counter, key: str, at_least: int, timeout: float = 10.0) -> None:
+    """Wait until ``counter[key]`` (a stats Counter) reaches ``at_least``."""
+
+    async def poll() -> None:
+        while counter[key] < at_least:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 def pattern_block(index: int, size: int, seed: bytes) -> bytes:
     """A block that differs per index, so reordered or repeated blocks change the digest."""
     head = index.to_bytes(8, "big")
@@ -149,3 +159,46 @@ async def echo_roundtrip(address: Address, total: int, block: int = 256 * 1024) 
         await writer.wait_closed()
     assert count == total, f"received {count} of {total} bytes"
     return sent.hexdigest(), received.hexdigest()
+
+
+class FaultProxy:
+    """A TCP relay on loopback that can go silent (a blackholed network) on command.
+
+    While ``blackhole`` is set it keeps every connection open but forwards nothing, in
+    either direction: to each peer, the other has simply gone quiet.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.blackhole = False
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> FaultProxy:
+        self.server = await asyncio.start_server(self._relay, LOCAL, 0)
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(LOCAL, self.target_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if not self.blackhole:
+                        dst.write(data)
+                        await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self._writers:
+            writer.close()

@@ -1,0 +1,338 @@
+"""Prometheus metrics: a collector that reads the tunnels' plain counters (stats.py) at scrape
+time, and a tiny asyncio HTTP exporter serving GET /metrics and GET /healthz. Nothing here runs
+in the data path: a scrape is the only time prometheus_client sees the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .stats import ServerStats, TunnelStats
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_HEAD = 8 * 1024  # request line + headers; a scrape request is a few hundred bytes
+REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request head
+
+
+@dataclass
+class MetricsSnapshot:
+    """What the collector reads at each scrape; built by the daemon's provider callable."""
+
+    tunnels: Iterable[TunnelStats] = ()  # client-side tunnels
+    server_clients: Iterable[TunnelStats] = ()  # server side, one per [[server.client]] entry
+    server: ServerStats | None = None
+    reload_ok: bool = True
+    reload_timestamp: float | None = None  # time.time() of the last successful (re)load
+
+
+# The per-scrape families: metric type, name after "aiowstunnel_", help, label names.
+_FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
+    "up": (GaugeMetricFamily, "tunnel_up", "1 if the tunnel's session is up.", ("tunnel",)),
+    "connects": (CounterMetricFamily, "tunnel_connects", "Sessions established.", ("tunnel",)),
+    "connect_failures": (
+        CounterMetricFamily,
+        "tunnel_connect_failures",
+        "Failed connection attempts, by reason.",
+        ("tunnel", "reason"),
+    ),
+    "backoff": (
+        GaugeMetricFamily,
+        "tunnel_backoff_seconds",
+        "Current wait before the next connection attempt.",
+        ("tunnel",),
+    ),
+    "streams_active": (GaugeMetricFamily, "streams_active", "Open streams.", ("tunnel",)),
+    "streams_opened": (CounterMetricFamily, "streams_opened", "Streams opened.", ("tunnel",)),
+    "stream_open_failures": (
+        CounterMetricFamily,
+        "stream_open_failures",
+        "Streams refused or failed to open, by reason.",
+        ("tunnel", "reason"),
+    ),
+    "sent": (CounterMetricFamily, "sent_bytes", "Payload bytes sent.", ("tunnel",)),
+    "received": (CounterMetricFamily, "received_bytes", "Payload bytes received.", ("tunnel",)),
+    "sessions": (
+        GaugeMetricFamily,
+        "server_sessions_active",
+        "Sessions open on the server, by client entry.",
+        ("client",),
+    ),
+    "rejected": (
+        CounterMetricFamily,
+        "server_rejected",
+        "Handshakes and streams the server refused, by reason.",
+        ("reason",),
+    ),
+}
+
+# One scrape's samples: family key -> label values -> value.
+_Samples = dict[str, dict[tuple[str, ...], float]]
+
+
+class TunnelCollector(Collector):
+    """Turns a ``MetricsSnapshot`` into the metric families named in DESIGN.md (Metrics)."""
+
+    def __init__(self, provider: Callable[[], MetricsSnapshot]) -> None:
+        """Build the collector.
+
+        Args:
+            provider: called once per scrape; must be cheap and must not block.
+        """
+        self._provider = provider
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: lets the registry reject duplicates without calling the provider.
+        yield from self._families({}, MetricsSnapshot())
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._provider()
+        samples: _Samples = {key: {} for key in _FAMILIES}
+
+        def add(key: str, labels: tuple[str, ...], value: float) -> None:
+            # Label sets that meet twice add up (see the server-side comment below).
+            samples[key][labels] = samples[key].get(labels, 0) + value
+
+        def add_streams(t: TunnelStats) -> None:
+            add("streams_active", (t.name,), t.streams_active)
+            add("streams_opened", (t.name,), t.streams_opened)
+            for reason, count in t.stream_open_failures.items():
+                add("stream_open_failures", (t.name, reason), count)
+            add("sent", (t.name,), t.sent_bytes)
+            add("received", (t.name,), t.received_bytes)
+
+        for t in snapshot.tunnels:
+            add("up", (t.name,), 1 if t.up else 0)
+            add("connects", (t.name,), t.connects)
+            for reason, count in t.connect_failures.items():
+                add("connect_failures", (t.name, reason), count)
+            add("backoff", (t.name,), t.backoff_seconds)
+            add_streams(t)
+        for c in snapshot.server_clients:
+            # On the server side the `tunnel` label is the client entry's name (DESIGN.md); a
+            # client tunnel of the same name in the same daemon adds up with it rather than
+            # emitting a duplicate series, which Prometheus would reject.
+            add("sessions", (c.name,), c.sessions_active)
+            add_streams(c)
+        if snapshot.server is not None:
+            for reason, count in snapshot.server.rejected.items():
+                add("rejected", (reason,), count)
+        yield from self._families(samples, snapshot)
+
+    @staticmethod
+    def _families(samples: _Samples, snapshot: MetricsSnapshot) -> Iterator[Metric]:
+        for key, (kind, name, doc, labels) in _FAMILIES.items():
+            metric = kind(f"aiowstunnel_{name}", doc, labels=labels)
+            for values, value in sorted(samples.get(key, {}).items()):
+                metric.add_metric(list(values), value)
+            yield metric
+        yield GaugeMetricFamily(
+            "aiowstunnel_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded.",
+            value=1 if snapshot.reload_ok else 0,
+        )
+        stamp = GaugeMetricFamily(
+            "aiowstunnel_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load.",
+        )
+        # No sample before a first successful load: 0 would read as 1970.
+        if snapshot.reload_timestamp is not None:
+            stamp.add_metric([], snapshot.reload_timestamp)
+        yield stamp
+        build = GaugeMetricFamily(
+            "aiowstunnel_build_info", "The running aiowstunnel version.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
+
+
+def register_metrics(
+    registry: CollectorRegistry, provider: Callable[[], MetricsSnapshot]
+) -> TunnelCollector:
+    """Register the tunnel collector and the process collector on ``registry``.
+
+    Args:
+        registry: a registry of the caller's (never prometheus_client's global one, so that
+            tests and several daemons in one process do not collide).
+        provider: returns the current snapshot; called once per scrape.
+
+    Returns:
+        The registered tunnel collector.
+
+    Raises:
+        ValueError: the registry already holds these metric names.
+    """
+    collector = TunnelCollector(provider)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    return collector
+
+
+class MetricsServer:
+    """HTTP exporter on asyncio: ``GET /metrics`` and ``GET /healthz``, one request per
+    connection (``Connection: close``), request head bounded in size and time.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Callable[[], Mapping[str, bool]] | None = None,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        """Build the exporter; ``start`` binds it.
+
+        Args:
+            registry: what ``/metrics`` exposes.
+            health: returns ``{tunnel name: up}``; ``/healthz`` is 200 when every tunnel is
+                up (or there are none), 503 otherwise. None means no tunnels.
+            request_timeout: seconds a client has to send its request line and headers.
+        """
+        self._registry = registry
+        self._health = health or dict
+        self._request_timeout = request_timeout
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str | None, port: int) -> None:
+        """Listen on ``host:port``.
+
+        Args:
+            host: address to bind; None or "" for every interface.
+            port: TCP port; 0 picks a free one (see ``port``).
+
+        Raises:
+            OSError: the address cannot be bound; the message names it.
+        """
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, host or None, port, limit=MAX_REQUEST_HEAD
+            )
+        except OSError as exc:
+            where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+            raise OSError(exc.errno, f"metrics: cannot listen on {where}: {exc.strerror}") from exc
+
+    @property
+    def port(self) -> int:
+        """The bound port (of the first socket, when listening on several)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("MetricsServer is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop requests in progress. Safe to call twice."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            try:
+                status, ctype, body = await asyncio.wait_for(
+                    self._read_and_answer(reader), self._request_timeout
+                )
+            except asyncio.TimeoutError:
+                status, ctype, body = 408, "text/plain", b"request timeout\n"
+            except _RequestTooLarge:
+                status, ctype, body = 431, "text/plain", b"request head too large\n"
+            head = (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                f"Content-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                + ("Allow: GET\r\n" if status == 405 else "")
+                + "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode("ascii") + body)
+            await asyncio.wait_for(writer.drain(), self._request_timeout)
+        except (OSError, asyncio.TimeoutError):
+            pass  # the client went away or stopped reading: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+            self._handlers.discard(task)
+
+    async def _read_and_answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+        request_line = await _read_head(reader)
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, "text/plain", b"bad request\n"
+        method, target = parts[0], parts[1]
+        path = target.split("?", 1)[0]  # Prometheus may add query parameters
+        if path not in ("/metrics", "/healthz"):
+            return 404, "text/plain", b"not found: try /metrics or /healthz\n"
+        if method != "GET":
+            return 405, "text/plain", b"method not allowed\n"
+        try:
+            if path == "/metrics":
+                return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            tunnels = {name: "up" if up else "down" for name, up in self._health().items()}
+        except Exception:
+            # A provider bug must cost one scrape, not the exporter.
+            logger.exception("metrics: answering GET %s failed", path)
+            return 500, "text/plain", b"internal error\n"
+        healthy = all(state == "up" for state in tunnels.values())
+        body = json.dumps({"status": "ok" if healthy else "degraded", "tunnels": tunnels})
+        return (200 if healthy else 503), "application/json", body.encode() + b"\n"
+
+
+class _RequestTooLarge(Exception):
+    """The request line and headers exceed MAX_REQUEST_HEAD (answered 431, never raised out)."""
+
+
+async def _read_head(reader: asyncio.StreamReader) -> str:
+    """Read the request line and headers up to the blank line; return the request line."""
+    total = 0
+    first: bytes | None = None
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            raise _RequestTooLarge from exc
+        except asyncio.IncompleteReadError as exc:
+            line = exc.partial  # EOF: answer what we have
+            if not line:
+                break
+        total += len(line)
+        if total > MAX_REQUEST_HEAD:
+            raise _RequestTooLarge
+        if first is None:
+            first = line
+        elif line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n"):
+            break
+    return (first or b"").decode("latin-1").strip()
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

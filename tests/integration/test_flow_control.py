@@ -1,0 +1,144 @@
+"""A slow consumer cannot make the tunnel buffer without bound, nor slow other streams.
+
+The bound (protocol.md, Flow control): per stream, the receiver holds at most its window
+(256 KiB) plus its socket's write buffer high-water mark (256 KiB), and the sender at most
+one socket read (256 KiB) waiting for credit: under 1 MiB per stream per tunnel. The
+assertion allows 16 MiB of RSS growth for the allocator's own slack, against 64 MiB pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import time
+
+import pytest
+
+from .conftest import LOCAL, start_backend
+
+TUNNEL_PROGRAM = """
+import asyncio, sys
+import aiowstunnel
+from aiowstunnel.client import Client
+from aiowstunnel.server import Server
+
+async def main():
+    server = Server("127.0.0.1", 0)
+    await server.listen()
+    client = Client(aiowstunnel.CONNECT, "127.0.0.1", server.port, "127.0.0.1", 0,
+                    "127.0.0.1", int(sys.argv[1]))
+    client.start()
+    await client.wait_up(10)
+    print("READY", client.listen_address.port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+MiB = 1024 * 1024
+RSS_BOUND = 16 * MiB
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def slow_or_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """First byte S: read 1 KiB per second (bounded to 30 s). Else: echo to EOF."""
+    kind = await reader.readexactly(1)
+    if kind == b"S":
+        for _ in range(30):
+            if not await reader.read(1024):
+                break
+            await asyncio.sleep(1)
+    else:
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def echo_stream(port: int, total: int) -> float:
+    """Echo ``total`` bytes through the tunnel; returns MB/s, asserts the digest."""
+    reader, writer = await asyncio.open_connection(LOCAL, port, limit=MiB)
+    payload = os.urandom(total)
+    start = time.monotonic()
+    writer.write(b"E")
+
+    async def send() -> None:
+        for i in range(0, total, 256 * 1024):
+            writer.write(payload[i : i + 256 * 1024])
+            await writer.drain()
+        writer.write_eof()
+
+    task = asyncio.create_task(send())
+    got = hashlib.sha256()
+    n = 0
+    while data := await reader.read(MiB):
+        got.update(data)
+        n += len(data)
+    await task
+    writer.close()
+    assert n == total
+    assert got.digest() == hashlib.sha256(payload).digest()
+    return total / (time.monotonic() - start) / 1e6
+
+
+@pytest.mark.timeout(90)
+async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
+    backend = await start_backend(slow_or_echo)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TUNNEL_PROGRAM, str(backend.port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        port = int(line.split()[1])
+        baseline_speed = await echo_stream(port, 32 * MiB)  # also warms the allocator
+        baseline_rss = rss(proc.pid)
+
+        # The slow stream: push 64 MiB at a reader taking 1 KiB/s.
+        _, writer = await asyncio.open_connection(LOCAL, port)
+        writer.write(b"S")
+        pushed = 0
+        block = os.urandom(256 * 1024)
+
+        async def push() -> None:
+            nonlocal pushed
+            while pushed < 64 * MiB:
+                writer.write(block)
+                await writer.drain()
+                pushed += len(block)
+
+        pusher = asyncio.create_task(push())
+        # Wait until the push stalls: no progress for 0.5 s (bounded by the test timeout).
+        last = -1
+        while pushed != last:
+            last = pushed
+            await asyncio.sleep(0.5)
+        stalled_rss = rss(proc.pid)
+
+        speed = await echo_stream(port, 32 * MiB)  # meanwhile, on the same tunnel
+        after_rss = rss(proc.pid)
+        print(
+            f"\nslow stream stalled after {pushed / MiB:.1f} MiB pushed; tunnel RSS "
+            f"{baseline_rss / MiB:.1f} -> {stalled_rss / MiB:.1f} -> {after_rss / MiB:.1f} MiB; "
+            f"other stream {speed:.0f} MB/s (alone before: {baseline_speed:.0f} MB/s)"
+        )
+        assert not pusher.done(), "the slow stream should still be blocked"
+        assert pushed < 64 * MiB
+        assert stalled_rss - baseline_rss < RSS_BOUND
+        assert after_rss - baseline_rss < RSS_BOUND
+        # Not a timing target, a sanity bound: the slow stream must not throttle the other.
+        assert speed > baseline_speed / 4
+        pusher.cancel()
+        writer.close()
+    finally:
+        proc.kill()
+        await proc.wait()
+        backend.server.close()

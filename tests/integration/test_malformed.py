@@ -1,0 +1,145 @@
+"""A raw WebSocket peer sending broken frames gets the defined answer (protocol.md,
+Errors); the server keeps serving its other sessions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
+
+import aiowstunnel
+from aiowstunnel import wire
+from aiowstunnel.addresses import Address
+from aiowstunnel.handshake import TunnelRequest
+
+from .conftest import echo_roundtrip
+
+
+async def raw_session(server, target_port: int):
+    """A hand-driven WebSocket to the server, as a buggy or hostile client would be."""
+    request = TunnelRequest(aiowstunnel.CONNECT, Address("127.0.0.1", target_port))
+    return await connect(
+        f"ws://127.0.0.1:{server.port}/aiowstunnel",
+        subprotocols=[wire.SUBPROTOCOL],
+        additional_headers=request.headers(),
+        compression=None,
+        ping_interval=None,
+    )
+
+
+async def expect_close(ws, code: int, reason_part: str) -> None:
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == code, (ws.close_code, ws.close_reason)
+    assert reason_part in ws.close_reason
+
+
+async def expect_rst(ws, stream_id: int, reason_part: str) -> None:
+    frame = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
+    assert isinstance(frame, wire.Rst), frame
+    assert frame.stream_id == stream_id
+    assert reason_part in frame.reason
+
+
+SESSION_FAULTS = [
+    (b"\x63\x00\x00\x00\x01payload", "unknown frame type 99"),
+    (b"\x01\x00", "truncated frame"),
+    (b"\x05\x00\x00\x00\x01\x00\x00", "WINDOW payload is 2 bytes"),
+    (b"\x08\x00\x00\x00\x07", "GOAWAY on stream 7"),
+    (b"\x01\x00\x00\x00\x02\x00\x01\x00\x00", "of our parity"),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("message", "reason"), SESSION_FAULTS, ids=[r for _, r in SESSION_FAULTS])
+async def test_session_level_fault_closes_with_1002_and_reason(
+    make_tunnel, echo_backend, message, reason
+):
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    ws = await raw_session(tunnel.server, echo_backend.port)
+    await ws.send(message)
+    await expect_close(ws, 1002, reason)
+    # Everyone else is unaffected.
+    sent, received = await echo_roundtrip(tunnel.entry, 1 << 20)
+    assert sent == received
+
+
+@pytest.mark.timeout(30)
+async def test_text_message_closes_session(make_tunnel, echo_backend):
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    ws = await raw_session(tunnel.server, echo_backend.port)
+    await ws.send("hello")
+    await expect_close(ws, 1002, "binary messages only")
+
+
+@pytest.mark.timeout(30)
+async def test_stream_level_faults_get_rst_and_session_survives(make_tunnel, echo_backend):
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    ws = await raw_session(tunnel.server, echo_backend.port)
+
+    # DATA before OPEN: the stream does not exist.
+    await ws.send(wire.Data(1, b"early").serialize())
+    await expect_rst(ws, 1, "unknown stream 1")
+    # WINDOW for a stream never opened.
+    await ws.send(wire.WindowUpdate(99, 10).serialize())
+    await expect_rst(ws, 99, "unknown stream 99")
+
+    # A real stream, then one byte more than the credit the server gave.
+    await ws.send(wire.Open(3, 65536).serialize())
+    ok = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
+    assert isinstance(ok, wire.OpenOk)
+    await ws.send(wire.Data(3, b"x" * (ok.window + 1)).serialize())
+    frame = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
+    assert isinstance(frame, wire.Rst), frame
+    assert frame.stream_id == 3
+    assert "window overflow" in frame.reason
+
+    # The session itself is still good: a new stream echoes.
+    await ws.send(wire.Open(5, 65536).serialize())
+    assert isinstance(wire.parse_frame(await asyncio.wait_for(ws.recv(), 5)), wire.OpenOk)
+    await ws.send(wire.Data(5, b"ping").serialize())
+    echoed = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
+    assert isinstance(echoed, wire.Data) and bytes(echoed.data) == b"ping"
+    await ws.close()
+    sent, received = await echo_roundtrip(tunnel.entry, 1 << 20)
+    assert sent == received
+
+
+@pytest.mark.timeout(30)
+async def test_oversized_message_is_refused_with_1009(make_tunnel, echo_backend):
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT, echo_backend.port, server_kw={"max_frame": 64 * 1024}
+    )
+    ws = await raw_session(tunnel.server, echo_backend.port)
+    await ws.send(wire.Data(1, b"z" * (128 * 1024)).serialize())
+    await expect_close(ws, 1009, "")
+
+
+@pytest.mark.timeout(30)
+async def test_open_flood_beyond_stream_limit_is_refused(make_tunnel, echo_backend):
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port, server_kw={"max_streams": 4})
+    ws = await raw_session(tunnel.server, echo_backend.port)
+    for sid in range(1, 40, 2):
+        await ws.send(wire.Open(sid, 65536).serialize())
+    answers = [wire.parse_frame(await asyncio.wait_for(ws.recv(), 5)) for _ in range(20)]
+    accepted = [f for f in answers if isinstance(f, wire.OpenOk)]
+    refused = [f for f in answers if isinstance(f, wire.OpenFail)]
+    assert len(accepted) == 4
+    assert len(refused) == 16
+    assert all("too many streams" in f.reason for f in refused)
+    await ws.close()
+
+
+@pytest.mark.timeout(30)
+async def test_unknown_subprotocol_refused_with_reason(make_tunnel, echo_backend):
+    from websockets.exceptions import InvalidStatus
+
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    with pytest.raises(InvalidStatus) as caught:
+        await connect(
+            f"ws://127.0.0.1:{tunnel.server.port}/aiowstunnel", subprotocols=["aiowstunnel.v9"]
+        )
+    assert caught.value.response.status_code == 400
+    assert b"aiowstunnel.v1" in caught.value.response.body

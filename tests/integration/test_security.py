@@ -1,0 +1,147 @@
+"""Tokens and rules are enforced before the upgrade; refusals carry their reason."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+import aiowstunnel
+from aiowstunnel.addresses import AddressRule
+from aiowstunnel.policy import ClientPolicy, token_digest
+
+from .conftest import echo_roundtrip, start_backend, wait_for_count
+
+
+def policy(name: str, token: str, connect: list[str] = (), listen: list[str] = ()):
+    return ClientPolicy(
+        name,
+        token_digest(token),
+        tuple(AddressRule.parse(r) for r in connect),
+        tuple(AddressRule.parse(r) for r in listen),
+    )
+
+
+@pytest.mark.timeout(30)
+async def test_good_token_and_allowed_target_carry_data(make_tunnel, echo_backend):
+    clients = [policy("app", "s3cret", connect=[f"127.0.0.1:{echo_backend.port}"])]
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "s3cret", "name": "app"},
+    )
+    sent, received = await echo_roundtrip(tunnel.entry, 1 << 20)
+    assert sent == received
+    assert tunnel.server.client_stats["app"].streams_opened == 1
+
+
+@pytest.mark.timeout(30)
+async def test_wrong_token_is_401_with_reason_and_client_keeps_retrying(
+    make_tunnel, echo_backend, caplog
+):
+    caplog.set_level(logging.INFO)
+    clients = [policy("app", "s3cret", connect=[f"127.0.0.1:{echo_backend.port}"])]
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "wrong"},
+        wait=False,
+    )
+    await wait_for_count(tunnel.client.stats.connect_failures, "bad_token", 3)
+    assert tunnel.server.stats.rejected["bad_token"] >= 3
+    client_lines = [r.getMessage() for r in caplog.records if r.name == "aiowstunnel.client"]
+    assert any("401" in line and "invalid token" in line for line in client_lines)
+    assert not tunnel.client.up
+    assert echo_backend.accepted == 0
+
+
+@pytest.mark.timeout(30)
+async def test_missing_token_is_401(make_tunnel, echo_backend):
+    clients = [policy("app", "s3cret", connect=["*:*"])]
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT, echo_backend.port, server_kw={"clients": clients}, wait=False
+    )
+    await wait_for_count(tunnel.client.stats.connect_failures, "bad_token", 1)
+    assert "missing bearer token" in tunnel.client.last_error
+
+
+@pytest.mark.timeout(30)
+async def test_refused_target_is_403_and_target_sees_no_connection(make_tunnel, caplog):
+    caplog.set_level(logging.INFO)
+    allowed = await start_backend()
+    forbidden = await start_backend()
+    clients = [policy("app", "s3cret", connect=[f"127.0.0.1:{allowed.port}"])]
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        forbidden.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "s3cret"},
+        wait=False,
+    )
+    await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 2)
+    assert "403" in tunnel.client.last_error
+    assert "not in allow_connect" in tunnel.client.last_error
+    # A user connecting meanwhile is turned away locally; nothing reaches the target.
+    listener = None
+    for _ in range(200):
+        listener = tunnel.client.listen_address
+        if listener:
+            break
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection(listener.host, listener.port)
+    writer.write(b"knock")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert forbidden.accepted == 0
+    assert tunnel.client.stats.stream_open_failures["tunnel_down"] >= 1
+
+
+@pytest.mark.timeout(30)
+async def test_listen_outside_allow_listen_is_403(make_tunnel, echo_backend):
+    clients = [policy("app", "s3cret", listen=["127.0.0.1:1-1023"])]
+    tunnel = await make_tunnel(
+        aiowstunnel.LISTEN,
+        echo_backend.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "s3cret"},
+        wait=False,
+    )
+    await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
+    assert "not in allow_listen" in tunnel.client.last_error
+
+
+@pytest.mark.timeout(30)
+async def test_listen_on_port_in_use_is_409_with_reason(make_tunnel, echo_backend):
+    clients = [policy("app", "s3cret", listen=["127.0.0.1:*"])]
+    busy = await start_backend()
+    tunnel = await make_tunnel(
+        aiowstunnel.LISTEN,
+        echo_backend.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "s3cret"},
+        wait=False,
+    )
+    # Point the LISTEN request at a port that is already bound.
+    tunnel.client.listen = type(tunnel.client.listen)("127.0.0.1", busy.port)
+    await wait_for_count(tunnel.client.stats.connect_failures, "listen_failed", 1)
+    assert f"cannot listen on 127.0.0.1:{busy.port}" in tunnel.client.last_error
+
+
+@pytest.mark.timeout(30)
+async def test_removing_permission_closes_session_with_reason(make_tunnel, echo_backend):
+    rule = f"127.0.0.1:{echo_backend.port}"
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": [policy("app", "s3cret", connect=[rule])]},
+        client_kw={"token": "s3cret"},
+    )
+    other = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)  # another server
+    tunnel.server.set_clients([policy("app", "s3cret", connect=[])])
+    await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
+    assert not tunnel.client.up
+    sent, received = await echo_roundtrip(other.entry, 1 << 16)
+    assert sent == received
