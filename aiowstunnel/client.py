@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl as ssl_module
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode
@@ -61,6 +63,7 @@ class Client:
         backoff: reconnect delays.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
+        proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
     """
 
@@ -87,6 +90,7 @@ class Client:
         connect_timeout: float = 10.0,
         name: str | None = None,
         stats: TunnelStats | None = None,
+        proxy: str | None = None,
         random: Callable[[], float] = random.random,
     ) -> None:
         self.mode = Mode(mode)
@@ -110,7 +114,13 @@ class Client:
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         self.session: Session | None = None
         self.listen_address: Address | None = None  # what is actually bound (either side)
+        self.proxy = proxy
         self.last_error = ""
+        #: Set once the local listener was tried (bound, or the error logged); at once
+        #: in LISTEN mode, where the listener is the server's. The daemon's READY waits on it.
+        self.first_bind = asyncio.Event()
+        if self.mode is Mode.LISTEN:
+            self.first_bind.set()
         self._listener: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -145,8 +155,10 @@ class Client:
                     await self._bind()
                 except OSError as exc:
                     self._failed("listen_failed", str(exc), logging.ERROR)
+                    self.first_bind.set()
                     await self._pause()
                     continue
+                self.first_bind.set()
             started = loop.time()
             try:
                 session = await self._connect()
@@ -263,17 +275,21 @@ class Client:
         if self.mode is Mode.LISTEN:
             # Set before the request: the server may open a stream right after the 101.
             session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
-        await asyncio.wait_for(
-            loop.create_connection(
-                lambda: session,
-                self.server.host,
-                self.server.port,
-                ssl=self.ssl,
-                server_hostname=(self.server_hostname or self.server.host) if self.ssl else None,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-            ),
-            self.connect_timeout,
-        )
+        tls = {
+            "ssl": self.ssl,
+            "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
+            "ssl_handshake_timeout": self.handshake_timeout if self.ssl else None,
+        }
+        if self.proxy:
+            sock = await asyncio.wait_for(
+                proxy_tunnel(self.proxy, self.server), self.connect_timeout
+            )
+            connecting = loop.create_connection(lambda: session, sock=sock, **tls)
+        else:
+            connecting = loop.create_connection(
+                lambda: session, self.server.host, self.server.port, **tls
+            )
+        await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
         for key, value in TunnelRequest(self.mode, target, self.token).headers():
@@ -290,6 +306,41 @@ class Client:
             bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
+
+
+async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
+    """A socket connected to ``target`` through an HTTP proxy's CONNECT method.
+
+    Raises:
+        ConnectionError: the proxy refused (its status line is in the message).
+        OSError: the proxy cannot be reached.
+    """
+    url = urlsplit(proxy)
+    host, port = url.hostname or "", url.port or 3128
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+        authority = str(target)
+        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:  # byte by byte: nothing past the head is consumed
+            byte = await loop.sock_recv(sock, 1)
+            if not byte or len(head) > 8192:
+                raise ConnectionError(f"proxy {host}:{port} closed during CONNECT")
+            head += byte
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status.split()
+        if len(parts) < 2 or parts[1] != "200":
+            raise ConnectionError(f"proxy {host}:{port} refused CONNECT {authority}: {status}")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 class _Refuse(asyncio.Protocol):

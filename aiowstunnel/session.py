@@ -317,8 +317,7 @@ class Session(asyncio.Protocol):
                     self._response(event)
         except ProtocolViolation as exc:
             log.warning(
-                "%s: protocol violation by %s: %s",
-                self.name,
+                "protocol violation by %s: %s",
                 self.peer,
                 exc,
                 extra={"tunnel": self.name, "peer": self.peer},
@@ -420,8 +419,7 @@ class Session(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             self._count_open_failure(event.reason)
             log.warning(
-                "%s: stream from %s refused by the other side: %s",
-                self.name,
+                "stream from %s refused by the other side: %s",
                 stream.peer if stream else "?",
                 event.reason,
                 extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
@@ -432,8 +430,7 @@ class Session(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if isinstance(event, wire.StreamViolated):
                 log.warning(
-                    "%s: stream %d: protocol violation by %s: %s",
-                    self.name,
+                    "stream %d: protocol violation by %s: %s",
                     event.stream_id,
                     self.peer,
                     event.reason,
@@ -441,14 +438,16 @@ class Session(asyncio.Protocol):
                 )
             else:
                 log.debug(
-                    "%s: stream %d reset by peer: %s", self.name, event.stream_id, event.reason
+                    "stream %d reset by peer: %s",
+                    event.stream_id,
+                    event.reason,
+                    extra={"tunnel": self.name, "peer": self.peer},
                 )
             if stream is not None:
                 self._drop(stream, abort=True)
         elif isinstance(event, wire.GoAwayReceived):
             log.info(
-                "%s: peer %s is going away: %s",
-                self.name,
+                "peer %s is going away: %s",
                 self.peer,
                 event.reason,
                 extra={"tunnel": self.name, "peer": self.peer},
@@ -486,8 +485,7 @@ class Session(asyncio.Protocol):
             reason = _describe(exc)
             self._count_open_failure(_failure_label(exc))
             log.warning(
-                "%s: stream from %s: %s",
-                self.name,
+                "stream from %s: %s",
                 origin or self.peer,
                 reason,
                 extra={"tunnel": self.name, "peer": origin or self.peer},
@@ -511,8 +509,7 @@ class Session(asyncio.Protocol):
             except ProtocolViolation as exc:
                 self._count_open_failure("tunnel_down")
                 log.warning(
-                    "%s: cannot open stream for %s: %s",
-                    self.name,
+                    "cannot open stream for %s: %s",
                     stream.peer,
                     exc,
                     extra={"tunnel": self.name, "peer": stream.peer},

@@ -1,0 +1,166 @@
+"""The daemon's lifecycle, in one place: start, READY, reload on SIGHUP, stop on SIGTERM.
+
+Signals only set events; :func:`run` awaits them. Every sd_notify call lives here, beside
+the lifecycle it reports (docs/operations.md, systemd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .config import Config, read_config
+from .errors import ConfigError
+from .logs import setup_logging
+from .metrics import MetricsServer, register_metrics
+from .notify import Notifier, watchdog_loop, watchdog_period
+from .supervisor import Supervisor, check_tls
+
+log = logging.getLogger("aiowstunnel.daemon")
+
+#: How often STATUS= is refreshed (only sent when the line changed).
+STATUS_PERIOD = 1.0
+
+
+class Daemon:
+    """One run of ``aiowstunnel run``: a supervisor, its metrics, and systemd reporting."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        self.config = config
+        self.supervisor = Supervisor(config)
+        self.notifier = Notifier()
+        self.metrics: MetricsServer | None = None
+        self.registry = CollectorRegistry()
+        register_metrics(self.registry, self.supervisor.snapshot)
+        self.reload_requested = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self._status = ""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        try:
+            await self._start_metrics(self.config)
+            await self.supervisor.start()
+        except (OSError, ConfigError) as exc:
+            log.error("cannot start: %s", exc)
+            await self._shutdown(0.0)
+            return 1
+        await self.supervisor.listeners_bound()
+        self._tasks.append(loop.create_task(self._report_status()))
+        period = watchdog_period()
+        if period:
+            self._tasks.append(loop.create_task(watchdog_loop(self.notifier, period)))
+        self.notifier.notify("READY=1", STATUS=self._refresh_status())
+        log.info("running %s: %s", self.path, self._status)
+
+        while not self.stop_requested.is_set():
+            stop = loop.create_task(self.stop_requested.wait())
+            reload = loop.create_task(self.reload_requested.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self.reload_requested.is_set() and not self.stop_requested.is_set():
+                self.reload_requested.clear()
+                await self.reload()
+
+        self.notifier.notify("STOPPING=1", STATUS="stopping: draining open streams")
+        log.info("stopping: draining open streams for up to %g s", self.config.shutdown_timeout)
+        await self._shutdown(self.config.shutdown_timeout)
+        log.info("stopped")
+        return 0
+
+    async def reload(self) -> None:
+        """Re-read the file; apply it as a diff, or keep the old config if it is invalid."""
+        self.notifier.reloading()
+        log.info("reloading %s", self.path)
+        try:
+            new = read_config(self.path)
+            check_tls(new)
+            if new.metrics != self.config.metrics:
+                await self._start_metrics(new)
+            await self.supervisor.reload(new)
+        except (ConfigError, OSError) as exc:
+            self.supervisor.reload_ok = False
+            log.error("reload failed, still running the previous configuration: %s", exc)
+        else:
+            self.config = new
+            self.supervisor.reload_ok = True
+            self.supervisor.reload_timestamp = time.time()
+            setup_logging(new.log.level)
+        self.notifier.notify("READY=1", STATUS=self._refresh_status())
+
+    async def _start_metrics(self, config: Config) -> None:
+        """(Re)bind the exporter. A new address is bound before the old one is let go."""
+        old = self.metrics
+        if not config.metrics.enabled:
+            self.metrics = None
+        else:
+            same_address = old is not None and config.metrics.listen == self.config.metrics.listen
+            if same_address:
+                return
+            metrics = MetricsServer(self.registry, self.supervisor.health)
+            await metrics.start(config.metrics.listen.bind_host, config.metrics.listen.port)
+            self.metrics = metrics
+            log.info("metrics on http://%s/metrics", _shown(config, metrics.port))
+        if old is not None and old is not self.metrics:
+            await old.close()
+
+    def _refresh_status(self) -> str:
+        self._status = self.supervisor.status_line()
+        return self._status
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_PERIOD)
+            before = self._status
+            if self._refresh_status() != before:
+                self.notifier.notify(STATUS=self._status)
+
+    async def _shutdown(self, timeout: float) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.supervisor.stop(timeout)
+        if self.metrics is not None:
+            await self.metrics.close()
+        self.notifier.close()
+
+
+def _shown(config: Config, port: int) -> str:
+    host = config.metrics.listen.host or "0.0.0.0"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run(path: Path) -> int:
+    """``aiowstunnel run``: read the config, run the daemon in the foreground.
+
+    Returns:
+        The process exit code: 0 after a clean stop, 1 when it cannot start.
+    """
+    try:
+        config = read_config(path)
+        check_tls(config)
+    except ConfigError as exc:
+        setup_logging("info")
+        for error in exc.errors:
+            log.error("%s: %s", exc.source, error)
+        return 1
+    setup_logging(config.log.level)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_main(path, config))
+    return 0
+
+
+async def _main(path: Path, config: Config) -> int:
+    return await Daemon(path, config).run()

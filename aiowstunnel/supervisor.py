@@ -1,0 +1,277 @@
+"""Runs the configured server and tunnels, and applies a new config as a diff.
+
+Each tunnel is a :class:`Client` with its own task and backoff, so a tunnel that fails
+never blocks another. A reload starts added tunnels, stops removed ones, restarts changed
+ones and leaves unchanged ones alone (their streams go on); on the server, new client rules
+apply at once and a changed listener is rebound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import ssl
+from urllib.parse import urlsplit
+
+from .client import Client
+from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
+from .errors import ConfigError
+from .metrics import MetricsSnapshot
+from .server import Server
+from .stats import ServerStats, TunnelStats
+
+log = logging.getLogger("aiowstunnel.supervisor")
+
+
+def server_ssl(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plain ws://.
+
+    Raises:
+        ConfigError: a certificate, key or CA file cannot be loaded (names the key).
+    """
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load(context.load_cert_chain, "server.tls_cert/tls_key", config.tls_cert, config.tls_key)
+    if config.tls_client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        _load(context.load_verify_locations, "server.tls_client_ca", config.tls_client_ca)
+    return context
+
+
+def tunnel_ssl(spec: TunnelSpec, index: int) -> ssl.SSLContext | None:
+    """The tunnel's TLS context (system store or ``ca_file``; client cert for mTLS)."""
+    if not spec.uses_tls:
+        return None
+    where = f"tunnel[{index}]"
+    try:
+        context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"{where}.ca_file: {spec.ca_file}: {exc}"]) from None
+    if spec.client_cert is not None:
+        _load(context.load_cert_chain, f"{where}.client_cert", spec.client_cert, spec.client_key)
+    return context
+
+
+def _load(method, key: str, *paths) -> None:
+    try:
+        method(*(str(p) for p in paths if p is not None))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"{key}: {', '.join(str(p) for p in paths if p)}: {exc}"]) from None
+
+
+def check_tls(config: Config) -> None:
+    """Load every certificate, key and CA the config names (``aiowstunnel check``).
+
+    Raises:
+        ConfigError: with every file that cannot be loaded.
+    """
+    errors: list[str] = []
+    if config.server is not None:
+        try:
+            server_ssl(config.server)
+        except ConfigError as exc:
+            errors += exc.errors
+    for index, spec in enumerate(config.tunnels):
+        try:
+            tunnel_ssl(spec, index)
+        except ConfigError as exc:
+            errors += exc.errors
+    if errors:
+        raise ConfigError(errors, config.source)
+
+
+def build_server(
+    config: ServerConfig,
+    stats: ServerStats | None = None,
+    client_stats: dict[str, TunnelStats] | None = None,
+) -> Server:
+    server = Server(
+        config.listen.host,
+        config.listen.port,
+        ssl=server_ssl(config),
+        path=config.path,
+        clients=config.clients,
+        window=config.window,
+        max_streams=config.max_streams,
+        max_frame=config.max_frame,
+        handshake_timeout=config.handshake_timeout,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+    )
+    # Counters survive a rebind: Prometheus counters must never go backwards.
+    if stats is not None:
+        server.stats = stats
+    if client_stats is not None:
+        client_stats.update({k: v for k, v in server.client_stats.items() if k not in client_stats})
+        server.client_stats = client_stats
+    return server
+
+
+def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
+    url = urlsplit(spec.server)
+    secure = url.scheme == "wss"
+    host = url.hostname or ""
+    port = url.port or (443 if secure else 80)
+    return Client(
+        spec.mode,
+        host,
+        port,
+        spec.listen.host,
+        spec.listen.port,
+        spec.connect.host,
+        spec.connect.port,
+        ssl=tunnel_ssl(spec, index),
+        path=url.path or "/",
+        token=spec.token.reveal(),
+        backoff=spec.backoff,
+        ping_interval=spec.ping_interval,
+        ping_timeout=spec.ping_timeout,
+        window=spec.window,
+        name=spec.name,
+        stats=stats,
+        proxy=spec.proxy,
+    )
+
+
+class Supervisor:
+    """The server and the tunnels of one configuration, kept running."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server: Server | None = None
+        self.tunnels: dict[str, Client] = {}
+        self.tunnel_stats: dict[str, TunnelStats] = {}
+        self.server_stats = ServerStats()
+        self.client_stats: dict[str, TunnelStats] = {}
+        self.reload_ok = True
+        self.reload_timestamp: float | None = None
+
+    async def start(self) -> None:
+        """Bind the server (if any) and start every tunnel.
+
+        Raises:
+            OSError: the server's address cannot be bound.
+            ConfigError: a TLS file cannot be loaded.
+        """
+        if self.config.server is not None:
+            self.server = build_server(self.config.server, self.server_stats, self.client_stats)
+            await self.server.listen()
+        for index, spec in enumerate(self.config.tunnels):
+            self._start_tunnel(spec, index)
+
+    async def listeners_bound(self, timeout: float = 10.0) -> None:
+        """Wait until each CONNECT tunnel tried its first bind (bound, or error logged)."""
+        waits = [c.first_bind.wait() for c in self.tunnels.values()]
+        if waits:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
+    def _start_tunnel(self, spec: TunnelSpec, index: int) -> None:
+        stats = self.tunnel_stats.setdefault(spec.name, TunnelStats(spec.name))
+        try:
+            client = build_client(spec, index, stats)
+        except ConfigError as exc:  # checked at load; a file may vanish before reload
+            log.error("tunnel %s not started: %s", spec.name, exc, extra={"tunnel": spec.name})
+            return
+        self.tunnels[spec.name] = client
+        client.start()
+
+    async def _stop_tunnel(self, name: str, timeout: float) -> None:
+        client = self.tunnels.pop(name, None)
+        if client is not None:
+            await client.close(timeout)
+
+    async def reload(self, new: Config) -> ConfigDiff:
+        """Apply a validated config: only what changed is touched.
+
+        Raises:
+            OSError: a changed server listener cannot be bound; the old one keeps running.
+            ConfigError: a TLS file cannot be loaded; nothing was changed.
+        """
+        change = diff(self.config, new)
+        timeout = new.shutdown_timeout
+        if change.server_changed:
+            await self._reload_server(new.server, timeout)
+        names = {spec.name: index for index, spec in enumerate(new.tunnels)}
+        await asyncio.gather(
+            *(self._stop_tunnel(name, timeout) for name in change.removed + change.changed)
+        )
+        for name in change.changed + change.added:
+            self._start_tunnel(new.tunnels[names[name]], names[name])
+        for name in change.removed:
+            self.tunnel_stats.pop(name, None)
+        self.config = new
+        log.info(
+            "configuration reloaded: %d added, %d removed, %d changed, %d unchanged%s",
+            len(change.added),
+            len(change.removed),
+            len(change.changed),
+            len(change.unchanged),
+            ", server updated" if change.server_changed else "",
+        )
+        return change
+
+    async def _reload_server(self, new: ServerConfig | None, timeout: float) -> None:
+        old = self.config.server
+        if new is None:
+            if self.server is not None:
+                await self.server.close(timeout)
+                self.server = None
+            return
+        if self.server is not None and old is not None and _same_listener(old, new):
+            self.server.set_clients(new.clients)  # sessions stay while still allowed
+            return
+        replacement = build_server(new, self.server_stats, self.client_stats)
+        if self.server is not None and old is not None and old.listen == new.listen:
+            await self.server.close(timeout)  # same address: the old one must let go first
+            self.server = None
+        await replacement.listen()
+        if self.server is not None:
+            await self.server.close(timeout)
+        self.server = replacement
+
+    async def stop(self, timeout: float) -> None:
+        """GOAWAY everywhere, let streams drain up to ``timeout``, close. Bounded."""
+        closing = [client.close(timeout) for client in self.tunnels.values()]
+        if self.server is not None:
+            closing.append(self.server.close(timeout))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*closing), timeout + 2.0)
+        self.tunnels.clear()
+
+    # -- what the daemon reports --------------------------------------------------
+
+    def snapshot(self) -> MetricsSnapshot:
+        return MetricsSnapshot(
+            tunnels=tuple(self.tunnel_stats.values()),
+            server_clients=tuple(self.client_stats.values()) if self.server else (),
+            server=self.server_stats if self.config.server is not None else None,
+            reload_ok=self.reload_ok,
+            reload_timestamp=self.reload_timestamp,
+        )
+
+    def health(self) -> dict[str, bool]:
+        return {name: client.up for name, client in self.tunnels.items()}
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=, e.g. ``3/4 tunnels up, 12 streams``."""
+        up = sum(1 for client in self.tunnels.values() if client.up)
+        streams = sum(s.streams_active for s in self.tunnel_stats.values())
+        parts = [f"{up}/{len(self.tunnels)} tunnels up", f"{streams} streams"]
+        if self.server is not None:
+            sessions = sum(s.sessions_active for s in self.client_stats.values())
+            parts.append(f"server: {sessions} sessions")
+        down = [name for name, client in self.tunnels.items() if not client.up]
+        if down:
+            parts.append("down: " + ", ".join(down[:3]) + ("..." if len(down) > 3 else ""))
+        if not self.reload_ok:
+            parts.append("last reload FAILED, running the previous config")
+        return ", ".join(parts)
+
+
+def _same_listener(old: ServerConfig, new: ServerConfig) -> bool:
+    """True when only the client entries differ (no rebind needed)."""
+    return dataclasses.replace(new, clients=old.clients) == old
