@@ -1,0 +1,146 @@
+"""Test helpers shared by integration and system tests: backends, byte movers, faults.
+
+Every listener binds port 0; readiness is awaited, never slept for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from aiowstunnel.addresses import Address
+from aiowstunnel.backoff import BackoffPolicy
+
+LOCAL = "127.0.0.1"
+FAST_BACKOFF = BackoffPolicy(initial=0.05, max=0.3, factor=2.0)
+
+
+@dataclass
+class Backend:
+    """A TCP server on loopback that records how many connections it accepted."""
+
+    server: asyncio.Server
+    accepted: int = 0
+    received: list[bytes] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until EOF, then half-close back (so half-close is visible end to end)."""
+    try:
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def start_backend(handler=_echo) -> Backend:
+    backend: Backend
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        backend.accepted += 1
+        await handler(reader, writer)
+
+    server = await asyncio.start_server(counted, LOCAL, 0, limit=1 << 20)
+    backend = Backend(server)
+    return backend
+
+
+async def wait_for_count(counter, key: str, at_least: int, timeout: float = 10.0) -> None:
+    """Wait until ``counter[key]`` (a stats Counter) reaches ``at_least``."""
+
+    async def poll() -> None:
+        while counter[key] < at_least:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def pattern_block(index: int, size: int, seed: bytes) -> bytes:
+    """A block that differs per index, so reordered or repeated blocks change the digest."""
+    head = index.to_bytes(8, "big")
+    return head + seed[: size - len(head)]
+
+
+async def echo_roundtrip(address: Address, total: int, block: int = 256 * 1024) -> tuple[str, str]:
+    """Send ``total`` bytes while reading the echo back; returns (sent, received) sha256."""
+    reader, writer = await asyncio.open_connection(address.host, address.port, limit=1 << 20)
+    seed = os.urandom(block)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    async def send() -> None:
+        remaining, index = total, 0
+        while remaining > 0:
+            chunk = pattern_block(index, min(block, remaining), seed)
+            sent.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+            remaining -= len(chunk)
+            index += 1
+        writer.write_eof()
+
+    sender = asyncio.create_task(send())
+    count = 0
+    while data := await reader.read(1 << 20):
+        received.update(data)
+        count += len(data)
+    await sender
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    assert count == total, f"received {count} of {total} bytes"
+    return sent.hexdigest(), received.hexdigest()
+
+
+class FaultProxy:
+    """A TCP relay on loopback that can go silent (a blackholed network) on command.
+
+    While ``blackhole`` is set it keeps every connection open but forwards nothing, in
+    either direction: to each peer, the other has simply gone quiet.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.blackhole = False
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> FaultProxy:
+        self.server = await asyncio.start_server(self._relay, LOCAL, 0)
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(LOCAL, self.target_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if not self.blackhole:
+                        dst.write(data)
+                        await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self._writers:
+            writer.close()
