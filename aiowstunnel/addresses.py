@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from .errors import AddressError
@@ -32,9 +33,12 @@ def _split(text: str) -> tuple[str, str]:
 
 
 def _port(text: str, where: str, allow_zero: bool = False) -> int:
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also accepts '²' and other scripts' digits.
+    if not re.fullmatch(r"[0-9]+", text):
         raise AddressError(f"{where!r}: port {text!r} is not a number")
-    port = int(text)
+    port = int(text) if len(text) <= 5 else 65536  # no int() of a 5000-digit string
+    if port > 65535:
+        raise AddressError(f"{where!r}: port {text} is out of range")
     if not (0 if allow_zero else 1) <= port <= 65535:
         raise AddressError(f"{where!r}: port {port} is out of range")
     return port
@@ -59,8 +63,8 @@ class Address:
             AddressError: with the offending text.
         """
         host, port = _split(text)
-        if host.startswith("[") or "/" in host:
-            raise AddressError(f"{text!r}: not a host")
+        if host and ip_or_none(host) is None and not _is_hostname(host):
+            raise AddressError(f"{text!r}: not a host: {host!r} is neither a name nor an IP")
         return cls(host, _port(port, text, allow_zero_port))
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ connection that stayed up for at least ``reset_after`` seconds resets the sequen
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ class BackoffPolicy:
     reset_after: float = 30.0
 
     def __post_init__(self) -> None:
+        numbers = (self.initial, self.max, self.factor, self.reset_after)
+        if not all(math.isfinite(n) for n in numbers):
+            raise ValueError(f"backoff: every value must be a finite number: {self}")
+        if self.reset_after < 0:
+            raise ValueError(f"backoff: reset_after ({self.reset_after}) must be >= 0")
         if not 0 < self.initial <= self.max:
             raise ValueError(f"backoff: need 0 < initial ({self.initial}) <= max ({self.max})")
         if self.factor < 1:
@@ -43,7 +49,10 @@ class Backoff:
     def ceiling(self) -> float:
         """The upper bound of the next delay (before jitter)."""
         p = self.policy
-        return min(p.max, p.initial * p.factor ** min(self.attempt, 64))
+        try:
+            return min(p.max, p.initial * p.factor**self.attempt)
+        except OverflowError:  # factor**attempt beyond a float: long past max anyway
+            return p.max
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one more failure."""

@@ -62,7 +62,10 @@ class ClientPolicy:
         return (
             ip_or_none(target.host) is None
             and not self.may_connect(target)
-            and any(r.network is not None for r in self.allow_connect)
+            and any(
+                r.network is not None and r.port_low <= target.port <= r.port_high
+                for r in self.allow_connect
+            )
         )
 
 

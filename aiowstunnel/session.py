@@ -160,6 +160,8 @@ class Session(asyncio.Protocol):
         self.peer = ""
         self.loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[Response | Request] = self.loop.create_future()
+        # A failed handshake nobody awaits any more (timed out) is not an error to report.
+        self.handshake.add_done_callback(_retrieve)
         self.closed: asyncio.Future[str] = self.loop.create_future()
         self.close_reason = ""
         self._ws_paused = False
@@ -445,6 +447,14 @@ class Session(asyncio.Protocol):
                 )
             if stream is not None:
                 self._drop(stream, abort=True)
+        elif isinstance(event, wire.StreamLimited):
+            self._count_open_failure("stream_limit")
+            log.debug(
+                "stream %d refused: %s",
+                event.stream_id,
+                event.reason,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
         elif isinstance(event, wire.GoAwayReceived):
             log.info(
                 "peer %s is going away: %s",
@@ -694,6 +704,11 @@ class Session(asyncio.Protocol):
 
     async def wait_closed(self) -> str:
         return await asyncio.shield(self.closed)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:

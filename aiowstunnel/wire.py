@@ -187,7 +187,7 @@ def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
         raise ProtocolViolation(f"truncated frame: {len(message)} bytes, header is {HEADER_SIZE}")
     code, stream_id = HEADER.unpack_from(message)
     payload = memoryview(message)[HEADER_SIZE:]
-    if code == FrameType.DATA:
+    if code == FrameType.DATA and stream_id != 0:  # the hot path first
         return Data(stream_id, payload)
     try:
         kind = FrameType(code)
@@ -353,6 +353,14 @@ class StreamViolated:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamLimited:
+    """The peer asked for more streams than max_streams; Mux already queued OPEN_FAIL."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GoAwayReceived:
     reason: str
 
@@ -366,6 +374,7 @@ Event = (
     | StreamEnded
     | StreamReset
     | StreamViolated
+    | StreamLimited
     | GoAwayReceived
 )
 
@@ -611,10 +620,9 @@ class Mux:
             self.outbox.append(OpenFail(sid, "going away").serialize())
             return []
         if len(self.streams) >= self.max_streams:
-            self.outbox.append(
-                OpenFail(sid, f"too many streams (max {self.max_streams})").serialize()
-            )
-            return [StreamViolated(sid, f"stream limit {self.max_streams} reached")]
+            reason = f"too many streams (max {self.max_streams})"
+            self.outbox.append(OpenFail(sid, reason).serialize())
+            return [StreamLimited(sid, reason)]
         machine = StreamMachine(sid, self.window)
         machine.send_window = Window(frame.window)
         self.streams[sid] = machine

@@ -144,3 +144,45 @@ class FaultProxy:
             self.server.close()
         for writer in self._writers:
             writer.close()
+
+
+class TunnelProcess:
+    """tests/tunnel_process.py as a subprocess: a tunnel measured from outside."""
+
+    SCRIPT = str(__import__("pathlib").Path(__file__).with_name("tunnel_process.py"))
+
+    def __init__(self, *args: object) -> None:
+        self.args = [str(a) for a in args]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> TunnelProcess:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            self.SCRIPT,
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 15)
+        assert line.startswith(b"READY"), line
+        self.port = int(line.split()[1])
+        return self
+
+    async def stats(self) -> dict:
+        import json
+
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(b"stats\n")
+        await self.proc.stdin.drain()
+        return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 10))
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.kill()
+        await self.proc.wait()

@@ -43,8 +43,6 @@ class Tunnel:
         return self.client.listen_address
 
 
-
-
 @pytest.fixture
 async def make_tunnel() -> AsyncIterator[Callable[..., object]]:
     """Start a Server and a Client on loopback; returns the factory, closes them after."""

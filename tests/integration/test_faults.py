@@ -12,6 +12,7 @@ import time
 import pytest
 
 import aiowstunnel
+from aiowstunnel.addresses import Address
 from aiowstunnel.client import Client
 from aiowstunnel.server import Server
 
@@ -47,6 +48,9 @@ async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backe
         ping_interval=PING,
         ping_timeout=PING,
         backoff=FAST_BACKOFF,
+        # A reconnect made during the blackhole loses its upgrade request: let it give up
+        # soon, rather than after the default 10 s.
+        handshake_timeout=2 * PING,
     )
     client.start()
     try:
@@ -187,3 +191,34 @@ async def test_refused_backend_reason_reaches_client_log_and_socket_closes(make_
         for r in caplog.records
         if r.name == "aiowstunnel.session"
     )
+
+
+@pytest.mark.timeout(30)
+async def test_client_killed_server_releases_listen_port_and_new_client_binds_it(echo_backend):
+    from ..helpers import TunnelProcess
+
+    server = Server(LOCAL, 0, ping_interval=PING, ping_timeout=PING)
+    await server.listen()
+    listen_port = free_port()
+    first = await TunnelProcess(
+        "client", "listen", server.port, echo_backend.port, listen_port
+    ).start()
+    try:
+        await wait_until(lambda: bool(server.sessions), 10)
+        sent, received = await echo_roundtrip(Address(LOCAL, listen_port), 1 << 20)
+        assert sent == received
+        os.kill(first.proc.pid, signal.SIGKILL)
+        took = await wait_until(lambda: not server.sessions, 5)
+        assert took <= 2 * PING + 0.3  # the kernel's RST usually makes it immediate
+        second = await TunnelProcess(
+            "client", "listen", server.port, echo_backend.port, listen_port
+        ).start()
+        try:
+            await wait_until(lambda: bool(server.sessions), 10)
+            sent, received = await echo_roundtrip(Address(LOCAL, listen_port), 1 << 20)
+            assert sent == received
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+        await server.close(1)

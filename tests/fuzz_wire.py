@@ -1,0 +1,309 @@
+"""Fuzz the wire codec and the Mux with random and mutated messages (not collected by pytest).
+
+Usage: ``.venv/bin/python tests/fuzz_wire.py --count 1000000 [--seed 1]``
+
+Each input goes to :func:`parse_frame` and to a :class:`Mux` (client or server side, fresh or
+mid-session, kept across inputs so that later inputs meet the state earlier ones left). An input
+is *unhandled* when either raises anything but ``ProtocolViolation``, when ``Mux.receive`` lets
+a stream-level violation out (it must answer those with an RST), when a stream fault comes back
+without its RST / OPEN_FAIL queued, when an RST is answered, or when a message the Mux queued
+does not itself parse. The run prints ``inputs=N unhandled=U seconds=S`` and exits 1 if U > 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiowstunnel.errors import ProtocolViolation
+from aiowstunnel.wire import (
+    DEFAULT_WINDOW,
+    HEADER,
+    MAX_REASON,
+    MAX_WINDOW,
+    Data,
+    DataReceived,
+    Event,
+    Fin,
+    GoAway,
+    Mux,
+    Open,
+    OpenFail,
+    OpenOk,
+    Rst,
+    StreamState,
+    StreamViolated,
+    WindowUpdate,
+    parse_frame,
+)
+
+#: Windows for the target Mux: tiny ones make overflow and stalls easy to reach.
+WINDOWS = (1, 3, 64, 1000, DEFAULT_WINDOW, MAX_WINDOW)
+#: Inputs fed to one Mux before a fresh one replaces it (and at once after a session fault).
+SESSION_INPUTS = 400
+INTERESTING_U32 = (0, 1, 2, 3, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
+INTERESTING_BYTES = (0, 1, 0x7F, 0x80, 0xFE, 0xFF)
+#: Payload lengths around the limits (MAX_REASON) and the 4-byte window fields.
+INTERESTING_LENGTHS = (0, 1, 3, 4, 5, MAX_REASON - 1, MAX_REASON, MAX_REASON + 1)
+SEND_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+RECEIVE_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+
+
+@dataclass
+class Failure:
+    what: str
+    message: bytes
+
+
+@dataclass
+class Target:
+    """One Mux under fuzz, with what an honest peer would know about it."""
+
+    mux: Mux
+    peer_last: int = 0  # highest stream id the (fuzzing) peer has opened
+    unconsumed: dict[int, int] = field(default_factory=dict)  # received, not granted back
+    inputs: int = 0
+
+
+def new_target(rng: random.Random) -> Target:
+    mux = Mux(
+        client_side=rng.random() < 0.5,
+        window=rng.choice(WINDOWS),
+        max_data=rng.choice((1, 7, 1024)),
+        max_streams=rng.choice((1, 4, 64)),
+    )
+    target = Target(mux)
+    if rng.random() < 0.5:  # mid-session: some streams in every state before the fuzz starts
+        for _ in range(rng.randrange(1, 12)):
+            local_step(target, rng)
+            honest_step(target, rng)
+    return target
+
+
+def ours(mux: Mux, stream_id: int) -> bool:
+    """True for an id of our parity (protocol.md: the client's ids are odd)."""
+    return (stream_id % 2 == 1) == mux.client_side
+
+
+def peer_next(target: Target) -> int:
+    """The id the peer would use for its next OPEN."""
+    if target.peer_last:
+        return min(target.peer_last + 2, 0xFFFFFFFF)  # past the last id: a reuse, still a frame
+    return 2 if target.mux.client_side else 1
+
+
+def stream_ids(target: Target, rng: random.Random) -> int:
+    """A stream id likely to reach deep paths: live, next, closed, reserved or extreme."""
+    live = list(target.mux.streams)
+    roll = rng.random()
+    if live and roll < 0.55:
+        return rng.choice(live)
+    if roll < 0.7:
+        return peer_next(target)
+    if roll < 0.8:
+        return max(target.peer_last, 1)
+    return rng.choice((0, 1, 2, 3, 4, 0xFFFFFFFF, 0xFFFFFFFE, rng.getrandbits(32)))
+
+
+def seed_frame(target: Target, rng: random.Random) -> bytes:
+    """A well-formed frame, aimed at the target's current streams."""
+    sid = stream_ids(target, rng)
+    kind = rng.randrange(8)
+    if kind == 0:
+        window = rng.choice((1, 5, 1000, DEFAULT_WINDOW, MAX_WINDOW))
+        return Open(peer_next(target), window, "198.51.100.7:4242").serialize()
+    if kind == 1:
+        return OpenOk(sid or 1, rng.choice((1, 1000, MAX_WINDOW))).serialize()
+    if kind == 2:
+        return Data(sid, rng.randbytes(rng.choice((0, 1, 2, 3, 70, 1001)))).serialize()
+    if kind == 3:
+        return WindowUpdate(sid or 1, rng.choice((1, 100, MAX_WINDOW))).serialize()
+    if kind == 4:
+        return Fin(sid or 1).serialize()
+    if kind == 5:
+        return Rst(sid or 1, "reset").serialize()
+    if kind == 6:
+        return OpenFail(sid or 1, "refused").serialize()
+    return GoAway(0, "bye").serialize()
+
+
+def mutate(message: bytes, target: Target, rng: random.Random) -> bytes:
+    data = bytearray(message)
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.randrange(9)
+        if op == 0 and data:  # bit flip
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and data:  # interesting byte
+            data[rng.randrange(len(data))] = rng.choice(INTERESTING_BYTES)
+        elif op == 2:  # truncation
+            del data[rng.randrange(len(data) + 1) :]
+        elif op == 3:  # extension
+            data += rng.randbytes(rng.choice((1, 2, 4, MAX_REASON, MAX_REASON + 1)))
+        elif op == 4 and data:  # frame type
+            data[0] = rng.choice((0, *range(1, 10), 0xFF))
+        elif op == 5 and len(data) >= HEADER.size:  # stream id
+            data[1:5] = stream_ids(target, rng).to_bytes(4, "big")
+        elif op == 6 and len(data) >= HEADER.size + 4:  # the window / increment field
+            data[5:9] = rng.choice(INTERESTING_U32).to_bytes(4, "big")
+        elif op == 7:  # payload of an interesting length
+            del data[HEADER.size :]
+            data += rng.randbytes(rng.choice(INTERESTING_LENGTHS))
+        else:  # splice with another frame
+            other = seed_frame(target, rng)
+            data = data[: rng.randrange(len(data) + 1)] + other[rng.randrange(len(other) + 1) :]
+    return bytes(data)
+
+
+def make_input(target: Target, rng: random.Random) -> bytes:
+    roll = rng.random()
+    if roll < 0.15:
+        return rng.randbytes(rng.randrange(0, 24))
+    if roll < 0.4:
+        return seed_frame(target, rng)
+    return mutate(seed_frame(target, rng), target, rng)
+
+
+def local_step(target: Target, rng: random.Random) -> None:
+    """One legal move of our own side, so that the fuzz meets streams in every state."""
+    mux = target.mux
+    streams = list(mux.streams.items())
+    roll = rng.random()
+    if roll < 0.25:
+        if not (mux.goaway_sent or mux.goaway_received) and len(streams) < 32:
+            mux.open_stream("192.0.2.1:1")
+        return
+    if not streams:
+        return
+    sid, machine = rng.choice(streams)
+    if roll < 0.4:
+        if machine.state is StreamState.OPENING and not ours(mux, sid):
+            mux.accept_stream(sid)
+    elif roll < 0.6:
+        if machine.state in SEND_STATES and mux.credit(sid) > 0:
+            mux.send_data(sid, b"x" * rng.randrange(1, 2000))
+    elif roll < 0.7:
+        if machine.state in SEND_STATES:
+            mux.send_fin(sid)
+    elif roll < 0.9:
+        owed = target.unconsumed.get(sid, 0)
+        if owed and machine.state in RECEIVE_STATES:
+            n = rng.randrange(1, owed + 1)
+            target.unconsumed[sid] = owed - n
+            mux.grant(sid, n, flush=rng.random() < 0.5)
+    elif roll < 0.98:
+        mux.reset_stream(sid, "local reset")
+    else:
+        mux.goaway("local goaway")
+
+
+def honest_step(target: Target, rng: random.Random) -> None:
+    """One legal frame from the peer (answers our OPENs, opens, sends within credit)."""
+    mux = target.mux
+    for sid, machine in list(mux.streams.items()):
+        if machine.state is StreamState.OPENING and ours(mux, sid):
+            feed(target, OpenOk(sid, rng.choice((1, 1000, DEFAULT_WINDOW))).serialize())
+            return
+    if not mux.goaway_received and rng.random() < 0.5:
+        feed(target, Open(peer_next(target), rng.choice((1, 1000, DEFAULT_WINDOW))).serialize())
+    elif mux.streams:
+        sid = rng.choice(list(mux.streams))
+        machine = mux.streams[sid]
+        if machine.state in RECEIVE_STATES:
+            n = min(rng.randrange(0, 3), machine.recv_window.available)
+            feed(target, Data(sid, b"y" * n).serialize())
+
+
+def feed(target: Target, message: bytes) -> list[Event]:
+    """Give one message to the target Mux and check its answers (see the module docstring).
+
+    Raises:
+        ProtocolViolation: a session-level fault (the session would close with 1002).
+        AssertionError: the Mux broke one of the rules above.
+    """
+    mux = target.mux
+    before = len(mux.outbox)
+    events = mux.receive(message)  # a session-level ProtocolViolation propagates
+    answers = mux.take_outbox()
+    frame = parse_frame(message)
+    if isinstance(frame, Open):
+        target.peer_last = max(target.peer_last, frame.stream_id)
+    if isinstance(frame, Rst | OpenFail):
+        assert len(answers) == before, f"{frame} was answered: {answers!r}"
+    answered = {}
+    for answer in answers:
+        parsed = parse_frame(answer)  # our own answers must be valid frames
+        answered[parsed.stream_id] = parsed
+    for event in events:
+        if isinstance(event, StreamViolated):
+            assert isinstance(answered.get(event.stream_id), Rst | OpenFail), (
+                f"{event} without an RST or OPEN_FAIL queued: {answers!r}"
+            )
+        elif isinstance(event, DataReceived):
+            owed = target.unconsumed.get(event.stream_id, 0)
+            target.unconsumed[event.stream_id] = owed + len(event.data)
+    return events
+
+
+def check_parse(message: bytes) -> None:
+    try:
+        parse_frame(message)
+    except ProtocolViolation as exc:
+        assert exc.stream_id is None, f"parse_frame raised a stream-level fault: {exc}"
+
+
+def run(
+    count: int, seed: int = 0, report: Callable[[Failure], None] | None = None
+) -> tuple[int, int, float]:
+    """Feed ``count`` inputs. Returns (inputs, unhandled, seconds)."""
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    unhandled = 0
+    target = new_target(rng)
+    for _ in range(count):
+        message = make_input(target, rng)
+        try:
+            check_parse(message)
+            if rng.random() < 0.1:
+                local_step(target, rng)
+            feed(target, message)
+            target.inputs += 1
+            if target.inputs >= SESSION_INPUTS:
+                target = new_target(rng)
+        except ProtocolViolation as exc:
+            if exc.stream_id is not None:
+                unhandled += 1
+                if report:
+                    report(Failure(f"stream-level fault escaped: {exc!r}", message))
+            target = new_target(rng)  # the session would be closed
+        except Exception as exc:
+            unhandled += 1
+            if report:
+                report(Failure(f"{type(exc).__name__}: {exc}", message))
+            target = new_target(rng)
+    return count, unhandled, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000, help="inputs to feed")
+    parser.add_argument("--seed", type=int, default=0, help="seed (the run is deterministic)")
+    args = parser.parse_args(argv)
+    shown: list[Failure] = []
+
+    def report(failure: Failure) -> None:
+        if len(shown) < 10:
+            shown.append(failure)
+            print(f"UNHANDLED {failure.what}\n  input: {failure.message.hex()}", file=sys.stderr)
+
+    inputs, unhandled, seconds = run(args.count, args.seed, report)
+    print(f"inputs={inputs} unhandled={unhandled} seconds={seconds:.1f}")
+    return 1 if unhandled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
