@@ -516,16 +516,17 @@ class Session(asyncio.Protocol):
         if stream.stream_id is None:  # listener side: ask the peer to dial
             try:
                 stream.stream_id, message = self.mux.open_stream(stream.peer)
-            except ProtocolViolation as exc:
+            except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
                 self._count_open_failure("tunnel_down")
                 log.warning(
-                    "cannot open stream for %s: %s",
+                    "cannot open stream for %s: %s; starting a new session",
                     stream.peer,
                     exc,
                     extra={"tunnel": self.name, "peer": stream.peer},
                 )
                 assert stream.transport is not None
                 stream.transport.abort()
+                self.goaway(str(exc))  # the open streams finish; the client reconnects
                 return
             self._send(message)
         else:  # dialing side: the connection is up, tell the opener
@@ -659,6 +660,8 @@ class Session(asyncio.Protocol):
             self.phase = Phase.DRAINING
             self._send(self.mux.goaway(reason))
             self._flush()
+            if not self.streams:
+                self.close(CloseCode.GOING_AWAY, reason)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no stream is open, at most ``timeout`` seconds. True if drained."""
