@@ -370,3 +370,71 @@ async def test_metrics_move_with_traffic_failures_reconnects_and_healthz(tmp_pat
         client_daemon.kill()
         server_daemon.kill()
         backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_reload_rebinds_a_changed_server_listener(tmp_path):
+    backend = await start_backend()
+    old, new, metrics, listen = (free_port() for _ in range(4))
+    tokens(tmp_path, t="token-t")
+    allow = {"t": [f"{LOCAL}:{backend.port}"]}
+
+    def conf(server_port: int) -> str:
+        return (
+            head(metrics)
+            + server_section(server_port, allow)
+            + tunnel("T", server_port, listen, backend.port, "t")
+        )
+
+    daemon = Daemon(tmp_path, conf(old))
+    try:
+        await daemon.start()
+        await wait_healthy(metrics)
+        daemon.write_config(conf(new))
+        await daemon.reload()
+        await wait_healthy(metrics)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(LOCAL, old)
+        sent, received = await echo_roundtrip(Address(LOCAL, listen), 1 << 20)
+        assert sent == received
+        assert f"listening on ws://{LOCAL}:{new}/aiowstunnel" in daemon.log_text()
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+        backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_tunnel_port_in_use_is_a_clear_error_and_others_run(tmp_path):
+    backend = await start_backend()
+    busy = await start_backend()  # holds the port the first tunnel wants
+    server, metrics, free = (free_port() for _ in range(3))
+    tokens(tmp_path, t="token-t")
+    conf = (
+        head(metrics)
+        + server_section(server, {"t": [f"{LOCAL}:{backend.port}"]})
+        + tunnel("blocked", server, busy.port, backend.port, "t")
+        + tunnel("fine", server, free, backend.port, "t")
+    )
+    daemon = Daemon(tmp_path, conf)
+    try:
+        await daemon.start()  # READY despite the blocked port
+        deadline = time.monotonic() + 10
+        while await metric(metrics, "aiowstunnel_tunnel_up", tunnel="fine") != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        sent, received = await echo_roundtrip(Address(LOCAL, free), 1 << 20)
+        assert sent == received
+        assert f"cannot listen on {LOCAL}:{busy.port}: Address already in use" in daemon.log_text()
+        failures = await metric(
+            metrics,
+            "aiowstunnel_tunnel_connect_failures_total",
+            tunnel="blocked",
+            reason="listen_failed",
+        )
+        assert failures >= 1
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+        backend.server.close()
+        busy.server.close()
