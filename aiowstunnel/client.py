@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 from . import wire
 from .addresses import Address
 from .backoff import Backoff, BackoffPolicy
-from .errors import HandshakeRefused
+from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, Mode, TunnelRequest
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .stats import TunnelStats
@@ -172,7 +172,9 @@ class Client:
                 hint = ""
                 if self.ssl and isinstance(exc, ConnectionError):
                     hint = " (a TLS server that requires a client certificate closes like this)"
-                self._failed(label, f"cannot reach {self.url}: {_why(exc)}{hint}", logging.WARNING)
+                self._failed(
+                    label, f"cannot reach {self.url}: {describe(exc)}{hint}", logging.WARNING
+                )
             else:
                 await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
@@ -245,7 +247,7 @@ class Client:
                 self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
             )
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {exc.strerror}") from exc
+            raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
         port = self._listener.sockets[0].getsockname()[1]
         self.listen_address = Address(self.listen.host, port)
         self._log.info("listening on %s", self.listen_address)
@@ -352,11 +354,3 @@ class _Refuse(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.stats.stream_open_failures["tunnel_down"] += 1
         transport.abort()
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -9,6 +9,8 @@ Anything else is our own bug and is left to surface.
 
 from __future__ import annotations
 
+import os
+
 
 class TunnelError(Exception):
     """Root of every error this package raises on purpose."""
@@ -51,3 +53,25 @@ class HandshakeRefused(TunnelError):
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+def os_reason(exc: BaseException) -> str:
+    """The short reason of an OS error ("Address already in use"), for messages.
+
+    asyncio wraps bind and connect errors in its own text ("error while attempting to bind
+    on address ('127.0.0.1', 80): ..."); the errno says the same in three words.
+    """
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log or a reason: the error's own words, never a traceback."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

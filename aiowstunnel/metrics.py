@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .errors import os_reason
 from .stats import ServerStats, TunnelStats
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,9 @@ class MetricsServer:
             )
         except OSError as exc:
             where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
-            raise OSError(exc.errno, f"metrics: cannot listen on {where}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"metrics: cannot listen on {where}: {os_reason(exc)}"
+            ) from exc
 
     @property
     def port(self) -> int:

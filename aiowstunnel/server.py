@@ -23,6 +23,7 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
+from .errors import os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, close_quietly, tcp_dialer, ws_log
@@ -127,7 +128,7 @@ class Server:
             )
         except OSError as exc:
             where = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"cannot listen on {where}: {os_reason(exc)}") from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -392,7 +393,7 @@ class Server:
             )
         except OSError as exc:
             raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {exc.strerror or exc}"
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {os_reason(exc)}"
             ) from None
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))

@@ -24,7 +24,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import wire
-from .errors import HandshakeRefused, ProtocolViolation
+from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.session")
@@ -492,7 +492,7 @@ class Session(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reason = _describe(exc)
+            reason = describe(exc)
             self._count_open_failure(_failure_label(exc))
             log.warning(
                 "stream from %s: %s",
@@ -592,7 +592,7 @@ class Session(asyncio.Protocol):
     def stream_lost(self, stream: TcpStream, exc: Exception | None) -> None:
         sid = stream.stream_id
         if sid is not None and sid in self.mux.streams and self.phase is not Phase.CLOSED:
-            reason = f"connection lost: {_describe(exc)}" if exc else "connection closed"
+            reason = f"connection lost: {describe(exc)}" if exc else "connection closed"
             self._send(self.mux.reset_stream(sid, reason))
             self._flush()
         self._forget(stream)
@@ -728,8 +728,7 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
             raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
         except OSError as exc:
             # asyncio's own text ("Connect call failed (...)") hides the errno's meaning.
-            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
-            raise type(exc)(exc.errno, f"connect to {where} failed: {why}") from exc
+            raise type(exc)(exc.errno, f"connect to {where} failed: {os_reason(exc)}") from exc
 
     return dial
 
@@ -739,14 +738,6 @@ def _format_peer(peer: Any) -> str:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer or "")
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _failure_label(exc: BaseException) -> str:
