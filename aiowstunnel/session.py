@@ -416,7 +416,7 @@ class Session(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.accepted = True
-                self._update_reading(stream)
+                self._send_backlog(stream)  # early data or EOF, if any; resumes reading
         elif isinstance(event, wire.StreamRefused):
             stream = self.streams.get(event.stream_id)
             self._count_open_failure(event.reason)
@@ -547,15 +547,22 @@ class Session(asyncio.Protocol):
         sid = stream.stream_id
         if sid is None or sid not in self.mux.streams:
             return
-        if stream.backlog is not None:  # should not happen: reading is paused meanwhile
+        if stream.backlog is not None:  # rare: reading is paused while a backlog waits
             stream.backlog = memoryview(bytes(stream.backlog) + data)
         else:
             stream.backlog = memoryview(data)
         self._send_backlog(stream)
 
+    # Reading is paused until OPEN_OK, but some asyncio versions deliver the first read
+    # anyway (pause_reading() in connection_made() was not always honoured): until then
+    # whatever arrives, data or EOF, waits in the backlog and is sent once accepted.
+
     def _send_backlog(self, stream: TcpStream) -> None:
         sid = stream.stream_id
         backlog = stream.backlog
+        if not stream.accepted:
+            self._update_reading(stream)
+            return
         if backlog is not None and sid is not None and sid in self.mux.streams:
             messages, n = self.mux.send_data(sid, backlog)
             for message in messages:
@@ -569,7 +576,7 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def stream_eof(self, stream: TcpStream) -> None:
-        if stream.backlog is not None:
+        if stream.backlog is not None or not stream.accepted:
             stream.eof_pending = True
             return
         self._send_fin(stream)

@@ -80,3 +80,23 @@ async def test_backend_half_close_reaches_client_and_client_can_still_send(make_
     assert await asyncio.wait_for(got, 10) == b"still talking"
     writer.close()
     backend.server.close()
+
+
+@pytest.mark.timeout(30)
+async def test_data_and_eof_before_open_ok_wait_for_it(make_tunnel, echo_backend, monkeypatch):
+    """Some asyncio versions deliver the first read even though connection_made() paused
+    reading (seen with Debian 12's Python 3.11.2): bytes and EOF that arrive before OPEN_OK
+    must wait for it, not break the stream."""
+    from aiowstunnel.session import TcpStream
+
+    real = TcpStream.set_reading
+
+    def ignores_first_pause(self, on: bool) -> None:
+        if not on and not self.accepted:
+            return  # as if pause_reading() in connection_made() had no effect
+        real(self, on)
+
+    monkeypatch.setattr(TcpStream, "set_reading", ignores_first_pause)
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, 64 * 1024) for _ in range(20)))
+    assert all(sent == received for sent, received in results)
