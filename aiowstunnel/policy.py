@@ -19,7 +19,9 @@ from .addresses import Address, AddressRule, IPAddress, ip_or_none
 def token_digest(token: str | bytes) -> bytes:
     """The SHA-256 of a token, the only form in which the server keeps it."""
     if isinstance(token, str):
-        token = token.encode()
+        # Header values arrive decoded with surrogateescape: any str must encode, and a
+        # token that is not plain ASCII simply matches nothing.
+        token = token.encode("utf-8", "surrogatepass")
     return hashlib.sha256(token).digest()
 
 

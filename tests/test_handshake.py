@@ -161,3 +161,15 @@ def test_header_names_are_case_insensitive_in_websockets_headers() -> None:
         ]
     )
     assert TunnelRequest.from_headers(headers) == TunnelRequest(CONNECT, Address("::1", 22), "t0k")
+
+
+def test_fuzz_handshake_short_run() -> None:
+    """A short run of tests/fuzz_handshake.py (the long run is documented in reliability.md)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("fuzz_handshake.py")
+    spec = importlib.util.spec_from_file_location("fuzz_handshake", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run(20_000, seed=1) == 0

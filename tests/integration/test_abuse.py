@@ -109,3 +109,30 @@ async def test_stream_id_exhaustion_starts_a_new_session(make_tunnel, echo_backe
     assert tunnel.client.session is not first
     sent, received = await echo_roundtrip(tunnel.entry, 1 << 16)
     assert sent == received
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "token",
+    [b"\xff\xfe", "caf\u00e9".encode(), b"\xed\xa0\x80", b"x" * 4000],
+    ids=["latin1-bytes", "utf8", "encoded-surrogate", "long"],
+)
+async def test_non_ascii_token_bytes_get_a_prompt_401(make_tunnel, echo_backend, token):
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": [ClientPolicy("app", token_digest("s3cret"), ())]},
+        client_kw={"token": "s3cret"},
+        wait=False,
+    )
+    reader, writer = await asyncio.open_connection(LOCAL, tunnel.server.port)
+    writer.write(
+        b"GET /aiowstunnel HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: aiowstunnel.v1\r\nX-Aiowstunnel-Mode: connect\r\n"
+        b"X-Aiowstunnel-Address: 127.0.0.1:1\r\nAuthorization: Bearer " + token + b"\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+    assert b"invalid token" in answer
