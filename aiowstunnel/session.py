@@ -79,9 +79,9 @@ class TcpStream(asyncio.Protocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)
+        # Not isinstance-checked: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = _format_peer(peer)
         self.session.stream_connected(self)
@@ -179,9 +179,8 @@ class Session(asyncio.Protocol):
     # -- WebSocket transport callbacks --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WS_HIGH_WATER)
+        self.transport = transport  # type: ignore[assignment]  (uvloop: not a subclass)
+        transport.set_write_buffer_limits(high=WS_HIGH_WATER)  # type: ignore[attr-defined]
         self.peer = _format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
