@@ -14,6 +14,7 @@ import contextlib
 import enum
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -82,6 +83,7 @@ class TcpStream(asyncio.Protocol):
         # Not isinstance-checked: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)  # type: ignore[attr-defined]
+        _no_delay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = _format_peer(peer)
         self.session.stream_connected(self)
@@ -181,6 +183,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  (uvloop: not a subclass)
         transport.set_write_buffer_limits(high=WS_HIGH_WATER)  # type: ignore[attr-defined]
+        _no_delay(transport)
         self.peer = _format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
@@ -713,6 +716,16 @@ class Session(asyncio.Protocol):
 
     async def wait_closed(self) -> str:
         return await asyncio.shield(self.closed)
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY: a 9-byte WINDOW frame must leave now, not after a delayed ACK (Nagle
+    would hold it ~40 ms and starve the sender). asyncio sets it on TCP transports; uvloop
+    does not."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _retrieve(future: asyncio.Future) -> None:
