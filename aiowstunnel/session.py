@@ -89,6 +89,8 @@ class TcpStream(asyncio.Protocol):
         self.session.stream_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if not self.reading:
+            self._repause()
         self.session.stream_data(self, data)
 
     def eof_received(self) -> bool:
@@ -119,6 +121,19 @@ class TcpStream(asyncio.Protocol):
             self.transport.resume_reading()
         else:
             self.transport.pause_reading()
+
+    def _repause(self) -> None:
+        """Data came while we had paused: the transport dropped the pause. Both uvloop and
+        Python 3.11.2 drop a pause made in connection_made(): uvloop forgets it, 3.11.2
+        believes itself paused with its reader still armed (so a second pause_reading()
+        is a no-op there, and only resume + pause re-arms it). Without this the stream
+        would read on into its backlog, unbounded."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.at_eof:
+            return
+        if not transport.is_reading():
+            transport.resume_reading()
+        transport.pause_reading()
 
 
 class Session(asyncio.Protocol):
@@ -568,7 +583,7 @@ class Session(asyncio.Protocol):
         if backlog is not None and sid is not None and sid in self.mux.streams:
             messages, n = self.mux.send_data(sid, backlog)
             for message in messages:
-                self.ws.send_binary(message)
+                self._send(message)  # a no-op once the WebSocket is closing
             self.stats.sent_bytes += n
             stream.backlog = backlog[n:] if n < len(backlog) else None
         if stream.backlog is None and stream.eof_pending:

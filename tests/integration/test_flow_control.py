@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+import aiowstunnel
+
 from .conftest import LOCAL, start_backend
 
 TUNNEL_PROGRAM = """
@@ -142,3 +144,58 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
         proc.kill()
         await proc.wait()
         backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monkeypatch):
+    """uvloop (and Debian 12's Python 3.11.2) drop a pause_reading() made in
+    connection_made(): the stream must notice at the next read and pause again, or it
+    reads on into an unbounded backlog."""
+    from aiowstunnel.session import Session, TcpStream
+
+    real_made = TcpStream.connection_made
+
+    def made_then_unpaused(self, transport):
+        real_made(self, transport)
+        transport.resume_reading()  # the transport forgets the pause, as uvloop does
+
+    biggest = 0
+    real_data = Session.stream_data
+
+    def record(self, stream, data):
+        nonlocal biggest
+        real_data(self, stream, data)
+        biggest = max(biggest, len(stream.backlog) if stream.backlog is not None else 0)
+
+    monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
+    monkeypatch.setattr(Session, "stream_data", record)
+    never = asyncio.Event()
+
+    async def never_reads(reader, writer):
+        await never.wait()
+        writer.close()
+
+    backend = await start_backend(never_reads)
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, backend.port)
+    _, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+    pushed = 0
+    block = os.urandom(256 * 1024)
+
+    async def push() -> None:
+        nonlocal pushed
+        while pushed < 64 * MiB:
+            writer.write(block)
+            await writer.drain()
+            pushed += len(block)
+
+    pusher = asyncio.create_task(push())
+    last = -1
+    while pushed != last:  # until the push stalls
+        last = pushed
+        await asyncio.sleep(0.3)
+    assert not pusher.done()
+    assert biggest <= 1 * MiB, f"backlog grew to {biggest / MiB:.1f} MiB"
+    pusher.cancel()
+    writer.close()
+    never.set()
+    backend.server.close()
