@@ -181,14 +181,18 @@ def test_package_installs_user_config_tokens_and_unit(installed: Container) -> N
         "NotifyAccess": "main",
     }
 
-    # The launcher runs Debian's python3 on the vendored, pure-Python dependencies.
+    # The launcher runs Debian's python3 on the vendored dependencies; websockets masks frames
+    # with its C speedups, built for this suite's CPython (3.11 or 3.13).
     probe = (
         "import sys; sys.path.insert(0, '/opt/aiowstunnel/lib'); import json, websockets, "
-        "prometheus_client, aiowstunnel; from systemd import daemon; print(json.dumps("
-        "[websockets.__file__, prometheus_client.__file__, aiowstunnel.__file__]))"
+        "prometheus_client, aiowstunnel; from systemd import daemon; "
+        "from websockets.frames import apply_mask; print(json.dumps("
+        "[websockets.__file__, prometheus_client.__file__, aiowstunnel.__file__, "
+        "type(apply_mask).__name__]))"
     )
-    files = json.loads(box.run(["python3", "-I", "-c", probe]).stdout)
+    *files, mask = json.loads(box.run(["python3", "-I", "-c", probe]).stdout)
     assert all(f.startswith("/opt/aiowstunnel/lib/") for f in files), files
+    assert mask == "builtin_function_or_method", "websockets' C speedups did not load"
     assert box.run(["readlink", "/usr/bin/aiowstunnel"]).stdout.strip() == (
         "/opt/aiowstunnel/bin/aiowstunnel"
     )
