@@ -416,3 +416,35 @@ def test_stop_exits_cleanly(daemon: Container) -> None:
         "the exit status in the journal",
         interval=0.5,
     )
+
+
+@pytest.mark.parametrize("capability", ["granted", "withheld"])
+def test_port_below_1024_binds_only_through_cap_net_bind_service(
+    daemon: Container, capability: str
+) -> None:
+    """The service runs as its own user: a tunnel on port 81 binds because the unit grants
+    CAP_NET_BIND_SERVICE, and with the capability withheld it fails with the reason logged."""
+    box = daemon
+    if capability == "withheld":
+        add_drop_in(box, "no-bind.conf", "[Service]\nAmbientCapabilities=\n")
+    config = installed_config(box)
+    template = next(t for t in tunnels_to_metrics(config) if t["mode"] == "connect")
+    low = dict(template, name="low-port", listen="127.0.0.1:81")
+    scalars = {k: v for k, v in low.items() if isinstance(v, str | int | float | bool)}
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in scalars.items())
+    box.write_file(CONFIG, box.read_file(CONFIG) + f"\n[[tunnel]]\n{lines}")
+    pid = start(box)
+    user = box.run(["ps", "-o", "user=", "-p", str(pid)]).stdout.strip()
+    assert user == "aiowstunnel", user
+    if capability == "granted":
+        body = wait_for(
+            lambda: curl(box, "http://127.0.0.1:81/metrics"), seconds(30), "the tunnel on port 81"
+        )
+        assert "aiowstunnel_tunnel_up" in body
+    else:
+        wait_for(
+            lambda: "cannot listen on 127.0.0.1:81: Permission denied" in journal(box) or None,
+            seconds(30),
+            "the bind error in the journal",
+        )
+        assert show(box, "ActiveState")["ActiveState"] == "active"  # the others still run
