@@ -278,8 +278,11 @@ class Server:
             session.reject(refused.refusal.status, refused.reason)
             return
         except Exception:  # our bug: answer anyway, never leave a client hanging
-            log.exception("checking the tunnel request from %s failed", session.peer,
-                          extra={"peer": session.peer})
+            log.exception(
+                "checking the tunnel request from %s failed",
+                session.peer,
+                extra={"peer": session.peer},
+            )
             self.stats.rejected["internal_error"] += 1
             session.reject(500, "internal error")
             return
