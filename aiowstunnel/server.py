@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl as ssl_module
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from websockets.frames import CloseCode
@@ -42,8 +42,7 @@ class Grant:
     request: TunnelRequest
     target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
-    bound: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
 
 
 class Server:
@@ -300,7 +299,8 @@ class Server:
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
         dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
-        session.accept(request, dial, extra_headers=grant.extra)
+        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
+        session.accept(request, dial, extra_headers=headers)
         what = (
             f"connect to {grant.request.address}"
             if grant.request.mode is Mode.CONNECT
@@ -406,7 +406,6 @@ class Server:
             ) from None
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
-        grant.extra["X-Aiowstunnel-Bound"] = grant.bound
 
     def _session_closed(self, session: Session) -> None:
         grant = self.sessions.pop(session, None)
