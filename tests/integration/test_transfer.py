@@ -100,3 +100,52 @@ async def test_data_and_eof_before_open_ok_wait_for_it(make_tunnel, echo_backend
     tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
     results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, 64 * 1024) for _ in range(20)))
     assert all(sent == received for sent, received in results)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_ipv6_loopback_everywhere(mode):
+    """Server, listener and target all on [::1]: brackets survive the URL, the handshake's
+    address header and the bound-address header."""
+    import socket
+
+    from aiowstunnel.client import Client
+    from aiowstunnel.server import Server
+
+    from .conftest import FAST_BACKOFF
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    backend = await asyncio.start_server(echo, "::1", 0)
+    server = Server("::1", 0)
+    await server.listen()
+    client = Client(
+        mode,
+        "::1",
+        server.port,
+        "::1",
+        0,
+        "::1",
+        backend.sockets[0].getsockname()[1],
+        backoff=FAST_BACKOFF,
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        assert client.url.startswith("ws://[::1]:")
+        assert client.listen_address.host == "::1"
+        sent, received = await echo_roundtrip(client.listen_address, 1 << 20)
+        assert sent == received
+    finally:
+        await client.close(1)
+        await server.close(1)
+        backend.close()
