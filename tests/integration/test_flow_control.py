@@ -92,6 +92,30 @@ async def echo_stream(port: int, total: int) -> float:
     return total / (time.monotonic() - start) / 1e6
 
 
+class Pusher:
+    """Pushes up to ``limit`` bytes at a connection, as fast as it will take them."""
+
+    def __init__(self, writer: asyncio.StreamWriter, limit: int = 64 * MiB) -> None:
+        self.writer = writer
+        self.limit = limit
+        self.pushed = 0
+        self.task = asyncio.create_task(self._push())
+
+    async def _push(self) -> None:
+        block = os.urandom(256 * 1024)
+        while self.pushed < self.limit:
+            self.writer.write(block)
+            await self.writer.drain()
+            self.pushed += len(block)
+
+    async def until_stalled(self, quiet: float) -> None:
+        """Return once no byte was taken for ``quiet`` seconds (bounded by the test timeout)."""
+        last = -1
+        while self.pushed != last:
+            last = self.pushed
+            await asyncio.sleep(quiet)
+
+
 @pytest.mark.timeout(90)
 async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
     backend = await start_backend(slow_or_echo)
@@ -107,22 +131,9 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
         # The slow stream: push 64 MiB at a reader taking 1 KiB/s.
         _, writer = await asyncio.open_connection(LOCAL, port)
         writer.write(b"S")
-        pushed = 0
-        block = os.urandom(256 * 1024)
-
-        async def push() -> None:
-            nonlocal pushed
-            while pushed < 64 * MiB:
-                writer.write(block)
-                await writer.drain()
-                pushed += len(block)
-
-        pusher = asyncio.create_task(push())
-        # Wait until the push stalls: no progress for 0.5 s (bounded by the test timeout).
-        last = -1
-        while pushed != last:
-            last = pushed
-            await asyncio.sleep(0.5)
+        pusher = Pusher(writer)
+        await pusher.until_stalled(0.5)
+        pushed = pusher.pushed
         stalled_rss = rss(proc.pid)
 
         speed = await echo_stream(port, 32 * MiB)  # meanwhile, on the same tunnel
@@ -132,13 +143,13 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
             f"{baseline_rss / MiB:.1f} -> {stalled_rss / MiB:.1f} -> {after_rss / MiB:.1f} MiB; "
             f"other stream {speed:.0f} MB/s (alone before: {baseline_speed:.0f} MB/s)"
         )
-        assert not pusher.done(), "the slow stream should still be blocked"
+        assert not pusher.task.done(), "the slow stream should still be blocked"
         assert pushed < 64 * MiB
         assert stalled_rss - baseline_rss < RSS_BOUND
         assert after_rss - baseline_rss < RSS_BOUND
         # Not a timing target, a sanity bound: the slow stream must not throttle the other.
         assert speed > baseline_speed / 4
-        pusher.cancel()
+        pusher.task.cancel()
         writer.close()
     finally:
         proc.kill()
@@ -178,24 +189,11 @@ async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monke
     backend = await start_backend(never_reads)
     tunnel = await make_tunnel(aiowstunnel.CONNECT, backend.port)
     _, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
-    pushed = 0
-    block = os.urandom(256 * 1024)
-
-    async def push() -> None:
-        nonlocal pushed
-        while pushed < 64 * MiB:
-            writer.write(block)
-            await writer.drain()
-            pushed += len(block)
-
-    pusher = asyncio.create_task(push())
-    last = -1
-    while pushed != last:  # until the push stalls
-        last = pushed
-        await asyncio.sleep(0.3)
-    assert not pusher.done()
+    pusher = Pusher(writer)
+    await pusher.until_stalled(0.3)
+    assert not pusher.task.done()
     assert biggest <= 1 * MiB, f"backlog grew to {biggest / MiB:.1f} MiB"
-    pusher.cancel()
+    pusher.task.cancel()
     writer.close()
     never.set()
     backend.server.close()
