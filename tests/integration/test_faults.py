@@ -59,8 +59,10 @@ async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backe
         proxy.blackhole = True
         client_took = await wait_until(lambda: not client.up, 5)
         server_took = client_took + await wait_until(lambda: not server.sessions, 5)
-        print(f"\nsilent peer ({mode}): client noticed in {client_took:.2f} s, "
-              f"server in {server_took:.2f} s (bound {2 * PING:.1f} s)")
+        print(
+            f"\nsilent peer ({mode}): client noticed in {client_took:.2f} s, "
+            f"server in {server_took:.2f} s (bound {2 * PING:.1f} s)"
+        )
         assert client_took <= 2 * PING + 0.3
         assert server_took <= 2 * PING + 0.3
         await wait_until(lambda: "peer silent" in client.last_error, 1)

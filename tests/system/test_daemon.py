@@ -69,6 +69,14 @@ async def wait_healthy(metrics_port: int, want: int = 200, timeout: float = 10.0
         await asyncio.sleep(0.05)
 
 
+async def wait_log(daemon: Daemon, text: str, timeout: float = 10.0) -> None:
+    """Wait until the daemon has logged ``text`` (its log is written as events happen)."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 async def metric(port: int, name: str, **labels: str) -> float | None:
     samples = await asyncio.to_thread(scrape, port)
     return samples.get((name, tuple(sorted(labels.items()))))
@@ -288,10 +296,10 @@ async def test_permission_removed_on_reload_closes_only_that_clients_sessions(tm
         stream.finish.set()
         await asyncio.wait_for(transfer, 20)
         assert stream.sent.digest() == stream.received.digest()
+        await wait_log(daemon, "403")  # alpha's reconnect is refused with the reason
         log = daemon.log_text()
         assert "closing session of alpha" in log
         assert f"connect to {LOCAL}:{backend.port} is no longer allowed" in log
-        assert "403" in log  # alpha's reconnect is refused with the reason
         assert await daemon.stop() == 0
     finally:
         daemon.kill()
