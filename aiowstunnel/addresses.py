@@ -16,6 +16,19 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def host_port(host: str, port: int | str) -> str:
+    """``host:port``, with an IPv6 host in brackets: the one way addresses are printed."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_peer(peer: object) -> str:
+    """A socket address (``get_extra_info("peername")``: a ``(host, port, ...)`` tuple) as
+    ``host:port``; anything else (a string, None) as it is."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return host_port(str(peer[0]), peer[1])
+    return str(peer or "")
+
+
 def _split(text: str) -> tuple[str, str]:
     """Split ``host:port`` / ``[v6]:port`` / ``:port`` into host and port text."""
     text = text.strip()
@@ -68,7 +81,7 @@ class Address:
         return cls(host, _port(port, text, allow_zero_port))
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def bind_host(self) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from .addresses import host_port
 from .config import Config, read_config
 from .errors import ConfigError
 from .logs import setup_logging
@@ -116,7 +117,10 @@ class Daemon:
             metrics = MetricsServer(self.registry, self.supervisor.health)
             await metrics.start(config.metrics.listen.bind_host, config.metrics.listen.port)
             self.metrics = metrics
-            log.info("metrics on http://%s/metrics", _shown(config, metrics.port))
+            log.info(
+                "metrics on http://%s/metrics",
+                host_port(config.metrics.listen.host or "0.0.0.0", metrics.port),
+            )
         if old is not None and old is not self.metrics:
             await old.close()
 
@@ -138,11 +142,6 @@ class Daemon:
         if self.metrics is not None:
             await self.metrics.close()
         self.notifier.close()
-
-
-def _shown(config: Config, port: int) -> str:
-    host = config.metrics.listen.host or "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run(path: Path) -> int:

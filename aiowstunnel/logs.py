@@ -12,6 +12,8 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from .addresses import format_peer
+
 SYSLOG_IDENTIFIER = "aiowstunnel"
 LEVELS = {
     "debug": logging.DEBUG,
@@ -24,21 +26,6 @@ LEVELS = {
 CONTEXT_FIELDS = ("tunnel", "peer")
 
 _JOURNAL_FIELD = re.compile(r"[A-Z0-9][A-Z0-9_]*")
-
-
-def format_peer(peer: object) -> str:
-    """Render a peer as ``host:port`` (``[v6]:port``); a string is kept as it is.
-
-    Args:
-        peer: a ``(host, port, ...)`` tuple from ``get_extra_info("peername")`` or a string.
-
-    Returns:
-        The printable address.
-    """
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = str(peer[0]), peer[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(peer)
 
 
 def _context(record: logging.LogRecord) -> str:

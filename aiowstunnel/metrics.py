@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .addresses import host_port
 from .errors import os_reason
 from .stats import ServerStats, TunnelStats
 
@@ -222,7 +223,7 @@ class MetricsServer:
                 self._handle, host or None, port, limit=MAX_REQUEST_HEAD
             )
         except OSError as exc:
-            where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+            where = host_port(host or "*", port)
             raise OSError(
                 exc.errno, f"metrics: cannot listen on {where}: {os_reason(exc)}"
             ) from exc

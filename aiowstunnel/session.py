@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
@@ -25,6 +25,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import wire
+from .addresses import format_peer, host_port
 from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
 from .stats import TunnelStats
 
@@ -85,7 +86,7 @@ class TcpStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)  # type: ignore[attr-defined]
         _no_delay(transport)
         peer = transport.get_extra_info("peername")
-        self.peer = _format_peer(peer)
+        self.peer = format_peer(peer)
         self.session.stream_connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -199,7 +200,7 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  (uvloop: not a subclass)
         transport.set_write_buffer_limits(high=WS_HIGH_WATER)  # type: ignore[attr-defined]
         _no_delay(transport)
-        self.peer = _format_peer(transport.get_extra_info("peername"))
+        self.peer = format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self.loop.time()
@@ -503,7 +504,6 @@ class Session(asyncio.Protocol):
     async def _dial(self, stream_id: int, origin: str) -> None:
         assert self.dial is not None
         stream = TcpStream(self, stream_id)
-        stream.reading = True
         try:
             await self.dial(lambda: stream, origin)
         except asyncio.CancelledError:
@@ -520,7 +520,6 @@ class Session(asyncio.Protocol):
             if stream_id in self.mux.streams:
                 self._send(self.mux.refuse_stream(stream_id, reason))
                 self._flush()
-            return
 
     # -- stream callbacks (from TcpStream) ---------------------------------------
 
@@ -570,11 +569,12 @@ class Session(asyncio.Protocol):
             stream.backlog = memoryview(data)
         self._send_backlog(stream)
 
-    # Reading is paused until OPEN_OK, but some asyncio versions deliver the first read
-    # anyway (pause_reading() in connection_made() was not always honoured): until then
-    # whatever arrives, data or EOF, waits in the backlog and is sent once accepted.
-
     def _send_backlog(self, stream: TcpStream) -> None:
+        """Send what credit allows, then FIN if EOF waits; set reading to match.
+
+        Before OPEN_OK nothing is sent: reading is paused until then, but a transport that
+        dropped that pause (TcpStream._repause) may have delivered one read, which waits here.
+        """
         sid = stream.stream_id
         backlog = stream.backlog
         if not stream.accepted:
@@ -760,7 +760,7 @@ def _retrieve(future: asyncio.Future) -> None:
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
     """A :class:`Dial` that connects to one fixed TCP target, with a timeout."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = host_port(host, port)
 
     async def dial(
         factory: Callable[[], asyncio.Protocol], origin: str
@@ -777,13 +777,6 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
     return dial
 
 
-def _format_peer(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer or "")
-
-
 def _failure_label(exc: BaseException) -> str:
     """A short, bounded metric label for why a dial failed."""
     if isinstance(exc, ConnectionRefusedError):
@@ -792,7 +785,7 @@ def _failure_label(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, PermissionError):
         return "forbidden"
-    if isinstance(exc, OSError) and "Name or service" in str(exc):
+    if isinstance(exc, socket.gaierror):
         return "dns"
     if isinstance(exc, OSError):
         return "unreachable"
