@@ -18,7 +18,6 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
-from websockets.frames import CloseCode
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -26,22 +25,15 @@ from . import wire
 from .addresses import Address
 from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe, os_reason
-from .handshake import DEFAULT_PATH, Mode, TunnelRequest
+from .handshake import DEFAULT_PATH, Mode, Refusal, TunnelRequest
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.client")
 
-#: HTTP status of a refusal -> the ``reason`` label of connect_failures_total.
-_REFUSAL_LABELS = {
-    400: "bad_request",
-    401: "bad_token",
-    403: "forbidden",
-    404: "bad_path",
-    409: "listen_failed",
-    429: "too_many_sessions",
-    503: "server_unavailable",
-}
+#: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
+#: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
+_REFUSAL_LABELS = {refusal.status: refusal.label for refusal in Refusal}
 
 
 class Client:
@@ -222,13 +214,8 @@ class Client:
         self._closing = True
         if self._listener is not None:
             self._listener.close()
-        session = self.session
-        if session is not None:
-            session.goaway("client closing")
-            await session.drain(timeout)
-            session.close(CloseCode.GOING_AWAY, "client closing")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(session.wait_closed(), timeout)
+        if self.session is not None:
+            await self.session.shutdown("client closing", timeout)
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,7 +26,7 @@ from .addresses import Address, ip_or_none
 from .errors import os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .policy import ClientPolicy, Policy
-from .session import Dial, Phase, Session, TcpStream, close_quietly, tcp_dialer, ws_log
+from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
 from .stats import ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.server")
@@ -153,15 +153,12 @@ class Server:
             self._server.close()
         for task in list(self._pending):
             task.cancel()
-        sessions = list(self.sessions)
-        for session in sessions:
-            session.goaway("server shutting down")
-            grant = self.sessions.get(session)
-            if grant is not None and grant.listener is not None:
+        for grant in self.sessions.values():
+            if grant.listener is not None:
                 grant.listener.close()  # no new streams: stop accepting on LISTEN ports
-        if sessions:
-            await asyncio.gather(*(s.drain(timeout) for s in sessions))
-            await asyncio.gather(*(close_quietly(s) for s in sessions))
+        await asyncio.gather(
+            *(s.shutdown("server shutting down", timeout) for s in list(self.sessions))
+        )
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)

@@ -697,6 +697,19 @@ class Session(asyncio.Protocol):
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, reason)
 
+    async def shutdown(self, reason: str, timeout: float) -> None:
+        """GOAWAY, let open streams finish for up to ``timeout``, then close; bounded.
+
+        The one stop sequence of both ends (protocol.md, GOAWAY); safe to call twice.
+        """
+        self.goaway(reason)
+        await self.drain(timeout)
+        self.close(CloseCode.GOING_AWAY, reason)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT)
+        if not self.closed.done() and self.transport is not None:
+            self.transport.abort()
+
     async def drain(self, timeout: float) -> bool:
         """Wait until no stream is open, at most ``timeout`` seconds. True if drained."""
         try:
@@ -790,12 +803,3 @@ def _failure_label(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "unreachable"
     return "error"
-
-
-async def close_quietly(session: Session, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Close a session and wait (bounded) until its connection is gone."""
-    session.close(CloseCode.GOING_AWAY, "going away")
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.shield(session.closed), timeout)
-    if not session.closed.done() and session.transport is not None:
-        session.transport.abort()
