@@ -61,6 +61,8 @@ class Server:
         handshake_timeout: seconds a connection has to complete TLS and the upgrade.
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
+        stats, client_stats: counters to keep (the daemon passes the same ones to the server
+            that replaces this one, so that Prometheus counters never go backwards).
     """
 
     def __init__(
@@ -78,6 +80,8 @@ class Server:
         connect_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
+        stats: ServerStats | None = None,
+        client_stats: dict[str, TunnelStats] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -90,8 +94,8 @@ class Server:
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.stats = ServerStats()
-        self.client_stats: dict[str, TunnelStats] = {}
+        self.stats = stats if stats is not None else ServerStats()
+        self.client_stats = client_stats if client_stats is not None else {}
         self.sessions: dict[Session, Grant] = {}
         self.policy = Policy(None)
         self.set_clients(clients)
@@ -193,7 +197,8 @@ class Server:
                 session.close(CloseCode.POLICY_VIOLATION, reason)
 
     def _still_allowed(self, grant: Grant) -> str:
-        """Why a granted session is no longer allowed, or ``""``."""
+        """Why a granted session is no longer allowed, or ``""`` (and then the session
+        adopts its client's new entry, e.g. a raised max_sessions)."""
         if self.policy.open_relay:
             return ""
         current = next((c for c in self.policy.clients if c.name == grant.client.name), None)

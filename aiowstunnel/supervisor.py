@@ -88,7 +88,7 @@ def build_server(
     stats: ServerStats | None = None,
     client_stats: dict[str, TunnelStats] | None = None,
 ) -> Server:
-    server = Server(
+    return Server(
         config.listen.host,
         config.listen.port,
         ssl=server_ssl(config),
@@ -100,14 +100,9 @@ def build_server(
         handshake_timeout=config.handshake_timeout,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
+        stats=stats,  # the same counters across a rebind: Prometheus counters never go back
+        client_stats=client_stats,
     )
-    # Counters survive a rebind: Prometheus counters must never go backwards.
-    if stats is not None:
-        server.stats = stats
-    if client_stats is not None:
-        client_stats.update({k: v for k, v in server.client_stats.items() if k not in client_stats})
-        server.client_stats = client_stats
-    return server
 
 
 def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
