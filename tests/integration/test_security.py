@@ -9,9 +9,10 @@ import pytest
 
 import aiowstunnel
 from aiowstunnel.addresses import AddressRule
+from aiowstunnel.client import Client
 from aiowstunnel.policy import ClientPolicy, token_digest
 
-from .conftest import echo_roundtrip, start_backend, wait_for_count
+from .conftest import FAST_BACKOFF, echo_roundtrip, start_backend, wait_for_count
 
 
 def policy(name: str, token: str, connect: list[str] = (), listen: list[str] = ()):
@@ -131,17 +132,44 @@ async def test_listen_on_port_in_use_is_409_with_reason(make_tunnel, echo_backen
 
 
 @pytest.mark.timeout(30)
-async def test_removing_permission_closes_session_with_reason(make_tunnel, echo_backend):
+async def test_removing_permission_closes_session_with_reason(make_tunnel, echo_backend, caplog):
+    """Only the client whose rule went away loses its session, and it is told why; another
+    client of the same server keeps its session and its stream."""
+    caplog.set_level(logging.INFO)
     rule = f"127.0.0.1:{echo_backend.port}"
     tunnel = await make_tunnel(
         aiowstunnel.CONNECT,
         echo_backend.port,
-        server_kw={"clients": [policy("app", "s3cret", connect=[rule])]},
-        client_kw={"token": "s3cret"},
+        server_kw={
+            "clients": [policy("app", "s3cret", connect=[rule]), policy("db", "t0k", [rule])]
+        },
+        client_kw={"token": "s3cret", "name": "app"},
     )
-    other = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)  # another server
-    tunnel.server.set_clients([policy("app", "s3cret", connect=[])])
-    await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
-    assert not tunnel.client.up
-    sent, received = await echo_roundtrip(other.entry, 1 << 16)
-    assert sent == received
+    other = Client(
+        aiowstunnel.CONNECT,
+        "127.0.0.1",
+        tunnel.server.port,
+        "127.0.0.1",
+        0,
+        "127.0.0.1",
+        echo_backend.port,
+        token="t0k",
+        name="db",
+        backoff=FAST_BACKOFF,
+    )
+    other.start()
+    try:
+        await other.wait_up(10)
+        session = other.session
+        tunnel.server.set_clients(
+            [policy("app", "s3cret", connect=[]), policy("db", "t0k", [rule])]
+        )
+        await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
+        assert not tunnel.client.up
+        down = [r.getMessage() for r in caplog.records if "tunnel down" in r.getMessage()]
+        assert any(f"1008 connect to {rule} is no longer allowed" in m for m in down), down
+        assert other.session is session  # untouched: the same session, still carrying data
+        sent, received = await echo_roundtrip(other.listen_address, 1 << 16)
+        assert sent == received
+    finally:
+        await other.close(1)
