@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .addresses import host_port
+from .addresses import Address, host_port
 from .config import Config, read_config
 from .errors import ConfigError
 from .logs import setup_logging
@@ -41,6 +41,7 @@ class Daemon:
         self.supervisor = Supervisor(config)
         self.notifier = Notifier()
         self.metrics: MetricsServer | None = None
+        self._metrics_at: Address | None = None  # where the exporter is bound, if anywhere
         self.registry = CollectorRegistry()
         register_metrics(self.registry, self.supervisor.snapshot)
         self.reload_requested = asyncio.Event()
@@ -92,8 +93,7 @@ class Daemon:
         try:
             new = read_config(self.path)
             check_tls(new)
-            if new.metrics != self.config.metrics:
-                await self._start_metrics(new)
+            await self._start_metrics(new)
             await self.supervisor.reload(new)
         except (ConfigError, OSError) as exc:
             self.supervisor.reload_ok = False
@@ -106,23 +106,23 @@ class Daemon:
         self.notifier.notify("READY=1", STATUS=self._refresh_status())
 
     async def _start_metrics(self, config: Config) -> None:
-        """(Re)bind the exporter. A new address is bound before the old one is let go."""
-        old = self.metrics
-        if not config.metrics.enabled:
-            self.metrics = None
-        else:
-            same_address = old is not None and config.metrics.listen == self.config.metrics.listen
-            if same_address:
-                return
-            metrics = MetricsServer(self.registry, self.supervisor.health)
-            await metrics.start(config.metrics.listen.bind_host, config.metrics.listen.port)
-            self.metrics = metrics
-            log.info(
-                "metrics on http://%s/metrics",
-                host_port(config.metrics.listen.host or "0.0.0.0", metrics.port),
-            )
-        if old is not None and old is not self.metrics:
-            await old.close()
+        """Bind the exporter where ``config`` says, if that is not where it is now.
+
+        The new one is bound before the old one closes, so a failed bind (OSError) leaves
+        the running exporter serving. What is bound is tracked here, not inferred from the
+        last config, which a failed reload leaves behind.
+        """
+        wanted = config.metrics.listen if config.metrics.enabled else None
+        if wanted == self._metrics_at:
+            return
+        new = None
+        if wanted is not None:
+            new = MetricsServer(self.registry, self.supervisor.health)
+            await new.start(wanted.bind_host, wanted.port)
+            log.info("metrics on http://%s/metrics", host_port(wanted.host or "0.0.0.0", new.port))
+        if self.metrics is not None:
+            await self.metrics.close()
+        self.metrics, self._metrics_at = new, wanted
 
     def _refresh_status(self) -> str:
         self._status = self.supervisor.status_line()

@@ -446,3 +446,21 @@ async def test_tunnel_port_in_use_is_a_clear_error_and_others_run(tmp_path):
         daemon.kill()
         backend.server.close()
         busy.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_reload_moves_the_metrics_exporter(tmp_path):
+    old, new = free_port(), free_port()
+    daemon = Daemon(tmp_path, head(old))
+    try:
+        await daemon.start()
+        assert (await asyncio.to_thread(healthz, old))[0] == 200
+        daemon.write_config(head(new))
+        await daemon.reload()
+        assert (await asyncio.to_thread(healthz, new))[0] == 200
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(LOCAL, old)
+        assert await metric(new, "aiowstunnel_config_last_reload_successful") == 1
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
