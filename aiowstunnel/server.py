@@ -139,10 +139,6 @@ class Server:
             "tunnel server listening on %s://%s%s", scheme, Address(self.host, self.port), self.path
         )
 
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, send GOAWAY, let open streams drain up to ``timeout``, close.
 
@@ -294,7 +290,6 @@ class Server:
         stats = self.client_stats.setdefault(grant.client.name, TunnelStats(grant.client.name))
         session.stats = stats
         session.name = grant.client.name
-        self.stats.sessions_total += 1
         stats.sessions_active += 1
         stats.connects += 1
         stats.up = True

@@ -31,4 +31,3 @@ class ServerStats:
     """Counters of the tunnel server as a whole."""
 
     rejected: Counter[str] = field(default_factory=Counter)
-    sessions_total: int = 0

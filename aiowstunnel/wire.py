@@ -488,7 +488,7 @@ class Mux:
             return [], 0
         machine.send_window.consume(n)
         view = memoryview(data)
-        header = HEADER.pack(FrameType.DATA, stream_id)
+        header = data_header(stream_id)
         step = self.max_data
         messages = [header + view[i : min(i + step, n)] for i in range(0, n, step)]
         return messages, n
