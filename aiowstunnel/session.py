@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from . import wire
+from . import wire, wsframe
 from .addresses import format_peer, host_port
 from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
 from .stats import TunnelStats
@@ -40,6 +40,12 @@ ws_log.setLevel(logging.WARNING)
 #: the bytes"). Memory per stream is then bounded by window + STREAM_HIGH_WATER.
 WS_HIGH_WATER = 1024 * 1024
 STREAM_HIGH_WATER = 256 * 1024
+#: The most a stream reads at once. Each read is sized to the stream's credit, so what is
+#: read can always be sent at once: no per-stream backlog builds up (docs/performance.md).
+READ_SIZE = 256 * 1024
+#: A read without credit happens only on a transport that dropped a pause
+#: (TcpStream._repause); it is kept small, since it waits in the stream's backlog.
+SPILL_READ = 16 * 1024
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
 CLOSE_TIMEOUT = 5.0
 
@@ -59,10 +65,12 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class TcpStream(asyncio.Protocol):
+class TcpStream(asyncio.BufferedProtocol):
     """One tunneled TCP connection: the asyncio protocol of its socket.
 
-    It only forwards socket events to its session; the session decides everything.
+    It only forwards socket events to its session; the session decides everything. It is a
+    BufferedProtocol so that the session chooses how much each read takes (the stream's
+    credit) and where it lands (one buffer per session, reused by every read).
     """
 
     def __init__(self, session: Session, stream_id: int | None = None) -> None:
@@ -70,7 +78,9 @@ class TcpStream(asyncio.Protocol):
         self.stream_id = stream_id  # None until OPEN is sent (listener side)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.backlog: memoryview | None = None  # read from the socket, waiting for credit
+        # read from the socket but not yet sent: only before OPEN_OK, or after a read the
+        # transport made despite a pause (reads are otherwise sized to the credit)
+        self.backlog: memoryview | None = None
         self.eof_pending = False  # socket EOF seen while the backlog still waits
         self.write_paused = False
         self.ungranted = 0  # bytes written while paused: credit owed to the peer
@@ -89,10 +99,13 @@ class TcpStream(asyncio.Protocol):
         self.peer = format_peer(peer)
         self.session.stream_connected(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.session.read_buffer(self)
+
+    def buffer_updated(self, nbytes: int) -> None:
         if not self.reading:
             self._repause()
-        self.session.stream_data(self, data)
+        self.session.stream_data(self, self.session.read_view[:nbytes])
 
     def eof_received(self) -> bool:
         self.at_eof = True
@@ -184,6 +197,12 @@ class Session(asyncio.Protocol):
         self.close_reason = ""
         self._ws_paused = False
         self._fragments: list[bytes] | None = None
+        # The data path: after the handshake, BINARY frames are cut and built here
+        # (wsframe), everything else still goes through websockets.
+        self._splitter: wsframe.BinarySplitter | None = None
+        self._mask_keys = wsframe.MaskKeys() if self.client_side else None
+        #: where every stream of this session reads into; see read_buffer()
+        self.read_view = memoryview(bytearray(READ_SIZE))
         self._last_rx = self.loop.time()
         self._last_ping = 0.0
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -204,8 +223,36 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self.loop.time()
-        self.ws.receive_data(data)
-        self._process()
+        splitter = self._splitter
+        if splitter is None:
+            self.ws.receive_data(data)
+            self._process()
+            self._start_data_path()
+            return
+        try:
+            for is_binary, chunk in splitter.feed(data):
+                if is_binary:
+                    self._message(chunk)
+                else:
+                    self.ws.receive_data(chunk)  # type: ignore[arg-type]
+                    self._process()
+                if self.ws.state is not State.OPEN and self.ws.state is not State.CLOSING:
+                    break
+        except ProtocolViolation as exc:
+            self._violation(exc)
+        self._flush()
+
+    def _start_data_path(self) -> None:
+        # Only at a frame boundary: websockets must have nothing half-read.
+        if (
+            self.phase is Phase.OPEN
+            and self.ws.state is State.OPEN
+            and self._fragments is None
+            and not self.ws.reader.buffer
+        ):
+            self._splitter = wsframe.BinarySplitter(
+                expect_mask=not self.client_side, max_size=_max_size(self.ws)
+            )
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -336,16 +383,19 @@ class Session(asyncio.Protocol):
                 else:
                     self._response(event)
         except ProtocolViolation as exc:
-            log.warning(
-                "protocol violation by %s: %s",
-                self.peer,
-                exc,
-                extra={"tunnel": self.name, "peer": self.peer},
-            )
-            self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+            self._violation(exc)
         self._flush()
         if self.ws.state is State.CLOSED and self.transport and not self.transport.is_closing():
             self.transport.close()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        log.warning(
+            "protocol violation by %s: %s",
+            self.peer,
+            exc,
+            extra={"tunnel": self.name, "peer": self.peer},
+        )
+        self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
 
     def _request(self, request: Request) -> None:
         if self.ws.handshake_exc is not None or self.on_request is None:
@@ -559,15 +609,34 @@ class Session(asyncio.Protocol):
         self._update_reading(stream)
         self._flush()
 
-    def stream_data(self, stream: TcpStream, data: bytes) -> None:
+    def read_buffer(self, stream: TcpStream) -> memoryview:
+        """Where ``stream``'s next read goes: the session's buffer, cut to its credit.
+
+        A read never takes more than can be sent at once, so nothing read waits in memory
+        for credit; memory under load stays at the windows in flight, not at one read per
+        stream on top (docs/performance.md, memory).
+        """
+        sid = stream.stream_id
+        credit = 0
+        if sid is not None and stream.accepted and stream.backlog is None:
+            credit = self.mux.credit(sid)
+        if credit <= 0:
+            return self.read_view[:SPILL_READ]
+        return self.read_view[: min(credit, READ_SIZE)]
+
+    def stream_data(self, stream: TcpStream, data: memoryview) -> None:
+        """``data`` is a view of :attr:`read_view`: valid only until this returns."""
         sid = stream.stream_id
         if sid is None or sid not in self.mux.streams:
             return
         if stream.backlog is not None:  # rare: reading is paused while a backlog waits
             stream.backlog = memoryview(bytes(stream.backlog) + data)
-        else:
-            stream.backlog = memoryview(data)
+            self._send_backlog(stream)
+            return
+        stream.backlog = data
         self._send_backlog(stream)
+        if stream.backlog is not None:  # what credit did not cover outlives the buffer
+            stream.backlog = memoryview(bytes(stream.backlog))
 
     def _send_backlog(self, stream: TcpStream) -> None:
         """Send what credit allows, then FIN if EOF waits; set reading to match.
@@ -581,9 +650,7 @@ class Session(asyncio.Protocol):
             self._update_reading(stream)
             return
         if backlog is not None and sid is not None and sid in self.mux.streams:
-            messages, n = self.mux.send_data(sid, backlog)
-            for message in messages:
-                self._send(message)  # a no-op once the WebSocket is closing
+            n = self._send_data(sid, backlog)
             self.stats.sent_bytes += n
             stream.backlog = backlog[n:] if n < len(backlog) else None
         if stream.backlog is None and stream.eof_pending:
@@ -662,6 +729,23 @@ class Session(asyncio.Protocol):
     def _send(self, message: bytes) -> None:
         if self.ws.state is State.OPEN:
             self.ws.send_binary(message)
+
+    def _send_data(self, stream_id: int, data: memoryview) -> int:
+        """DATA for as much of ``data`` as credit allows, framed here; returns the count.
+
+        The frames join websockets' own queue (``ws.writes``), so they keep their order
+        with pings and the close; once the WebSocket is closing nothing is sent.
+        """
+        n = self.mux.reserve_data(stream_id, len(data))
+        if n and self.ws.state is State.OPEN:
+            header = wire.data_header(stream_id)
+            step = self.mux.max_data
+            writes = self.ws.writes
+            keys = self._mask_keys
+            for i in range(0, n, step):
+                key = keys.next() if keys is not None else None
+                writes.extend(wsframe.binary_frame(header, data[i : min(i + step, n)], key))
+        return n
 
     def _flush(self) -> None:
         transport = self.transport
@@ -764,6 +848,12 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _max_size(ws: ClientProtocol | ServerProtocol) -> int | None:
+    """The largest message the WebSocket accepts (the attribute's name changed in 16)."""
+    size = getattr(ws, "max_message_size", getattr(ws, "max_size", None))
+    return size if isinstance(size, int) else None
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -481,17 +481,26 @@ class Mux:
             The messages, and how many bytes of ``data`` they carry (the caller keeps the
             rest until :class:`CreditGranted`).
         """
-        machine = self.streams[stream_id]
-        machine.move(Move.SEND_DATA, by_peer=False)
-        n = min(len(data), machine.send_window.available)
-        if n == 0:
-            return [], 0
-        machine.send_window.consume(n)
+        n = self.reserve_data(stream_id, len(data))
         view = memoryview(data)
         header = data_header(stream_id)
         step = self.max_data
         messages = [header + view[i : min(i + step, n)] for i in range(0, n, step)]
         return messages, n
+
+    def reserve_data(self, stream_id: int, size: int) -> int:
+        """Take credit for up to ``size`` bytes of DATA; returns how many may be sent.
+
+        The caller then sends that many bytes in DATA messages of at most
+        :attr:`max_data` bytes each, headed by :func:`data_header` (the session builds
+        them straight into WebSocket frames; :meth:`send_data` builds them as messages).
+        """
+        machine = self.streams[stream_id]
+        machine.move(Move.SEND_DATA, by_peer=False)
+        n = min(size, machine.send_window.available)
+        if n:
+            machine.send_window.consume(n)
+        return n
 
     def send_fin(self, stream_id: int) -> bytes:
         machine = self.streams[stream_id]
