@@ -111,33 +111,45 @@ class BinarySplitter:
     def feed(self, data: bytes) -> list[tuple[bool, bytes | memoryview]]:
         if not self.active:
             return [(False, data)]
-        if self._pending:
-            self._pending += data
-            if len(self._pending) < self._need:
-                return []
-            data, self._pending = bytes(self._pending), bytearray()
-            self._need = 0
         out: list[tuple[bool, bytes | memoryview]] = []
         view = memoryview(data)
-        end_of_data = len(data)
         pos = 0
+        if self._pending:
+            if not self._need:  # the read ended inside a header (rare: a few bytes of it)
+                view = memoryview(bytes(self._pending) + data)
+                self._pending = bytearray()
+            else:  # complete the one frame that waits, copying only what it lacks
+                missing = self._need - len(self._pending)
+                if len(view) < missing:
+                    self._pending += view
+                    return out
+                frame, self._pending, self._need = self._pending, bytearray(), 0
+                frame += view[:missing]
+                # ``frame`` is never written again, so its payload view stays valid.
+                self._scan(memoryview(frame), 0, out)
+                pos = missing
+        self._scan(view, pos, out)
+        return out
+
+    def _scan(self, view: memoryview, pos: int, out: list[tuple[bool, bytes | memoryview]]) -> None:
+        end_of_data = len(view)
         while pos < end_of_data:
             available = end_of_data - pos
             if available < 2:
                 break
-            first = data[pos]
-            second = data[pos + 1]
+            first = view[pos]
+            second = view[pos + 1]
             length = second & 0x7F
             head = 2
             if length == 126:
                 if available < 4:
                     break
-                (length,) = _U16.unpack_from(data, pos + 2)
+                (length,) = _U16.unpack_from(view, pos + 2)
                 head = 4
             elif length == 127:
                 if available < 10:
                     break
-                (length,) = _U64.unpack_from(data, pos + 2)
+                (length,) = _U64.unpack_from(view, pos + 2)
                 head = 10
             masked = second & _MASK_BIT
             if masked:
@@ -149,7 +161,7 @@ class BinarySplitter:
                 # Not ours to judge: websockets takes the connection from this frame on.
                 self.active = False
                 out.append((False, bytes(view[pos:])))
-                return out
+                return
             frame_end = pos + head + length
             if frame_end > end_of_data:
                 self._need = head + length
@@ -164,4 +176,3 @@ class BinarySplitter:
             pos = frame_end
         if pos < end_of_data:
             self._pending += view[pos:]
-        return out
