@@ -15,6 +15,7 @@ import enum
 import logging
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -201,8 +202,14 @@ class Session(asyncio.Protocol):
         # (wsframe), everything else still goes through websockets.
         self._splitter: wsframe.BinarySplitter | None = None
         self._mask_keys = wsframe.MaskKeys() if self.client_side else None
-        #: where every stream of this session reads into; see read_buffer()
-        self.read_view = memoryview(bytearray(READ_SIZE))
+        # Both parts of the data path lean on two attributes of websockets' sans-I/O
+        # protocol (its send queue and its reader's buffer); should a release rename them,
+        # every frame simply goes through websockets, as before the data path existed.
+        self._own_framing = isinstance(getattr(ws, "writes", None), list) and isinstance(
+            getattr(getattr(ws, "reader", None), "buffer", None), bytearray
+        )
+        #: where every stream reads into; see read_buffer()
+        self.read_view = _read_buffer()
         self._last_rx = self.loop.time()
         self._last_ping = 0.0
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -245,7 +252,8 @@ class Session(asyncio.Protocol):
     def _start_data_path(self) -> None:
         # Only at a frame boundary: websockets must have nothing half-read.
         if (
-            self.phase is Phase.OPEN
+            self._own_framing
+            and self.phase is Phase.OPEN
             and self.ws.state is State.OPEN
             and self._fragments is None
             and not self.ws.reader.buffer
@@ -740,6 +748,10 @@ class Session(asyncio.Protocol):
         if n and self.ws.state is State.OPEN:
             header = wire.data_header(stream_id)
             step = self.mux.max_data
+            if not self._own_framing:
+                for i in range(0, n, step):
+                    self.ws.send_binary(header + data[i : min(i + step, n)])
+                return n
             writes = self.ws.writes
             keys = self._mask_keys
             for i in range(0, n, step):
@@ -848,6 +860,23 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_thread_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """The buffer the streams of this thread's event loop read into, READ_SIZE bytes.
+
+    One per thread, not per session: every read is consumed within its own callback
+    (get_buffer, recv_into, buffer_updated run back to back), so streams and sessions of
+    one loop can share it, and a server with many sessions keeps one buffer resident, not
+    one per session.
+    """
+    view = getattr(_thread_buffers, "view", None)
+    if view is None:
+        view = _thread_buffers.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 def _max_size(ws: ClientProtocol | ServerProtocol) -> int | None:

@@ -149,3 +149,43 @@ async def test_ipv6_loopback_everywhere(mode):
         await client.close(1)
         await server.close(1)
         backend.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_without_own_framing_everything_goes_through_websockets(
+    make_tunnel, echo_backend, mode, monkeypatch
+):
+    """Should websockets rename what the data path leans on, sessions fall back to
+    websockets for every frame: still intact, both ways, many streams."""
+    from aiowstunnel import session as session_module
+
+    real_init = session_module.Session.__init__
+    sessions = []
+
+    def init_without(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._own_framing = False
+        sessions.append(self)
+
+    monkeypatch.setattr(session_module.Session, "__init__", init_without)
+    tunnel = await make_tunnel(mode, echo_backend.port)
+    results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, 2 * MiB) for _ in range(8)))
+    assert all(sent == received for sent, received in results)
+    assert sessions and all(s._splitter is None for s in sessions)
+
+
+def test_one_read_buffer_per_thread():
+    """Reads are consumed in their own callback, so one loop's streams share a buffer;
+    another thread (another loop) must get its own."""
+    import threading
+
+    from aiowstunnel.session import READ_SIZE, _read_buffer
+
+    here = _read_buffer()
+    assert _read_buffer() is here and len(here) == READ_SIZE
+    other = []
+    thread = threading.Thread(target=lambda: other.append(_read_buffer()))
+    thread.start()
+    thread.join(5)
+    assert other and other[0].obj is not here.obj
