@@ -458,6 +458,10 @@ class Session(asyncio.Protocol):
     def _message(self, message: bytes | bytearray) -> None:
         if self.phase is Phase.HANDSHAKE:
             raise ProtocolViolation("frame before the handshake completed")
+        data = self.mux.receive_data(message)
+        if data is not None:
+            self._data_received(*data)
+            return
         for event in self.mux.receive(message):
             self._event(event)
         for answer in self.mux.take_outbox():
@@ -465,16 +469,7 @@ class Session(asyncio.Protocol):
 
     def _event(self, event: wire.Event) -> None:
         if isinstance(event, wire.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None or stream.transport is None:
-                return
-            n = len(event.data)
-            self.stats.received_bytes += n
-            stream.transport.write(event.data)
-            if stream.write_paused:
-                stream.ungranted += n
-            else:
-                self._grant(event.stream_id, n)
+            self._data_received(event.stream_id, event.data)
         elif isinstance(event, wire.CreditGranted):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -542,6 +537,18 @@ class Session(asyncio.Protocol):
             self.close_reason = f"peer going away: {event.reason}"
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, "going away")
+
+    def _data_received(self, stream_id: int, data: bytes | memoryview) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.transport is None:
+            return
+        n = len(data)
+        self.stats.received_bytes += n
+        stream.transport.write(data)
+        if stream.write_paused:
+            stream.ungranted += n
+        else:
+            self._grant(stream_id, n)
 
     def _grant(self, stream_id: int, n: int) -> None:
         update = self.mux.grant(stream_id, n)

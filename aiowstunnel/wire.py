@@ -244,6 +244,10 @@ class StreamState(enum.Enum):
     HALF_CLOSED_REMOTE = "half-closed (remote)"  # we received FIN
     CLOSED = "closed"
 
+    # Members are singletons compared by identity, so the identity hash is consistent;
+    # Enum's own __hash__ is Python code, and TRANSITIONS is looked up per DATA frame.
+    __hash__ = object.__hash__
+
 
 class Move(enum.Enum):
     """What happens to a stream: a frame sent (SEND_*) or received (RECV_*)."""
@@ -255,6 +259,8 @@ class Move(enum.Enum):
     SEND_FIN = enum.auto()
     RECV_FIN = enum.auto()
     CLOSE = enum.auto()  # RST or OPEN_FAIL, either way: always legal, always ends it
+
+    __hash__ = object.__hash__  # as StreamState's
 
 
 S, M = StreamState, Move
@@ -275,6 +281,10 @@ TRANSITIONS: dict[tuple[StreamState, Move], StreamState] = {
 for _state in StreamState:
     TRANSITIONS[(_state, M.CLOSE)] = S.CLOSED
 del S, M, _state
+
+
+#: the states in which DATA from the peer is legal (the RECV_DATA moves of TRANSITIONS)
+_RECEIVES_DATA = frozenset(state for state, move in TRANSITIONS if move is Move.RECV_DATA)
 
 
 class StreamMachine:
@@ -531,6 +541,31 @@ class Mux:
         return GoAway(0, reason).serialize()
 
     # -- receiving -----------------------------------------------------------------
+
+    def receive_data(
+        self, message: bytes | bytearray | memoryview
+    ) -> tuple[int, memoryview] | None:
+        """:meth:`receive` for the common message, DATA on an open stream within its credit.
+
+        Returns (stream id, payload), or None for any other message, which must then go through
+        :meth:`receive` (nothing was changed). Same outcome as :meth:`receive`, without
+        building the frame, the event list and the dispatch (the per-message cost of
+        every rtt, docs/performance.md).
+        """
+        if len(message) <= HEADER_SIZE:
+            return None
+        code, stream_id = HEADER.unpack_from(message)
+        if code != FrameType.DATA:
+            return None
+        machine = self.streams.get(stream_id)
+        if machine is None or machine.state not in _RECEIVES_DATA:
+            return None
+        window = machine.recv_window
+        n = len(message) - HEADER_SIZE
+        if n > window.available:
+            return None
+        window.available -= n
+        return stream_id, memoryview(message)[HEADER_SIZE:]
 
     def receive(self, message: bytes | bytearray | memoryview) -> list[Event]:
         """Process one WebSocket message from the peer.

@@ -1048,3 +1048,51 @@ def test_fuzzer_counts_an_unhandled_exception(monkeypatch: pytest.MonkeyPatch) -
     assert (inputs, unhandled) == (50, 50)
     assert failures[0].what == "IndexError: a bug"
     assert fuzzer.main(["--count", "5", "--seed", "3"]) == 1  # a failing run exits non-zero
+
+
+def _outcome(mux: Mux, message: bytes, fast: bool) -> tuple:
+    """What one message does to a Mux: events (DATA as bytes), or the fault."""
+    try:
+        if fast:
+            data = mux.receive_data(message)
+            if data is not None:
+                return (("data", data[0], bytes(data[1])),)
+        events = mux.receive(message)
+    except ProtocolViolation as exc:
+        return ("fault", str(exc))
+    return tuple(
+        ("data", e.stream_id, bytes(e.data)) if isinstance(e, DataReceived) else e for e in events
+    )
+
+
+def _state(mux: Mux) -> dict:
+    return {
+        sid: (m.state, m.recv_window.available, m.send_window.available)
+        for sid, m in mux.streams.items()
+    }
+
+
+@given(st.lists(messages, max_size=20), st.sampled_from([1, 5, 64, 300]))
+@settings(max_examples=300, deadline=None)
+def test_property_receive_data_is_receive_for_the_common_case(batch, window) -> None:
+    """The session tries receive_data() first: for any message sequence, two muxes, one
+    fed that way and one through receive() alone, answer and end up alike."""
+    outcomes = []
+    for fast in (True, False):
+        client, server = pair(server_window=window)
+        for _ in range(3):
+            open_stream(client, server)  # streams 1, 3, 5 open on the server
+        server.receive(client.send_fin(3))  # stream 3: the peer has finished sending
+        seen = [_outcome(server, message, fast) for message in batch]
+        outcomes.append((seen, _state(server), server.take_outbox()))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_receive_data_takes_only_data_within_credit() -> None:
+    client, server = pair(server_window=10)
+    sid = open_stream(client, server)
+    assert server.receive_data(header(FrameType.DATA, sid) + b"x" * 10) == (sid, b"x" * 10)
+    assert server.receive_data(header(FrameType.DATA, sid) + b"y") is None  # overflow: full path
+    assert server.receive_data(header(FrameType.WINDOW, sid) + u32(5)) is None
+    assert server.receive_data(header(FrameType.DATA, 99) + b"z") is None  # unknown stream
+    assert server.receive_data(header(FrameType.DATA, sid)) is None  # empty: full path
