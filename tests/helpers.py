@@ -70,6 +70,15 @@ async def wait_for_count(counter, key: str, at_least: int, timeout: float = 10.0
     await asyncio.wait_for(poll(), timeout)
 
 
+def proc_memory(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from /proc/PID/status, in bytes (VmRSS, VmHWM, ...)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
 def pattern_block(index: int, size: int, seed: bytes) -> bytes:
     """A block that differs per index, so reordered or repeated blocks change the digest."""
     head = index.to_bytes(8, "big")

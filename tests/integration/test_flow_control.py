@@ -19,6 +19,7 @@ import pytest
 
 import aiowstunnel
 
+from ..helpers import proc_memory
 from .conftest import LOCAL, start_backend
 
 TUNNEL_PROGRAM = """
@@ -42,14 +43,6 @@ asyncio.run(main())
 
 MiB = 1024 * 1024
 RSS_BOUND = 16 * MiB
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def slow_or_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -127,7 +120,7 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
         port = int(line.split()[1])
         baseline_speed = await echo_stream(port, 32 * MiB)  # also warms the allocator
-        baseline_rss = rss(proc.pid)
+        baseline_rss = proc_memory(proc.pid)
 
         # The slow stream: push 64 MiB at a reader taking 1 KiB/s.
         _, writer = await asyncio.open_connection(LOCAL, port)
@@ -135,10 +128,10 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
         pusher = Pusher(writer)
         await pusher.until_stalled(0.5)
         pushed = pusher.pushed
-        stalled_rss = rss(proc.pid)
+        stalled_rss = proc_memory(proc.pid)
 
         speed = await echo_stream(port, 32 * MiB)  # meanwhile, on the same tunnel
-        after_rss = rss(proc.pid)
+        after_rss = proc_memory(proc.pid)
         print(
             f"\nslow stream stalled after {pushed / MiB:.1f} MiB pushed; tunnel RSS "
             f"{baseline_rss / MiB:.1f} -> {stalled_rss / MiB:.1f} -> {after_rss / MiB:.1f} MiB; "

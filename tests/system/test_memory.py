@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import start_backend
+from ..helpers import proc_memory, start_backend
 from .daemon_process import LOCAL, Daemon, free_port
 
 MiB = 1024 * 1024
 #: growth of both daemons together. Before reads were sized to credit, the same test grew
 #: them by 34-37 MiB (one 256 KiB read held per stream, each way); now by about 3.
 BUSY_BOUND = 12 * MiB
-
-
-def peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
 
 
 class GatedEcho:
@@ -126,9 +118,9 @@ async def test_200_busy_streams_cost_the_daemons_little_memory(tmp_path: Path):
         await echo_many(entry, 20, 256 * 1024, echo.gate)  # warms the allocator
         echo.gate.clear()
         pids = [server.proc.pid, client.proc.pid]
-        before = [peak_rss(pid) for pid in pids]
+        before = [proc_memory(pid, "VmHWM") for pid in pids]
         await echo_many(entry, 200, MiB, echo.gate)
-        after = [peak_rss(pid) for pid in pids]
+        after = [proc_memory(pid, "VmHWM") for pid in pids]
         grown = sum(after) - sum(before)
         print(
             f"\n200 x 1 MiB echoed; peak RSS server {before[0] / MiB:.1f} -> "
