@@ -396,6 +396,11 @@ class Session(asyncio.Protocol):
         if self.ws.state is State.CLOSED and self.transport and not self.transport.is_closing():
             self.transport.close()
 
+    def _stop_data_path(self) -> None:
+        # Closing: websockets takes the rest (after fail() it discards every frame).
+        if self._splitter is not None:
+            self._splitter.stop()
+
     def _violation(self, exc: ProtocolViolation) -> None:
         log.warning(
             "protocol violation by %s: %s",
@@ -825,6 +830,7 @@ class Session(asyncio.Protocol):
         """Start the WebSocket closing handshake; open streams are cut."""
         if not self.close_reason:
             self.close_reason = f"closed locally: {reason}" if reason else "closed locally"
+        self._stop_data_path()
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
             self._flush()
@@ -835,6 +841,7 @@ class Session(asyncio.Protocol):
     def fail(self, code: int, reason: str) -> None:
         """Close because of an error (protocol violation: 1002), with the reason."""
         self.close_reason = self.close_reason or reason
+        self._stop_data_path()
         if self.ws.state is State.OPEN:
             self.ws.fail(code, reason)
             self._flush()

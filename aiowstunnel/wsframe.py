@@ -108,8 +108,16 @@ class BinarySplitter:
         self._pending = bytearray()
         self._need = 0  # bytes the pending frame needs in all (0: its header is incomplete)
 
+    def stop(self) -> None:
+        """Give the connection back to websockets from the next :meth:`feed` on, with any
+        partial frame held here: the session calls it once a close began, so that
+        websockets alone decides what is still delivered (after a failure: nothing)."""
+        self.active = False
+
     def feed(self, data: bytes) -> list[tuple[bool, bytes | memoryview]]:
         if not self.active:
+            if self._pending:  # a stop() between frames of a read: the held part first
+                data, self._pending, self._need = bytes(self._pending) + data, bytearray(), 0
             return [(False, data)]
         out: list[tuple[bool, bytes | memoryview]] = []
         view = memoryview(data)

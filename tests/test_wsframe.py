@@ -144,3 +144,17 @@ def test_splitter_never_raises_and_loses_nothing(data, masked):
     handed = b"".join(bytes(c) for b, c in items if not b)
     if not splitter.active:
         assert data.endswith(handed)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_stop_hands_the_held_part_of_a_frame_to_websockets(masked):
+    """After stop() (a close began), websockets gets every byte from the next frame
+    boundary on, the part of a frame already held here included."""
+    first = reference(Opcode.BINARY, b"a" * 300, masked)
+    second = reference(Opcode.BINARY, b"b" * 300, masked)
+    splitter = BinarySplitter(expect_mask=masked, max_size=None)
+    items = splitter.feed(first + second[:100])
+    assert [(b, bytes(c)) for b, c in items] == [(True, b"a" * 300)]
+    splitter.stop()
+    assert splitter.feed(second[100:]) == [(False, second)]
+    assert splitter.feed(b"more") == [(False, b"more")]

@@ -143,3 +143,71 @@ async def test_unknown_subprotocol_refused_with_reason(make_tunnel, echo_backend
         )
     assert caught.value.response.status_code == 400
     assert b"aiowstunnel.v1" in caught.value.response.body
+
+
+@pytest.mark.timeout(30)
+async def test_nothing_after_a_session_fault_is_relayed(make_tunnel):
+    """A violation fails the session: a DATA frame that follows it, even one split across
+    reads, must not reach the target (websockets discards everything after a failure, and
+    the data path hands it the connection when the session fails). Driven with websockets'
+    sans-I/O client over a plain socket, so that each write lands exactly as sent."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    got = bytearray()
+    opened, ended = asyncio.Event(), asyncio.Event()
+
+    async def record(reader, writer):
+        opened.set()
+        try:
+            while data := await reader.read(65536):
+                got.extend(data)
+        except ConnectionError:
+            pass  # the failed session aborts the stream
+        finally:
+            ended.set()
+            writer.close()
+
+    backend = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.server.port)
+    ws = ClientProtocol(
+        parse_uri(f"ws://127.0.0.1:{tunnel.server.port}/aiowstunnel"),
+        subprotocols=[wire.SUBPROTOCOL],
+    )
+    upgrade = ws.connect()
+    for key, value in TunnelRequest(aiowstunnel.CONNECT, Address("127.0.0.1", port)).headers():
+        upgrade.headers[key] = value
+    ws.send_request(upgrade)
+    writer.writelines(ws.data_to_send())
+
+    async def frames() -> list:
+        while not (events := ws.events_received()):
+            ws.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+        return events
+
+    await frames()  # the 101
+    assert ws.state is State.OPEN
+    ws.send_binary(wire.Open(1, wire.DEFAULT_WINDOW, "test").serialize())
+    writer.writelines(ws.data_to_send())
+    (accepted,) = await frames()
+    assert isinstance(wire.parse_frame(accepted.data), wire.OpenOk)
+    await asyncio.wait_for(opened.wait(), 5)
+    ws.send_binary(wire.Data(1, b"before").serialize())
+    writer.writelines(ws.data_to_send())
+
+    def masked(message: bytes) -> bytes:
+        return Frame(Opcode.BINARY, message).serialize(mask=True, extensions=[])
+
+    after = masked(wire.Data(1, b"after").serialize())
+    writer.write(masked(b"\x63\x00\x00\x00\x01bad") + after[:4])  # one read: fault + a part
+    (close,) = await frames()
+    assert close.opcode is Opcode.CLOSE and b"unknown frame type 99" in close.data
+    writer.write(after[4:])  # the rest of the DATA frame, in a later read
+    writer.close()  # the server half-closed after failing: we close too, as a client does
+    await asyncio.wait_for(ended.wait(), 10)  # the stream ends with the session
+    assert got == b"before"
+    backend.close()
