@@ -71,7 +71,7 @@ class TcpStream(asyncio.BufferedProtocol):
 
     It only forwards socket events to its session; the session decides everything. It is a
     BufferedProtocol so that the session chooses how much each read takes (the stream's
-    credit) and where it lands (one buffer per session, reused by every read).
+    credit) and where it lands (one buffer per thread, reused by every read).
     """
 
     def __init__(self, session: Session, stream_id: int | None = None) -> None:
@@ -465,7 +465,7 @@ class Session(asyncio.Protocol):
             raise ProtocolViolation("frame before the handshake completed")
         data = self.mux.receive_data(message)
         if data is not None:
-            self._data_received(*data)
+            self._deliver_data(*data)
             return
         for event in self.mux.receive(message):
             self._event(event)
@@ -474,7 +474,7 @@ class Session(asyncio.Protocol):
 
     def _event(self, event: wire.Event) -> None:
         if isinstance(event, wire.DataReceived):
-            self._data_received(event.stream_id, event.data)
+            self._deliver_data(event.stream_id, event.data)
         elif isinstance(event, wire.CreditGranted):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -543,7 +543,7 @@ class Session(asyncio.Protocol):
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, "going away")
 
-    def _data_received(self, stream_id: int, data: bytes | memoryview) -> None:
+    def _deliver_data(self, stream_id: int, data: bytes | memoryview) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.transport is None:
             return
@@ -630,7 +630,7 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def read_buffer(self, stream: TcpStream) -> memoryview:
-        """Where ``stream``'s next read goes: the session's buffer, cut to its credit.
+        """Where ``stream``'s next read goes: the thread's read buffer, cut to its credit.
 
         A read never takes more than can be sent at once, so nothing read waits in memory
         for credit; memory under load stays at the windows in flight, not at one read per
