@@ -67,6 +67,7 @@ class Target:
     peer_last: int = 0  # highest stream id the (fuzzing) peer has opened
     unconsumed: dict[int, int] = field(default_factory=dict)  # received, not granted back
     inputs: int = 0
+    fast: bool = False  # as the session does: Mux.receive_data first, receive() for the rest
 
 
 def new_target(rng: random.Random) -> Target:
@@ -76,7 +77,7 @@ def new_target(rng: random.Random) -> Target:
         max_data=rng.choice((1, 7, 1024)),
         max_streams=rng.choice((1, 4, 64)),
     )
-    target = Target(mux)
+    target = Target(mux, fast=rng.random() < 0.5)
     if rng.random() < 0.5:  # mid-session: some streams in every state before the fuzz starts
         for _ in range(rng.randrange(1, 12)):
             local_step(target, rng)
@@ -227,7 +228,11 @@ def feed(target: Target, message: bytes) -> list[Event]:
     """
     mux = target.mux
     before = len(mux.outbox)
-    events = mux.receive(message)  # a session-level ProtocolViolation propagates
+    data = mux.receive_data(message) if target.fast else None
+    if data is not None:
+        events: list[Event] = [DataReceived(*data)]
+    else:
+        events = mux.receive(message)  # a session-level ProtocolViolation propagates
     answers = mux.take_outbox()
     frame = parse_frame(message)
     if isinstance(frame, Open):
