@@ -236,6 +236,8 @@ class Session(asyncio.Protocol):
             self._process()
             self._start_data_path()
             return
+        # No state check per item: websockets can only reach CLOSED through a close frame,
+        # and the splitter hands that over as the last item, with the rest of the read.
         try:
             for is_binary, chunk in splitter.feed(data):
                 if is_binary:
@@ -243,8 +245,6 @@ class Session(asyncio.Protocol):
                 else:
                     self.ws.receive_data(chunk)  # type: ignore[arg-type]
                     self._process()
-                if self.ws.state is not State.OPEN and self.ws.state is not State.CLOSING:
-                    break
         except ProtocolViolation as exc:
             self._violation(exc)
         self._flush()
