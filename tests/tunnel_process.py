@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from helpers import proc_memory  # this script's folder (tests/) is first on sys.path
+
 import aiowstunnel
 from aiowstunnel.backoff import BackoffPolicy
 from aiowstunnel.client import Client
@@ -24,10 +26,8 @@ FAST = BackoffPolicy(initial=0.02, max=0.1, factor=2.0)
 
 
 def own_stats(client: Client) -> dict:
-    with open("/proc/self/status") as status:
-        rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
     return {
-        "rss": rss,
+        "rss": proc_memory(os.getpid()),
         "fds": len(os.listdir("/proc/self/fd")),
         "tasks": len(asyncio.all_tasks()),
         "up": client.up,
