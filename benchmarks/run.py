@@ -658,7 +658,8 @@ def _daemon_cmd(uvloop: bool) -> list[str]:
     return [sys.executable, "-m", "aiowstunnel"]
 
 
-SERVER_TOML = """\
+#: both daemons: no exporter, quiet logs, a quick stop between setups
+_DAEMON_TOML = """\
 [metrics]
 enabled = false
 
@@ -667,7 +668,9 @@ level = "warning"
 
 [daemon]
 shutdown_timeout = 1.0
+"""
 
+SERVER_TOML = _DAEMON_TOML + """
 [server]
 listen = "127.0.0.1:{ws}"
 
@@ -678,16 +681,7 @@ allow_connect = ["127.0.0.1:{backend}"]
 allow_listen = ["127.0.0.1:{target}"]
 """
 
-CLIENT_TOML = """\
-[metrics]
-enabled = false
-
-[log]
-level = "warning"
-
-[daemon]
-shutdown_timeout = 1.0
-
+CLIENT_TOML = _DAEMON_TOML + """
 [[tunnel]]
 name = "bench"
 mode = "{mode}"
