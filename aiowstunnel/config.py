@@ -536,11 +536,9 @@ class _Loader:
         self.check_pair(t, "tls_cert", "tls_key")
         if t.has("tls_client_ca") and not t.has("tls_cert"):
             t.error("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key")
-        window = t.integer("window", wire.DEFAULT_WINDOW, 1, wire.MAX_WINDOW)
+        window, ping_interval, ping_timeout = self.session_settings(t)
         max_streams = t.integer("max_streams", wire.DEFAULT_MAX_STREAMS, 1, _INT32_MAX)
         handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-        ping_interval = t.number("ping_interval", DEFAULT_PING_INTERVAL)
-        ping_timeout = t.number("ping_timeout", DEFAULT_PING_TIMEOUT)
         max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
@@ -636,9 +634,7 @@ class _Loader:
                     t.error(tls_key, "only used with a wss:// server")
         proxy = self.proxy_url(t)
         backoff = self.backoff(t)
-        ping_interval = t.number("ping_interval", DEFAULT_PING_INTERVAL)
-        ping_timeout = t.number("ping_timeout", DEFAULT_PING_TIMEOUT)
-        window = t.integer("window", wire.DEFAULT_WINDOW, 1, wire.MAX_WINDOW)
+        window, ping_interval, ping_timeout = self.session_settings(t)
         t.close()
         if len(self._found) > mark:
             return None
@@ -657,6 +653,15 @@ class _Loader:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             window=window,
+        )
+
+    def session_settings(self, t: _Table) -> tuple[int | None, float | None, float | None]:
+        """window, ping_interval, ping_timeout: the settings of a session, which both
+        ends take with the same defaults and bounds."""
+        return (
+            t.integer("window", wire.DEFAULT_WINDOW, 1, wire.MAX_WINDOW),
+            t.number("ping_interval", DEFAULT_PING_INTERVAL),
+            t.number("ping_timeout", DEFAULT_PING_TIMEOUT),
         )
 
     def backoff(self, tunnel: _Table) -> BackoffPolicy | None:
