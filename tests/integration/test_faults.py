@@ -207,24 +207,25 @@ async def test_client_killed_server_releases_listen_port_and_new_client_binds_it
     server = Server(LOCAL, 0, ping_interval=PING, ping_timeout=PING)
     await server.listen()
     listen_port = free_port()
-    first = await TunnelProcess(
-        "client", "listen", server.port, echo_backend.port, listen_port
-    ).start()
-    try:
+
+    def listen_client() -> TunnelProcess:
+        return TunnelProcess("client", "listen", server.port, echo_backend.port, listen_port)
+
+    async def carries_data() -> None:
         await wait_until(lambda: bool(server.sessions), 10)
         sent, received = await echo_roundtrip(Address(LOCAL, listen_port), 1 << 20)
         assert sent == received
+
+    first = await listen_client().start()
+    try:
+        await carries_data()
         os.kill(first.proc.pid, signal.SIGKILL)
         took = await wait_until(lambda: not server.sessions, 5)
         print(f"\nclient killed: server released the LISTEN port in {took:.3f} s")
         assert took <= 2 * PING + 0.3  # the kernel's RST usually makes it immediate
-        second = await TunnelProcess(
-            "client", "listen", server.port, echo_backend.port, listen_port
-        ).start()
+        second = await listen_client().start()
         try:
-            await wait_until(lambda: bool(server.sessions), 10)
-            sent, received = await echo_roundtrip(Address(LOCAL, listen_port), 1 << 20)
-            assert sent == received
+            await carries_data()
         finally:
             await second.stop()
     finally:
