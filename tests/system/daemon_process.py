@@ -7,6 +7,7 @@ event loop, so READY/RELOADING/STOPPING/WATCHDOG are awaited as events, never sl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -138,3 +139,15 @@ def healthz(port: int) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+async def wait_healthy(metrics_port: int, want: int = 200, timeout: float = 10.0) -> dict:
+    """Until /healthz answers ``want`` (200: every tunnel up); returns its JSON body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await asyncio.to_thread(healthz, metrics_port)
+        if status == want:
+            return json.loads(body)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/healthz stayed {status}: {body!r}")
+        await asyncio.sleep(0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from aiowstunnel.addresses import Address
 from aiowstunnel.client import Client
 
 from ..helpers import FAST_BACKOFF, echo_roundtrip, start_backend
-from .daemon_process import LOCAL, Daemon, free_port, healthz, scrape
+from .daemon_process import LOCAL, Daemon, free_port, healthz, scrape, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = (
@@ -56,17 +55,6 @@ def head(metrics_port: int, shutdown: float = 2.0) -> str:
         f'[metrics]\nlisten = "{LOCAL}:{metrics_port}"\n\n[log]\nlevel = "debug"\n\n'
         f"[daemon]\nshutdown_timeout = {shutdown}\n\n"
     )
-
-
-async def wait_healthy(metrics_port: int, want: int = 200, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = await asyncio.to_thread(healthz, metrics_port)
-        if status == want:
-            return json.loads(body)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/healthz stayed {status}: {body!r}")
-        await asyncio.sleep(0.05)
 
 
 async def wait_log(daemon: Daemon, text: str, timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..helpers import proc_memory, start_backend
-from .daemon_process import LOCAL, Daemon, free_port
+from .daemon_process import LOCAL, Daemon, free_port, wait_healthy
 
 MiB = 1024 * 1024
 #: growth of both daemons together. Before reads were sized to credit, the same test grew
@@ -69,52 +69,33 @@ async def echo_many(port: int, streams: int, size: int, gate: asyncio.Event) -> 
     await echoes
 
 
-async def wait_up(port: int, timeout: float = 15.0) -> None:
-    """READY does not wait for the tunnel to connect: retry one echo until it passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            reader, writer = await asyncio.open_connection(LOCAL, port)
-            writer.write(b"up?")
-            writer.write_eof()
-            if await asyncio.wait_for(reader.read(), 5) == b"up?":
-                writer.close()
-                return
-            writer.close()
-        except OSError:
-            pass
-        if loop.time() > deadline:
-            raise TimeoutError("the tunnel did not come up")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(120)
 async def test_200_busy_streams_cost_the_daemons_little_memory(tmp_path: Path):
     echo = GatedEcho()
     echo.gate.set()  # open while the tunnel comes up and warms
     backend = await start_backend(echo)
-    ws_port, entry = free_port(), free_port()
+    ws_port, entry, metrics = free_port(), free_port(), free_port()
     (tmp_path / "s").mkdir()
     (tmp_path / "c").mkdir()
     for side in ("s", "c"):
         (tmp_path / side / "token").write_text("memory-test-token\n")
-    common = '[metrics]\nenabled = false\n\n[log]\nlevel = "warning"\n\n'
     server = Daemon(
         tmp_path / "s",
-        common + f'[server]\nlisten = "{LOCAL}:{ws_port}"\n\n[[server.client]]\n'
+        '[metrics]\nenabled = false\n\n[log]\nlevel = "warning"\n\n'
+        f'[server]\nlisten = "{LOCAL}:{ws_port}"\n\n[[server.client]]\n'
         f'name = "bench"\ntoken_file = "token"\nallow_connect = ["{LOCAL}:{backend.port}"]\n',
     )
     client = Daemon(
         tmp_path / "c",
-        common + f'[[tunnel]]\nname = "bench"\nmode = "connect"\n'
+        f'[metrics]\nlisten = "{LOCAL}:{metrics}"\n\n[log]\nlevel = "warning"\n\n'
+        '[[tunnel]]\nname = "bench"\nmode = "connect"\n'
         f'server = "ws://{LOCAL}:{ws_port}/aiowstunnel"\ntoken_file = "token"\n'
         f'listen = "{LOCAL}:{entry}"\nconnect = "{LOCAL}:{backend.port}"\n',
     )
     try:
         await server.start()
         await client.start()
-        await wait_up(entry)
+        await wait_healthy(metrics)  # 200 once the tunnel is up
         await echo_many(entry, 20, 256 * 1024, echo.gate)  # warms the allocator
         echo.gate.clear()
         pids = [server.proc.pid, client.proc.pid]
