@@ -14,17 +14,19 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from .addresses import Address, host_port
 from .config import Config, read_config
 from .errors import ConfigError
 from .logs import setup_logging
-from .metrics import MetricsServer, register_metrics
 from .notify import Notifier, watchdog_loop, watchdog_period
 from .supervisor import Supervisor, check_tls
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import MetricsServer
 
 log = logging.getLogger("aiowstunnel.daemon")
 
@@ -42,8 +44,9 @@ class Daemon:
         self.notifier = Notifier()
         self.metrics: MetricsServer | None = None
         self._metrics_at: Address | None = None  # where the exporter is bound, if anywhere
-        self.registry = CollectorRegistry()
-        register_metrics(self.registry, self.supervisor.snapshot)
+        # Built with the first exporter: a daemon without [metrics] never loads
+        # prometheus_client (about 2.3 MB of a 33 MB daemon, docs/performance.md, round 4).
+        self.registry: CollectorRegistry | None = None
         self.reload_requested = asyncio.Event()
         self.stop_requested = asyncio.Event()
         self._status = ""
@@ -117,12 +120,24 @@ class Daemon:
             return
         new = None
         if wanted is not None:
-            new = MetricsServer(self.registry, self.supervisor.health)
+            from .metrics import MetricsServer  # first exporter: see Daemon.registry
+
+            new = MetricsServer(self._registry(), self.supervisor.health)
             await new.start(wanted.bind_host, wanted.port)
             log.info("metrics on http://%s/metrics", host_port(wanted.host or "0.0.0.0", new.port))
         if self.metrics is not None:
             await self.metrics.close()
         self.metrics, self._metrics_at = new, wanted
+
+    def _registry(self) -> CollectorRegistry:
+        if self.registry is None:
+            from prometheus_client import CollectorRegistry
+
+            from .metrics import register_metrics
+
+            self.registry = CollectorRegistry()
+            register_metrics(self.registry, self.supervisor.snapshot)
+        return self.registry
 
     def _refresh_status(self) -> str:
         self._status = self.supervisor.status_line()

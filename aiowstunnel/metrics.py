@@ -9,8 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,23 +20,12 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .addresses import host_port
 from .errors import os_reason
-from .stats import ServerStats, TunnelStats
+from .stats import MetricsSnapshot, TunnelStats
 
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_HEAD = 8 * 1024  # request line + headers; a scrape request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request head
-
-
-@dataclass
-class MetricsSnapshot:
-    """What the collector reads at each scrape; built by the daemon's provider callable."""
-
-    tunnels: Iterable[TunnelStats] = ()  # client-side tunnels
-    server_clients: Iterable[TunnelStats] = ()  # server side, one per [[server.client]] entry
-    server: ServerStats | None = None
-    reload_ok: bool = True
-    reload_timestamp: float | None = None  # time.time() of the last successful (re)load
 
 
 # The per-scrape families: metric type, name after "aiowstunnel_", help, label names.

@@ -6,6 +6,7 @@ Nothing here calls prometheus_client: incrementing an int is all the hot path pa
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -31,3 +32,14 @@ class ServerStats:
     """Counters of the tunnel server as a whole."""
 
     rejected: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class MetricsSnapshot:
+    """What the collector reads at each scrape; built by the daemon's provider callable."""
+
+    tunnels: Iterable[TunnelStats] = ()  # client-side tunnels
+    server_clients: Iterable[TunnelStats] = ()  # server side, one per [[server.client]] entry
+    server: ServerStats | None = None
+    reload_ok: bool = True
+    reload_timestamp: float | None = None  # time.time() of the last successful (re)load

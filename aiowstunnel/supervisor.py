@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
-from .metrics import MetricsSnapshot
 from .server import Server
-from .stats import ServerStats, TunnelStats
+from .stats import MetricsSnapshot, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.supervisor")
 

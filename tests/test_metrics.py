@@ -17,8 +17,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 import aiowstunnel
-from aiowstunnel.metrics import MetricsServer, MetricsSnapshot, register_metrics
-from aiowstunnel.stats import ServerStats, TunnelStats
+from aiowstunnel.metrics import MetricsServer, register_metrics
+from aiowstunnel.stats import MetricsSnapshot, ServerStats, TunnelStats
 
 pytestmark = pytest.mark.timeout(20)
 BOUND = 5.0  # seconds: the longest any single exchange may take

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiowstunnel.metrics import MetricsSnapshot, register_metrics
-from aiowstunnel.stats import ServerStats, TunnelStats
+from aiowstunnel.metrics import register_metrics
+from aiowstunnel.stats import MetricsSnapshot, ServerStats, TunnelStats
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "packaging" / "prometheus" / "aiowstunnel.rules.yml"

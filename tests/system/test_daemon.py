@@ -452,3 +452,46 @@ async def test_reload_moves_the_metrics_exporter(tmp_path):
         assert await daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+@pytest.mark.timeout(60)
+async def test_exporter_turned_on_by_reload_counts_what_came_before(tmp_path):
+    # Without [metrics] the daemon never loads prometheus_client (docs/performance.md,
+    # round 4); the counters are kept all the same, and a reload that adds the exporter
+    # shows them.
+    backend = await start_backend()
+    server, listen, metrics = free_port(), free_port(), free_port()
+    tokens(tmp_path, t="token-t")
+    body = server_section(server, {"t": [f"{LOCAL}:{backend.port}"]}) + tunnel(
+        "T", server, listen, backend.port, "t"
+    )
+    off = '[metrics]\nenabled = false\n\n[log]\nlevel = "debug"\n\n'
+    daemon = Daemon(tmp_path, off + body)
+    try:
+        await daemon.start()
+        await wait_log(daemon, "tunnel up: connect")
+        for _ in range(3):
+            sent, received = await echo_roundtrip(Address(LOCAL, listen), 64 << 10)
+            assert sent == received
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(LOCAL, metrics)
+        daemon.write_config(head(metrics) + body)
+        await daemon.reload()
+        assert await metric(metrics, "aiowstunnel_streams_opened_total", tunnel="T") == 3
+        assert await metric(metrics, "aiowstunnel_tunnel_up", tunnel="T") == 1
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+        backend.server.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_daemon_without_an_exporter_does_not_load_prometheus_client():
+    code = (
+        "import sys, aiowstunnel.cli, aiowstunnel.daemon, aiowstunnel.supervisor\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
+    assert out.stdout.strip() == "[]"
