@@ -45,8 +45,11 @@ STREAM_HIGH_WATER = 256 * 1024
 #: read can always be sent at once: no per-stream backlog builds up (docs/performance.md).
 READ_SIZE = 256 * 1024
 #: A read without credit happens only on a transport that dropped a pause
-#: (TcpStream._repause); it is kept small, since it waits in the stream's backlog.
-SPILL_READ = 16 * 1024
+#: (TcpStream._repause): most often the first read of a stream, before its OPEN_OK. It
+#: waits in the stream's backlog and then goes out regardless of the WebSocket's pause, so
+#: it is kept small: at 16 KiB, 200 streams opening at once held 3 MB that way, twice over
+#: (docs/performance.md, round 4).
+SPILL_READ = 1024
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
 CLOSE_TIMEOUT = 5.0
 
@@ -638,7 +641,10 @@ class Session(asyncio.Protocol):
         """
         sid = stream.stream_id
         credit = 0
-        if sid is not None and stream.accepted and stream.backlog is None:
+        # A paused stream reads only when its transport dropped the pause: that read must
+        # not take the stream's credit, since the session paused it for a reason (no OPEN_OK
+        # yet, a backlog, the WebSocket's buffer full).
+        if sid is not None and stream.reading and stream.accepted and stream.backlog is None:
             credit = self.mux.credit(sid)
         if credit <= 0:
             return self.read_view[:SPILL_READ]

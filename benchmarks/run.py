@@ -670,7 +670,9 @@ level = "warning"
 shutdown_timeout = 1.0
 """
 
-SERVER_TOML = _DAEMON_TOML + """
+SERVER_TOML = (
+    _DAEMON_TOML
+    + """
 [server]
 listen = "127.0.0.1:{ws}"
 
@@ -680,8 +682,11 @@ token_file = "{workdir}/token"
 allow_connect = ["127.0.0.1:{backend}"]
 allow_listen = ["127.0.0.1:{target}"]
 """
+)
 
-CLIENT_TOML = _DAEMON_TOML + """
+CLIENT_TOML = (
+    _DAEMON_TOML
+    + """
 [[tunnel]]
 name = "bench"
 mode = "{mode}"
@@ -690,6 +695,7 @@ token_file = "{workdir}/token"
 listen = "127.0.0.1:{target}"
 connect = "127.0.0.1:{backend}"
 """
+)
 
 
 #: ``--window``: the flow-control window of both sides (None: the daemon's default)

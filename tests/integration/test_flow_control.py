@@ -191,3 +191,65 @@ async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monke
     writer.close()
     never.set()
     backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, monkeypatch):
+    """Many clients connect and send at once; their OPEN_OKs are late (the target's accept
+    queue is full, so its SYNs wait for a retransmission). What a stream reads before its
+    OPEN_OK waits in its backlog and is later sent even while the WebSocket is paused, so
+    it must stay one small read: at 16 KiB, 200 such streams held 3 MB twice over
+    (docs/performance.md, round 4). Then every byte arrives, in order."""
+    import socket
+
+    from aiowstunnel.session import Session, TcpStream
+
+    real_made = TcpStream.connection_made
+
+    def made_then_unpaused(self, transport):
+        real_made(self, transport)
+        transport.resume_reading()  # the transport forgets the pause, as uvloop does
+
+    biggest = 0
+    real_data = Session.stream_data
+
+    def record(self, stream, data):
+        nonlocal biggest
+        real_data(self, stream, data)
+        biggest = max(biggest, len(stream.backlog) if stream.backlog is not None else 0)
+
+    monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
+    monkeypatch.setattr(Session, "stream_data", record)
+
+    target = socket.socket()
+    target.bind((LOCAL, 0))
+    target.listen(0)  # room for one: the filler below takes it, later SYNs are dropped
+    filler = socket.create_connection(target.getsockname())
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, target.getsockname()[1])
+    streams = 20
+    payloads = [os.urandom(256 * 1024) for _ in range(streams)]
+    conns = [await asyncio.open_connection(LOCAL, tunnel.entry.port) for _ in range(streams)]
+    for (_, writer), payload in zip(conns, payloads, strict=True):
+        writer.write(payload)
+        writer.write_eof()
+    session = tunnel.client.session
+    deadline = time.monotonic() + 10
+    while sum(s.backlog is not None for s in session.streams.values()) < streams:
+        assert time.monotonic() < deadline, "the streams did not read before their OPEN_OK"
+        await asyncio.sleep(0.02)
+    assert all(not s.accepted for s in session.streams.values())
+    assert biggest <= 1024, f"a stream waiting for OPEN_OK held {biggest} bytes"
+
+    async def echo(reader, writer):
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(echo, sock=target, backlog=1024)  # SYNs get in
+    filler.close()
+    for (reader, writer), payload in zip(conns, payloads, strict=True):
+        got = await reader.read()
+        writer.close()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    backend.close()
