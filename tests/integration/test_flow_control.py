@@ -151,29 +151,39 @@ async def test_slow_consumer_memory_bounded_and_other_stream_full_speed():
         backend.server.close()
 
 
+class DroppedPause:
+    """Streams whose transport forgets the pause made in connection_made(), as uvloop's
+    do; :attr:`biggest` is the largest backlog a stream held after a read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aiowstunnel.session import Session, TcpStream
+
+        self.biggest = 0
+        real_made, real_data = TcpStream.connection_made, Session.stream_data
+
+        def made_then_unpaused(stream, transport):
+            real_made(stream, transport)
+            transport.resume_reading()  # the transport forgets the pause
+
+        def record(session, stream, data):
+            real_data(session, stream, data)
+            held = len(stream.backlog) if stream.backlog is not None else 0
+            self.biggest = max(self.biggest, held)
+
+        monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
+        monkeypatch.setattr(Session, "stream_data", record)
+
+
+@pytest.fixture
+def dropped_pause(monkeypatch: pytest.MonkeyPatch) -> DroppedPause:
+    return DroppedPause(monkeypatch)
+
+
 @pytest.mark.timeout(60)
-async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monkeypatch):
+async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, dropped_pause):
     """uvloop (and Debian 12's Python 3.11.2) drop a pause_reading() made in
     connection_made(): the stream must notice at the next read and pause again, or it
     reads on into an unbounded backlog."""
-    from aiowstunnel.session import Session, TcpStream
-
-    real_made = TcpStream.connection_made
-
-    def made_then_unpaused(self, transport):
-        real_made(self, transport)
-        transport.resume_reading()  # the transport forgets the pause, as uvloop does
-
-    biggest = 0
-    real_data = Session.stream_data
-
-    def record(self, stream, data):
-        nonlocal biggest
-        real_data(self, stream, data)
-        biggest = max(biggest, len(stream.backlog) if stream.backlog is not None else 0)
-
-    monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
-    monkeypatch.setattr(Session, "stream_data", record)
     never = asyncio.Event()
 
     async def never_reads(reader, writer):
@@ -186,7 +196,7 @@ async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monke
     pusher = Pusher(writer)
     await pusher.until_stalled(0.3)
     assert not pusher.task.done()
-    assert biggest <= 1 * MiB, f"backlog grew to {biggest / MiB:.1f} MiB"
+    assert dropped_pause.biggest <= 1 * MiB, f"backlog grew to {dropped_pause.biggest} bytes"
     pusher.task.cancel()
     writer.close()
     never.set()
@@ -194,32 +204,13 @@ async def test_a_pause_the_transport_dropped_is_applied_again(make_tunnel, monke
 
 
 @pytest.mark.timeout(60)
-async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, monkeypatch):
+async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, dropped_pause):
     """Many clients connect and send at once; their OPEN_OKs are late (the target's accept
     queue is full, so its SYNs wait for a retransmission). What a stream reads before its
     OPEN_OK waits in its backlog and is later sent even while the WebSocket is paused, so
     it must stay one small read: at 16 KiB, 200 such streams held 3 MB twice over
     (docs/performance.md, round 4). Then every byte arrives, in order."""
     import socket
-
-    from aiowstunnel.session import Session, TcpStream
-
-    real_made = TcpStream.connection_made
-
-    def made_then_unpaused(self, transport):
-        real_made(self, transport)
-        transport.resume_reading()  # the transport forgets the pause, as uvloop does
-
-    biggest = 0
-    real_data = Session.stream_data
-
-    def record(self, stream, data):
-        nonlocal biggest
-        real_data(self, stream, data)
-        biggest = max(biggest, len(stream.backlog) if stream.backlog is not None else 0)
-
-    monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
-    monkeypatch.setattr(Session, "stream_data", record)
 
     target = socket.socket()
     target.bind((LOCAL, 0))
@@ -238,6 +229,7 @@ async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, monk
         assert time.monotonic() < deadline, "the streams did not read before their OPEN_OK"
         await asyncio.sleep(0.02)
     assert all(not s.accepted for s in session.streams.values())
+    biggest = dropped_pause.biggest
     assert biggest <= 1024, f"a stream waiting for OPEN_OK held {biggest} bytes"
 
     async def echo(reader, writer):
