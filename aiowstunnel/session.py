@@ -44,11 +44,12 @@ STREAM_HIGH_WATER = 256 * 1024
 #: The most a stream reads at once. Each read is sized to the stream's credit, so what is
 #: read can always be sent at once: no per-stream backlog builds up (docs/performance.md).
 READ_SIZE = 256 * 1024
-#: A read without credit happens only on a transport that dropped a pause
-#: (TcpStream._repause): most often the first read of a stream, before its OPEN_OK. It
-#: waits in the stream's backlog and then goes out regardless of the WebSocket's pause, so
-#: it is kept small: at 16 KiB, 200 streams opening at once held 3 MB that way, twice over
-#: (docs/performance.md, round 4).
+#: The size of a read that credit does not cover: the one that finds a busy stream's
+#: credit used up (reading stops after it, until a WINDOW comes), and one a transport makes
+#: despite a pause (TcpStream._repause), such as a stream's first read under uvloop, before
+#: its OPEN_OK. It waits in the stream's backlog and goes out with the next credit, even
+#: while the WebSocket is paused, so it is kept small: at 16 KiB, 200 streams held 3 MB of
+#: backlog that way, and the WebSocket's buffer as much again (docs/performance.md, round 4).
 SPILL_READ = 1024
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
 CLOSE_TIMEOUT = 5.0
@@ -82,8 +83,9 @@ class TcpStream(asyncio.BufferedProtocol):
         self.stream_id = stream_id  # None until OPEN is sent (listener side)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        # read from the socket but not yet sent: only before OPEN_OK, or after a read the
-        # transport made despite a pause (reads are otherwise sized to the credit)
+        # read from the socket but not yet sent: a read that found no credit (before
+        # OPEN_OK, or with the credit used up) or that the transport made despite a pause;
+        # at most SPILL_READ, since reads are otherwise sized to the credit
         self.backlog: memoryview | None = None
         self.eof_pending = False  # socket EOF seen while the backlog still waits
         self.write_paused = False
