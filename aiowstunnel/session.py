@@ -243,13 +243,18 @@ class Session(asyncio.Protocol):
             return
         # No state check per item: websockets can only reach CLOSED through a close frame,
         # and the splitter hands that over as the last item, with the rest of the read.
+        # The splitter exists only once the session is open, so the common message, DATA
+        # within credit, goes straight to its stream (_message's fast path, inlined).
+        receive_data = self.mux.receive_data
         try:
             for is_binary, chunk in splitter.feed(data):
-                if is_binary:
-                    self._message(chunk)
-                else:
+                if not is_binary:
                     self.ws.receive_data(chunk)  # type: ignore[arg-type]
                     self._process()
+                elif (data_for := receive_data(chunk)) is not None:
+                    self._deliver_data(*data_for)
+                else:
+                    self._message(chunk)
         except ProtocolViolation as exc:
             self._violation(exc)
         self._flush()
@@ -557,8 +562,10 @@ class Session(asyncio.Protocol):
         stream.transport.write(data)
         if stream.write_paused:
             stream.ungranted += n
-        else:
-            self._grant(stream_id, n)
+        else:  # _grant, inlined: this runs once per DATA message
+            update = self.mux.grant(stream_id, n)
+            if update is not None:
+                self._send(update)
 
     def _grant(self, stream_id: int, n: int) -> None:
         update = self.mux.grant(stream_id, n)
@@ -661,6 +668,14 @@ class Session(asyncio.Protocol):
             stream.backlog = memoryview(bytes(stream.backlog) + data)
             self._send_backlog(stream)
             return
+        if stream.accepted:  # the common case: _send_backlog, for a read and no backlog
+            n = self._send_data(sid, data)
+            self.stats.sent_bytes += n
+            if n < len(data):  # what credit did not cover outlives the buffer
+                stream.backlog = memoryview(bytes(data[n:]))
+                self._update_reading(stream)
+            self._flush()
+            return
         stream.backlog = data
         self._send_backlog(stream)
         if stream.backlog is not None:  # what credit did not cover outlives the buffer
@@ -762,7 +777,9 @@ class Session(asyncio.Protocol):
         """DATA for as much of ``data`` as credit allows, framed here; returns the count.
 
         The frames join websockets' own queue (``ws.writes``), so they keep their order
-        with pings and the close; once the WebSocket is closing nothing is sent.
+        with pings and the close; a single frame with nothing queued before it goes
+        straight to the transport, which keeps that order too. Once the WebSocket is
+        closing nothing is sent.
         """
         n = self.mux.reserve_data(stream_id, len(data))
         if n and self.ws.state is State.OPEN:
@@ -772,8 +789,18 @@ class Session(asyncio.Protocol):
                 for i in range(0, n, step):
                     self.ws.send_binary(header + data[i : min(i + step, n)])
                 return n
-            writes = self.ws.writes
             keys = self._mask_keys
+            transport = self.transport
+            if n <= step and not self.ws.writes and transport is not None:
+                # The rtt case: one frame, with no round through the queue and _flush.
+                frame = wsframe.binary_frame(header, data[:n], keys.next() if keys else None)
+                if not transport.is_closing():
+                    if len(frame) == 1:
+                        transport.write(frame[0])
+                    else:
+                        transport.writelines(frame)
+                return n
+            writes = self.ws.writes
             for i in range(0, n, step):
                 key = keys.next() if keys is not None else None
                 writes.extend(wsframe.binary_frame(header, data[i : min(i + step, n)], key))
@@ -781,8 +808,8 @@ class Session(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self.transport
-        if transport is None:
-            return
+        if transport is None or (self._own_framing and not self.ws.writes):
+            return  # nothing queued: most calls, once DATA goes straight to the transport
         chunks = self.ws.data_to_send()
         if not chunks:
             return

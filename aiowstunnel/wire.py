@@ -285,6 +285,9 @@ del S, M, _state
 
 #: the states in which DATA from the peer is legal (the RECV_DATA moves of TRANSITIONS)
 _RECEIVES_DATA = frozenset(state for state, move in TRANSITIONS if move is Move.RECV_DATA)
+#: the states in which we may send DATA. Neither data move changes a stream's state
+#: (tests/test_wire.py holds that), so the per-message paths only check membership.
+_SENDS_DATA = frozenset(state for state, move in TRANSITIONS if move is Move.SEND_DATA)
 
 
 class StreamMachine:
@@ -506,10 +509,11 @@ class Mux:
         them straight into WebSocket frames; :meth:`send_data` builds them as messages).
         """
         machine = self.streams[stream_id]
-        machine.move(Move.SEND_DATA, by_peer=False)
-        n = min(size, machine.send_window.available)
-        if n:
-            machine.send_window.consume(n)
+        if machine.state not in _SENDS_DATA:
+            machine.move(Move.SEND_DATA, by_peer=False)  # raises: illegal in this state
+        window = machine.send_window
+        n = size if size <= window.available else window.available
+        window.available -= n
         return n
 
     def send_fin(self, stream_id: int) -> bytes:
