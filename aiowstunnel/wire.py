@@ -288,6 +288,8 @@ _RECEIVES_DATA = frozenset(state for state, move in TRANSITIONS if move is Move.
 #: the states in which we may send DATA. Neither data move changes a stream's state
 #: (tests/test_wire.py holds that), so the per-message paths only check membership.
 _SENDS_DATA = frozenset(state for state, move in TRANSITIONS if move is Move.SEND_DATA)
+#: the states in which credit is of no more use to the peer (it sent FIN, or all is over)
+_PEER_SENDS_NO_MORE = frozenset((StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED))
 
 
 class StreamMachine:
@@ -480,10 +482,7 @@ class Mux:
 
     def credit(self, stream_id: int) -> int:
         machine = self.streams.get(stream_id)
-        if machine is None or machine.state not in (
-            StreamState.OPEN,
-            StreamState.HALF_CLOSED_REMOTE,
-        ):
+        if machine is None or machine.state not in _SENDS_DATA:
             return 0
         return machine.send_window.available
 
@@ -529,7 +528,7 @@ class Mux:
         ``flush``), else None. Credit for a stream the peer can no longer use is dropped.
         """
         machine = self.streams.get(stream_id)
-        if machine is None or machine.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+        if machine is None or machine.state in _PEER_SENDS_NO_MORE:
             return None
         machine.pending_grant += n
         if machine.pending_grant < self._grant_threshold and not flush:
@@ -562,7 +561,7 @@ class Mux:
         if code != FrameType.DATA:
             return None
         machine = self.streams.get(stream_id)
-        if machine is None or machine.state not in _RECEIVES_DATA:
+        if machine is None or machine.state in _PEER_SENDS_NO_MORE:
             return None
         window = machine.recv_window
         n = len(message) - HEADER_SIZE
