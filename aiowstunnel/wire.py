@@ -561,7 +561,7 @@ class Mux:
         if code != FrameType.DATA:
             return None
         machine = self.streams.get(stream_id)
-        if machine is None or machine.state in _PEER_SENDS_NO_MORE:
+        if machine is None or machine.state not in _RECEIVES_DATA:
             return None
         window = machine.recv_window
         n = len(message) - HEADER_SIZE

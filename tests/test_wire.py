@@ -1080,8 +1080,9 @@ def _state(mux: Mux) -> dict:
     }
 
 
-#: DATA for open, half-closed, unknown and reserved streams, sized at and around every
-#: window below (an off-by-one in the credit check must show)
+#: DATA for streams in every state (opening, open, half-closed either way; unknown and
+#: reserved ids), sized at and around every window below (an off-by-one in the credit
+#: check must show)
 data_messages = st.builds(
     lambda sid, n: header(FrameType.DATA, sid) + b"d" * n,
     st.sampled_from([0, 1, 2, 3, 5, 7]),
@@ -1100,6 +1101,8 @@ def test_property_receive_data_is_receive_for_the_common_case(batch, window) -> 
         for _ in range(3):
             open_stream(client, server)  # streams 1, 3, 5 open on the server
         server.receive(client.send_fin(3))  # stream 3: the peer has finished sending
+        server.send_fin(5)  # stream 5: the server has (half-closed, local)
+        assert server.open_stream()[0] == 2  # stream 2: asked for, no OPEN_OK yet (opening)
         seen = [_outcome(server, message, fast) for message in batch]
         outcomes.append((seen, _state(server), server.take_outbox()))
     assert outcomes[0] == outcomes[1]
