@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import sys
 import time
 
@@ -210,27 +211,11 @@ async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, drop
     OPEN_OK waits in its backlog and is later sent even while the WebSocket is paused, so
     it must stay one small read: at 16 KiB, 200 such streams held 3 MB twice over
     (docs/performance.md, round 4). Then every byte arrives, in order."""
-    import socket
-
     target = socket.socket()
     target.bind((LOCAL, 0))
     target.listen(0)  # room for one: the filler below takes it, later SYNs are dropped
     filler = socket.create_connection(target.getsockname())
-    tunnel = await make_tunnel(aiowstunnel.CONNECT, target.getsockname()[1])
-    streams = 20
-    payloads = [os.urandom(256 * 1024) for _ in range(streams)]
-    conns = [await asyncio.open_connection(LOCAL, tunnel.entry.port) for _ in range(streams)]
-    for (_, writer), payload in zip(conns, payloads, strict=True):
-        writer.write(payload)
-        writer.write_eof()
-    session = tunnel.client.session
-    deadline = time.monotonic() + 10
-    while sum(s.backlog is not None for s in session.streams.values()) < streams:
-        assert time.monotonic() < deadline, "the streams did not read before their OPEN_OK"
-        await asyncio.sleep(0.02)
-    assert all(not s.accepted for s in session.streams.values())
-    biggest = dropped_pause.biggest
-    assert biggest <= 1024, f"a stream waiting for OPEN_OK held {biggest} bytes"
+    backend = None
 
     async def echo(reader, writer):
         while data := await reader.read(256 * 1024):
@@ -238,10 +223,31 @@ async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, drop
             await writer.drain()
         writer.close()
 
-    backend = await asyncio.start_server(echo, sock=target, backlog=1024)  # SYNs get in
-    filler.close()
-    for (reader, writer), payload in zip(conns, payloads, strict=True):
-        got = await reader.read()
-        writer.close()
-        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
-    backend.close()
+    try:
+        tunnel = await make_tunnel(aiowstunnel.CONNECT, target.getsockname()[1])
+        streams = 20
+        payloads = [os.urandom(256 * 1024) for _ in range(streams)]
+        conns = [await asyncio.open_connection(LOCAL, tunnel.entry.port) for _ in payloads]
+        for (_, writer), payload in zip(conns, payloads, strict=True):
+            writer.write(payload)
+            writer.write_eof()
+        session = tunnel.client.session
+        deadline = time.monotonic() + 10
+        while sum(s.backlog is not None for s in session.streams.values()) < streams:
+            assert time.monotonic() < deadline, "the streams did not read before their OPEN_OK"
+            await asyncio.sleep(0.02)
+        assert all(not s.accepted for s in session.streams.values())
+        biggest = dropped_pause.biggest
+        assert biggest <= 1024, f"a stream waiting for OPEN_OK held {biggest} bytes"
+
+        backend = await asyncio.start_server(echo, sock=target, backlog=1024)  # SYNs get in
+        for (reader, writer), payload in zip(conns, payloads, strict=True):
+            got = await reader.read()
+            writer.close()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    finally:
+        filler.close()
+        if backend is not None:
+            backend.close()
+        else:
+            target.close()
