@@ -18,66 +18,26 @@ PAIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pair.py")
 W = "1048576"
 FAST = os.environ.get("PROTO", "/tmp/proto/fast")
 TUN = "glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=4194304"
+# Each step adds one switch to the one before it (docs/performance.md, section 5).
+B = {"AWT_COALESCE": "1"}
+C = {**B, "AWT_FASTSEND": "1"}
+D = {**C, "AWT_FASTRECV": "1"}
+E = {**D, "AWT_READSIZE": W}
+F = {**E, "AWT_MAXDATA": "262144"}
 configs = {
     "base (current hot path)": (FAST, {}, []),
     "A window 1 MiB": (FAST, {}, ["--window", W]),
-    "B A + coalesce writes": (FAST, {"AWT_COALESCE": "1"}, ["--window", W]),
-    "C B + DATA built by us": (FAST, {"AWT_COALESCE": "1", "AWT_FASTSEND": "1"}, ["--window", W]),
-    "D C + BINARY parsed by us": (
-        FAST,
-        {"AWT_COALESCE": "1", "AWT_FASTSEND": "1", "AWT_FASTRECV": "1"},
-        ["--window", W],
-    ),
-    "E D + 1 MiB reads": (
-        FAST,
-        {"AWT_COALESCE": "1", "AWT_FASTSEND": "1", "AWT_FASTRECV": "1", "AWT_READSIZE": W},
-        ["--window", W],
-    ),
-    "F E + 256 KiB DATA": (
-        FAST,
-        {
-            "AWT_COALESCE": "1",
-            "AWT_FASTSEND": "1",
-            "AWT_FASTRECV": "1",
-            "AWT_READSIZE": W,
-            "AWT_MAXDATA": "262144",
-        },
-        ["--window", W],
-    ),
-    "G F + uvloop": (
-        FAST,
-        {
-            "AWT_COALESCE": "1",
-            "AWT_FASTSEND": "1",
-            "AWT_FASTRECV": "1",
-            "AWT_READSIZE": W,
-            "AWT_MAXDATA": "262144",
-        },
-        ["--window", W, "--uvloop"],
-    ),
+    "B A + coalesce writes": (FAST, B, ["--window", W]),
+    "C B + DATA built by us": (FAST, C, ["--window", W]),
+    "D C + BINARY parsed by us": (FAST, D, ["--window", W]),
+    "E D + 1 MiB reads": (FAST, E, ["--window", W]),
+    "F E + 256 KiB DATA": (FAST, F, ["--window", W]),
+    "G F + uvloop": (FAST, F, ["--window", W, "--uvloop"]),
     "U base + uvloop": (FAST, {}, ["--uvloop"]),
-    "F+T F + malloc tunables": (
-        FAST,
-        {
-            "AWT_COALESCE": "1",
-            "AWT_FASTSEND": "1",
-            "AWT_FASTRECV": "1",
-            "AWT_READSIZE": W,
-            "AWT_MAXDATA": "262144",
-            "GLIBC_TUNABLES": TUN,
-        },
-        ["--window", W],
-    ),
+    "F+T F + malloc tunables": (FAST, {**F, "GLIBC_TUNABLES": TUN}, ["--window", W]),
     "G+T F + uvloop + malloc tunables": (
         FAST,
-        {
-            "AWT_COALESCE": "1",
-            "AWT_FASTSEND": "1",
-            "AWT_FASTRECV": "1",
-            "AWT_READSIZE": W,
-            "AWT_MAXDATA": "262144",
-            "GLIBC_TUNABLES": TUN,
-        },
+        {**F, "GLIBC_TUNABLES": TUN},
         ["--window", W, "--uvloop"],
     ),
     "base + malloc tunables": (FAST, {"GLIBC_TUNABLES": TUN}, []),
