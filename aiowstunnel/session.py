@@ -243,18 +243,13 @@ class Session(asyncio.Protocol):
             return
         # No state check per item: websockets can only reach CLOSED through a close frame,
         # and the splitter hands that over as the last item, with the rest of the read.
-        # The splitter exists only once the session is open, so the common message, DATA
-        # within credit, goes straight to its stream (_message's fast path, inlined).
-        receive_data = self.mux.receive_data
         try:
             for is_binary, chunk in splitter.feed(data):
-                if not is_binary:
+                if is_binary:
+                    self._message(chunk)
+                else:
                     self.ws.receive_data(chunk)  # type: ignore[arg-type]
                     self._process()
-                elif (data_for := receive_data(chunk)) is not None:
-                    self._deliver_data(*data_for)
-                else:
-                    self._message(chunk)
         except ProtocolViolation as exc:
             self._violation(exc)
         self._flush()
@@ -562,10 +557,8 @@ class Session(asyncio.Protocol):
         stream.transport.write(data)
         if stream.write_paused:
             stream.ungranted += n
-        else:  # _grant, inlined: this runs once per DATA message
-            update = self.mux.grant(stream_id, n)
-            if update is not None:
-                self._send(update)
+        else:
+            self._grant(stream_id, n)
 
     def _grant(self, stream_id: int, n: int) -> None:
         update = self.mux.grant(stream_id, n)
@@ -668,18 +661,16 @@ class Session(asyncio.Protocol):
             stream.backlog = memoryview(bytes(stream.backlog) + data)
             self._send_backlog(stream)
             return
-        if stream.accepted:  # the common case: _send_backlog, for a read and no backlog
-            n = self._send_data(sid, data)
-            self.stats.sent_bytes += n
-            if n < len(data):  # what credit did not cover outlives the buffer
-                stream.backlog = memoryview(bytes(data[n:]))
-                self._update_reading(stream)
-            self._flush()
+        if not stream.accepted:  # a read before OPEN_OK (the pause was dropped): it waits
+            stream.backlog = memoryview(bytes(data))  # (it outlives the buffer)
+            self._update_reading(stream)
             return
-        stream.backlog = data
-        self._send_backlog(stream)
-        if stream.backlog is not None:  # what credit did not cover outlives the buffer
-            stream.backlog = memoryview(bytes(stream.backlog))
+        n = self._send_data(sid, data)
+        self.stats.sent_bytes += n
+        if n < len(data):  # what credit did not cover waits, and outlives the buffer
+            stream.backlog = memoryview(bytes(data[n:]))
+            self._update_reading(stream)
+        self._flush()
 
     def _send_backlog(self, stream: TcpStream) -> None:
         """Send what credit allows, then FIN if EOF waits; set reading to match.
@@ -793,12 +784,8 @@ class Session(asyncio.Protocol):
             transport = self.transport
             if n <= step and not self.ws.writes and transport is not None:
                 # The rtt case: one frame, with no round through the queue and _flush.
-                frame = wsframe.binary_frame(header, data[:n], keys.next() if keys else None)
-                if not transport.is_closing():
-                    if len(frame) == 1:
-                        transport.write(frame[0])
-                    else:
-                        transport.writelines(frame)
+                key = keys.next() if keys is not None else None
+                _write(transport, wsframe.binary_frame(header, data[:n], key))
                 return n
             writes = self.ws.writes
             for i in range(0, n, step):
@@ -816,13 +803,8 @@ class Session(asyncio.Protocol):
         eof = chunks[-1] == b""  # websockets' SEND_EOF comes last, if at all
         if eof:
             chunks.pop()
-        if chunks and not transport.is_closing():
-            # One write per flush, not one per frame: a burst of WINDOW frames would
-            # otherwise cost a send() each (writelines uses sendmsg() from Python 3.12).
-            if len(chunks) == 1:
-                transport.write(chunks[0])
-            else:
-                transport.writelines(chunks)
+        if chunks:
+            _write(transport, chunks)
         if eof:
             if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
@@ -899,6 +881,18 @@ class Session(asyncio.Protocol):
 
     async def wait_closed(self) -> str:
         return await asyncio.shield(self.closed)
+
+
+def _write(transport: asyncio.Transport, chunks: list[bytes]) -> None:
+    """Write ``chunks`` in one call, unless the transport is closing. One write per flush,
+    not one per frame: a burst of WINDOW frames would otherwise cost a send() each
+    (writelines uses sendmsg() from Python 3.12)."""
+    if transport.is_closing():
+        return
+    if len(chunks) == 1:
+        transport.write(chunks[0])
+    else:
+        transport.writelines(chunks)
 
 
 def _no_delay(transport: asyncio.BaseTransport) -> None:

@@ -510,9 +510,9 @@ class Mux:
         machine = self.streams[stream_id]
         if machine.state not in _SENDS_DATA:
             machine.move(Move.SEND_DATA, by_peer=False)  # raises: illegal in this state
-        window = machine.send_window
-        n = size if size <= window.available else window.available
-        window.available -= n
+        n = min(size, machine.send_window.available)
+        if n:
+            machine.send_window.consume(n)
         return n
 
     def send_fin(self, stream_id: int) -> bytes:
