@@ -2,9 +2,9 @@
 """Summarise py-spy ``--format raw`` (collapsed stack) profiles: top functions by self and
 by inclusive share of the samples.
 
-    .venv/bin/python benchmarks/run.py --setups connect --profile /tmp/prof
-    .venv/bin/python benchmarks/profile_top.py /tmp/prof/connect.up0.client.txt [-n 20]
-    .venv/bin/python benchmarks/profile_top.py --group /tmp/prof/connect.up0.*.txt
+    .venv/bin/python benchmarks/run.py --setups connect --profile DIR
+    .venv/bin/python benchmarks/profile_top.py DIR/connect.up0.client.txt [-n 20]
+    .venv/bin/python benchmarks/profile_top.py --group DIR/connect.up0.*.txt
 
 py-spy records only non-idle samples by default, so the percentages are shares of the
 time the process was running Python (or a C call made from Python), not of wall time.
@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+#: the checkout this script lives in (its files appear in frames by absolute path)
+_CHECKOUT = str(Path(__file__).resolve().parent.parent)
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 GROUPS = [
@@ -78,7 +80,8 @@ def name(frame: str) -> str:
     if not m:
         return frame
     file = m.group("file")
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    # Frames name absolute files: keep what follows the install folder or this checkout.
+    for marker in ("site-packages/", "lib/python3.11/", f"{_CHECKOUT}/"):
         if marker in file:
             file = file.split(marker, 1)[1]
     return f"{m.group('func')} ({file})"

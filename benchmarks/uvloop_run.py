@@ -1,15 +1,11 @@
-"""Run the aiowstunnel CLI with uvloop as the event loop (benchmarks only).
+"""Run the aiowstunnel CLI with uvloop's event loop policy installed (benchmarks only).
 
     .venv/bin/python benchmarks/uvloop_run.py run -c FILE
 
-The daemon calls ``asyncio.run``; installing uvloop's event loop policy first makes that
-run on uvloop without any change to the package.
-
-Before commit b9149d5, ``TcpStream.connection_made`` and ``Session.connection_made``
-asserted ``isinstance(transport, asyncio.Transport)``, which uvloop's ``TCPTransport`` is
-not: with such a checkout run this with ``python -O``. Note that uvloop, like Debian's
-Python 3.11.2, ignores ``pause_reading()`` called from ``connection_made()``; see
-docs/performance.md (uvloop) for what that does to the current flow control.
+`benchmarks/run.py --uvloop` starts its `connect-uvloop` daemons through this script. The
+daemon already picks uvloop itself where it is installed (AIOWSTUNNEL_EVENT_LOOP=uvloop
+requires it), so `connect-uvloop` and `connect` are the same configuration measured twice:
+their spread shows the run-to-run noise.
 """
 
 import sys
