@@ -571,7 +571,8 @@ class _Loader:
         mark = len(self._found)
         name = t.name()
         if t.has("token"):
-            # DESIGN: server-side tokens live in a file or as a hash, never inline.
+            # Server-side tokens live in a file or as a hash, never inline
+            # (docs/architecture.md, Design rules: Default deny).
             t.take("token")
             t.error("token", "inline tokens are not accepted here: use token_file or token_sha256")
         digest = None

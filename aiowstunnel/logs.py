@@ -125,7 +125,8 @@ def setup_logging(level: str, journald: bool | None = None) -> logging.Handler:
         old.close()
     root.addHandler(handler)
     root.setLevel(levelno)
-    # websockets logs every frame at debug: that is per-chunk logging (DESIGN.md, Logs).
+    # websockets logs every frame at debug: that is per-chunk logging (docs/architecture.md,
+    # Design rules: Logs).
     logging.getLogger("websockets").setLevel(logging.WARNING)
     if journal_missing:
         logging.getLogger(__name__).warning("systemd-python is missing: logging to stderr")

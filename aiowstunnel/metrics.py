@@ -73,7 +73,7 @@ _Samples = dict[str, dict[tuple[str, ...], float]]
 
 
 class TunnelCollector(Collector):
-    """Turns a ``MetricsSnapshot`` into the metric families named in DESIGN.md (Metrics)."""
+    """Turns a ``MetricsSnapshot`` into the metric families of docs/operations.md (Metrics)."""
 
     def __init__(self, provider: Callable[[], MetricsSnapshot]) -> None:
         """Build the collector.
@@ -111,9 +111,10 @@ class TunnelCollector(Collector):
             add("backoff", (t.name,), t.backoff_seconds)
             add_streams(t)
         for c in snapshot.server_clients:
-            # On the server side the `tunnel` label is the client entry's name (DESIGN.md); a
-            # client tunnel of the same name in the same daemon adds up with it rather than
-            # emitting a duplicate series, which Prometheus would reject.
+            # On the server side the `tunnel` label is the client entry's name
+            # (docs/architecture.md, Design rules: Metrics); a client tunnel of the same name
+            # in the same daemon adds up with it rather than emitting a duplicate series,
+            # which Prometheus would reject.
             add("sessions", (c.name,), c.sessions_active)
             add_streams(c)
         if snapshot.server is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-try:  # systemd-python is an optional extra (DESIGN.md, Dependencies).
+try:  # systemd-python is an optional extra (docs/architecture.md, Design rules: Dependencies).
     from systemd import daemon as _sd_daemon
 except ImportError:  # pragma: no cover - depends on the machine
     _sd_daemon = None

@@ -255,7 +255,7 @@ def test_missing_key_points_at_its_table_header() -> None:
     assert errors_of(text) == ["tunnel[1].name: required key is missing (line 9)"]
 
 
-# The example of DESIGN.md, section Configuration, with its commented options switched on.
+# The documented example configuration (docs/configuration.md), every optional key switched on.
 EXAMPLE = f"""
 [metrics]                       # Prometheus exporter; also serves GET /healthz
 listen = ":9100"
