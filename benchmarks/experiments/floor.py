@@ -1,4 +1,4 @@
-# ruff: noqa: E402  (throwaway experiment script, see docs/performance.md)
+# ruff: noqa: E402  (experiment script: benchmarks/README.md, docs/performance.md)
 """The floor: two chained minimal asyncio relays (relay.py), same scenarios. floor.py [uv]"""
 
 import os

@@ -1,5 +1,5 @@
-# ruff: noqa: B007, E501, SIM115  (throwaway experiment script, see docs/performance.md)
-"""A/B helper (docs/performance.md). Run from the repo root with the venv's python.: start backend + a daemon pair (PYTHONPATH variant), run scenarios, print CPU/GiB.
+# ruff: noqa: B007, E501, SIM115  (experiment script: benchmarks/README.md, docs/performance.md)
+"""A/B helper: start a backend and a daemon pair from one copy of the package (VARIANT_PATH first on PYTHONPATH, - for the checkout), run scenarios, print MB/s, CPU/GiB, rtt. Run from the checkout root with the venv's python.
 usage: pair.py VARIANT_PATH|- [--uvloop] [--mode connect|listen] [--runs N] [--mib M] [--strace] [--perf DIR] [--scen up,down,rtt,conc]
 """
 

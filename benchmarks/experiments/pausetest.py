@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (throwaway experiment script, see docs/performance.md)
+# ruff: noqa: E501  (experiment script: benchmarks/README.md, docs/performance.md)
 # python pausetest.py [uv]: does pause_reading() in connection_made() hold, and does the transport keep reading after?
 import asyncio
 import contextlib

@@ -1,4 +1,4 @@
-# ruff: noqa: E501, RUF006  (throwaway experiment script, see docs/performance.md)
+# ruff: noqa: E501, RUF006  (experiment script: benchmarks/README.md, docs/performance.md)
 """Minimal asyncio TCP relay (the floor for a 2-process Python tunnel): relay.py LISTEN_PORT TARGET_PORT [uv]"""
 
 import asyncio
