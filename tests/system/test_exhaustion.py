@@ -9,6 +9,7 @@ client from 127.0.0.1. Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ def config(server: int, metrics: int, echo: int, extra: str = "") -> str:
     return f"""
 [metrics]
 listen = "{LOCAL}:{metrics}"
+
+[daemon]
+shutdown_timeout = 2.0
 
 [server]
 listen = "{LOCAL}:{server}"
@@ -70,8 +74,16 @@ class Setup:
         text = config(self.port, self.metrics, self.backend.port, self.extra)
         self.daemon = Daemon(self.tmp, text, open_files=self.open_files)
         await self.daemon.start()
+        # Read what the daemon notifies, as systemd does: STATUS= changes every second
+        # under abuse, and an unread socket would fill and block the daemon's sd_notify.
+        self._notified = asyncio.create_task(self._read_notifications())
         self.legit = await self.client(LEGIT)
         return self
+
+    async def _read_notifications(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await self.daemon.notify.next(timeout=3600)
 
     async def client(self, token: str) -> aiowstunnel.Client:
         client = aiowstunnel.Client(
@@ -86,6 +98,7 @@ class Setup:
     async def __aexit__(self, *exc: object) -> None:
         for client in self.clients:
             await client.close(1)
+        self._notified.cancel()
         await self.daemon.stop()
         self.backend.server.close()
 
@@ -141,7 +154,7 @@ async def test_pre_auth_header_flood_is_bounded(tmp_path: Path):
     async with Setup(tmp_path) as s:
         quiet = await s.transfer()
         before = proc_memory(s.pid, "VmHWM")
-        header = b"X-Pad: " + b"a" * 8185 + b"\r\n"  # 8 KiB lines, 126 of them at most
+        header = b"X-Pad: " + b"a" * 8100 + b"\r\n"  # ~8 KiB lines (websockets: 8,192 max)
         started = asyncio.Event()
         opened = 0
 
@@ -237,13 +250,13 @@ async def test_log_flood_of_violations_costs_a_few_lines(tmp_path: Path):
         loud, _ = await during(flood(), s, started)
         await asyncio.sleep(0.3)
         lines = s.warnings() - lines_before
-        hits = await s.limit_hits()
+        hits = await s.limit_hits() if lines <= 30 else {"violations": 0}
         report(
             f"violation flood ({sessions} sessions x 20,000 WINDOW frames)", quiet, loud,
             warning_lines=lines, violation_closes=hits["violations"],
         )  # fmt: skip
-        assert hits["violations"] >= sessions - 1
         assert lines <= 30, lines  # was 20,003 for one session
+        assert hits["violations"] >= sessions - 1
         assert loud < 5.0  # was 7 s for 1 MiB; a bound on stalls, not a speed test
         assert s.legit.up
 
@@ -310,3 +323,93 @@ async def test_at_the_fd_limit_an_abuser_fills_its_quota_and_others_are_unaffect
         assert hits["client_streams"] > 0 and hits["handshakes"] > 0
         assert hits["metrics_connections"] > 0
         assert "Too many open files" not in s.daemon.log_text()
+
+
+SOAK_SECONDS = float(os.environ.get("AIOWSTUNNEL_SOAK_SECONDS", "35"))
+
+
+@pytest.mark.timeout(SOAK_SECONDS + 120)
+async def test_soak_mixed_abuse_next_to_five_tunnels(tmp_path: Path):
+    # Mixed abuse from 10 attackers (each bounded: one connection or session at a time,
+    # each step bounded in bytes and seconds) next to 5 legitimate tunnels moving data.
+    # SOAK_SECONDS=1800 is the hand-run version (docs/reliability.md).
+    async with Setup(tmp_path) as s:
+        legit = [s.legit] + [await s.client(LEGIT) for _ in range(4)]
+        for client in legit:
+            await s.transfer(client)  # warm-up
+        await asyncio.sleep(0.5)
+        rss0, fds0 = s.rss(), s.fds()
+        deadline = time.monotonic() + SOAK_SECONDS
+        window = b"".join(
+            binary_frame(wire.WindowUpdate(2 * i + 1001, 1).serialize()) for i in range(2_000)
+        )
+        counts = {"attacks": 0, "transfers": 0}
+
+        async def attacker(index: int) -> None:
+            source, kind = SOURCES[index], index % 5
+            while time.monotonic() < deadline:
+                counts["attacks"] += 1
+                try:
+                    if kind == 0:  # headers that never end
+                        _, w = await asyncio.open_connection(LOCAL, s.port, local_addr=(source, 0))
+                        w.write(b"GET /aiowstunnel HTTP/1.1\r\n" + b"X-Pad: aaaaaaaa\r\n" * 2000)
+                        await asyncio.sleep(0.5)
+                        w.transport.abort()
+                    elif kind == 1:  # pings, never reading
+                        a = await RawSession.open(
+                            s.port, ABUSER, address=f"{LOCAL}:1", source=source
+                        )
+                        await a.push(ping_frame() * 256, 8 * MiB, stall=0.5)
+                        a.close()
+                    elif kind == 2:  # frames that earn an RST
+                        a = await RawSession.open(
+                            s.port, ABUSER, address=f"{LOCAL}:1", source=source
+                        )
+                        await a.push(window, len(window), stall=0.5)
+                        await a.frames(0.2)
+                        a.close()
+                    elif kind == 3:  # wrong token, a ping pipelined before the answer
+                        _, w = await asyncio.open_connection(LOCAL, s.port, local_addr=(source, 0))
+                        from ..attackers import upgrade_request
+
+                        w.write(upgrade_request(s.port, "wrong-token") + ping_frame())
+                        await asyncio.sleep(0.05)
+                        w.transport.abort()
+                    else:  # idle connections to the metrics port
+                        held = []
+                        for _ in range(20):
+                            _, w = await asyncio.open_connection(
+                                LOCAL, s.metrics, local_addr=(source, 0)
+                            )
+                            held.append(w)
+                        await asyncio.sleep(0.5)
+                        for w in held:
+                            w.transport.abort()
+                except (OSError, AssertionError, asyncio.TimeoutError):
+                    await asyncio.sleep(0.05)  # refused or cut: that is the server's answer
+
+        async def tunnel(client: aiowstunnel.Client) -> list[float]:
+            times = []
+            while time.monotonic() < deadline:
+                times.append(await s.transfer(client))
+                counts["transfers"] += 1
+                await asyncio.sleep(0.05)
+            return times
+
+        results = await asyncio.gather(
+            *(attacker(i) for i in range(10)), *(tunnel(c) for c in legit)
+        )
+        times = sorted(t for r in results[10:] for t in r)
+        settle = time.monotonic() + 15
+        while (s.fds() > fds0 or s.rss() > rss0 + 8 * MiB) and time.monotonic() < settle:
+            await asyncio.sleep(0.2)
+        rss1, fds1 = s.rss(), s.fds()
+        hits = await s.limit_hits()
+        print(
+            f"\nsoak {SOAK_SECONDS:g} s: {counts['attacks']} attacks, {counts['transfers']} x 4 MiB"
+            f" transfers (median {times[len(times) // 2]:.3f} s, max {times[-1]:.3f} s); daemon RSS"
+            f" {rss0 / MiB:.1f} -> {rss1 / MiB:.1f} MiB, fds {fds0} -> {fds1}; hits {hits}"
+        )
+        assert counts["transfers"] >= 5 and all(c.up for c in legit)
+        assert fds1 <= fds0 + 2
+        assert rss1 - rss0 < 24 * MiB
