@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check(path: Path) -> int:
+    from .audit import config_warnings
     from .config import read_config
     from .errors import ConfigError
     from .supervisor import check_tls
@@ -51,7 +52,11 @@ def check(path: Path) -> int:
         if config.server
         else "no server"
     )
-    print(f"{path}: OK ({server}, {len(config.tunnels)} tunnel(s))")
+    warnings = config_warnings(config, path)
+    for warning in warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    extra = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{path}: OK ({server}, {len(config.tunnels)} tunnel(s){extra})")
     return 0
 
 

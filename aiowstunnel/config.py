@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from .addresses import Address, AddressRule
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError
 from .handshake import DEFAULT_PATH, Mode
+from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
 
 __all__ = [
@@ -45,7 +46,8 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_METRICS_LISTEN = ":9100"
+#: Loopback: the metrics name every client and count its bytes; opening them is a choice.
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_PING_INTERVAL = 20.0
@@ -99,6 +101,7 @@ class MetricsConfig:
 
     enabled: bool
     listen: Address
+    max_connections: int = DEFAULT_METRICS_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class ServerConfig:
     ping_interval: float
     ping_timeout: float
     max_frame: int
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class Config:
     tunnels: tuple[TunnelSpec, ...]
     shutdown_timeout: float
     source: str
+    #: every token_file named, for the permission checks of ``check`` and start (audit.py)
+    token_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -461,6 +467,7 @@ class _Loader:
         self.read_secret = read_secret
         self._found: list[tuple[int, str]] = []
         self._lines = _key_lines(text)
+        self.token_files: list[Path] = []
 
     @property
     def errors(self) -> list[str]:
@@ -500,6 +507,7 @@ class _Loader:
             tunnels=tuple(t for t in tunnels if t is not None),
             shutdown_timeout=shutdown_timeout,
             source=source,
+            token_files=tuple(dict.fromkeys(self.token_files)),
         )
 
     # ------------------------------------------------------------------ sections
@@ -511,10 +519,11 @@ class _Loader:
             listen = t.address("listen", allow_zero_port=True)
         else:
             listen = Address.parse(DEFAULT_METRICS_LISTEN)
+        max_connections = t.integer("max_connections", DEFAULT_METRICS_CONNECTIONS, 1, 65536)
         t.close()
-        if enabled is None or listen is None:
+        if enabled is None or listen is None or max_connections is None:
             return None
-        return MetricsConfig(enabled=enabled, listen=listen)
+        return MetricsConfig(enabled=enabled, listen=listen, max_connections=max_connections)
 
     def log(self, t: _Table) -> LogConfig | None:
         level = t.string("level", "info")
@@ -540,6 +549,7 @@ class _Loader:
         max_streams = t.integer("max_streams", wire.DEFAULT_MAX_STREAMS, 1, _INT32_MAX)
         handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
         max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
+        limits = self.limits(t)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -565,7 +575,32 @@ class _Loader:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             max_frame=max_frame,
+            limits=limits,
         )
+
+    def limits(self, t: _Table) -> ServerLimits:
+        """The resource limits of ``[server]``; absent fd-bound ones stay None (derived
+        from the open-files limit when the server starts)."""
+        d = ServerLimits()
+        values = {
+            "max_handshakes": t.integer("max_handshakes", None, 1, _INT32_MAX),
+            "max_handshakes_per_address": t.integer(
+                "max_handshakes_per_address", d.max_handshakes_per_address, 1, _INT32_MAX
+            ),
+            # at least one ordinary upgrade request (a few hundred bytes, a long token)
+            "max_handshake_bytes": t.integer(
+                "max_handshake_bytes", d.max_handshake_bytes, 1024, 1024 * 1024
+            ),
+            "max_sessions_total": t.integer("max_sessions_total", None, 1, _INT32_MAX),
+            "max_streams_total": t.integer("max_streams_total", None, 1, _INT32_MAX),
+            "max_client_streams": t.integer("max_client_streams", None, 1, _INT32_MAX),
+            "max_send_buffer": t.integer(
+                "max_send_buffer", d.max_send_buffer, 2 * 1024 * 1024, _INT32_MAX
+            ),
+            "max_violations": t.integer("max_violations", d.max_violations, 1, _INT32_MAX),
+        }
+        # an error is already recorded for a None that had a default
+        return ServerLimits(**{k: v for k, v in values.items() if v is not None})
 
     def client(self, t: _Table) -> ClientPolicy | None:
         mark = len(self._found)
@@ -754,6 +789,7 @@ class _Loader:
         path = t.path_value("token_file")
         if path is None:
             return None  # the error is already recorded
+        self.token_files.append(path)
         try:
             text = self.read_secret(path)
         except FileNotFoundError:

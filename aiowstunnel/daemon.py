@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .addresses import Address, host_port
+from .audit import config_warnings
 from .config import Config, read_config
 from .errors import ConfigError
+from .limits import raise_open_files_limit
 from .logs import setup_logging
 from .notify import Notifier, watchdog_loop, watchdog_period
 from .supervisor import Supervisor, check_tls
@@ -96,6 +98,7 @@ class Daemon:
         try:
             new = read_config(self.path)
             check_tls(new)
+            _log_warnings(new, self.path)
             await self._start_metrics(new)
             await self.supervisor.reload(new)
         except (ConfigError, OSError) as exc:
@@ -122,7 +125,12 @@ class Daemon:
         if wanted is not None:
             from .metrics import MetricsServer  # first exporter: see Daemon.registry
 
-            new = MetricsServer(self._registry(), self.supervisor.health)
+            new = MetricsServer(
+                self._registry(),
+                self.supervisor.health,
+                max_connections=config.metrics.max_connections,
+                limit_stats=self.supervisor.limit_stats,
+            )
             await new.start(wanted.bind_host, wanted.port)
             log.info("metrics on http://%s/metrics", host_port(wanted.host or "0.0.0.0", new.port))
         if self.metrics is not None:
@@ -174,6 +182,15 @@ def run(path: Path) -> int:
             log.error("%s: %s", exc.source, error)
         return 1
     setup_logging(config.log.level)
+    # Before the server is built: its limits are derived from the soft limit it sees.
+    before, soft, hard = raise_open_files_limit()
+    log.info(
+        "open files limit: soft %d%s, hard %d",
+        soft,
+        f" (raised from {before})" if soft != before else "",
+        hard,
+    )
+    _log_warnings(config, path)
     runner, loop_name = event_loop_runner()
     log.info("event loop: %s", loop_name)
     with contextlib.suppress(KeyboardInterrupt):
@@ -204,6 +221,11 @@ def event_loop_runner(
         else:
             return uvloop.run, f"uvloop {uvloop.__version__}"
     return asyncio.run, "asyncio"
+
+
+def _log_warnings(config: Config, path: Path) -> None:
+    for warning in config_warnings(config, path):
+        log.warning("%s: %s", path, warning)
 
 
 async def _main(path: Path, config: Config) -> int:

@@ -45,6 +45,7 @@ class Refusal(enum.Enum):
     LISTEN_FAILED = (http.HTTPStatus.CONFLICT, "listen_failed")
     TOO_MANY_SESSIONS = (http.HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions")
     SHUTTING_DOWN = (http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting_down")
+    SERVER_FULL = (http.HTTPStatus.SERVICE_UNAVAILABLE, "server_full")
 
     @property
     def status(self) -> http.HTTPStatus:
@@ -88,6 +89,9 @@ class TunnelRequest:
         Raises:
             RequestRefused: 400 with what is missing or malformed.
         """
+        for name in (HEADER_MODE, HEADER_ADDRESS, "Authorization"):
+            if len(_all(headers, name)) > 1:
+                raise RequestRefused(Refusal.BAD_REQUEST, f"duplicate {name} header")
         mode_text = headers.get(HEADER_MODE)
         if mode_text is None:
             raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_MODE} header")
@@ -105,6 +109,15 @@ class TunnelRequest:
         except AddressError as exc:
             raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
         return cls(mode, address, bearer_token(headers.get("Authorization")))
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header ``name`` (websockets' Headers may hold several)."""
+    get_all = getattr(headers, "get_all", None)
+    if get_all is not None:
+        return list(get_all(name))
+    value = headers.get(name)
+    return [] if value is None else [value]
 
 
 def bearer_token(value: str | None) -> str | None:

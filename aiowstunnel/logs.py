@@ -23,7 +23,8 @@ LEVELS = {
 }
 
 # Record attributes (set with ``extra=``) that become journald fields and stderr prefixes.
-CONTEXT_FIELDS = ("tunnel", "peer")
+# ``origin`` is what a peer says a stream comes from: its claim, kept apart from ``peer``.
+CONTEXT_FIELDS = ("tunnel", "peer", "origin")
 
 _JOURNAL_FIELD = re.compile(r"[A-Z0-9][A-Z0-9_]*")
 
@@ -153,3 +154,33 @@ def tunnel_logger(name: str, logger: logging.Logger | None = None) -> TunnelLogg
     """
     extra: Mapping[str, object] = {"tunnel": name}
     return TunnelLogger(logger or logging.getLogger("aiowstunnel"), extra)
+
+
+#: The most of a peer's text that one log line carries.
+MAX_PEER_TEXT = 200
+
+
+def escape(text: object, limit: int = MAX_PEER_TEXT) -> str:
+    """Text a peer sent, made safe for one log line or journald field.
+
+    Control characters (newlines, ANSI escapes, C1, bidi overrides: anything not
+    printable) and backslashes become ``\\xNN``/``\\uNNNN`` escapes, so the peer cannot
+    forge a line or a field; the result is cut to ``limit`` characters.
+    """
+    text = str(text)
+    cut = len(text) > limit
+    out = []
+    for char in text[:limit]:
+        if char.isprintable() and char != "\\":
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
+    return "".join(out) + ("..." if cut else "")
+
+
+def quote(text: object, limit: int = MAX_PEER_TEXT) -> str:
+    """:func:`escape` in double quotes (a quote inside is escaped too): the peer's words
+    as one field of a line, which they cannot close or leave."""
+    return '"' + escape(text, limit).replace('"', "\\x22") + '"'

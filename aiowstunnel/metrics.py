@@ -20,9 +20,11 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .addresses import host_port
 from .errors import os_reason
-from .stats import MetricsSnapshot, TunnelStats
+from .limits import DEFAULT_METRICS_CONNECTIONS, LIMIT_NAMES, QuietLog
+from .stats import LimitStats, MetricsSnapshot, TunnelStats
 
 logger = logging.getLogger(__name__)
+quiet = QuietLog(logger)
 
 MAX_REQUEST_HEAD = 8 * 1024  # request line + headers; a scrape request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request head
@@ -65,6 +67,12 @@ _FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
         "server_rejected",
         "Handshakes and streams the server refused, by reason.",
         ("reason",),
+    ),
+    "limits": (
+        CounterMetricFamily,
+        "limit_hits",
+        "Connections, sessions and streams refused or closed by a resource limit, by limit.",
+        ("limit",),
     ),
 }
 
@@ -120,6 +128,9 @@ class TunnelCollector(Collector):
         if snapshot.server is not None:
             for reason, count in snapshot.server.rejected.items():
                 add("rejected", (reason,), count)
+        if snapshot.limits is not None:
+            for name in LIMIT_NAMES:  # every one, from 0: a fixed set to alert on
+                add("limits", (name,), snapshot.limits.hits.get(name, 0))
         yield from self._families(samples, snapshot)
 
     @staticmethod
@@ -182,6 +193,8 @@ class MetricsServer:
         health: Callable[[], Mapping[str, bool]] | None = None,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_METRICS_CONNECTIONS,
+        limit_stats: LimitStats | None = None,
     ) -> None:
         """Build the exporter; ``start`` binds it.
 
@@ -190,12 +203,17 @@ class MetricsServer:
             health: returns ``{tunnel name: up}``; ``/healthz`` is 200 when every tunnel is
                 up (or there are none), 503 otherwise. None means no tunnels.
             request_timeout: seconds a client has to send its request line and headers.
+            max_connections: connections served at once; more are closed at once (each
+                holds a file descriptor for up to ``request_timeout``).
+            limit_stats: counts those refusals (``limit="metrics_connections"``).
         """
         self._registry = registry
         self._health = health or dict
         self._request_timeout = request_timeout
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._max_connections = max_connections
+        self._limit_stats = limit_stats if limit_stats is not None else LimitStats()
 
     async def start(self, host: str | None, port: int) -> None:
         """Listen on ``host:port``.
@@ -239,6 +257,16 @@ class MetricsServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._handlers) >= self._max_connections:
+            self._limit_stats.hits["metrics_connections"] += 1
+            quiet.warning(
+                "metrics_connections",
+                "metrics: %d connections open (max_connections): closing one from %s",
+                len(self._handlers),
+                writer.get_extra_info("peername"),
+            )
+            writer.transport.abort()
+            return
         self._handlers.add(task)
         try:
             try:

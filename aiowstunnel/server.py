@@ -14,7 +14,6 @@ import logging
 import ssl as ssl_module
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from websockets.frames import CloseCode
 from websockets.http11 import Request
@@ -25,11 +24,22 @@ from . import wire
 from .addresses import Address, ip_or_none
 from .errors import os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
+from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
+from .logs import escape
 from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
-from .stats import ServerStats, TunnelStats
+from .stats import LimitStats, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.server")
+#: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
+#: many were left out (the counters have them all).
+quiet = QuietLog(log)
+#: A limit hit during the handshake -> the ``reason`` of server_rejected_total.
+_HANDSHAKE_LIMITS = {
+    "handshakes": "too_many_handshakes",
+    "handshakes_per_address": "too_many_handshakes",
+    "handshake_bytes": "handshake_too_large",
+}
 
 DEFAULT_MAX_FRAME = 1024 * 1024 + 64
 
@@ -43,6 +53,7 @@ class Grant:
     target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
+    slot: Slot | None = None  # its place in max_sessions and max_sessions_total
 
 
 class Server:
@@ -63,6 +74,9 @@ class Server:
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
             that replaces this one, so that Prometheus counters never go backwards).
+        limits: resource limits (docs/reliability.md, Limits); those left None are derived
+            from the process's open-files limit when the server is built.
+        limit_stats: where limit hits are counted.
     """
 
     def __init__(
@@ -82,6 +96,8 @@ class Server:
         ping_timeout: float = 20.0,
         stats: ServerStats | None = None,
         client_stats: dict[str, TunnelStats] | None = None,
+        limits: ServerLimits | None = None,
+        limit_stats: LimitStats | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -96,6 +112,17 @@ class Server:
         self.ping_timeout = ping_timeout
         self.stats = stats if stats is not None else ServerStats()
         self.client_stats = client_stats if client_stats is not None else {}
+        self.limits = (limits or ServerLimits()).resolve()
+        self.limit_stats = limit_stats if limit_stats is not None else LimitStats()
+        lim = self.limits
+        assert lim.max_handshakes and lim.max_sessions_total and lim.max_streams_total
+        assert lim.max_client_streams
+        self._handshakes = Slots(lim.max_handshakes)
+        self._handshakes_per_address = Slots(lim.max_handshakes_per_address)
+        self._sessions_total = Slots(lim.max_sessions_total)
+        self._client_sessions = Slots(0)  # by client name; the bound is each max_sessions
+        self._streams_total = Slots(lim.max_streams_total)
+        self._client_streams = Slots(lim.max_client_streams)
         self.sessions: dict[Session, Grant] = {}
         self.policy = Policy(None)
         self.set_clients(clients)
@@ -224,6 +251,14 @@ class Server:
             max_size=self.max_frame,
             logger=ws_log,
         )
+        guard = SessionGuard(
+            self.limits,
+            self._handshakes,
+            self._handshakes_per_address,
+            self._streams_total,
+            self._client_streams,
+            self._limit_hit,
+        )
         session = Session(
             ws,
             TunnelStats("unauthenticated"),
@@ -233,16 +268,33 @@ class Server:
             ping_timeout=self.ping_timeout,
             on_request=self._on_request,
             name="server",
+            guard=guard,
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self.handshake_timeout, self._handshake_deadline, session)
         return session
 
+    def _limit_hit(self, limit: str, peer: str) -> None:
+        self.limit_stats.hits[limit] += 1
+        reason = _HANDSHAKE_LIMITS.get(limit)
+        if reason is not None:
+            self.stats.rejected[reason] += 1
+        quiet.warning(
+            ("limit", limit),
+            "limit %s reached: refused or closed a connection from %s",
+            limit,
+            peer,
+            extra={"peer": peer},
+        )
+
     def _handshake_deadline(self, session: Session) -> None:
+        if session.guard is not None and session.transport is None:
+            session.guard.answered()  # the TLS handshake failed: no connection_lost comes
         # transport None: the TLS handshake failed and asyncio already dropped the socket.
         if session.phase is Phase.HANDSHAKE and session.transport and not session.closed.done():
             self.stats.rejected["handshake_timeout"] += 1
-            log.warning(
+            quiet.warning(
+                "handshake_timeout",
                 "dropping %s: no complete handshake within %g s",
                 session.peer,
                 self.handshake_timeout,
@@ -257,24 +309,44 @@ class Server:
 
     async def _authorize(self, session: Session, request: Request) -> None:
         grant: Grant | None = None
+        reserved: list[Slot] = []  # released on every path but the session's start
         try:
-            grant = await self._check(request)
+            grant = await self._check(request, reserved)
+            if not session.check_upgrade(request):  # websockets' own 400, sent
+                self.stats.rejected["bad_upgrade"] += 1
+                quiet.warning(
+                    "bad_upgrade",
+                    "refused tunnel request from %s (client %s): invalid WebSocket upgrade",
+                    session.peer,
+                    grant.client.name,
+                    extra={"peer": session.peer, "tunnel": grant.client.name},
+                )
+                for slot in reserved:
+                    slot.release()
+                return
             if grant.request.mode is Mode.LISTEN:
                 await self._bind(session, grant)
         except RequestRefused as refused:
+            for slot in reserved:
+                slot.release()
             self.stats.rejected[refused.refusal.label] += 1
             name = grant.client.name if grant else ""
-            log.warning(
+            quiet.warning(
+                ("refused", refused.refusal),
                 "refused tunnel request from %s%s: %d %s",
                 session.peer,
                 f" (client {name})" if name else "",
                 refused.refusal.status,
-                refused.reason,
+                escape(refused.reason),  # it may quote the request (a path, a header)
                 extra={"peer": session.peer, "tunnel": name},
             )
             session.reject(refused.refusal.status, refused.reason)
             return
-        except Exception:  # our bug: answer anyway, never leave a client hanging
+        except BaseException as exc:  # our bug, or cancelled: answer, never leave one hanging
+            for slot in reserved:
+                slot.release()
+            if not isinstance(exc, Exception):
+                raise
             log.exception(
                 "checking the tunnel request from %s failed",
                 session.peer,
@@ -284,9 +356,13 @@ class Server:
             session.reject(500, "internal error")
             return
         if session.closed.done():  # the client went away while we checked
+            for slot in reserved:
+                slot.release()
             if grant.listener is not None:
                 grant.listener.close()
             return
+        grant.slot = reserved[0] if reserved else None
+        session.guard.client = grant.client.name  # type: ignore[union-attr]
         stats = self.client_stats.setdefault(grant.client.name, TunnelStats(grant.client.name))
         session.stats = stats
         session.name = grant.client.name
@@ -311,10 +387,14 @@ class Server:
             extra={"tunnel": grant.client.name, "peer": session.peer},
         )
 
-    async def _check(self, request: Request) -> Grant:
+    async def _check(self, request: Request, reserved: list[Slot]) -> Grant:
+        """The grant for a request, or the refusal. The session's place is taken into
+        ``reserved`` before the first await, so concurrent requests count each other."""
         if self._closing:
             raise RequestRefused(Refusal.SHUTTING_DOWN, "server is shutting down")
-        path = urlsplit(request.path).path
+        # The request target is a path (origin-form), never split as a URL: urlsplit
+        # would read "//evil/aiowstunnel" as host "evil" and path "/aiowstunnel".
+        path = request.path.partition("?")[0]
         if path != self.path:
             raise RequestRefused(Refusal.NOT_FOUND, f"no tunnel endpoint at {path}")
         offered = [
@@ -334,12 +414,20 @@ class Server:
             reason = "missing bearer token" if tunnel.token is None else "invalid token"
             raise RequestRefused(Refusal.BAD_TOKEN, reason)
         grant = Grant(client, tunnel)
-        active = sum(1 for g in self.sessions.values() if g.client.name == client.name)
-        if active >= client.max_sessions:
+        if self._client_sessions.full(client.name, client.max_sessions):
+            active = self._client_sessions.by_key.get(client.name, 0)
             raise RequestRefused(
                 Refusal.TOO_MANY_SESSIONS,
                 f"client {client.name!r} already has {active} sessions (max {client.max_sessions})",
             )
+        if self._sessions_total.full():
+            self._limit_hit("sessions", "")
+            raise RequestRefused(
+                Refusal.SERVER_FULL,
+                f"the server has its maximum of {self._sessions_total.limit} sessions",
+            )
+        # Taken now, synchronously: the checks below may await the resolver.
+        reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
         if tunnel.mode is Mode.CONNECT:
             grant.target = await self._connect_target(client, tunnel.address)
         elif not client.may_listen(tunnel.address):
@@ -408,6 +496,8 @@ class Server:
         grant = self.sessions.pop(session, None)
         if grant is None:
             return
+        if grant.slot is not None:
+            grant.slot.release()
         if grant.listener is not None:
             grant.listener.close()  # at once: the client must be able to bind it again
         stats = self.client_stats.get(grant.client.name)
@@ -418,7 +508,7 @@ class Server:
             "session of %s from %s ended: %s",
             grant.client.name,
             session.peer,
-            session.close_reason,
+            escape(session.close_reason),
             extra={"tunnel": grant.client.name, "peer": session.peer},
         )
 

@@ -28,6 +28,8 @@ from websockets.server import ServerProtocol
 from . import wire, wsframe
 from .addresses import format_peer, host_port
 from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
+from .limits import DEFAULT_MAX_VIOLATIONS, LOGGED_VIOLATIONS, QuietLog, SessionGuard, Slot
+from .logs import escape, quote
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.session")
@@ -35,6 +37,9 @@ log = logging.getLogger("aiowstunnel.session")
 #: matters (docs/operations.md, Logging), so its logger only passes warnings.
 ws_log = logging.getLogger("aiowstunnel.websockets")
 ws_log.setLevel(logging.WARNING)
+#: Lines a peer can cause (its refusals, resets, violations) go through here: a flood of
+#: frames costs a few lines per period, not one line per frame.
+quiet = QuietLog(log)
 
 #: Write-buffer high-water marks. The WebSocket's pauses every stream's reading; a TCP
 #: stream's holds back credit (protocol.md: "credit is returned only as the socket accepts
@@ -93,6 +98,7 @@ class TcpStream(asyncio.BufferedProtocol):
         self.reading = True
         self.at_eof = False  # the socket said EOF: it must never be read again
         self.accepted = False  # OPEN_OK exchanged: data may flow
+        self.slot: Slot | None = None  # server side: this stream's place in the limits
 
     # asyncio callbacks
 
@@ -168,6 +174,8 @@ class Session(asyncio.Protocol):
         on_request: server side: called with the upgrade request; the server answers
             later with :meth:`accept` or :meth:`reject`.
         name: for logs (tunnel or client name).
+        guard: server side: the server's limits (handshake, streams, send buffer,
+            violations); None for no limits (the client side).
     """
 
     def __init__(
@@ -181,8 +189,17 @@ class Session(asyncio.Protocol):
         ping_timeout: float = 20.0,
         on_request: Callable[[Session, Request], None] | None = None,
         name: str = "",
+        guard: SessionGuard | None = None,
     ) -> None:
         self.ws = ws
+        self.guard = guard
+        # Server side, until the upgrade is answered: the request head as it arrives, then
+        # what came after it, held unread (websockets would answer pings before the 101).
+        self._head: bytearray | None = None if guard is None else bytearray()
+        self._early: bytearray | None = None
+        self._upgrade: Response | None = None  # websockets' 101, checked before accept()
+        self.violations = 0
+        self.max_violations = guard.max_violations if guard else DEFAULT_MAX_VIOLATIONS
         self.stats = stats
         self.client_side = isinstance(ws, ClientProtocol)
         self.mux = wire.Mux(self.client_side, window=window, max_streams=max_streams)
@@ -231,12 +248,21 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  (uvloop: not a subclass)
         transport.set_write_buffer_limits(high=WS_HIGH_WATER)  # type: ignore[attr-defined]
         _no_delay(transport)
-        self.peer = format_peer(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        self.peer = format_peer(peername)
+        if self.guard is not None:
+            address = peername[0] if isinstance(peername, tuple) else str(peername)
+            if not self.guard.admit(self.peer, address):
+                self.abort("too many handshakes in progress")
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self.loop.time()
         splitter = self._splitter
         if splitter is None:
+            if self._head is not None:
+                data = self._hold_handshake(data)
+                if not data:
+                    return
             self.ws.receive_data(data)
             self._process()
             self._start_data_path()
@@ -253,6 +279,49 @@ class Session(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
         self._flush()
+        if self._ws_paused and self.guard is not None:
+            self._check_send_buffer()
+
+    def _hold_handshake(self, data: bytes) -> bytes:
+        """Server side, before the answer: what websockets may parse now.
+
+        websockets gets exactly the request head (it reads no body: a request ends at its
+        blank line); what follows is held until accept() and dropped by reject(), so that
+        nothing pipelined is answered before the 101 or the refusal. Head and held bytes
+        together are bounded by max_handshake_bytes (431 past it).
+        """
+        assert self._head is not None and self.guard is not None
+        budget = self.guard.max_handshake_bytes
+        if self._early is not None:  # the request is in, its answer pending
+            self._early += data
+            if len(self._early) + len(self._head) > budget:
+                self.guard.hit("handshake_bytes", self.peer)
+                self.abort(f"more than {budget} bytes before the upgrade was answered")
+            return b""
+        head = self._head
+        start = max(0, len(head) - 3)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
+        if end < 0 or end + 4 > budget:
+            if len(head) > budget:
+                self._head = None
+                self.guard.hit("handshake_bytes", self.peer)
+                self.reject(431, f"request head larger than {budget} bytes")
+            return b""
+        end += 4
+        self._early = head[end:]
+        del head[end:]
+        return bytes(head)
+
+    def _check_send_buffer(self) -> None:
+        """Server side: a peer that lets more than max_send_buffer pile up is dropped."""
+        assert self.guard is not None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.guard.max_send_buffer:
+            self.guard.hit("send_buffer", self.peer)
+            self.abort(f"peer does not read: over {self.guard.max_send_buffer} bytes queued")
 
     def _start_data_path(self) -> None:
         # Only at a frame boundary: websockets must have nothing half-read.
@@ -285,6 +354,8 @@ class Session(asyncio.Protocol):
             self._drop(stream, abort=True)
         self.streams.clear()
         self._idle.set()
+        if self.guard is not None:
+            self.guard.answered()
         if not self.handshake.done():
             self.handshake.set_exception(ConnectionError(self.close_reason))
         if not self.closed.done():
@@ -296,11 +367,19 @@ class Session(asyncio.Protocol):
         self._ws_paused = True
         for stream in self.streams.values():
             stream.set_reading(False)
+        # Server side: what the peer sends (pings, frames earning an RST) is answered into
+        # this buffer, so a peer that does not read is not read either until it drains.
+        # Only one side does this: two sessions that both stopped reading would deadlock.
+        if self.guard is not None and self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._ws_paused = False
         for stream in self.streams.values():
             self._update_reading(stream)
+        transport = self.transport
+        if self.guard is not None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # -- handshake -----------------------------------------------------------------
 
@@ -321,10 +400,13 @@ class Session(asyncio.Protocol):
             extra_headers: added to the 101 response (e.g. the address bound for LISTEN).
         """
         assert isinstance(self.ws, ServerProtocol)
-        response = self.ws.accept(request)
+        response = self._upgrade or self.ws.accept(request)
         for key, value in (extra_headers or {}).items():
             response.headers[key] = value
         self.ws.send_response(response)
+        early, self._head, self._early = self._early, None, None
+        if self.guard is not None:
+            self.guard.answered()
         if response.status_code != 101:  # websockets found the upgrade itself invalid
             self._fail_handshake(f"invalid upgrade: {response.status_code}")
             self._flush()
@@ -332,7 +414,25 @@ class Session(asyncio.Protocol):
         self.dial = dial
         self._open()
         self._flush()
-        self._process()  # frames that arrived with the request
+        self._process()
+        if early:  # frames that came with the request, read only now
+            self.data_received(bytes(early))
+
+    def check_upgrade(self, request: Request) -> bool:
+        """Server side: whether websockets accepts the upgrade itself; if not, its refusal
+        (400) is sent. Called before anything is granted (a session, a LISTEN port)."""
+        assert isinstance(self.ws, ServerProtocol)
+        response = self.ws.accept(request)
+        if response.status_code == 101:
+            self._upgrade = response
+            return True
+        self.ws.send_response(response)
+        self._head = self._early = None
+        if self.guard is not None:
+            self.guard.answered()
+        self._fail_handshake(f"invalid upgrade: {response.status_code}")
+        self._flush()
+        return False
 
     def reject(self, status: int, reason: str) -> None:
         """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
@@ -341,6 +441,9 @@ class Session(asyncio.Protocol):
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
         self.ws.send_response(response)
+        self._head = self._early = None  # nothing after the request is read
+        if self.guard is not None:
+            self.guard.answered()
         self._fail_handshake(f"refused {status}: {reason}")
         self._flush()
 
@@ -407,13 +510,44 @@ class Session(asyncio.Protocol):
             self._splitter.stop()
 
     def _violation(self, exc: ProtocolViolation) -> None:
-        log.warning(
+        quiet.warning(
+            "violation",
             "protocol violation by %s: %s",
             self.peer,
-            exc,
+            escape(exc),
             extra={"tunnel": self.name, "peer": self.peer},
         )
         self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+
+    def _stream_violation(self, stream_id: int, reason: str) -> None:
+        """A stream-level violation (answered with RST): counted; the first few logged;
+        past max_violations the session closes with 1002."""
+        self.violations += 1
+        if self.violations <= LOGGED_VIOLATIONS:
+            more = " (further ones are counted, not logged)" if (
+                self.violations == LOGGED_VIOLATIONS
+            ) else ""
+            quiet.warning(
+                "stream-violation",
+                "stream %d: protocol violation by %s: %s%s",
+                stream_id,
+                self.peer,
+                escape(reason),
+                more,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
+        if self.violations >= self.max_violations and self.ws.state is State.OPEN:
+            if self.guard is not None:
+                self.guard.hit("violations", self.peer)
+            reason = f"too many protocol violations ({self.violations})"
+            quiet.warning(
+                "violations",
+                "closing the session of %s: %s",
+                self.peer,
+                reason,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
+            self.fail(CloseCode.PROTOCOL_ERROR, reason)
 
     def _request(self, request: Request) -> None:
         if self.ws.handshake_exc is not None or self.on_request is None:
@@ -458,9 +592,8 @@ class Session(asyncio.Protocol):
             raise ProtocolViolation("text message: aiowstunnel.v1 uses binary messages only")
         elif opcode is Opcode.CLOSE:
             rcvd = self.ws.close_rcvd
-            self.close_reason = self.close_reason or (
-                f"closed by peer: {rcvd.code} {rcvd.reason}".strip() if rcvd else "closed by peer"
-            )
+            said = f"closed by peer: {rcvd.code} {escape(rcvd.reason)}" if rcvd else ""
+            self.close_reason = self.close_reason or said.strip() or "closed by peer"
             self.phase = Phase.CLOSED  # nothing can be sent any more; connection_lost cleans up
             self._close_later()
         # PING is answered by websockets itself; PONG only proves liveness (_last_rx).
@@ -500,11 +633,13 @@ class Session(asyncio.Protocol):
                 self._send_backlog(stream)  # early data or EOF, if any; resumes reading
         elif isinstance(event, wire.StreamRefused):
             stream = self.streams.get(event.stream_id)
-            self._count_open_failure(event.reason)
-            log.warning(
+            # The peer's words are a log field, never a label: labels are a fixed set.
+            self._count_open_failure("peer_refused")
+            quiet.warning(
+                "refused",
                 "stream from %s refused by the other side: %s",
                 stream.peer if stream else "?",
-                event.reason,
+                quote(event.reason),
                 extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
             )
             if stream is not None:
@@ -512,18 +647,12 @@ class Session(asyncio.Protocol):
         elif isinstance(event, wire.StreamReset | wire.StreamViolated):
             stream = self.streams.get(event.stream_id)
             if isinstance(event, wire.StreamViolated):
-                log.warning(
-                    "stream %d: protocol violation by %s: %s",
-                    event.stream_id,
-                    self.peer,
-                    event.reason,
-                    extra={"tunnel": self.name, "peer": self.peer},
-                )
+                self._stream_violation(event.stream_id, event.reason)
             else:
                 log.debug(
                     "stream %d reset by peer: %s",
                     event.stream_id,
-                    event.reason,
+                    quote(event.reason),
                     extra={"tunnel": self.name, "peer": self.peer},
                 )
             if stream is not None:
@@ -537,14 +666,16 @@ class Session(asyncio.Protocol):
                 extra={"tunnel": self.name, "peer": self.peer},
             )
         elif isinstance(event, wire.GoAwayReceived):
+            if self.phase is Phase.DRAINING:
+                return  # said once is enough
             log.info(
                 "peer %s is going away: %s",
                 self.peer,
-                event.reason,
+                quote(event.reason),
                 extra={"tunnel": self.name, "peer": self.peer},
             )
             self.phase = Phase.DRAINING
-            self.close_reason = f"peer going away: {event.reason}"
+            self.close_reason = f"peer going away: {escape(event.reason)}"
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, "going away")
 
@@ -572,13 +703,21 @@ class Session(asyncio.Protocol):
             reason = "this side does not accept streams" if self.dial is None else "going away"
             self._send(self.mux.refuse_stream(stream_id, reason))
             return
-        task = self.loop.create_task(self._dial(stream_id, origin))
+        slot = None
+        if self.guard is not None:
+            slot = self.guard.stream_slot(self.peer)
+            if slot is None:
+                self._count_open_failure("stream_limit")
+                self._send(self.mux.refuse_stream(stream_id, "server stream limit reached"))
+                return
+        task = self.loop.create_task(self._dial(stream_id, origin, slot))
         self._dials.add(task)
         task.add_done_callback(self._dials.discard)
 
-    async def _dial(self, stream_id: int, origin: str) -> None:
+    async def _dial(self, stream_id: int, origin: str, slot: Slot | None = None) -> None:
         assert self.dial is not None
         stream = TcpStream(self, stream_id)
+        stream.slot = slot
         try:
             await self.dial(lambda: stream, origin)
         except asyncio.CancelledError:
@@ -586,15 +725,20 @@ class Session(asyncio.Protocol):
         except Exception as exc:
             reason = describe(exc)
             self._count_open_failure(_failure_label(exc))
-            log.warning(
+            # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
+            quiet.warning(
+                ("dial", _failure_label(exc)),
                 "stream from %s: %s",
-                origin or self.peer,
+                quote(origin) if origin else self.peer,
                 reason,
-                extra={"tunnel": self.name, "peer": origin or self.peer},
+                extra={"tunnel": self.name, "peer": self.peer, "origin": escape(origin)},
             )
             if stream_id in self.mux.streams:
                 self._send(self.mux.refuse_stream(stream_id, reason))
                 self._flush()
+        finally:
+            if self.streams.get(stream_id) is not stream and stream.slot is not None:
+                stream.slot.release()  # never registered: _forget will not see it
 
     # -- stream callbacks (from TcpStream) ---------------------------------------
 
@@ -605,6 +749,13 @@ class Session(asyncio.Protocol):
             stream.transport.abort()
             return
         if stream.stream_id is None:  # listener side: ask the peer to dial
+            if self.guard is not None:
+                stream.slot = self.guard.stream_slot(stream.peer)
+                if stream.slot is None:
+                    self._count_open_failure("stream_limit")
+                    assert stream.transport is not None
+                    stream.transport.abort()
+                    return
             try:
                 stream.stream_id, message = self.mux.open_stream(stream.peer)
             except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
@@ -745,6 +896,8 @@ class Session(asyncio.Protocol):
         self._forget(stream)
 
     def _forget(self, stream: TcpStream) -> None:
+        if stream.slot is not None:
+            stream.slot.release()
         sid = stream.stream_id
         if sid is not None and self.streams.get(sid) is stream:
             del self.streams[sid]

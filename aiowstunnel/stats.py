@@ -35,6 +35,14 @@ class ServerStats:
 
 
 @dataclass
+class LimitStats:
+    """How often each resource limit refused or closed something, by limit name (a fixed
+    set: ``limits.LIMIT_NAMES``)."""
+
+    hits: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
 class MetricsSnapshot:
     """What the collector reads at each scrape; built by the daemon's provider callable."""
 
@@ -43,3 +51,4 @@ class MetricsSnapshot:
     server: ServerStats | None = None
     reload_ok: bool = True
     reload_timestamp: float | None = None  # time.time() of the last successful (re)load
+    limits: LimitStats | None = None

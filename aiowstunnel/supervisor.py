@@ -19,7 +19,7 @@ from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
 from .server import Server
-from .stats import MetricsSnapshot, ServerStats, TunnelStats
+from .stats import LimitStats, MetricsSnapshot, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.supervisor")
 
@@ -86,6 +86,7 @@ def build_server(
     config: ServerConfig,
     stats: ServerStats | None = None,
     client_stats: dict[str, TunnelStats] | None = None,
+    limit_stats: LimitStats | None = None,
 ) -> Server:
     return Server(
         config.listen.host,
@@ -101,6 +102,8 @@ def build_server(
         ping_timeout=config.ping_timeout,
         stats=stats,  # the same counters across a rebind: Prometheus counters never go back
         client_stats=client_stats,
+        limits=config.limits,
+        limit_stats=limit_stats,
     )
 
 
@@ -140,6 +143,7 @@ class Supervisor:
         self.tunnel_stats: dict[str, TunnelStats] = {}
         self.server_stats = ServerStats()
         self.client_stats: dict[str, TunnelStats] = {}
+        self.limit_stats = LimitStats()  # the server's and the exporter's limit hits
         self.reload_ok = True
         self.reload_timestamp: float | None = None
 
@@ -151,7 +155,9 @@ class Supervisor:
             ConfigError: a TLS file cannot be loaded.
         """
         if self.config.server is not None:
-            self.server = build_server(self.config.server, self.server_stats, self.client_stats)
+            self.server = build_server(
+                self.config.server, self.server_stats, self.client_stats, self.limit_stats
+            )
             await self.server.listen()
         for index, spec in enumerate(self.config.tunnels):
             self._start_tunnel(spec, index)
@@ -218,7 +224,7 @@ class Supervisor:
         if self.server is not None and old is not None and _same_listener(old, new):
             self.server.set_clients(new.clients)  # sessions stay while still allowed
             return
-        replacement = build_server(new, self.server_stats, self.client_stats)
+        replacement = build_server(new, self.server_stats, self.client_stats, self.limit_stats)
         if self.server is not None and old is not None and old.listen == new.listen:
             await self.server.close(timeout)  # same address: the old one must let go first
             self.server = None
@@ -245,6 +251,7 @@ class Supervisor:
             server=self.server_stats if self.config.server is not None else None,
             reload_ok=self.reload_ok,
             reload_timestamp=self.reload_timestamp,
+            limits=self.limit_stats,
         )
 
     def health(self) -> dict[str, bool]:

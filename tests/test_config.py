@@ -353,7 +353,9 @@ def test_example_loads_with_defaults_filled() -> None:
 def test_empty_file_is_a_valid_config_with_defaults() -> None:
     config = load("")
     assert config.server is None and config.tunnels == ()
-    assert config.metrics.listen == Address("", 9100)
+    # loopback by default: the metrics name every client (issue 11, finding 10)
+    assert config.metrics.listen == Address("127.0.0.1", 9100)
+    assert config.metrics.max_connections == 64
     assert config.shutdown_timeout == 10.0
 
 
@@ -488,7 +490,7 @@ DIFFS = [
     ("server removed", three_tunnels(), ConfigDiff(unchanged=("a", "b", "c"), server_changed=True)),
     (
         "metrics",
-        '[metrics]\nlisten = "127.0.0.1:9100"\n' + BASE,
+        '[metrics]\nlisten = "127.0.0.1:9101"\n' + BASE,
         ConfigDiff(unchanged=("a", "b", "c"), metrics_changed=True),
     ),
     (

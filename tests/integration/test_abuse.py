@@ -13,6 +13,7 @@ import aiowstunnel
 from aiowstunnel import wire
 from aiowstunnel.addresses import Address, AddressRule
 from aiowstunnel.handshake import TunnelRequest
+from aiowstunnel.limits import ServerLimits
 from aiowstunnel.policy import ClientPolicy, token_digest
 
 from .conftest import LOCAL, echo_roundtrip
@@ -21,7 +22,10 @@ from .conftest import LOCAL, echo_roundtrip
 @pytest.mark.timeout(30)
 async def test_slowloris_handshakes_are_cut_at_the_timeout(make_tunnel, echo_backend):
     tunnel = await make_tunnel(
-        aiowstunnel.CONNECT, echo_backend.port, server_kw={"handshake_timeout": 0.5}
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        # all 50 from one address: this test is about the timeout, not the per-address limit
+        server_kw={"handshake_timeout": 0.5, "limits": ServerLimits(max_handshakes_per_address=64)},
     )
     port = tunnel.server.port
 

@@ -61,7 +61,14 @@ class Notifications:
 class Daemon:
     """One daemon process on a config file in ``folder``."""
 
-    def __init__(self, folder: Path, config: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: str,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the daemon, if set
         self.folder = folder
         self.config_path = folder / "aiowstunnel.toml"
         self.config_path.write_text(config)
@@ -84,10 +91,17 @@ class Daemon:
             stdout=self.log,
             stderr=self.log,
             env=env,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         if wait_ready:
             return await self.notify.wait_for("READY", "1", timeout=15)
         return None
+
+    def _limit_open_files(self) -> None:
+        import resource
+
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def write_config(self, text: str) -> None:
         tmp = self.config_path.with_suffix(".new")

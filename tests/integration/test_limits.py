@@ -1,0 +1,384 @@
+"""Issue 11, in one process: the server's counts are reserved before any await, peer text
+never becomes a label or a raw log line, and nothing pipelined is answered before the 101.
+
+Each test here failed on the code before the limits (6d70293); the whole-daemon floods,
+measured from outside, are in tests/system/test_exhaustion.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+import aiowstunnel
+from aiowstunnel import wire
+from aiowstunnel.addresses import AddressRule
+from aiowstunnel.policy import ClientPolicy, token_digest
+from aiowstunnel.server import Server
+
+from ..attackers import RawSession, binary_frame, client_frame, ping_frame, upgrade_request
+from .conftest import LOCAL, echo_roundtrip
+
+TOKEN = "s3cret-token"
+
+
+def app(*connect: str, listen: tuple[str, ...] = (), max_sessions: int = 16) -> ClientPolicy:
+    return ClientPolicy(
+        "app",
+        token_digest(TOKEN),
+        tuple(AddressRule.parse(r) for r in connect),
+        tuple(AddressRule.parse(r) for r in listen),
+        max_sessions=max_sessions,
+    )
+
+
+async def started(**kw) -> Server:
+    server = Server(LOCAL, 0, **kw)
+    await server.listen()
+    return server
+
+
+async def exchange(port: int, data: bytes, source: str = LOCAL, timeout: float = 5.0) -> bytes:
+    """Write ``data`` at once, read until the server closes (or ``timeout``)."""
+    reader, writer = await asyncio.open_connection(LOCAL, port, local_addr=(source, 0))
+    writer.write(data)
+    out = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+            out += chunk
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+    writer.transport.abort()
+    return out
+
+
+def split_response(raw: bytes) -> tuple[int, bytes, bytes]:
+    """(status, body, what came after the body) of one HTTP response."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, rest[:length], rest[length:]
+
+
+@pytest.mark.timeout(30)
+async def test_max_sessions_holds_under_200_concurrent_upgrades_awaiting_the_resolver(
+    echo_backend,
+):
+    # Finding 5: a CIDR rule and a name target make the check await getaddrinfo; before,
+    # every one of the 200 saw no session registered yet and all were accepted.
+    server = await started(clients=[app("127.0.0.0/8:*", max_sessions=2)])
+    request = upgrade_request(server.port, TOKEN, address=f"localhost:{echo_backend.port}")
+    sources = [f"127.0.0.{2 + i % 10}" for i in range(200)]  # 20 per address
+    try:
+        answers = await asyncio.gather(
+            *(exchange(server.port, request, s, timeout=2.0) for s in sources)
+        )
+        statuses = [int(a.split(b" ", 2)[1]) if a else 0 for a in answers]
+        assert statuses.count(101) == 2, sorted(set(statuses))
+        assert statuses.count(429) == 198
+        assert server.stats.rejected["too_many_sessions"] == 198
+    finally:
+        await server.close(1)
+    # every path released its reservation: the count is back to 0
+    assert server._client_sessions.total == 0 and server._sessions_total.total == 0
+
+
+@pytest.mark.timeout(30)
+async def test_streams_per_client_and_in_total_are_bounded(make_tunnel, echo_backend):
+    # Finding 6: one client may hold max_client_streams, all of them max_streams_total.
+    from aiowstunnel.limits import ServerLimits
+
+    rule = f"{LOCAL}:{echo_backend.port}"
+    other = ClientPolicy("other", token_digest("other-token"), (AddressRule.parse(rule),))
+    limits = ServerLimits(max_client_streams=5, max_streams_total=8)
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": [app(rule), other], "limits": limits},
+        client_kw={"token": TOKEN},
+    )
+    held = []
+    for _ in range(7):  # 5 get through, 2 are refused
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"x")
+        try:
+            got = await asyncio.wait_for(reader.read(1), 5)
+        except ConnectionError:
+            got = b""
+        held.append((writer, got))
+    assert [got for _, got in held].count(b"x") == 5
+    stats = tunnel.server.client_stats["app"]
+    assert stats.stream_open_failures["stream_limit"] == 2
+    assert tunnel.server.limit_stats.hits["client_streams"] == 2
+    # the other client still has the 3 left in the total, and not one more
+    client = aiowstunnel.Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        tunnel.server.port,
+        LOCAL,
+        0,
+        LOCAL,
+        echo_backend.port,
+        token="other-token",
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        sent, received = await echo_roundtrip(client.listen_address, 1 << 20)
+        assert sent == received
+        assert tunnel.server.limit_stats.hits["streams"] == 0
+    finally:
+        await client.close(1)
+        for writer, _ in held:
+            writer.close()
+    # released on every close: the same client opens streams again
+    for _ in range(100):
+        if tunnel.server._streams_total.total == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert tunnel.server._streams_total.total == 0
+    sent, received = await echo_roundtrip(tunnel.entry, 1 << 16)
+    assert sent == received
+
+
+@pytest.mark.timeout(30)
+async def test_open_fail_text_never_becomes_a_label():
+    # Finding 7: 500 distinct OPEN_FAIL reasons once made 500 series of stream_open_failures.
+    server = await started(clients=[app(listen=("127.0.0.1:*",))])
+    attacker = await RawSession.open(server.port, TOKEN, mode="listen", address="127.0.0.1:0")
+    assert attacker.response is not None
+    bound = attacker.response.headers["X-Aiowstunnel-Bound"]
+    port = int(bound.rsplit(":", 1)[1])
+    users = []
+    try:
+        for _ in range(500):
+            _, writer = await asyncio.open_connection(LOCAL, port)
+            users.append(writer)
+        refused = 0
+        while refused < 500:
+            frames = await attacker.frames(0.5)
+            assert frames, f"only {refused} OPENs came"
+            for frame in frames:
+                opened = wire.parse_frame(frame.data)
+                if isinstance(opened, wire.Open):
+                    attacker.send(wire.OpenFail(opened.stream_id, f"reason {refused}").serialize())
+                    refused += 1
+        await asyncio.sleep(0.2)
+        failures = server.client_stats["app"].stream_open_failures
+        assert dict(failures) == {"peer_refused": 500}
+    finally:
+        for writer in users:
+            writer.close()
+        attacker.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_peer_text_is_escaped_and_kept_out_of_the_peer_field(caplog, echo_backend):
+    # Finding 8: OPEN origin, OPEN_FAIL/GOAWAY/close reasons and the request path reached
+    # the log raw; the origin became the PEER= field.
+    server = await started(clients=[app("127.0.0.1:1", listen=("127.0.0.1:*",))])
+    evil = "evil\nFORGED LINE peer=10.0.0.1 \x1b[31m\u202e"
+    caplog.set_level(logging.DEBUG, logger="aiowstunnel")
+    try:
+        # a dial that fails logs the origin
+        attacker = await RawSession.open(server.port, TOKEN, address="127.0.0.1:1")
+        attacker.send(wire.Open(1, 65536, evil).serialize())
+        await attacker.frames(0.5)
+        attacker.send(wire.GoAway(0, evil).serialize())
+        await attacker.frames(0.2)
+        attacker.close()
+        closer = await RawSession.open(server.port, TOKEN, address="127.0.0.1:1")
+        assert closer.protocol is not None
+        closer.protocol.send_close(1000, evil)
+        closer.flush()
+        await closer.frames(0.5)
+        closer.close()
+        # a refused path is logged before any auth
+        await exchange(server.port, upgrade_request(server.port, TOKEN, path="/x%0a\x7fy"))
+        await asyncio.sleep(0.2)
+    finally:
+        await server.close(1)
+    records = [r for r in caplog.records if r.name.startswith("aiowstunnel")]
+    assert any("evil" in r.getMessage() for r in records)
+    for record in records:
+        text = record.getMessage()
+        assert "\n" not in text and "\x1b" not in text and "\u202e" not in text, text
+        assert "evil" not in str(getattr(record, "peer", "")), record.getMessage()
+    assert any("evil" in str(getattr(r, "origin", "")) for r in records)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("pipelined", ["ping", "close"])
+async def test_nothing_pipelined_after_the_request_is_answered_before_the_refusal(pipelined):
+    # Finding 9: a PONG went out before the 401; a pipelined CLOSE left no HTTP answer.
+    server = await started(clients=[app("127.0.0.1:1")])
+    frame = ping_frame() if pipelined == "ping" else client_frame(8, b"\x03\xe8bye")
+    try:
+        raw = await exchange(server.port, upgrade_request(server.port, "wrong") + frame)
+        status, body, after = split_response(raw)
+        assert status == 401 and b"invalid token" in body
+        assert after == b""  # no frame of any kind after the refusal
+        # with a good token the ping is answered, after the 101
+        raw = await exchange(
+            server.port, upgrade_request(server.port, TOKEN) + ping_frame(), timeout=0.5
+        )
+        assert raw.startswith(b"HTTP/1.1 101 ")
+        if pipelined == "ping":
+            assert b"\x8a\x7d" + b"p" * 125 in raw.partition(b"\r\n\r\n")[2]  # the PONG
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("header", ["Authorization", "X-Aiowstunnel-Mode", "X-Aiowstunnel-Address"])
+async def test_duplicate_single_headers_are_a_400_naming_the_header(header):
+    server = await started(clients=[app("127.0.0.1:1")])
+    value = {"Authorization": f"Bearer {TOKEN}", "X-Aiowstunnel-Mode": "connect"}.get(
+        header, "127.0.0.1:1"
+    )
+    try:
+        raw = await exchange(
+            server.port, upgrade_request(server.port, TOKEN, extra=[(header, value)])
+        )
+        status, body, _ = split_response(raw)
+        assert status == 400, raw[:200]
+        assert f"duplicate {header} header".encode() in body
+        assert server.stats.rejected["internal_error"] == 0
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_valid_token_with_an_invalid_upgrade_grants_nothing(caplog):
+    server = await started(clients=[app(listen=("127.0.0.1:*",))])
+    with socket.socket() as probe:
+        probe.bind((LOCAL, 0))
+        port = probe.getsockname()[1]
+    request = upgrade_request(server.port, TOKEN, mode="listen", address=f"127.0.0.1:{port}")
+    request = request.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 99")
+    caplog.set_level(logging.INFO, logger="aiowstunnel")
+    try:
+        raw = await exchange(server.port, request)
+        status, _, _ = split_response(raw)
+        assert 400 <= status < 500
+        with socket.socket() as again:  # the LISTEN port was never bound
+            again.bind((LOCAL, port))
+        assert not any("session of" in r.getMessage() for r in caplog.records)
+        assert server.stats.rejected["bad_upgrade"] == 1
+        assert not server.sessions
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_double_slash_path_is_not_read_as_a_host():
+    server = await started(clients=[app("127.0.0.1:1")])
+    try:
+        raw = await exchange(
+            server.port, upgrade_request(server.port, TOKEN, path="//evil/aiowstunnel")
+        )
+        status, body, _ = split_response(raw)
+        assert status == 404 and b"//evil/aiowstunnel" in body
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_head_larger_than_the_budget_gets_a_431_at_once():
+    server = await started(clients=[app("127.0.0.1:1")])
+    head = b"GET /aiowstunnel HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    try:
+        raw = await exchange(server.port, head * 3)  # never finished
+        status, body, _ = split_response(raw)
+        assert status == 431 and b"16384" in body
+        assert server.stats.rejected["handshake_too_large"] == 1
+        assert server.limit_stats.hits["handshake_bytes"] == 1
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
+    from aiowstunnel.limits import ServerLimits
+
+    server = await started(
+        clients=[app("127.0.0.1:1")], limits=ServerLimits(max_handshakes_per_address=4)
+    )
+    idle = []
+    try:
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection(
+                LOCAL, server.port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+            idle.append((reader, writer))
+        closed = 0
+        for reader, _ in idle:
+            try:
+                if await asyncio.wait_for(reader.read(), 0.5) == b"":
+                    closed += 1
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
+        assert closed == 2
+        assert server.limit_stats.hits["handshakes_per_address"] == 2
+        raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
+        assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_peer_that_does_not_read_is_not_read_and_dropped_past_the_cap(echo_backend):
+    # Finding 3 in one process: pings from a peer that never reads. The WebSocket stops
+    # being read at its high-water mark; a small cap then drops it.
+    from aiowstunnel.limits import ServerLimits
+
+    server = await started(
+        clients=[app("127.0.0.1:1")], limits=ServerLimits(max_send_buffer=256 * 1024)
+    )
+    try:
+        attacker = await RawSession.open(server.port, TOKEN, address="127.0.0.1:1")
+        pushed = await attacker.push(ping_frame() * 512, 64 << 20)
+        assert pushed < 32 << 20, pushed  # not read without end
+        for _ in range(100):
+            if server.limit_stats.hits["send_buffer"]:
+                break
+            await asyncio.sleep(0.05)
+        assert server.limit_stats.hits["send_buffer"] == 1
+        attacker.close()
+    finally:
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_stream_violations_close_the_session_after_max_violations(caplog):
+    # Finding 4 in one process: 20,000 WINDOW frames for unknown streams once wrote
+    # 20,003 WARNING lines; now the first 3 are logged and the session closes with 1002.
+    server = await started(clients=[app("127.0.0.1:1")])
+    caplog.set_level(logging.INFO, logger="aiowstunnel")
+    try:
+        attacker = await RawSession.open(server.port, TOKEN, address="127.0.0.1:1")
+        flood = b"".join(
+            binary_frame(wire.WindowUpdate(2 * i + 1001, 1).serialize()) for i in range(20_000)
+        )
+        await attacker.push(flood, len(flood))
+        frames = await attacker.frames(2.0)
+        closes = [f for f in frames if f.opcode == 8]
+        assert closes and closes[0].data[:2] == b"\x03\xea"  # 1002
+        assert b"too many protocol violations" in closes[0].data
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) <= 5, [r.getMessage() for r in warnings]
+        assert server.limit_stats.hits["violations"] == 1
+        attacker.close()
+    finally:
+        await server.close(1)
