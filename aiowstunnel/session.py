@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 from . import wire, wsframe
 from .addresses import format_peer, host_port
 from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
+from .resets import Cut, reset
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.session")
@@ -93,6 +94,10 @@ class TcpStream(asyncio.BufferedProtocol):
         self.reading = True
         self.at_eof = False  # the socket said EOF: it must never be read again
         self.accepted = False  # OPEN_OK exchanged: data may flow
+        # for the "stream closed" debug line: payload bytes each way, and when it opened
+        self.sent = 0
+        self.received = 0
+        self.opened_at = 0.0
 
     # asyncio callbacks
 
@@ -224,6 +229,8 @@ class Session(asyncio.Protocol):
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
         self.on_close: list[Callable[[Session], None]] = []
+        self.cut_streams = 0  # streams the session's end cut (set in connection_lost)
+        self.drain_cut = 0  # streams reset because the drain of shutdown() ran out
 
     # -- WebSocket transport callbacks --------------------------------------------------
 
@@ -281,8 +288,11 @@ class Session(asyncio.Protocol):
                 timer.cancel()
         for task in self._dials:
             task.cancel()
+        #: streams this session's end cut (reset toward their applications), for the
+        #: "tunnel down" and "session ended" lines
+        self.cut_streams = len(self.streams)
         for stream in list(self.streams.values()):
-            self._drop(stream, abort=True)
+            self._cut(stream, Cut.SESSION_LOST, self.close_reason)
         self.streams.clear()
         self._idle.set()
         if not self.handshake.done():
@@ -508,7 +518,7 @@ class Session(asyncio.Protocol):
                 extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
             )
             if stream is not None:
-                self._drop(stream, abort=True)
+                self._cut(stream, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, wire.StreamReset | wire.StreamViolated):
             stream = self.streams.get(event.stream_id)
             if isinstance(event, wire.StreamViolated):
@@ -519,15 +529,9 @@ class Session(asyncio.Protocol):
                     event.reason,
                     extra={"tunnel": self.name, "peer": self.peer},
                 )
-            else:
-                log.debug(
-                    "stream %d reset by peer: %s",
-                    event.stream_id,
-                    event.reason,
-                    extra={"tunnel": self.name, "peer": self.peer},
-                )
             if stream is not None:
-                self._drop(stream, abort=True)
+                cause = Cut.VIOLATION if isinstance(event, wire.StreamViolated) else Cut.PEER_RESET
+                self._cut(stream, cause, event.reason)
         elif isinstance(event, wire.StreamLimited):
             self._count_open_failure("stream_limit")
             log.debug(
@@ -554,6 +558,7 @@ class Session(asyncio.Protocol):
             return
         n = len(data)
         self.stats.received_bytes += n
+        stream.received += n
         stream.transport.write(data)
         if stream.write_paused:
             stream.ungranted += n
@@ -601,8 +606,7 @@ class Session(asyncio.Protocol):
     def stream_connected(self, stream: TcpStream) -> None:
         if self.phase is not Phase.OPEN:
             self._count_open_failure("tunnel_down")
-            assert stream.transport is not None
-            stream.transport.abort()
+            self._cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
         if stream.stream_id is None:  # listener side: ask the peer to dial
             try:
@@ -615,15 +619,13 @@ class Session(asyncio.Protocol):
                     exc,
                     extra={"tunnel": self.name, "peer": stream.peer},
                 )
-                assert stream.transport is not None
-                stream.transport.abort()
+                self._cut(stream, Cut.OPEN_FAILED, str(exc))
                 self.goaway(str(exc))  # the open streams finish; the client reconnects
                 return
             self._send(message)
         else:  # dialing side: the connection is up, tell the opener
             if stream.stream_id not in self.mux.streams:  # reset while we dialed
-                assert stream.transport is not None
-                stream.transport.abort()
+                self._cut(stream, Cut.PEER_RESET, "the other side gave up while we dialed")
                 return
             self._send(self.mux.accept_stream(stream.stream_id))
             stream.accepted = True
@@ -631,6 +633,15 @@ class Session(asyncio.Protocol):
         self._idle.clear()
         self.stats.streams_opened += 1
         self.stats.streams_active += 1
+        stream.opened_at = self.loop.time()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "stream %d opened: %s %s",
+                stream.stream_id,
+                "to" if stream.accepted else "from",  # dialing side: accepted already
+                stream.peer,
+                extra={"tunnel": self.name, "peer": self.peer},
+            )
         self._update_reading(stream)
         self._flush()
 
@@ -667,6 +678,7 @@ class Session(asyncio.Protocol):
             return
         n = self._send_data(sid, data)
         self.stats.sent_bytes += n
+        stream.sent += n
         if n < len(data):  # what credit did not cover waits, and outlives the buffer
             stream.backlog = memoryview(bytes(data[n:]))
             self._update_reading(stream)
@@ -686,6 +698,7 @@ class Session(asyncio.Protocol):
         if backlog is not None and sid is not None and sid in self.mux.streams:
             n = self._send_data(sid, backlog)
             self.stats.sent_bytes += n
+            stream.sent += n
             stream.backlog = backlog[n:] if n < len(backlog) else None
         if stream.backlog is None and stream.eof_pending:
             stream.eof_pending = False
@@ -716,11 +729,13 @@ class Session(asyncio.Protocol):
 
     def stream_lost(self, stream: TcpStream, exc: Exception | None) -> None:
         sid = stream.stream_id
+        how = "closed"
         if sid is not None and sid in self.mux.streams and self.phase is not Phase.CLOSED:
             reason = f"connection lost: {describe(exc)}" if exc else "connection closed"
+            how = f"closed, reset here: {reason}"
             self._send(self.mux.reset_stream(sid, reason))
             self._flush()
-        self._forget(stream)
+        self._forget(stream, how)
 
     def _update_reading(self, stream: TcpStream) -> None:
         stream.set_reading(
@@ -736,20 +751,46 @@ class Session(asyncio.Protocol):
             stream.transport.close()
         self._forget(stream)
 
-    def _drop(self, stream: TcpStream, abort: bool) -> None:
+    def _cut(self, stream: TcpStream, cause: Cut, detail: str) -> None:
+        """A broken stream: reset its socket (the application sees ECONNRESET, never a
+        clean EOF), count it by cause, forget it."""
         if stream.transport is not None:
-            if abort:
-                stream.transport.abort()
-            else:
-                stream.transport.close()
-        self._forget(stream)
+            reset(stream.transport)
+        self.stats.stream_resets[cause.value] += 1
+        self._forget(stream, f"closed, reset ({cause}): {detail}".rstrip(": "))
 
-    def _forget(self, stream: TcpStream) -> None:
+    def reset_streams(self, cause: Cut, reason: str) -> int:
+        """Reset every open stream, on both ends (RST to the peer too). Returns how many.
+
+        For a drain that ran out (:meth:`shutdown`), and the hook for a stream kept for
+        resumption whose session did not come back in time (:attr:`Cut.EXPIRED`).
+        """
+        streams = list(self.streams.values())
+        for stream in streams:
+            sid = stream.stream_id
+            if sid is not None and sid in self.mux.streams:
+                self._send(self.mux.reset_stream(sid, reason))
+            self._cut(stream, cause, reason)
+        self._flush()
+        return len(streams)
+
+    def _forget(self, stream: TcpStream, how: str = "closed") -> None:
         sid = stream.stream_id
         if sid is not None and self.streams.get(sid) is stream:
             del self.streams[sid]
             self.stats.streams_active -= 1
             self.mux.streams.pop(sid, None)
+            if log.isEnabledFor(logging.DEBUG):  # one line per stream, never per chunk
+                log.debug(
+                    "stream %d %s: %s, %d bytes sent, %d received, %.1f s",
+                    sid,
+                    how,
+                    stream.peer,
+                    stream.sent,
+                    stream.received,
+                    self.loop.time() - stream.opened_at,
+                    extra={"tunnel": self.name, "peer": self.peer},
+                )
             if not self.streams:
                 self._idle.set()
                 if self.phase is Phase.DRAINING and self.ws.state is State.OPEN:
@@ -828,7 +869,10 @@ class Session(asyncio.Protocol):
         The one stop sequence of both ends (protocol.md, GOAWAY); safe to call twice.
         """
         self.goaway(reason)
-        await self.drain(timeout)
+        if not await self.drain(timeout) and self.streams:
+            self.drain_cut = self.reset_streams(
+                Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"
+            )
         self.close(CloseCode.GOING_AWAY, reason)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT)

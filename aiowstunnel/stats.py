@@ -22,6 +22,7 @@ class TunnelStats:
     streams_active: int = 0
     streams_opened: int = 0
     stream_open_failures: Counter[str] = field(default_factory=Counter)
+    stream_resets: Counter[str] = field(default_factory=Counter)  # by resets.Cut value
     sent_bytes: int = 0
     received_bytes: int = 0
     sessions_active: int = 0
