@@ -233,10 +233,15 @@ class Client:
         await asyncio.sleep(delay)
 
     def stop_accepting(self) -> None:
-        """Close the local listener now (a reload's first step for a removed tunnel)."""
+        """No new streams from now on: close the local listener, send GOAWAY (the server
+        then releases a LISTEN port). A reload's first step for a removed or replaced
+        tunnel; :meth:`close` then drains the open streams."""
         self._closing = True
+        self._replaced = True
         if self._listener is not None:
             self._listener.close()
+        if self.session is not None:
+            self.session.goaway("tunnel removed or replaced")
 
     def detach_listener(self) -> socket.socket | None:
         """Stop accepting here and hand the listening socket over to a successor.
@@ -247,6 +252,8 @@ class Client:
         """
         self._closing = True
         self._replaced = True
+        if self.session is not None:
+            self.session.goaway("tunnel replaced")
         listener, self._listener = self._listener, None
         if listener is None:
             return None
@@ -282,6 +289,7 @@ class Client:
         Safe to call twice. Returns how many streams were reset because the drain ran out.
         """
         self._closing = True
+        self.first_bind.set()  # nobody waits for a take-over that will not come
         if self._listener is not None:
             self._listener.close()
         cut = 0

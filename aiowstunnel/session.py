@@ -195,6 +195,9 @@ class Session(asyncio.Protocol):
         self.ping_timeout = ping_timeout
         self.on_request = on_request
         self.name = name
+        #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
+        self.client: str | None = None
+        self.on_goaway: list[Callable[[Session], None]] = []  # the peer sent GOAWAY
         self.dial: Dial | None = None  # set once accepted, on the dialing side
         self.streams: dict[int, TcpStream] = {}
         self.phase = Phase.HANDSHAKE
@@ -418,10 +421,9 @@ class Session(asyncio.Protocol):
 
     def _violation(self, exc: ProtocolViolation) -> None:
         log.warning(
-            "protocol violation by %s: %s",
-            self.peer,
+            "protocol violation: %s",
             exc,
-            extra={"tunnel": self.name, "peer": self.peer},
+            extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
         )
         self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
 
@@ -512,10 +514,11 @@ class Session(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             self._count_open_failure(event.reason)
             log.warning(
-                "stream from %s refused by the other side: %s",
+                "stream %d from %s refused by the other side: %s",
+                event.stream_id,
                 stream.peer if stream else "?",
                 event.reason,
-                extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
             if stream is not None:
                 self._cut(stream, Cut.OPEN_FAILED, event.reason)
@@ -523,11 +526,10 @@ class Session(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if isinstance(event, wire.StreamViolated):
                 log.warning(
-                    "stream %d: protocol violation by %s: %s",
+                    "stream %d: protocol violation: %s",
                     event.stream_id,
-                    self.peer,
                     event.reason,
-                    extra={"tunnel": self.name, "peer": self.peer},
+                    extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
                 )
             if stream is not None:
                 cause = Cut.VIOLATION if isinstance(event, wire.StreamViolated) else Cut.PEER_RESET
@@ -538,17 +540,18 @@ class Session(asyncio.Protocol):
                 "stream %d refused: %s",
                 event.stream_id,
                 event.reason,
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
         elif isinstance(event, wire.GoAwayReceived):
             log.info(
-                "peer %s is going away: %s",
-                self.peer,
+                "peer going away: %s",
                 event.reason,
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
             self.phase = Phase.DRAINING
             self.close_reason = f"peer going away: {event.reason}"
+            for callback in self.on_goaway:
+                callback(self)
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, "going away")
 
@@ -592,10 +595,11 @@ class Session(asyncio.Protocol):
             reason = describe(exc)
             self._count_open_failure(_failure_label(exc))
             log.warning(
-                "stream from %s: %s",
-                origin or self.peer,
+                "stream %d%s not opened: %s",
+                stream_id,
+                f" for {origin}" if origin else "",
                 reason,
-                extra={"tunnel": self.name, "peer": origin or self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
             if stream_id in self.mux.streams:
                 self._send(self.mux.refuse_stream(stream_id, reason))
@@ -614,10 +618,10 @@ class Session(asyncio.Protocol):
             except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
                 self._count_open_failure("tunnel_down")
                 log.warning(
-                    "cannot open stream for %s: %s; starting a new session",
+                    "cannot open a stream for %s: %s; starting a new session",
                     stream.peer,
                     exc,
-                    extra={"tunnel": self.name, "peer": stream.peer},
+                    extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
                 )
                 self._cut(stream, Cut.OPEN_FAILED, str(exc))
                 self.goaway(str(exc))  # the open streams finish; the client reconnects
@@ -640,7 +644,7 @@ class Session(asyncio.Protocol):
                 stream.stream_id,
                 "to" if stream.accepted else "from",  # dialing side: accepted already
                 stream.peer,
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
         self._update_reading(stream)
         self._flush()
@@ -789,7 +793,7 @@ class Session(asyncio.Protocol):
                     stream.sent,
                     stream.received,
                     self.loop.time() - stream.opened_at,
-                    extra={"tunnel": self.name, "peer": self.peer},
+                    extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
                 )
             if not self.streams:
                 self._idle.set()

@@ -6,7 +6,7 @@ Nothing here calls prometheus_client: incrementing an int is all the hot path pa
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -16,6 +16,7 @@ class TunnelStats:
 
     name: str
     up: bool = False
+    client: str = ""  # server side: the client entry's name (``name`` is the tunnel's)
     connects: int = 0
     connect_failures: Counter[str] = field(default_factory=Counter)
     backoff_seconds: float = 0.0
@@ -40,7 +41,18 @@ class MetricsSnapshot:
     """What the collector reads at each scrape; built by the daemon's provider callable."""
 
     tunnels: Iterable[TunnelStats] = ()  # client-side tunnels
-    server_clients: Iterable[TunnelStats] = ()  # server side, one per [[server.client]] entry
+    server_clients: Iterable[TunnelStats] = ()  # server side, one per (client entry, tunnel)
     server: ServerStats | None = None
     reload_ok: bool = True
     reload_timestamp: float | None = None  # time.time() of the last successful (re)load
+
+
+@dataclass
+class Health:
+    """What ``/healthz`` reports; built by the daemon's health callable."""
+
+    tunnels: Mapping[str, bool] = field(default_factory=dict)  # client tunnels: name -> up
+    #: instances a reload replaced or removed, still draining: name -> streams still open
+    draining: Mapping[str, int] = field(default_factory=dict)
+    #: server side, None without a server: client entry -> tunnel name -> has a session
+    server: Mapping[str, Mapping[str, bool]] | None = None

@@ -193,7 +193,9 @@ async def test_refused_backend_reason_reaches_client_log_and_socket_is_reset(mak
         await asyncio.wait_for(reader.read(), 10)
     writer.close()
     await wait_until(lambda: tunnel.client.stats.stream_open_failures, 5)
-    assert tunnel.server.client_stats["anonymous"].stream_open_failures["refused"] == 1
+    name = tunnel.client.name  # the server counts by client entry and the tunnel's own name
+    assert tunnel.server.client_stats["anonymous", name].stream_open_failures["refused"] == 1
+    assert tunnel.client.stats.stream_resets["open_failed"] == 1
     assert any(
         "refused by the other side" in r.getMessage() and "Connection refused" in r.getMessage()
         for r in caplog.records

@@ -35,7 +35,7 @@ async def test_good_token_and_allowed_target_carry_data(make_tunnel, echo_backen
     )
     sent, received = await echo_roundtrip(tunnel.entry, 1 << 20)
     assert sent == received
-    assert tunnel.server.client_stats["app"].streams_opened == 1
+    assert tunnel.server.client_stats["app", "app"].streams_opened == 1  # (entry, tunnel)
 
 
 @pytest.mark.timeout(30)
