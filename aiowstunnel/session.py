@@ -733,10 +733,10 @@ class Session(asyncio.Protocol):
 
     def stream_lost(self, stream: TcpStream, exc: Exception | None) -> None:
         sid = stream.stream_id
-        how = "closed"
+        how = ""
         if sid is not None and sid in self.mux.streams and self.phase is not Phase.CLOSED:
             reason = f"connection lost: {describe(exc)}" if exc else "connection closed"
-            how = f"closed, reset here: {reason}"
+            how = f"ended here ({reason}), RST sent"
             self._send(self.mux.reset_stream(sid, reason))
             self._flush()
         self._forget(stream, how)
@@ -761,7 +761,7 @@ class Session(asyncio.Protocol):
         if stream.transport is not None:
             reset(stream.transport)
         self.stats.stream_resets[cause.value] += 1
-        self._forget(stream, f"closed, reset ({cause}): {detail}".rstrip(": "))
+        self._forget(stream, f"reset ({cause}): {detail}" if detail else f"reset ({cause})")
 
     def reset_streams(self, cause: Cut, reason: str) -> int:
         """Reset every open stream, on both ends (RST to the peer too). Returns how many.
@@ -778,7 +778,8 @@ class Session(asyncio.Protocol):
         self._flush()
         return len(streams)
 
-    def _forget(self, stream: TcpStream, how: str = "closed") -> None:
+    def _forget(self, stream: TcpStream, how: str = "") -> None:
+        """Drop ``stream`` from the session; ``how`` says why it ended, "" if cleanly."""
         sid = stream.stream_id
         if sid is not None and self.streams.get(sid) is stream:
             del self.streams[sid]
@@ -786,13 +787,13 @@ class Session(asyncio.Protocol):
             self.mux.streams.pop(sid, None)
             if log.isEnabledFor(logging.DEBUG):  # one line per stream, never per chunk
                 log.debug(
-                    "stream %d %s: %s, %d bytes sent, %d received, %.1f s",
+                    "stream %d closed: %s, %d bytes sent, %d received, %.1f s%s",
                     sid,
-                    how,
                     stream.peer,
                     stream.sent,
                     stream.received,
                     self.loop.time() - stream.opened_at,
+                    f"; {how}" if how else "",
                     extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
                 )
             if not self.streams:

@@ -209,7 +209,7 @@ class Supervisor:
             cut = await client.close(timeout)
             if streams:
                 log.info(
-                    "previous instance stopped: %s open at the reload, %d finished, "
+                    "previous instance stopped: %s open when replaced, %d finished, "
                     "%d reset at the %g s drain timeout",
                     _streams(streams),
                     streams - cut,

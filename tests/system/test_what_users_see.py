@@ -295,7 +295,8 @@ async def test_reload_changes_one_tunnel_without_stalling_the_others(tmp_path):
         assert await asyncio.wait_for(old, 10) == "reset"
         took = time.monotonic() - sighup
         assert 1.0 < took < 1.5 + 2.0, took
-        await wait_log(daemon, "1 stream open at the reload, 0 finished, 1 reset at the 1.5 s")
+        # (a probe of the loop above may have reached the old instance and finished there)
+        await wait_log(daemon, "finished, 1 reset at the 1.5 s drain timeout")
         moved = unchanged_app.got
         await until(lambda: unchanged_app.got > moved + BLOCK)  # B never noticed
         assert not unchanged.done()
