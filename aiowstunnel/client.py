@@ -295,8 +295,9 @@ class Client:
         cut = 0
         if self.session is not None:
             session = self.session
+            before = session.drain_cut  # a second close counts only what it cut itself
             await session.shutdown("client closing", timeout)
-            cut = session.drain_cut
+            cut = session.drain_cut - before
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

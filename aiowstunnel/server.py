@@ -184,12 +184,13 @@ class Server:
             if grant.listener is not None:
                 grant.listener.close()  # no new streams: stop accepting on LISTEN ports
         sessions = list(self.sessions)
+        before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
         await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
-        return sum(s.drain_cut for s in sessions)
+        return sum(s.drain_cut for s in sessions) - before
 
     # -- policy ---------------------------------------------------------------------
 

@@ -875,7 +875,7 @@ class Session(asyncio.Protocol):
         """
         self.goaway(reason)
         if not await self.drain(timeout) and self.streams:
-            self.drain_cut = self.reset_streams(
+            self.drain_cut += self.reset_streams(
                 Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"
             )
         self.close(CloseCode.GOING_AWAY, reason)
