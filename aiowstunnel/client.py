@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 import ssl as ssl_module
@@ -22,10 +23,11 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from . import wire
-from .addresses import Address
+from .addresses import Address, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, TunnelRequest
+from .resets import Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .stats import TunnelStats
 
@@ -34,6 +36,9 @@ log = logging.getLogger("aiowstunnel.client")
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
 _REFUSAL_LABELS = {refusal.status: refusal.label for refusal in Refusal}
+#: At most one "refused a connection" line per this many seconds per tunnel (each says how
+#: many were refused since the last one): a client retrying in a loop must not flood the log.
+REFUSED_LOG_PERIOD = 10.0
 
 
 class Client:
@@ -113,6 +118,15 @@ class Client:
         self.first_bind = asyncio.Event()
         if self.mode is Mode.LISTEN:
             self.first_bind.set()
+        #: Set once the first connection attempt is over (up, or the failure logged): the
+        #: daemon's first status line waits on it, so that it does not say "0/8 up".
+        self.first_attempt = asyncio.Event()
+        #: The instance this one replaces on reload (same CONNECT listener): its listening
+        #: socket is taken over once this one's first attempt is over (see _take_over).
+        self.predecessor: Client | None = None
+        self._replaced = False  # handed its listener to a successor: it only drains now
+        self._refused = 0  # connections refused while down since the last such log line
+        self._refused_logged_at: float | None = None
         self._listener: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -142,16 +156,18 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None:
+            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
                 try:
                     await self._bind()
                 except OSError as exc:
                     self._failed("listen_failed", str(exc), logging.ERROR)
                     self.first_bind.set()
+                    self.first_attempt.set()
                     await self._pause()
                     continue
                 self.first_bind.set()
             started = loop.time()
+            session: Session | None = None
             try:
                 session = await self._connect()
             except HandshakeRefused as exc:
@@ -167,7 +183,13 @@ class Client:
                 self._failed(
                     label, f"cannot reach {self.url}: {describe(exc)}{hint}", logging.WARNING
                 )
-            else:
+            self.first_attempt.set()
+            if self.predecessor is not None and not await self._take_over():
+                if session is not None:
+                    session.abort("local listener failed")
+                    await session.wait_closed()
+                session = None
+            if session is not None:
                 await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
             if not self._closing:
@@ -190,10 +212,14 @@ class Client:
         reason = await session.wait_closed()
         self._up.clear()
         self.session = None
-        self.stats.up = False
+        if not self._replaced:  # a successor shares the counters and may be up already
+            self.stats.up = False
         if not self._closing:
             self.last_error = reason
-            self._log.warning("tunnel down: %s", reason)
+            cut = session.cut_streams
+            self._log.warning(
+                "tunnel down: %s; %s", reason, _streams(cut, "reset") if cut else "no stream open"
+            )
 
     def _failed(self, label: str, message: str, level: int) -> None:
         self.stats.connect_failures[label] += 1
@@ -206,16 +232,72 @@ class Client:
         self._log.info("reconnecting in %.1f s", delay)
         await asyncio.sleep(delay)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop: close the listener, let open streams finish up to ``timeout``, disconnect.
-
-        Safe to call twice.
-        """
+    def stop_accepting(self) -> None:
+        """No new streams from now on: close the local listener, send GOAWAY (the server
+        then releases a LISTEN port). A reload's first step for a removed or replaced
+        tunnel; :meth:`close` then drains the open streams."""
         self._closing = True
+        self._replaced = True
         if self._listener is not None:
             self._listener.close()
         if self.session is not None:
-            await self.session.shutdown("client closing", timeout)
+            self.session.goaway("tunnel removed or replaced")
+
+    def detach_listener(self) -> socket.socket | None:
+        """Stop accepting here and hand the listening socket over to a successor.
+
+        The socket stays open and listening: connections that arrive meanwhile wait in its
+        queue for the successor, none is refused. This instance then only drains its open
+        streams (:meth:`close`). None when there is no single socket to hand over.
+        """
+        self._closing = True
+        self._replaced = True
+        if self.session is not None:
+            self.session.goaway("tunnel replaced")
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return None
+        sockets = list(listener.sockets)
+        sock = None
+        if len(sockets) == 1:
+            sock = socket.socket(fileno=os.dup(sockets[0].fileno()))
+        listener.close()
+        return sock
+
+    async def _take_over(self) -> bool:
+        """Take the predecessor's listening socket (or bind afresh); False if that failed."""
+        old, self.predecessor = self.predecessor, None
+        assert old is not None
+        sock = old.detach_listener()
+        try:
+            await self._bind(sock)
+        except OSError as exc:
+            self._failed("listen_failed", str(exc), logging.ERROR)
+            return False
+        finally:
+            self.first_bind.set()
+        return True
+
+    @property
+    def streams_active(self) -> int:
+        """Streams open on this instance (the counters may be shared with a successor)."""
+        return len(self.session.streams) if self.session is not None else 0
+
+    async def close(self, timeout: float = 5.0) -> int:
+        """Stop: close the listener, let open streams finish up to ``timeout``, disconnect.
+
+        Safe to call twice. Returns how many streams were reset because the drain ran out.
+        """
+        self._closing = True
+        self.first_bind.set()  # nobody waits for a take-over that will not come
+        if self._listener is not None:
+            self._listener.close()
+        cut = 0
+        if self.session is not None:
+            session = self.session
+            before = session.drain_cut  # a second close counts only what it cut itself
+            await session.shutdown("client closing", timeout)
+            cut = session.drain_cut - before
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -224,26 +306,56 @@ class Client:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 1.0)
             self._listener = None
+        return cut
 
     # -- connecting -----------------------------------------------------------------
 
-    async def _bind(self) -> None:
+    async def _bind(self, sock: socket.socket | None = None) -> None:
+        """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
         loop = asyncio.get_running_loop()
         try:
-            self._listener = await loop.create_server(
-                self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
-            )
+            if sock is not None:
+                self._listener = await loop.create_server(self._local_stream, sock=sock)
+            else:
+                self._listener = await loop.create_server(
+                    self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
+                )
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
         port = self._listener.sockets[0].getsockname()[1]
         self.listen_address = Address(self.listen.host, port)
-        self._log.info("listening on %s", self.listen_address)
+        self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
     def _local_stream(self) -> asyncio.Protocol:
         session = self.session
-        if session is None:
-            return _Refuse(self.stats)
+        if session is None or session.phase is not Phase.OPEN:
+            return _Refuse(self)
         return TcpStream(session)
+
+    def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
+        """A local connection accepted while the tunnel is down: reset it, count it, and
+        say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
+        self.stats.stream_open_failures["tunnel_down"] += 1
+        self.stats.stream_resets[Cut.TUNNEL_DOWN.value] += 1
+        peer = format_peer(transport.get_extra_info("peername"))
+        reset(transport)
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        last = self._refused_logged_at
+        if last is not None and now - last < REFUSED_LOG_PERIOD:
+            return
+        count, self._refused, self._refused_logged_at = self._refused, 0, now
+        since = "" if last is None else f" ({count} since the last such line)"
+        why = self.last_error or "not connected yet"
+        self._log.warning(
+            "refused a connection from %s: the tunnel is down (%s)%s",
+            peer,
+            why,
+            since,
+            extra={"peer": peer},
+        )
 
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
@@ -281,7 +393,7 @@ class Client:
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
-        for key, value in TunnelRequest(self.mode, target, self.token).headers():
+        for key, value in TunnelRequest(self.mode, target, self.token, self.name).headers():
             request.headers[key] = value
         session.send_request(request)
         try:
@@ -333,11 +445,16 @@ async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
 
 
 class _Refuse(asyncio.Protocol):
-    """A local connection accepted while the tunnel is down: closed at once, counted."""
+    """A local connection accepted while the tunnel is down: reset at once (see
+    Client.refused_while_down)."""
 
-    def __init__(self, stats: TunnelStats) -> None:
-        self.stats = stats
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.stats.stream_open_failures["tunnel_down"] += 1
-        transport.abort()
+        self.client.refused_while_down(transport)
+
+
+def _streams(n: int, what: str) -> str:
+    """``"1 stream reset"``, ``"3 streams reset"``."""
+    return f"{n} stream{'' if n == 1 else 's'} {what}"

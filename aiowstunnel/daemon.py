@@ -34,6 +34,9 @@ log = logging.getLogger("aiowstunnel.daemon")
 
 #: How often STATUS= is refreshed (only sent when the line changed).
 STATUS_PERIOD = 1.0
+#: The "running" log line waits this long at most for every tunnel's first connection
+#: attempt (a blackholed server takes connect_timeout), so that it says how many are up.
+FIRST_STATUS_WAIT = 10.0
 
 
 class Daemon:
@@ -67,13 +70,14 @@ class Daemon:
             log.error("cannot start: %s", exc)
             await self._shutdown(0.0)
             return 1
+        self.supervisor.reload_timestamp = time.time()  # the first load is a load
         await self.supervisor.listeners_bound()
         self._tasks.append(loop.create_task(self._report_status()))
         period = watchdog_period()
         if period:
             self._tasks.append(loop.create_task(watchdog_loop(self.notifier, period)))
         self.notifier.notify("READY=1", STATUS=self._refresh_status())
-        log.info("running %s: %s", self.path, self._status)
+        self._tasks.append(loop.create_task(self._first_status()))
 
         while not self.stop_requested.is_set():
             stop = loop.create_task(self.stop_requested.wait())
@@ -87,8 +91,17 @@ class Daemon:
 
         self.notifier.notify("STOPPING=1", STATUS="stopping: draining open streams")
         log.info("stopping: draining open streams for up to %g s", self.config.shutdown_timeout)
-        await self._shutdown(self.config.shutdown_timeout)
-        log.info("stopped")
+        open_streams, cut = await self._shutdown(self.config.shutdown_timeout)
+        if open_streams:
+            log.info(
+                "stopped: %d stream%s open at SIGTERM, %d finished, %d reset at the drain timeout",
+                open_streams,
+                "" if open_streams == 1 else "s",
+                open_streams - cut,
+                cut,
+            )
+        else:
+            log.info("stopped: no stream was open")
         return 0
 
     async def reload(self) -> None:
@@ -151,6 +164,11 @@ class Daemon:
         self._status = self.supervisor.status_line()
         return self._status
 
+    async def _first_status(self) -> None:
+        """The "running" line, once every tunnel has had its first chance to connect."""
+        await self.supervisor.first_attempts(FIRST_STATUS_WAIT)
+        log.info("running %s: %s", self.path, self._refresh_status())
+
     async def _report_status(self) -> None:
         while True:
             await asyncio.sleep(STATUS_PERIOD)
@@ -158,13 +176,14 @@ class Daemon:
             if self._refresh_status() != before:
                 self.notifier.notify(STATUS=self._status)
 
-    async def _shutdown(self, timeout: float) -> None:
+    async def _shutdown(self, timeout: float) -> tuple[int, int]:
         for task in self._tasks:
             task.cancel()
-        await self.supervisor.stop(timeout)
+        counts = await self.supervisor.stop(timeout)
         if self.metrics is not None:
             await self.metrics.close()
         self.notifier.close()
+        return counts
 
 
 def run(path: Path) -> int:

@@ -68,10 +68,21 @@ def os_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: How asyncio words OS errors of its own making; uvloop says only the errno's text. The
+#: errno's text is used instead, so that one failure reads the same on both event loops.
+_ASYNCIO_WORDING = ("Connect call failed", "error while attempting to bind")
+
+
 def describe(exc: BaseException) -> str:
-    """One line for a log or a reason: the error's own words, never a traceback."""
+    """One line for a log or a reason: the error's own words, never a traceback.
+
+    The same failure reads the same whatever the event loop: "Connection refused", never
+    asyncio's "Connect call failed ('127.0.0.1', 80)".
+    """
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
+        if exc.errno and exc.errno > 0 and exc.strerror.startswith(_ASYNCIO_WORDING):
+            return os.strerror(exc.errno)
         return exc.strerror
     return str(exc) or type(exc).__name__

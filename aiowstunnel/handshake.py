@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import http
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +18,10 @@ from .errors import AddressError
 
 HEADER_MODE = "X-Aiowstunnel-Mode"
 HEADER_ADDRESS = "X-Aiowstunnel-Address"
+HEADER_TUNNEL = "X-Aiowstunnel-Tunnel"
+#: A tunnel's name becomes a metric label and a log field on the server: bounded in length
+#: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
+TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
 DEFAULT_PATH = "/aiowstunnel"
 
 
@@ -75,9 +80,12 @@ class TunnelRequest:
     mode: Mode
     address: Address
     token: str | None = field(default=None, repr=False)
+    tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value), (HEADER_ADDRESS, str(self.address))]
+        if self.tunnel:
+            headers.append((HEADER_TUNNEL, self.tunnel))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -108,7 +116,15 @@ class TunnelRequest:
             address = Address.parse(address_text, allow_zero_port=mode is Mode.LISTEN)
         except AddressError as exc:
             raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
-        return cls(mode, address, bearer_token(headers.get("Authorization")))
+        tunnel = headers.get(HEADER_TUNNEL, "").strip()
+        if tunnel and not TUNNEL_NAME.fullmatch(tunnel):
+            shown = tunnel if len(tunnel) <= 40 else tunnel[:40] + "..."
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"{HEADER_TUNNEL}: {shown!r}: use at most 128 letters, digits, "
+                "'_', '.', ':', '[', ']' and '-'",
+            )
+        return cls(mode, address, bearer_token(headers.get("Authorization")), tunnel)
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

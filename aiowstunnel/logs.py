@@ -24,7 +24,7 @@ LEVELS = {
 
 # Record attributes (set with ``extra=``) that become journald fields and stderr prefixes.
 # ``origin`` is what a peer says a stream comes from: its claim, kept apart from ``peer``.
-CONTEXT_FIELDS = ("tunnel", "peer", "origin")
+CONTEXT_FIELDS = ("client", "tunnel", "peer", "origin")
 
 _JOURNAL_FIELD = re.compile(r"[A-Z0-9][A-Z0-9_]*")
 
@@ -44,10 +44,19 @@ class ContextFormatter(logging.Formatter):
     def __init__(self, with_time: bool = True) -> None:
         fmt = "%(asctime)s %(levelname)s %(context)s%(message)s" if with_time else None
         super().__init__(fmt or "%(context)s%(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        self.with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
         record.context = _context(record)
-        return super().format(record)
+        text = super().format(record)
+        if self.with_time and "\n" in text:
+            # On stderr every line of a multi-line record (every error of a reload, a
+            # traceback) carries the time, level and context, so grep and sort keep it
+            # whole; journald keeps a record's lines together by itself.
+            prefix = f"{record.asctime} {record.levelname} {record.context}"
+            first, *rest = text.split("\n")
+            text = "\n".join([first, *(prefix + line for line in rest)])
+        return text
 
 
 def under_journal() -> bool:

@@ -21,7 +21,7 @@ from . import __version__
 from .addresses import host_port
 from .errors import os_reason
 from .limits import DEFAULT_METRICS_CONNECTIONS, LIMIT_NAMES, QuietLog
-from .stats import LimitStats, MetricsSnapshot, TunnelStats
+from .stats import Health, LimitStats, MetricsSnapshot, TunnelStats
 
 logger = logging.getLogger(__name__)
 quiet = QuietLog(logger)
@@ -54,13 +54,19 @@ _FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
         "Streams refused or failed to open, by reason.",
         ("tunnel", "reason"),
     ),
+    "stream_resets": (
+        CounterMetricFamily,
+        "streams_reset",
+        "Streams ended by a TCP reset toward the application, by cause.",
+        ("tunnel", "reason"),
+    ),
     "sent": (CounterMetricFamily, "sent_bytes", "Payload bytes sent.", ("tunnel",)),
     "received": (CounterMetricFamily, "received_bytes", "Payload bytes received.", ("tunnel",)),
     "sessions": (
         GaugeMetricFamily,
         "server_sessions_active",
-        "Sessions open on the server, by client entry.",
-        ("client",),
+        "Sessions open on the server, by client entry and tunnel.",
+        ("client", "tunnel"),
     ),
     "rejected": (
         CounterMetricFamily,
@@ -76,8 +82,11 @@ _FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
     ),
 }
 
-# One scrape's samples: family key -> label values -> value.
-_Samples = dict[str, dict[tuple[str, ...], float]]
+# One scrape's samples: family key -> labels (name, value pairs) -> value. Client-side
+# series carry `tunnel`; server-side ones `client` (the entry) and `tunnel` (the name the
+# client sent), so the two never meet even in a daemon that is both.
+_Labels = tuple[tuple[str, str], ...]
+_Samples = dict[str, dict[_Labels, float]]
 
 
 class TunnelCollector(Collector):
@@ -99,46 +108,47 @@ class TunnelCollector(Collector):
         snapshot = self._provider()
         samples: _Samples = {key: {} for key in _FAMILIES}
 
-        def add(key: str, labels: tuple[str, ...], value: float) -> None:
-            # Label sets that meet twice add up (see the server-side comment below).
+        def add(key: str, labels: _Labels, value: float) -> None:
+            # Label sets that meet twice add up rather than make a duplicate series.
             samples[key][labels] = samples[key].get(labels, 0) + value
 
-        def add_streams(t: TunnelStats) -> None:
-            add("streams_active", (t.name,), t.streams_active)
-            add("streams_opened", (t.name,), t.streams_opened)
+        def add_streams(t: TunnelStats, who: _Labels) -> None:
+            add("streams_active", who, t.streams_active)
+            add("streams_opened", who, t.streams_opened)
             for reason, count in t.stream_open_failures.items():
-                add("stream_open_failures", (t.name, reason), count)
-            add("sent", (t.name,), t.sent_bytes)
-            add("received", (t.name,), t.received_bytes)
+                add("stream_open_failures", (*who, ("reason", reason)), count)
+            for reason, count in t.stream_resets.items():
+                add("stream_resets", (*who, ("reason", reason)), count)
+            add("sent", who, t.sent_bytes)
+            add("received", who, t.received_bytes)
 
         for t in snapshot.tunnels:
-            add("up", (t.name,), 1 if t.up else 0)
-            add("connects", (t.name,), t.connects)
+            who: _Labels = (("tunnel", t.name),)
+            add("up", who, 1 if t.up else 0)
+            add("connects", who, t.connects)
             for reason, count in t.connect_failures.items():
-                add("connect_failures", (t.name, reason), count)
-            add("backoff", (t.name,), t.backoff_seconds)
-            add_streams(t)
+                add("connect_failures", (*who, ("reason", reason)), count)
+            add("backoff", who, t.backoff_seconds)
+            add_streams(t, who)
         for c in snapshot.server_clients:
-            # On the server side the `tunnel` label is the client entry's name
-            # (docs/architecture.md, Design rules: Metrics); a client tunnel of the same name
-            # in the same daemon adds up with it rather than emitting a duplicate series,
-            # which Prometheus would reject.
-            add("sessions", (c.name,), c.sessions_active)
-            add_streams(c)
+            who = (("client", c.client), ("tunnel", c.name))
+            add("sessions", who, c.sessions_active)
+            add_streams(c, who)
         if snapshot.server is not None:
             for reason, count in snapshot.server.rejected.items():
-                add("rejected", (reason,), count)
+                add("rejected", (("reason", reason),), count)
         if snapshot.limits is not None:
             for name in LIMIT_NAMES:  # every one, from 0: a fixed set to alert on
-                add("limits", (name,), snapshot.limits.hits.get(name, 0))
+                add("limits", (("limit", name),), snapshot.limits.hits.get(name, 0))
         yield from self._families(samples, snapshot)
 
     @staticmethod
     def _families(samples: _Samples, snapshot: MetricsSnapshot) -> Iterator[Metric]:
         for key, (kind, name, doc, labels) in _FAMILIES.items():
             metric = kind(f"aiowstunnel_{name}", doc, labels=labels)
-            for values, value in sorted(samples.get(key, {}).items()):
-                metric.add_metric(list(values), value)
+            suffix = "_total" if kind is CounterMetricFamily else ""
+            for pairs, value in sorted(samples.get(key, {}).items()):
+                metric.add_sample(metric.name + suffix, dict(pairs), value)
             yield metric
         yield GaugeMetricFamily(
             "aiowstunnel_config_last_reload_successful",
@@ -190,7 +200,7 @@ class MetricsServer:
     def __init__(
         self,
         registry: CollectorRegistry,
-        health: Callable[[], Mapping[str, bool]] | None = None,
+        health: Callable[[], Health | Mapping[str, bool]] | None = None,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = DEFAULT_METRICS_CONNECTIONS,
@@ -200,8 +210,10 @@ class MetricsServer:
 
         Args:
             registry: what ``/metrics`` exposes.
-            health: returns ``{tunnel name: up}``; ``/healthz`` is 200 when every tunnel is
-                up (or there are none), 503 otherwise. None means no tunnels.
+            health: returns a :class:`Health` (or just ``{tunnel name: up}``);
+                ``/healthz`` is 200 when every client tunnel is up (or there are none), 503
+                otherwise. Draining instances and the server's sessions are listed beside,
+                and never make it 503. None means no tunnels.
             request_timeout: seconds a client has to send its request line and headers.
             max_connections: connections served at once; more are closed at once (each
                 holds a file descriptor for up to ``request_timeout``).
@@ -308,14 +320,29 @@ class MetricsServer:
         try:
             if path == "/metrics":
                 return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-            tunnels = {name: "up" if up else "down" for name, up in self._health().items()}
+            health = self._health()
+            if not isinstance(health, Health):
+                health = Health(health)
+            tunnels = {name: _state(up) for name, up in health.tunnels.items()}
+            healthy = all(state == "up" for state in tunnels.values())
+            answer: dict = {"status": "ok" if healthy else "degraded", "tunnels": tunnels}
+            if health.draining:
+                answer["draining"] = dict(health.draining)
+            if health.server is not None:
+                answer["server"] = {
+                    entry: {name: _state(up) for name, up in names.items()}
+                    for entry, names in health.server.items()
+                }
         except Exception:
             # A provider bug must cost one scrape, not the exporter.
             logger.exception("metrics: answering GET %s failed", path)
             return 500, "text/plain", b"internal error\n"
-        healthy = all(state == "up" for state in tunnels.values())
-        body = json.dumps({"status": "ok" if healthy else "degraded", "tunnels": tunnels})
+        body = json.dumps(answer)
         return (200 if healthy else 503), "application/json", body.encode() + b"\n"
+
+
+def _state(up: bool) -> str:
+    return "up" if up else "down"
 
 
 class _RequestTooLarge(Exception):

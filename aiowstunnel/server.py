@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl as ssl_module
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ _HANDSHAKE_LIMITS = {
 }
 
 DEFAULT_MAX_FRAME = 1024 * 1024 + 64
+#: Distinct tunnel names kept per client entry (each is a metric label): a client that
+#: sends more, or a new name per session, is folded into OTHER_TUNNELS.
+MAX_TUNNEL_NAMES = 32
+OTHER_TUNNELS = "(other)"  # parentheses: no valid tunnel name can collide with these
+UNNAMED_TUNNEL = "(unnamed)"  # a client that sent no X-Aiowstunnel-Tunnel
 
 
 @dataclass(eq=False)
@@ -73,7 +80,8 @@ class Server:
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
-            that replaces this one, so that Prometheus counters never go backwards).
+            that replaces this one, so that Prometheus counters never go backwards);
+            ``client_stats`` is keyed by (client entry name, tunnel name).
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
@@ -95,7 +103,7 @@ class Server:
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
         stats: ServerStats | None = None,
-        client_stats: dict[str, TunnelStats] | None = None,
+        client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
     ) -> None:
@@ -138,8 +146,9 @@ class Server:
         self._task = asyncio.get_running_loop().create_task(self.listen())
         self._task.add_done_callback(_log_failure)
 
-    async def listen(self) -> None:
-        """Bind the tunnel endpoint.
+    async def listen(self, sock: socket.socket | None = None) -> None:
+        """Bind the tunnel endpoint, or serve ``sock``, a listening socket handed over by
+        the server this one replaces (:meth:`detach_listener`).
 
         Raises:
             OSError: the address cannot be bound; the message names it.
@@ -147,14 +156,16 @@ class Server:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
+        where: dict = {"host": self.host or None, "port": self.port}
+        if sock is not None:
+            where = {"sock": sock}
         try:
             self._server = await loop.create_server(
                 self._new_session,
-                self.host or None,
-                self.port,
                 ssl=self.ssl,
                 ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
                 backlog=1024,
+                **where,
             )
         except OSError as exc:
             where = Address(self.host, self.port)
@@ -166,10 +177,26 @@ class Server:
             "tunnel server listening on %s://%s%s", scheme, Address(self.host, self.port), self.path
         )
 
-    async def close(self, timeout: float = 5.0) -> None:
+    def detach_listener(self) -> socket.socket | None:
+        """Stop accepting here and hand the listening socket to a successor; it stays
+        listening, so no client is refused meanwhile. None if there is no single socket."""
+        self._closing = True
+        server, self._server = self._server, None
+        if server is None:
+            return None
+        sockets = list(server.sockets)
+        sock = socket.socket(fileno=os.dup(sockets[0].fileno())) if len(sockets) == 1 else None
+        server.close()
+        return sock
+
+    @property
+    def streams_active(self) -> int:
+        return sum(len(session.streams) for session in self.sessions)
+
+    async def close(self, timeout: float = 5.0) -> int:
         """Stop accepting, send GOAWAY, let open streams drain up to ``timeout``, close.
 
-        Safe to call twice.
+        Safe to call twice. Returns how many streams were reset because the drain ran out.
         """
         self._closing = True
         if self._task is not None and not self._task.done():
@@ -183,13 +210,14 @@ class Server:
         for grant in self.sessions.values():
             if grant.listener is not None:
                 grant.listener.close()  # no new streams: stop accepting on LISTEN ports
-        await asyncio.gather(
-            *(s.shutdown("server shutting down", timeout) for s in list(self.sessions))
-        )
+        sessions = list(self.sessions)
+        before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
+        await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
+        return sum(s.drain_cut for s in sessions) - before
 
     # -- policy ---------------------------------------------------------------------
 
@@ -205,17 +233,13 @@ class Server:
                 "tunnel server has no client policy: it is an OPEN RELAY, anyone may connect "
                 "anywhere through it and listen on any port; give it clients= to restrict it"
             )
-        for client in self.policy.clients:
-            self.client_stats.setdefault(client.name, TunnelStats(client.name))
         for session, grant in list(self.sessions.items()):
             reason = self._still_allowed(grant)
             if reason:
                 log.warning(
-                    "closing session of %s from %s: %s",
-                    grant.client.name,
-                    session.peer,
+                    "closing the session: %s",
                     reason,
-                    extra={"tunnel": grant.client.name, "peer": session.peer},
+                    extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
                 )
                 session.close(CloseCode.POLICY_VIOLATION, reason)
 
@@ -295,8 +319,7 @@ class Server:
             self.stats.rejected["handshake_timeout"] += 1
             quiet.warning(
                 "handshake_timeout",
-                "dropping %s: no complete handshake within %g s",
-                session.peer,
+                "dropping the connection: no complete handshake within %g s",
                 self.handshake_timeout,
                 extra={"peer": session.peer},
             )
@@ -333,12 +356,10 @@ class Server:
             name = grant.client.name if grant else ""
             quiet.warning(
                 ("refused", refused.refusal),
-                "refused tunnel request from %s%s: %d %s",
-                session.peer,
-                f" (client {name})" if name else "",
+                "refused the tunnel request: %d %s",
                 refused.refusal.status,
                 escape(refused.reason),  # it may quote the request (a path, a header)
-                extra={"peer": session.peer, "tunnel": name},
+                extra={"peer": session.peer, "client": name or None},
             )
             session.reject(refused.refusal.status, refused.reason)
             return
@@ -363,14 +384,20 @@ class Server:
             return
         grant.slot = reserved[0] if reserved else None
         session.guard.client = grant.client.name  # type: ignore[union-attr]
-        stats = self.client_stats.setdefault(grant.client.name, TunnelStats(grant.client.name))
+        entry = grant.client.name
+        tunnel = self._tunnel_label(entry, grant.request.tunnel)
+        stats = self.client_stats.get((entry, tunnel))
+        if stats is None:
+            stats = self.client_stats[entry, tunnel] = TunnelStats(tunnel, client=entry)
         session.stats = stats
-        session.name = grant.client.name
+        session.name = tunnel
+        session.client = entry
         stats.sessions_active += 1
         stats.connects += 1
         stats.up = True
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
+        session.on_goaway.append(self._peer_going_away)
         dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
         session.accept(request, dial, extra_headers=headers)
@@ -380,12 +407,19 @@ class Server:
             else f"listen on {grant.bound}"
         )
         log.info(
-            "session of %s from %s: %s",
-            grant.client.name,
-            session.peer,
+            "session opened: %s",
             what,
-            extra={"tunnel": grant.client.name, "peer": session.peer},
+            extra={"client": entry, "tunnel": tunnel, "peer": session.peer},
         )
+
+    def _tunnel_label(self, entry: str, name: str) -> str:
+        """The ``tunnel`` label for a session of ``entry``: its own name while the entry
+        has fewer than MAX_TUNNEL_NAMES, else OTHER_TUNNELS (bounded cardinality)."""
+        name = name or UNNAMED_TUNNEL
+        if (entry, name) in self.client_stats:
+            return name
+        known = sum(1 for c, t in self.client_stats if c == entry and t != OTHER_TUNNELS)
+        return name if known < MAX_TUNNEL_NAMES else OTHER_TUNNELS
 
     async def _check(self, request: Request, reserved: list[Slot]) -> Grant:
         """The grant for a request, or the refusal. The session's place is taken into
@@ -492,6 +526,13 @@ class Server:
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
 
+    def _peer_going_away(self, session: Session) -> None:
+        """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
+        opened for it, so its LISTEN port is released now, for its successor to bind."""
+        grant = self.sessions.get(session)
+        if grant is not None and grant.listener is not None:
+            grant.listener.close()
+
     def _session_closed(self, session: Session) -> None:
         grant = self.sessions.pop(session, None)
         if grant is None:
@@ -500,16 +541,15 @@ class Server:
             grant.slot.release()
         if grant.listener is not None:
             grant.listener.close()  # at once: the client must be able to bind it again
-        stats = self.client_stats.get(grant.client.name)
-        if stats is not None:
-            stats.sessions_active -= 1
-            stats.up = stats.sessions_active > 0
+        stats = session.stats
+        stats.sessions_active -= 1
+        stats.up = stats.sessions_active > 0
+        cut = session.cut_streams
         log.info(
-            "session of %s from %s ended: %s",
-            grant.client.name,
-            session.peer,
+            "session ended: %s; %s",
             escape(session.close_reason),
-            extra={"tunnel": grant.client.name, "peer": session.peer},
+            f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
+            extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
 
 

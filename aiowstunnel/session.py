@@ -30,6 +30,7 @@ from .addresses import format_peer, host_port
 from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
 from .limits import DEFAULT_MAX_VIOLATIONS, LOGGED_VIOLATIONS, QuietLog, SessionGuard, Slot
 from .logs import escape, quote
+from .resets import Cut, reset
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.session")
@@ -99,6 +100,10 @@ class TcpStream(asyncio.BufferedProtocol):
         self.at_eof = False  # the socket said EOF: it must never be read again
         self.accepted = False  # OPEN_OK exchanged: data may flow
         self.slot: Slot | None = None  # server side: this stream's place in the limits
+        # for the "stream closed" debug line: payload bytes each way, and when it opened
+        self.sent = 0
+        self.received = 0
+        self.opened_at = 0.0
 
     # asyncio callbacks
 
@@ -207,6 +212,9 @@ class Session(asyncio.Protocol):
         self.ping_timeout = ping_timeout
         self.on_request = on_request
         self.name = name
+        #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
+        self.client: str | None = None
+        self.on_goaway: list[Callable[[Session], None]] = []  # the peer sent GOAWAY
         self.dial: Dial | None = None  # set once accepted, on the dialing side
         self.streams: dict[int, TcpStream] = {}
         self.phase = Phase.HANDSHAKE
@@ -241,6 +249,8 @@ class Session(asyncio.Protocol):
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
         self.on_close: list[Callable[[Session], None]] = []
+        self.cut_streams = 0  # streams the session's end cut (set in connection_lost)
+        self.drain_cut = 0  # streams reset because the drain of shutdown() ran out
 
     # -- WebSocket transport callbacks --------------------------------------------------
 
@@ -350,8 +360,11 @@ class Session(asyncio.Protocol):
                 timer.cancel()
         for task in self._dials:
             task.cancel()
+        #: streams this session's end cut (reset toward their applications), for the
+        #: "tunnel down" and "session ended" lines
+        self.cut_streams = len(self.streams)
         for stream in list(self.streams.values()):
-            self._drop(stream, abort=True)
+            self._cut(stream, Cut.SESSION_LOST, self.close_reason)
         self.streams.clear()
         self._idle.set()
         if self.guard is not None:
@@ -512,10 +525,9 @@ class Session(asyncio.Protocol):
     def _violation(self, exc: ProtocolViolation) -> None:
         quiet.warning(
             "violation",
-            "protocol violation by %s: %s",
-            self.peer,
+            "protocol violation: %s",
             escape(exc),
-            extra={"tunnel": self.name, "peer": self.peer},
+            extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
         )
         self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
 
@@ -529,12 +541,11 @@ class Session(asyncio.Protocol):
             ) else ""
             quiet.warning(
                 "stream-violation",
-                "stream %d: protocol violation by %s: %s%s",
+                "stream %d: protocol violation: %s%s",
                 stream_id,
-                self.peer,
                 escape(reason),
                 more,
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
         if self.violations >= self.max_violations and self.ws.state is State.OPEN:
             if self.guard is not None:
@@ -637,45 +648,41 @@ class Session(asyncio.Protocol):
             self._count_open_failure("peer_refused")
             quiet.warning(
                 "refused",
-                "stream from %s refused by the other side: %s",
+                "stream %d from %s refused by the other side: %s",
+                event.stream_id,
                 stream.peer if stream else "?",
                 quote(event.reason),
-                extra={"tunnel": self.name, "peer": stream.peer if stream else ""},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
             if stream is not None:
-                self._drop(stream, abort=True)
+                self._cut(stream, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, wire.StreamReset | wire.StreamViolated):
             stream = self.streams.get(event.stream_id)
             if isinstance(event, wire.StreamViolated):
                 self._stream_violation(event.stream_id, event.reason)
-            else:
-                log.debug(
-                    "stream %d reset by peer: %s",
-                    event.stream_id,
-                    quote(event.reason),
-                    extra={"tunnel": self.name, "peer": self.peer},
-                )
             if stream is not None:
-                self._drop(stream, abort=True)
+                cause = Cut.VIOLATION if isinstance(event, wire.StreamViolated) else Cut.PEER_RESET
+                self._cut(stream, cause, event.reason)
         elif isinstance(event, wire.StreamLimited):
             self._count_open_failure("stream_limit")
             log.debug(
                 "stream %d refused: %s",
                 event.stream_id,
                 event.reason,
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
         elif isinstance(event, wire.GoAwayReceived):
             if self.phase is Phase.DRAINING:
                 return  # said once is enough
             log.info(
-                "peer %s is going away: %s",
-                self.peer,
+                "peer going away: %s",
                 quote(event.reason),
-                extra={"tunnel": self.name, "peer": self.peer},
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
             self.phase = Phase.DRAINING
             self.close_reason = f"peer going away: {escape(event.reason)}"
+            for callback in self.on_goaway:
+                callback(self)
             if not self.streams:
                 self.close(CloseCode.GOING_AWAY, "going away")
 
@@ -685,6 +692,7 @@ class Session(asyncio.Protocol):
             return
         n = len(data)
         self.stats.received_bytes += n
+        stream.received += n
         stream.transport.write(data)
         if stream.write_paused:
             stream.ungranted += n
@@ -728,10 +736,16 @@ class Session(asyncio.Protocol):
             # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
             quiet.warning(
                 ("dial", _failure_label(exc)),
-                "stream from %s: %s",
-                quote(origin) if origin else self.peer,
+                "stream %d%s not opened: %s",
+                stream_id,
+                f" for {quote(origin)}" if origin else "",
                 reason,
-                extra={"tunnel": self.name, "peer": self.peer, "origin": escape(origin)},
+                extra={
+                    "client": self.client,
+                    "tunnel": self.name,
+                    "peer": self.peer,
+                    "origin": escape(origin),
+                },
             )
             if stream_id in self.mux.streams:
                 self._send(self.mux.refuse_stream(stream_id, reason))
@@ -745,8 +759,7 @@ class Session(asyncio.Protocol):
     def stream_connected(self, stream: TcpStream) -> None:
         if self.phase is not Phase.OPEN:
             self._count_open_failure("tunnel_down")
-            assert stream.transport is not None
-            stream.transport.abort()
+            self._cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
         if stream.stream_id is None:  # listener side: ask the peer to dial
             if self.guard is not None:
@@ -761,20 +774,18 @@ class Session(asyncio.Protocol):
             except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
                 self._count_open_failure("tunnel_down")
                 log.warning(
-                    "cannot open stream for %s: %s; starting a new session",
+                    "cannot open a stream for %s: %s; starting a new session",
                     stream.peer,
                     exc,
-                    extra={"tunnel": self.name, "peer": stream.peer},
+                    extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
                 )
-                assert stream.transport is not None
-                stream.transport.abort()
+                self._cut(stream, Cut.OPEN_FAILED, str(exc))
                 self.goaway(str(exc))  # the open streams finish; the client reconnects
                 return
             self._send(message)
         else:  # dialing side: the connection is up, tell the opener
             if stream.stream_id not in self.mux.streams:  # reset while we dialed
-                assert stream.transport is not None
-                stream.transport.abort()
+                self._cut(stream, Cut.PEER_RESET, "the other side gave up while we dialed")
                 return
             self._send(self.mux.accept_stream(stream.stream_id))
             stream.accepted = True
@@ -782,6 +793,15 @@ class Session(asyncio.Protocol):
         self._idle.clear()
         self.stats.streams_opened += 1
         self.stats.streams_active += 1
+        stream.opened_at = self.loop.time()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "stream %d opened: %s %s",
+                stream.stream_id,
+                "to" if stream.accepted else "from",  # dialing side: accepted already
+                stream.peer,
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
+            )
         self._update_reading(stream)
         self._flush()
 
@@ -818,6 +838,7 @@ class Session(asyncio.Protocol):
             return
         n = self._send_data(sid, data)
         self.stats.sent_bytes += n
+        stream.sent += n
         if n < len(data):  # what credit did not cover waits, and outlives the buffer
             stream.backlog = memoryview(bytes(data[n:]))
             self._update_reading(stream)
@@ -837,6 +858,7 @@ class Session(asyncio.Protocol):
         if backlog is not None and sid is not None and sid in self.mux.streams:
             n = self._send_data(sid, backlog)
             self.stats.sent_bytes += n
+            stream.sent += n
             stream.backlog = backlog[n:] if n < len(backlog) else None
         if stream.backlog is None and stream.eof_pending:
             stream.eof_pending = False
@@ -867,11 +889,13 @@ class Session(asyncio.Protocol):
 
     def stream_lost(self, stream: TcpStream, exc: Exception | None) -> None:
         sid = stream.stream_id
+        how = ""
         if sid is not None and sid in self.mux.streams and self.phase is not Phase.CLOSED:
             reason = f"connection lost: {describe(exc)}" if exc else "connection closed"
+            how = f"ended here ({reason}), RST sent"
             self._send(self.mux.reset_stream(sid, reason))
             self._flush()
-        self._forget(stream)
+        self._forget(stream, how)
 
     def _update_reading(self, stream: TcpStream) -> None:
         stream.set_reading(
@@ -887,15 +911,31 @@ class Session(asyncio.Protocol):
             stream.transport.close()
         self._forget(stream)
 
-    def _drop(self, stream: TcpStream, abort: bool) -> None:
+    def _cut(self, stream: TcpStream, cause: Cut, detail: str) -> None:
+        """A broken stream: reset its socket (the application sees ECONNRESET, never a
+        clean EOF), count it by cause, forget it."""
         if stream.transport is not None:
-            if abort:
-                stream.transport.abort()
-            else:
-                stream.transport.close()
-        self._forget(stream)
+            reset(stream.transport)
+        self.stats.stream_resets[cause.value] += 1
+        self._forget(stream, f"reset ({cause}): {detail}" if detail else f"reset ({cause})")
 
-    def _forget(self, stream: TcpStream) -> None:
+    def reset_streams(self, cause: Cut, reason: str) -> int:
+        """Reset every open stream, on both ends (RST to the peer too). Returns how many.
+
+        For a drain that ran out (:meth:`shutdown`), and the hook for a stream kept for
+        resumption whose session did not come back in time (:attr:`Cut.EXPIRED`).
+        """
+        streams = list(self.streams.values())
+        for stream in streams:
+            sid = stream.stream_id
+            if sid is not None and sid in self.mux.streams:
+                self._send(self.mux.reset_stream(sid, reason))
+            self._cut(stream, cause, reason)
+        self._flush()
+        return len(streams)
+
+    def _forget(self, stream: TcpStream, how: str = "") -> None:
+        """Drop ``stream`` from the session; ``how`` says why it ended, "" if cleanly."""
         if stream.slot is not None:
             stream.slot.release()
         sid = stream.stream_id
@@ -903,6 +943,17 @@ class Session(asyncio.Protocol):
             del self.streams[sid]
             self.stats.streams_active -= 1
             self.mux.streams.pop(sid, None)
+            if log.isEnabledFor(logging.DEBUG):  # one line per stream, never per chunk
+                log.debug(
+                    "stream %d closed: %s, %d bytes sent, %d received, %.1f s%s",
+                    sid,
+                    stream.peer,
+                    stream.sent,
+                    stream.received,
+                    self.loop.time() - stream.opened_at,
+                    f"; {how}" if how else "",
+                    extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
+                )
             if not self.streams:
                 self._idle.set()
                 if self.phase is Phase.DRAINING and self.ws.state is State.OPEN:
@@ -981,7 +1032,10 @@ class Session(asyncio.Protocol):
         The one stop sequence of both ends (protocol.md, GOAWAY); safe to call twice.
         """
         self.goaway(reason)
-        await self.drain(timeout)
+        if not await self.drain(timeout) and self.streams:
+            self.drain_cut += self.reset_streams(
+                Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"
+            )
         self.close(CloseCode.GOING_AWAY, reason)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT)

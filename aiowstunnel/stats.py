@@ -6,7 +6,7 @@ Nothing here calls prometheus_client: incrementing an int is all the hot path pa
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -16,12 +16,14 @@ class TunnelStats:
 
     name: str
     up: bool = False
+    client: str = ""  # server side: the client entry's name (``name`` is the tunnel's)
     connects: int = 0
     connect_failures: Counter[str] = field(default_factory=Counter)
     backoff_seconds: float = 0.0
     streams_active: int = 0
     streams_opened: int = 0
     stream_open_failures: Counter[str] = field(default_factory=Counter)
+    stream_resets: Counter[str] = field(default_factory=Counter)  # by resets.Cut value
     sent_bytes: int = 0
     received_bytes: int = 0
     sessions_active: int = 0
@@ -47,8 +49,19 @@ class MetricsSnapshot:
     """What the collector reads at each scrape; built by the daemon's provider callable."""
 
     tunnels: Iterable[TunnelStats] = ()  # client-side tunnels
-    server_clients: Iterable[TunnelStats] = ()  # server side, one per [[server.client]] entry
+    server_clients: Iterable[TunnelStats] = ()  # server side, one per (client entry, tunnel)
     server: ServerStats | None = None
     reload_ok: bool = True
     reload_timestamp: float | None = None  # time.time() of the last successful (re)load
     limits: LimitStats | None = None
+
+
+@dataclass
+class Health:
+    """What ``/healthz`` reports; built by the daemon's health callable."""
+
+    tunnels: Mapping[str, bool] = field(default_factory=dict)  # client tunnels: name -> up
+    #: instances a reload replaced or removed, still draining: name -> streams still open
+    draining: Mapping[str, int] = field(default_factory=dict)
+    #: server side, None without a server: client entry -> tunnel name -> has a session
+    server: Mapping[str, Mapping[str, bool]] | None = None

@@ -3,7 +3,10 @@
 Each tunnel is a :class:`Client` with its own task and backoff, so a tunnel that fails
 never blocks another. A reload starts added tunnels, stops removed ones, restarts changed
 ones and leaves unchanged ones alone (their streams go on); on the server, new client rules
-apply at once and a changed listener is rebound.
+apply at once and a changed listener is rebound. No change waits for another: an instance
+a reload replaces or removes drains its open streams in the background (up to
+``shutdown_timeout``, then they are reset), and a changed CONNECT tunnel's new instance takes
+over the old one's listening socket, so its port never stops accepting.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from urllib.parse import urlsplit
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
+from .handshake import Mode
 from .server import Server
-from .stats import LimitStats, MetricsSnapshot, ServerStats, TunnelStats
+from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.supervisor")
 
@@ -85,7 +89,7 @@ def check_tls(config: Config) -> None:
 def build_server(
     config: ServerConfig,
     stats: ServerStats | None = None,
-    client_stats: dict[str, TunnelStats] | None = None,
+    client_stats: dict[tuple[str, str], TunnelStats] | None = None,
     limit_stats: LimitStats | None = None,
 ) -> Server:
     return Server(
@@ -142,10 +146,13 @@ class Supervisor:
         self.tunnels: dict[str, Client] = {}
         self.tunnel_stats: dict[str, TunnelStats] = {}
         self.server_stats = ServerStats()
-        self.client_stats: dict[str, TunnelStats] = {}
+        self.client_stats: dict[tuple[str, str], TunnelStats] = {}
         self.limit_stats = LimitStats()  # the server's and the exporter's limit hits
         self.reload_ok = True
         self.reload_timestamp: float | None = None
+        #: instances a reload replaced or removed, draining in the background: task -> name
+        #: and the instance (a Client, or the Server under the name "server")
+        self.draining: dict[asyncio.Task[None], tuple[str, Client | Server]] = {}
 
     async def start(self) -> None:
         """Bind the server (if any) and start every tunnel.
@@ -169,23 +176,69 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), timeout)
 
-    def _start_tunnel(self, spec: TunnelSpec, index: int) -> None:
+    async def first_attempts(self, timeout: float) -> None:
+        """Wait until every tunnel's first connection attempt is over (up or failed)."""
+        waits = [c.first_attempt.wait() for c in self.tunnels.values()]
+        if waits:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
+    def _start_tunnel(
+        self, spec: TunnelSpec, index: int, predecessor: Client | None = None
+    ) -> Client | None:
         stats = self.tunnel_stats.setdefault(spec.name, TunnelStats(spec.name))
         try:
             client = build_client(spec, index, stats)
         except ConfigError as exc:  # checked at load; a file may vanish before reload
             log.error("tunnel %s not started: %s", spec.name, exc, extra={"tunnel": spec.name})
-            return
+            return None
+        client.predecessor = predecessor
         self.tunnels[spec.name] = client
         client.start()
+        return client
 
-    async def _stop_tunnel(self, name: str, timeout: float) -> None:
-        client = self.tunnels.pop(name, None)
-        if client is not None:
-            await client.close(timeout)
+    def _retire(
+        self, name: str, client: Client, timeout: float, successor: Client | None = None
+    ) -> None:
+        """Let ``client`` drain its open streams in the background, up to ``timeout``.
+
+        With a ``successor`` that takes over its listener, it accepts until the successor
+        took the socket (after its first connection attempt); else it stops accepting now.
+        """
+        if successor is None:
+            client.stop_accepting()
+
+        async def drain() -> None:
+            if successor is not None:
+                await successor.first_bind.wait()  # set by the take-over (or its close)
+            streams = client.streams_active
+            cut = await client.close(timeout)
+            if streams:
+                log.info(
+                    "previous instance stopped: %s open when replaced, %d finished, "
+                    "%d reset at the %g s drain timeout",
+                    _streams(streams),
+                    streams - cut,
+                    cut,
+                    timeout,
+                    extra={"tunnel": name},
+                )
+
+        self._background(name, client, drain())
+
+    def _background(self, name: str, instance: Client | Server, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.draining[task] = (name, instance)
+        task.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        self.draining.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("draining a previous instance failed: %r", task.exception())
 
     async def reload(self, new: Config) -> ConfigDiff:
-        """Apply a validated config: only what changed is touched.
+        """Apply a validated config: only what changed is touched, and nothing waits for
+        the streams of a replaced or removed instance (they drain in the background).
 
         Raises:
             OSError: a changed server listener cannot be bound; the old one keeps running.
@@ -196,13 +249,26 @@ class Supervisor:
         if change.server_changed:
             await self._reload_server(new.server, timeout)
         names = {spec.name: index for index, spec in enumerate(new.tunnels)}
-        await asyncio.gather(
-            *(self._stop_tunnel(name, timeout) for name in change.removed + change.changed)
-        )
-        for name in change.changed + change.added:
-            self._start_tunnel(new.tunnels[names[name]], names[name])
+        old_specs = {spec.name: spec for spec in self.config.tunnels}
         for name in change.removed:
+            client = self.tunnels.pop(name, None)
+            if client is not None:
+                self._retire(name, client, timeout)
             self.tunnel_stats.pop(name, None)
+        for name in change.changed:
+            spec, index = new.tunnels[names[name]], names[name]
+            old = self.tunnels.pop(name, None)
+            if old is None:
+                self._start_tunnel(spec, index)
+                continue
+            if _hands_over(old_specs[name], spec):
+                successor = self._start_tunnel(spec, index, predecessor=old)
+                self._retire(name, old, timeout, successor)
+            else:
+                self._retire(name, old, timeout)  # GOAWAY first: a LISTEN port is released
+                self._start_tunnel(spec, index)
+        for name in change.added:
+            self._start_tunnel(new.tunnels[names[name]], names[name])
         self.config = new
         log.info(
             "configuration reloaded: %d added, %d removed, %d changed, %d unchanged%s",
@@ -218,7 +284,7 @@ class Supervisor:
         old = self.config.server
         if new is None:
             if self.server is not None:
-                await self.server.close(timeout)
+                self._background("server", self.server, self.server.close(timeout))
                 self.server = None
             return
         if self.server is not None and old is not None and _same_listener(old, new):
@@ -226,21 +292,42 @@ class Supervisor:
             return
         replacement = build_server(new, self.server_stats, self.client_stats, self.limit_stats)
         if self.server is not None and old is not None and old.listen == new.listen:
-            await self.server.close(timeout)  # same address: the old one must let go first
-            self.server = None
-        await replacement.listen()
+            # Same address: the listening socket is handed over, so no client is refused.
+            # Without a single socket to hand over, the old one lets go first.
+            sock = self.server.detach_listener()
+            if sock is None:
+                await asyncio.sleep(0)  # uvloop closes the old sockets on the next turn
+            await replacement.listen(sock)
+        else:
+            await replacement.listen()  # the old one keeps serving if this fails
         if self.server is not None:
-            await self.server.close(timeout)
+            self._background("server", self.server, self.server.close(timeout))
         self.server = replacement
 
-    async def stop(self, timeout: float) -> None:
-        """GOAWAY everywhere, let streams drain up to ``timeout``, close. Bounded."""
-        closing = [client.close(timeout) for client in self.tunnels.values()]
+    async def stop(self, timeout: float) -> tuple[int, int]:
+        """GOAWAY everywhere, let streams drain up to ``timeout``, close. Bounded.
+
+        Returns:
+            How many streams were open, and how many of them were reset when the drain ran
+            out (the others finished by themselves).
+        """
+        instances: list[Client | Server] = list(self.tunnels.values())
         if self.server is not None:
-            closing.append(self.server.close(timeout))
+            instances.append(self.server)
+        instances += [instance for _, instance in self.draining.values()]
+        open_streams = sum(instance.streams_active for instance in instances)
+        cut = 0
+
+        async def close(instance: Client | Server) -> None:
+            nonlocal cut
+            cut += await instance.close(timeout)
+
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*closing), timeout + 2.0)
+            await asyncio.wait_for(asyncio.gather(*map(close, instances)), timeout + 2.0)
+        for task in list(self.draining):
+            task.cancel()
         self.tunnels.clear()
+        return open_streams, cut
 
     # -- what the daemon reports --------------------------------------------------
 
@@ -254,8 +341,24 @@ class Supervisor:
             limits=self.limit_stats,
         )
 
-    def health(self) -> dict[str, bool]:
-        return {name: client.up for name, client in self.tunnels.items()}
+    def draining_streams(self) -> dict[str, int]:
+        """Instances a reload replaced or removed, still draining: name -> open streams."""
+        out: dict[str, int] = {}
+        for name, instance in self.draining.values():
+            out[name] = out.get(name, 0) + instance.streams_active
+        return out
+
+    def health(self) -> Health:
+        server = None
+        if self.server is not None:
+            server = {}
+            for (entry, tunnel), stats in self.client_stats.items():
+                server.setdefault(entry, {})[tunnel] = stats.sessions_active > 0
+        return Health(
+            tunnels={name: client.up for name, client in self.tunnels.items()},
+            draining=self.draining_streams(),
+            server=server,
+        )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=, e.g. ``3/4 tunnels up, 12 streams``."""
@@ -265,12 +368,39 @@ class Supervisor:
         if self.server is not None:
             sessions = sum(s.sessions_active for s in self.client_stats.values())
             parts.append(f"server: {sessions} sessions")
-        down = [name for name, client in self.tunnels.items() if not client.up]
+        connecting = [
+            name
+            for name, client in self.tunnels.items()
+            if not client.up and not client.first_attempt.is_set()
+        ]
+        down = [
+            name
+            for name, client in self.tunnels.items()
+            if not client.up and client.first_attempt.is_set()
+        ]
+        if connecting:
+            parts.append(f"connecting: {len(connecting)}")
         if down:
             parts.append("down: " + ", ".join(down[:3]) + ("..." if len(down) > 3 else ""))
+        draining = self.draining_streams()
+        if draining:
+            parts.append(
+                "draining: "
+                + ", ".join(f"{name} ({_streams(n)})" for name, n in sorted(draining.items()))
+            )
         if not self.reload_ok:
             parts.append("last reload FAILED, running the previous config")
         return ", ".join(parts)
+
+
+def _hands_over(old: TunnelSpec, new: TunnelSpec) -> bool:
+    """Whether a changed tunnel's new instance takes over the old one's listening socket:
+    both CONNECT (the listener is ours) on the same address."""
+    return old.mode is new.mode is Mode.CONNECT and old.listen == new.listen
+
+
+def _streams(n: int) -> str:
+    return f"{n} stream{'' if n == 1 else 's'}"
 
 
 def _same_listener(old: ServerConfig, new: ServerConfig) -> bool:

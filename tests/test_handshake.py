@@ -11,6 +11,7 @@ from aiowstunnel.handshake import (
     CONNECT,
     HEADER_ADDRESS,
     HEADER_MODE,
+    HEADER_TUNNEL,
     LISTEN,
     Mode,
     Refusal,
@@ -173,3 +174,20 @@ def test_fuzz_handshake_short_run() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.run(20_000, seed=1) == 0
+
+
+def test_tunnel_name_travels_in_its_header() -> None:
+    request = TunnelRequest(CONNECT, Address("db", 5432), "t", "connect:[::1]:0")
+    headers = dict(request.headers())
+    assert headers[HEADER_TUNNEL] == "connect:[::1]:0"
+    assert TunnelRequest.from_headers(headers).tunnel == "connect:[::1]:0"
+    del headers[HEADER_TUNNEL]  # optional: an older client sends none
+    assert TunnelRequest.from_headers(headers).tunnel == ""
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 129, "db/x", 'q"uote', "ünïcode"])
+def test_a_tunnel_name_that_cannot_be_a_label_is_a_bad_request(name: str) -> None:
+    headers = {HEADER_MODE: "connect", HEADER_ADDRESS: "db:5432", HEADER_TUNNEL: name}
+    refused = refusal_of(headers)
+    assert refused.refusal is Refusal.BAD_REQUEST
+    assert HEADER_TUNNEL in refused.reason and "128" in refused.reason

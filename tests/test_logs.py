@@ -157,3 +157,25 @@ def test_journald_without_systemd_python_falls_back_to_stderr(
         "WARNING systemd-python is missing: logging to stderr",
         "INFO tunnel=app still logged",
     ]
+
+
+def test_every_line_of_a_multi_line_record_has_the_prefix(capsys: pytest.CaptureFixture[str]):
+    setup_logging("info", journald=False)
+    log = tunnel_logger("app")
+    log.error("reload failed:\nfile: tunnel[0].conect: unknown key\nfile: log.level: bad")
+    assert lines(capsys) == [  # lines() checks the timestamp of each
+        "ERROR tunnel=app reload failed:",
+        "ERROR tunnel=app file: tunnel[0].conect: unknown key",
+        "ERROR tunnel=app file: log.level: bad",
+    ]
+
+
+def test_server_lines_carry_client_and_tunnel_once(capsys: pytest.CaptureFixture[str]):
+    setup_logging("info", journald=False)
+    logging.getLogger("aiowstunnel.server").info(
+        "session opened: connect to 127.0.0.1:22",
+        extra={"client": "acc", "tunnel": "ssh", "peer": ("10.0.0.1", 4000)},
+    )
+    assert lines(capsys) == [
+        "INFO client=acc tunnel=ssh peer=10.0.0.1:4000 session opened: connect to 127.0.0.1:22"
+    ]

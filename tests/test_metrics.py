@@ -116,12 +116,14 @@ def fill(daemon: Daemon) -> tuple[TunnelStats, TunnelStats]:
         streams_active=2,
         streams_opened=10,
         stream_open_failures=Counter({"connect refused": 1}),
+        stream_resets=Counter({"session_lost": 3, "peer_reset": 1}),
         sent_bytes=1000,
         received_bytes=2000,
     )
     db = TunnelStats("db", up=False, connects=1, backoff_seconds=4.5)
     branch = TunnelStats(
-        "branch-office",
+        "db",
+        client="branch-office",
         streams_active=1,
         streams_opened=7,
         stream_open_failures=Counter({"not allowed": 4}),
@@ -158,14 +160,18 @@ async def test_scrape_reports_every_counter(server: MetricsServer, daemon: Daemo
     assert value(s, open_failures, tunnel="app", reason="connect refused") == 1
     assert value(s, "aiowstunnel_sent_bytes_total", tunnel="app") == 1000
     assert value(s, "aiowstunnel_received_bytes_total", tunnel="app") == 2000
-    # Server side: the client entry's name is the `tunnel` label.
-    assert value(s, "aiowstunnel_server_sessions_active", client="branch-office") == 2
-    assert value(s, "aiowstunnel_streams_active", tunnel="branch-office") == 1
-    assert value(s, "aiowstunnel_streams_opened_total", tunnel="branch-office") == 7
-    assert value(s, open_failures, tunnel="branch-office", reason="not allowed") == 4
-    assert value(s, "aiowstunnel_sent_bytes_total", tunnel="branch-office") == 50
-    assert value(s, "aiowstunnel_received_bytes_total", tunnel="branch-office") == 60
-    assert ("aiowstunnel_tunnel_up", frozenset({("tunnel", "branch-office")})) not in s
+    resets = "aiowstunnel_streams_reset_total"
+    assert value(s, resets, tunnel="app", reason="session_lost") == 3
+    assert value(s, resets, tunnel="app", reason="peer_reset") == 1
+    # Server side: the client entry's name next to the tunnel's own.
+    branch = {"client": "branch-office", "tunnel": "db"}
+    assert value(s, "aiowstunnel_server_sessions_active", **branch) == 2
+    assert value(s, "aiowstunnel_streams_active", **branch) == 1
+    assert value(s, "aiowstunnel_streams_opened_total", **branch) == 7
+    assert value(s, open_failures, **branch, reason="not allowed") == 4
+    assert value(s, "aiowstunnel_sent_bytes_total", **branch) == 50
+    assert value(s, "aiowstunnel_received_bytes_total", **branch) == 60
+    assert ("aiowstunnel_tunnel_up", frozenset(branch.items())) not in s
     assert value(s, "aiowstunnel_server_rejected_total", reason="bad token") == 3
     assert value(s, "aiowstunnel_server_rejected_total", reason="too many sessions") == 1
     assert value(s, "aiowstunnel_config_last_reload_successful") == 0
@@ -200,14 +206,16 @@ async def test_empty_snapshot(server: MetricsServer) -> None:
     assert not any(name.startswith("aiowstunnel_tunnel_") for name in names)
 
 
-async def test_same_name_on_both_sides_adds_up(server: MetricsServer, daemon: Daemon) -> None:
+async def test_same_name_on_both_sides_stays_apart(server: MetricsServer, daemon: Daemon) -> None:
     daemon.snapshot = MetricsSnapshot(
         tunnels=[TunnelStats("hub", up=True, sent_bytes=10)],
-        server_clients=[TunnelStats("hub", sent_bytes=5, sessions_active=1)],
+        server_clients=[TunnelStats("hub", client="hub", sent_bytes=5, sessions_active=1)],
     )
     body = (await get(server.port, "/metrics")).body
     # A duplicate series would make the parser (and Prometheus) reject the scrape.
-    assert value(parse(body), "aiowstunnel_sent_bytes_total", tunnel="hub") == 15
+    s = parse(body)
+    assert value(s, "aiowstunnel_sent_bytes_total", tunnel="hub") == 10
+    assert value(s, "aiowstunnel_sent_bytes_total", client="hub", tunnel="hub") == 5
 
 
 def test_registry_rejects_a_second_registration() -> None:

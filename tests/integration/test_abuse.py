@@ -106,7 +106,8 @@ async def test_stream_id_exhaustion_starts_a_new_session(make_tunnel, echo_backe
     sent, received = await echo_roundtrip(tunnel.entry, 1 << 16)
     assert sent == received
     reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # refused: no id left
+    with pytest.raises(ConnectionResetError):  # refused: no id left; a reset, not an EOF
+        await asyncio.wait_for(reader.read(), 5)
     writer.close()
     await asyncio.wait_for(first.wait_closed(), 5)
     await tunnel.client.wait_up(10)

@@ -185,14 +185,17 @@ async def test_client_started_before_server_waits_for_it(echo_backend):
 
 
 @pytest.mark.timeout(30)
-async def test_refused_backend_reason_reaches_client_log_and_socket_closes(make_tunnel, caplog):
+async def test_refused_backend_reason_reaches_client_log_and_socket_is_reset(make_tunnel, caplog):
     port = free_port()  # nothing listens there
     tunnel = await make_tunnel(aiowstunnel.CONNECT, port)
     reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
-    assert await asyncio.wait_for(reader.read(), 10) == b""
+    with pytest.raises(ConnectionResetError):  # accepted, then not opened: a reset, not EOF
+        await asyncio.wait_for(reader.read(), 10)
     writer.close()
     await wait_until(lambda: tunnel.client.stats.stream_open_failures, 5)
-    assert tunnel.server.client_stats["anonymous"].stream_open_failures["refused"] == 1
+    name = tunnel.client.name  # the server counts by client entry and the tunnel's own name
+    assert tunnel.server.client_stats["anonymous", name].stream_open_failures["refused"] == 1
+    assert tunnel.client.stats.stream_resets["open_failed"] == 1
     assert any(
         "refused by the other side" in r.getMessage() and "Connection refused" in r.getMessage()
         for r in caplog.records

@@ -35,7 +35,7 @@ async def test_good_token_and_allowed_target_carry_data(make_tunnel, echo_backen
     )
     sent, received = await echo_roundtrip(tunnel.entry, 1 << 20)
     assert sent == received
-    assert tunnel.server.client_stats["app"].streams_opened == 1
+    assert tunnel.server.client_stats["app", "app"].streams_opened == 1  # (entry, tunnel)
 
 
 @pytest.mark.timeout(30)
@@ -94,7 +94,8 @@ async def test_refused_target_is_403_and_target_sees_no_connection(make_tunnel, 
         await asyncio.sleep(0.01)
     reader, writer = await asyncio.open_connection(listener.host, listener.port)
     writer.write(b"knock")
-    assert await asyncio.wait_for(reader.read(), 5) == b""
+    with pytest.raises(ConnectionResetError):  # a reset: the user knows it did not work
+        await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert forbidden.accepted == 0
     assert tunnel.client.stats.stream_open_failures["tunnel_down"] >= 1
@@ -173,3 +174,32 @@ async def test_removing_permission_closes_session_with_reason(make_tunnel, echo_
         assert sent == received
     finally:
         await other.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_tunnel_names_per_client_entry_are_bounded(echo_backend, monkeypatch):
+    # Each name the client sends becomes a label: past the cap they share one series.
+    from aiowstunnel import server as server_module
+    from aiowstunnel.server import Server
+
+    monkeypatch.setattr(server_module, "MAX_TUNNEL_NAMES", 2)
+    server = Server("127.0.0.1", 0, clients=[policy("acc", "t", connect=["127.0.0.1:1-65535"])])
+    await server.listen()
+    clients = [
+        Client(
+            aiowstunnel.CONNECT, "127.0.0.1", server.port, "127.0.0.1", 0, "127.0.0.1",
+            echo_backend.port, token="t", name=name, backoff=FAST_BACKOFF,
+        )
+        for name in ("db", "web", "ssh", "db")
+    ]
+    try:
+        for client in clients:
+            client.start()
+            await client.wait_up(10)
+        assert sorted(server.client_stats) == [("acc", "(other)"), ("acc", "db"), ("acc", "web")]
+        assert server.client_stats["acc", "db"].sessions_active == 2  # the same name twice
+        assert server.client_stats["acc", "(other)"].sessions_active == 1  # ssh, past the cap
+    finally:
+        for client in clients:
+            await client.close(1)
+        await server.close(1)

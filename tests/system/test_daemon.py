@@ -286,7 +286,7 @@ async def test_permission_removed_on_reload_closes_only_that_clients_sessions(tm
         assert stream.sent.digest() == stream.received.digest()
         await wait_log(daemon, "403")  # alpha's reconnect is refused with the reason
         log = daemon.log_text()
-        assert "closing session of alpha" in log
+        assert "client=alpha tunnel=TA peer=" in log and "closing the session" in log
         assert f"connect to {LOCAL}:{backend.port} is no longer allowed" in log
         assert await daemon.stop() == 0
     finally:
@@ -322,8 +322,8 @@ async def test_metrics_move_with_traffic_failures_reconnects_and_healthz(tmp_pat
         assert await metric(m, "aiowstunnel_received_bytes_total", tunnel="T") >= 1 << 20
         assert await metric(m, "aiowstunnel_streams_opened_total", tunnel="T") == 1
         s = server_metrics
-        assert await metric(s, "aiowstunnel_server_sessions_active", client="t") == 1
-        assert await metric(s, "aiowstunnel_streams_opened_total", tunnel="t") == 1
+        assert await metric(s, "aiowstunnel_server_sessions_active", client="t", tunnel="T") == 1
+        assert await metric(s, "aiowstunnel_streams_opened_total", client="t", tunnel="T") == 1
 
         # A client with a wrong token: counted on the server by reason.
         intruder = Client(
