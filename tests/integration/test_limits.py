@@ -114,7 +114,7 @@ async def test_streams_per_client_and_in_total_are_bounded(make_tunnel, echo_bac
             got = b""
         held.append((writer, got))
     assert [got for _, got in held].count(b"x") == 5
-    stats = tunnel.server.client_stats["app"]
+    stats = entry_stats(tunnel.server, "app")
     assert stats.stream_open_failures["stream_limit"] == 2
     assert tunnel.server.limit_stats.hits["client_streams"] == 2
     # the other client still has the 3 left in the total, and not one more
@@ -171,7 +171,7 @@ async def test_open_fail_text_never_becomes_a_label():
                     attacker.send(wire.OpenFail(opened.stream_id, f"reason {refused}").serialize())
                     refused += 1
         await asyncio.sleep(0.2)
-        failures = server.client_stats["app"].stream_open_failures
+        failures = entry_stats(server, "app").stream_open_failures
         assert dict(failures) == {"peer_refused": 500}
     finally:
         for writer in users:
@@ -382,3 +382,9 @@ async def test_stream_violations_close_the_session_after_max_violations(caplog):
         attacker.close()
     finally:
         await server.close(1)
+
+
+def entry_stats(server, entry):
+    """The counters of ``entry``'s one tunnel (server stats are keyed by entry and tunnel)."""
+    (stats,) = (s for (client, _), s in server.client_stats.items() if client == entry)
+    return stats
