@@ -26,7 +26,7 @@ from . import wire
 from .addresses import Address, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe, os_reason
-from .handshake import DEFAULT_PATH, Mode, Refusal, TunnelRequest
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .resets import Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .stats import TunnelStats
@@ -132,6 +132,15 @@ class Client:
         self._closing = False
         self._up = asyncio.Event()
         self._log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
+        # TUNNEL_NAME; a library name that does not is kept here and not sent.
+        self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
+        if not self._sent_name:
+            self._log.warning(
+                "tunnel name %r is not sent to the server (it must be 1-128 letters, digits, "
+                "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
+                self.name,
+            )
 
     @property
     def url(self) -> str:
@@ -354,7 +363,6 @@ class Client:
             peer,
             why,
             since,
-            extra={"peer": peer},
         )
 
     async def _connect(self) -> Session:
@@ -393,7 +401,7 @@ class Client:
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
-        for key, value in TunnelRequest(self.mode, target, self.token, self.name).headers():
+        for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
             request.headers[key] = value
         session.send_request(request)
         try:
