@@ -306,11 +306,11 @@ async def test_at_the_fd_limit_an_abuser_fills_its_quota_and_others_are_unaffect
             await asyncio.sleep(5.5)  # the exporter's request timeout frees its slots
             hits = await s.limit_hits()
             samples = await asyncio.to_thread(scrape, s.metrics)
-            streams = {
-                dict(labels)["tunnel"]: value
-                for (name, labels), value in samples.items()
-                if name == "aiowstunnel_streams_active"
-            }
+            streams: dict[str, float] = {}  # server side, by client entry (label `client`)
+            for (name, labels), value in samples.items():
+                entry = dict(labels).get("client")
+                if name == "aiowstunnel_streams_active" and entry is not None:
+                    streams[entry] = streams.get(entry, 0) + value
         finally:
             for writer in held:
                 writer.transport.abort()
