@@ -57,6 +57,9 @@ READ_SIZE = 256 * 1024
 #: while the WebSocket is paused, so it is kept small: at 16 KiB, 200 streams held 3 MB of
 #: backlog that way, and the WebSocket's buffer as much again (docs/performance.md, round 4).
 SPILL_READ = 1024
+#: Pings a peer may send within PING_PERIOD seconds (a keepalive sends one per interval).
+PING_BURST = 64
+PING_PERIOD = 10.0
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
 CLOSE_TIMEOUT = 5.0
 
@@ -204,6 +207,8 @@ class Session(asyncio.Protocol):
         self._early: bytearray | None = None
         self._upgrade: Response | None = None  # websockets' 101, checked before accept()
         self.violations = 0
+        self._pings = 0  # pings received since _ping_window began (see _count_ping)
+        self._ping_window = 0.0
         self.max_violations = guard.max_violations if guard else DEFAULT_MAX_VIOLATIONS
         self.stats = stats
         self.client_side = isinstance(ws, ClientProtocol)
@@ -607,7 +612,33 @@ class Session(asyncio.Protocol):
             self.close_reason = self.close_reason or said.strip() or "closed by peer"
             self.phase = Phase.CLOSED  # nothing can be sent any more; connection_lost cleans up
             self._close_later()
+        elif opcode is Opcode.PING:
+            self._count_ping()
         # PING is answered by websockets itself; PONG only proves liveness (_last_rx).
+
+    def _count_ping(self) -> None:
+        """A peer's pings are answered by websockets as they are parsed: a flood of them
+        costs a PONG each and the CPU to make it, whoever else waits (docs/reliability.md,
+        Limits). A keepalive needs one per ping_interval; more than PING_BURST within
+        PING_PERIOD seconds is a violation: 1002, and the connection is dropped."""
+        now = self.loop.time()
+        if now - self._ping_window >= PING_PERIOD:
+            self._ping_window, self._pings = now, 0
+        self._pings += 1
+        if self._pings > PING_BURST and self.ws.state is State.OPEN:
+            if self.guard is not None:
+                self.guard.hit("violations", self.peer)
+            reason = f"ping flood: more than {PING_BURST} pings in {PING_PERIOD:g} s"
+            quiet.warning(
+                "ping-flood",
+                "protocol violation: %s; dropping the connection",
+                reason,
+                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
+            )
+            # No closing handshake: a flooder does not read, and waiting CLOSE_TIMEOUT for
+            # it would mean reading (and discarding) its flood all that time.
+            self.fail(CloseCode.PROTOCOL_ERROR, reason)
+            self.abort(reason)
 
     def _message(self, message: bytes | bytearray) -> None:
         if self.phase is Phase.HANDSHAKE:
