@@ -338,10 +338,17 @@ async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
 
 
 @pytest.mark.timeout(30)
-async def test_a_peer_that_does_not_read_is_not_read_and_dropped_past_the_cap(echo_backend):
+async def test_a_peer_that_does_not_read_is_not_read_and_dropped_past_the_cap(
+    echo_backend, monkeypatch
+):
     # Finding 3 in one process: pings from a peer that never reads. The WebSocket stops
-    # being read at its high-water mark; a small cap then drops it.
+    # being read at its high-water mark; a small cap then drops it. The ping budget would
+    # drop this peer first (test_exhaustion.py covers that): lifted here, so that the
+    # send-buffer mark and cap are what is tested.
+    from aiowstunnel import session as session_module
     from aiowstunnel.limits import ServerLimits
+
+    monkeypatch.setattr(session_module, "PING_BURST", 1 << 30)
 
     server = await started(
         clients=[app("127.0.0.1:1")], limits=ServerLimits(max_send_buffer=256 * 1024)
@@ -388,3 +395,23 @@ def entry_stats(server, entry):
     """The counters of ``entry``'s one tunnel (server stats are keyed by entry and tunnel)."""
     (stats,) = (s for (client, _), s in server.client_stats.items() if client == entry)
     return stats
+
+
+@pytest.mark.timeout(30)
+async def test_a_ping_flood_is_dropped_after_the_ping_budget():
+    # Each ping costs a PONG and the CPU to make it: past PING_BURST within PING_PERIOD
+    # the connection is dropped at once, counted as a violation.
+    from aiowstunnel.session import PING_BURST
+
+    server = await started(clients=[app("127.0.0.1:1")])
+    try:
+        attacker = await RawSession.open(server.port, TOKEN, address="127.0.0.1:1")
+        pushed = await attacker.push(ping_frame() * 64, 16 << 20)
+        assert pushed < 4 << 20, pushed  # dropped long before 16 MiB
+        frames = await attacker.frames(1.0)
+        pongs = [f for f in frames if f.opcode == 10]
+        assert len(pongs) <= PING_BURST + 1
+        assert server.limit_stats.hits["violations"] == 1
+        attacker.close()
+    finally:
+        await server.close(1)

@@ -325,7 +325,7 @@ async def test_at_the_fd_limit_an_abuser_fills_its_quota_and_others_are_unaffect
         assert "Too many open files" not in s.daemon.log_text()
 
 
-SOAK_SECONDS = float(os.environ.get("AIOWSTUNNEL_SOAK_SECONDS", "35"))
+SOAK_SECONDS = float(os.environ.get("AIOWSTUNNEL_SOAK_SECONDS", "120"))
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 120)
