@@ -216,7 +216,8 @@ class ReplayLog:
 
         ``claimed`` is checked against our own counters, never trusted: it must lie between
         what the peer confirmed before and what we sent. The entries stay logged until a
-        later confirmation (the new WebSocket may break too).
+        later confirmation (the new WebSocket may break too), and come back as the objects
+        :meth:`append` was given.
 
         Raises:
             ResumeRefused: ``bad_claim``, with both numbers.

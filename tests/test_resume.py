@@ -442,6 +442,25 @@ def test_hex_headers_take_exactly_lowercase_hex(text: str) -> None:
         parse_hex(text, 16, "X-Test")
 
 
+@given(
+    st.dictionaries(
+        st.sampled_from([HEADER_SESSION, HEADER_SECRET, HEADER_RESUME, HEADER_CHALLENGE]),
+        st.text(max_size=70) | st.sampled_from([SID.hex(), SECRET.hex()]),
+    ),
+    st.none() | st.text(max_size=3),
+)
+def test_property_header_parsers_raise_only_protocol_violations(headers, resumable) -> None:
+    for parse in (Credentials.from_headers, parse_resume_request, parse_challenge):
+        try:
+            parse(headers)
+        except ProtocolViolation as exc:
+            assert exc.stream_id is None
+    try:
+        parse_resumable(resumable)
+    except ProtocolViolation:
+        assert resumable not in (None, "0", "1")
+
+
 def test_resume_request_and_challenge_headers() -> None:
     assert parse_resume_request({HEADER_RESUME: SID.hex()}) == SID
     assert parse_resume_request({}) is None
