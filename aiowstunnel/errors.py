@@ -86,3 +86,37 @@ def describe(exc: BaseException) -> str:
             return os.strerror(exc.errno)
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+class ResumeRefused(TunnelError):
+    """A session cannot be resumed (docs/protocol.md, Resumption).
+
+    Attributes:
+        code: one of :attr:`CODES`, a fixed set so that it can label a metric.
+        detail: what exactly did not add up, for the log line (may be empty).
+    """
+
+    #: unknown_session: no such session here (expired and gone, or the server restarted);
+    #: wrong_client: the resume is not from the session's owner, or asks for another tunnel;
+    #: bad_proof: the proof of the resume secret is wrong; malformed: the resume handshake
+    #: itself is broken; bad_claim: a received count that our own counters contradict;
+    #: log_overflow: the peer left too much unconfirmed; expired: the detach outlived
+    #: resume_timeout; limit: too many detached sessions or bytes held. New codes go at
+    #: the end: a code's place gives its close code (resume.CLOSE_CODES).
+    CODES = (
+        "unknown_session",
+        "wrong_client",
+        "bad_proof",
+        "malformed",
+        "bad_claim",
+        "log_overflow",
+        "expired",
+        "limit",
+    )
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        if code not in self.CODES:
+            raise ValueError(f"unknown resume refusal code {code!r}")
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail

@@ -1,0 +1,612 @@
+"""Session resumption, sans-I/O: what lets a session outlive its WebSocket (protocol.md,
+Resumption).
+
+This module owns the bookkeeping and the proofs; the session owns the sockets and the
+clock. It holds:
+
+- :class:`ReplayLog`: every message this side sent that the peer has not confirmed, so
+  that a resume resends exactly what the peer did not get;
+- :class:`ReceiveCounter`: how many messages this side received, and when it owes the peer
+  a confirmation (an ACK);
+- the credentials: a session id and a resume secret issued by the server in the 101 of a
+  fresh session, the challenge-response proof of the secret, its rotation after each
+  resume (:class:`ServerSecret` on the server), and the strict parsers of their headers;
+- the codec of the frames resumption adds on stream 0 (ACK, RESUME, RESUMED) and of the
+  12-byte WINDOW that carries a received count; wire.py adopts them, so nothing here
+  imports it (the header layout is repeated, and a test holds the two equal).
+
+Why one sequence per session direction, not per stream: every message a side sends
+(DATA, OPEN, FIN, RST, WINDOW, ...: all but ACK, RESUME and RESUMED, which only restate
+counts) takes the next number of its direction, so one counter keeps the order across
+streams and between DATA and control frames (an OPEN before its DATA, a FIN after the last
+DATA) and covers control frames without a case for each. The memory bound still follows
+from flow control: the receiver's count rides on every WINDOW it sends, and a WINDOW only
+returns credit for bytes in messages it counts, so the DATA bytes a sender holds
+unconfirmed never exceed the credit not yet returned: one window per stream per direction.
+The receiver also sends an ACK after :data:`ACK_EVERY` messages or :data:`ACK_BYTES` bytes
+without having stated its count, so control frames, WINDOWs and data a slow local socket
+has not taken are confirmed too, and a log holds about what is in flight.
+
+Every number a peer sends (a count in ACK, WINDOW, RESUME or RESUMED) is checked against
+our own counters before it is used, and never sizes a buffer or picks a resend range by
+itself (the lesson of OpenSSH roaming, CVE-2016-0777): :meth:`ReplayLog.replay` resends
+only messages it holds, after a claim between what the peer confirmed and what we sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+import re
+import struct
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ProtocolViolation, ResumeRefused
+
+# -- headers of the upgrade (protocol.md, Resumption) -------------------------------------
+
+#: client -> server, fresh session: "1" asks for a resumable session ("0" or absent: no)
+HEADER_RESUMABLE = "X-Aiowstunnel-Resumable"
+#: server -> client, 101 of a fresh resumable session: the session id and the resume secret
+HEADER_SESSION = "X-Aiowstunnel-Session"
+HEADER_SECRET = "X-Aiowstunnel-Resume-Secret"
+#: client -> server, resume: the session id to resume (with the full authentication)
+HEADER_RESUME = "X-Aiowstunnel-Resume"
+#: server -> client, 101 of a resume: the challenge the client's proof must answer
+HEADER_CHALLENGE = "X-Aiowstunnel-Challenge"
+#: server -> client, a resume refused before the upgrade: the refusal's code
+HEADER_REFUSED = "X-Aiowstunnel-Resume-Refused"
+
+SESSION_ID_SIZE = 16
+SECRET_SIZE = 32
+CHALLENGE_SIZE = 32
+PROOF_SIZE = 32  # HMAC-SHA256
+_PROOF_LABEL = b"aiowstunnel resume"
+_ROTATE_LABEL = b"aiowstunnel rotate"
+
+# -- frames (protocol.md, Frames and Resumption) -------------------------------------------
+
+#: "type (1 byte) | stream id (4 bytes, big-endian) | payload", as wire.HEADER
+HEADER = struct.Struct("!BI")
+HEADER_SIZE = HEADER.size
+_U64 = struct.Struct("!Q")
+_RESUME = struct.Struct(f"!{PROOF_SIZE}sQ")
+_WINDOW = struct.Struct("!IQ")
+MAX_COUNT = 2**64 - 1
+#: as wire.MAX_WINDOW: a window or an increment is 1..2**31 - 1
+MAX_WINDOW = 2**31 - 1
+WINDOW_TYPE = 5  # wire.FrameType.WINDOW
+
+
+class ResumeFrameType(enum.IntEnum):
+    """The frames resumption adds, all on stream 0 and none of them sequenced."""
+
+    ACK = 9
+    RESUME = 10
+    RESUMED = 11
+
+
+#: the types that take no sequence number: they only restate counts, which a resume
+#: restates again, so losing one in a cut loses nothing
+UNSEQUENCED = frozenset(int(t) for t in ResumeFrameType)
+
+# -- bounds ---------------------------------------------------------------------------------
+
+#: the receiver confirms (ACK) after this many messages without stating its count ...
+ACK_EVERY = 32
+#: ... or this many bytes of them
+ACK_BYTES = 512 * 1024
+#: a log holding this many bytes or messages is full: the session stops reading its local
+#: sockets until confirmations arrive (as when the WebSocket's write buffer is full), so an
+#: honest session is slowed, never closed
+DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_LOG_MESSAGES = 65_536
+
+
+def is_sequenced(message: bytes | bytearray | memoryview) -> bool:
+    """True for a message that takes a sequence number (all but ACK, RESUME, RESUMED)."""
+    return not message or message[0] not in UNSEQUENCED
+
+
+# -- the replay log ---------------------------------------------------------------------------
+
+Buffer = bytes | bytearray | memoryview
+#: one logged message, as wsframe.binary_frame takes it: (prefix, payload)
+Entry = tuple[Buffer, Buffer]
+
+
+class ReplayLog:
+    """The messages this side sent and the peer has not confirmed, in order.
+
+    Message ``n`` (1, 2, ...) is the n-th sequenced message this side sent on the session;
+    it is held until the peer's received count reaches ``n``. A message is kept as the
+    objects given to :meth:`append`, never copied: the caller passes objects it will not
+    change (a view of the session's reused read buffer must be copied first).
+
+    Args:
+        max_bytes, max_messages: when either is reached the log is :attr:`full` (the
+            session stops reading its local sockets); past 5/4 of either, :meth:`append`
+            refuses (the peer does not confirm: the session closes without resume).
+    """
+
+    __slots__ = (
+        "_entries",
+        "bytes_held",
+        "confirmed",
+        "hard_bytes",
+        "hard_messages",
+        "max_bytes",
+        "max_messages",
+        "sent",
+    )
+
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_MAX_LOG_BYTES,
+        max_messages: int = DEFAULT_MAX_LOG_MESSAGES,
+    ) -> None:
+        if max_bytes < 1 or max_messages < 1:
+            raise ValueError(f"log limits must be positive, got {max_bytes}, {max_messages}")
+        self._entries: deque[Entry] = deque()
+        self.sent = 0  # sequence number of the last message appended
+        self.confirmed = 0  # the peer's received count: messages 1..confirmed are gone
+        self.bytes_held = 0
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.hard_bytes = max_bytes + max_bytes // 4
+        self.hard_messages = max_messages + max_messages // 4
+
+    @property
+    def messages_held(self) -> int:
+        return len(self._entries)
+
+    @property
+    def full(self) -> bool:
+        return self.bytes_held >= self.max_bytes or len(self._entries) >= self.max_messages
+
+    def append(self, prefix: Buffer, payload: Buffer = b"") -> int:
+        """Log one message sent (``prefix + payload``); returns its sequence number.
+
+        Raises:
+            ResumeRefused: ``log_overflow``, the peer has left more than 5/4 of the limits
+                unconfirmed. Nothing is logged; the session must close without resume.
+        """
+        size = len(prefix) + len(payload)
+        if self.bytes_held + size > self.hard_bytes or len(self._entries) + 1 > self.hard_messages:
+            raise ResumeRefused(
+                "log_overflow",
+                f"the peer left {len(self._entries)} messages ({self.bytes_held} bytes) "
+                f"unconfirmed, the limit is {self.hard_messages} ({self.hard_bytes} bytes)",
+            )
+        self._entries.append((prefix, payload))
+        self.bytes_held += size
+        self.sent += 1
+        return self.sent
+
+    def confirm(self, count: int) -> int:
+        """The peer has received ``count`` messages: forget those. Returns how many went.
+
+        A count below :attr:`confirmed` changes nothing: a WINDOW resent by a resume
+        carries the count of its first sending, older than the RESUME's.
+
+        Raises:
+            ProtocolViolation: ``count`` is beyond what was sent (a session-level fault).
+        """
+        if count > self.sent:
+            raise ProtocolViolation(
+                f"peer confirmed {count} messages received, only {self.sent} were sent"
+            )
+        released = count - self.confirmed
+        if released <= 0:
+            return 0
+        entries = self._entries
+        freed = 0
+        for _ in range(released):
+            prefix, payload = entries.popleft()
+            freed += len(prefix) + len(payload)
+        self.bytes_held -= freed
+        self.confirmed = count
+        return released
+
+    def replay(self, claimed: int) -> list[Entry]:
+        """The messages to resend after the peer says it received ``claimed``, in order.
+
+        ``claimed`` is checked against our own counters, never trusted: it must lie between
+        what the peer confirmed before and what we sent. The entries stay logged until a
+        later confirmation (the new WebSocket may break too), and come back as the objects
+        :meth:`append` was given.
+
+        Raises:
+            ResumeRefused: ``bad_claim``, with both numbers.
+        """
+        if claimed > self.sent:
+            raise ResumeRefused(
+                "bad_claim", f"claimed {claimed} messages received, only {self.sent} were sent"
+            )
+        if claimed < self.confirmed:
+            raise ResumeRefused(
+                "bad_claim",
+                f"claimed {claimed} messages received, {self.confirmed} were confirmed before",
+            )
+        self.confirm(claimed)
+        return list(self._entries)
+
+
+class ReceiveCounter:
+    """The messages this side received and processed, and when it owes an ACK.
+
+    The session calls :meth:`received` for every sequenced message it processed, and
+    :meth:`state` whenever it puts the count in a frame (a WINDOW, an ACK, RESUME or
+    RESUMED); :attr:`ack_due` says that enough has arrived since to send an ACK now.
+    """
+
+    __slots__ = ("_bytes", "_messages", "ack_bytes", "ack_every", "count")
+
+    def __init__(self, ack_every: int = ACK_EVERY, ack_bytes: int = ACK_BYTES) -> None:
+        if ack_every < 1 or ack_bytes < 1:
+            raise ValueError(f"ACK thresholds must be positive, got {ack_every}, {ack_bytes}")
+        self.count = 0
+        self.ack_every = ack_every
+        self.ack_bytes = ack_bytes
+        self._messages = 0  # received since the count was last stated
+        self._bytes = 0
+
+    def received(self, size: int) -> bool:
+        """Count one message of ``size`` bytes; returns :attr:`ack_due`."""
+        self.count += 1
+        self._messages += 1
+        self._bytes += size
+        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+
+    @property
+    def ack_due(self) -> bool:
+        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+
+    @property
+    def unstated(self) -> int:
+        """Messages received since the count was last stated to the peer."""
+        return self._messages
+
+    def state(self) -> int:
+        """The count, for a frame about to be sent; the peer will know it from then on."""
+        self._messages = self._bytes = 0
+        return self.count
+
+    def ack(self) -> bytes:
+        """An ACK stating the count (sent when :attr:`ack_due`)."""
+        return encode_ack(self.state())
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    proof: bytes
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    received: int
+
+
+ResumeFrame = Ack | Resume | Resumed
+
+
+def _count(value: int, what: str) -> int:
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{what} count {value} out of range 0..{MAX_COUNT}")
+    return value
+
+
+def encode_ack(received: int) -> bytes:
+    return HEADER.pack(ResumeFrameType.ACK, 0) + _U64.pack(_count(received, "ACK"))
+
+
+def encode_resume(proof_: bytes, received: int) -> bytes:
+    if len(proof_) != PROOF_SIZE:
+        raise ValueError(f"a proof is {PROOF_SIZE} bytes, got {len(proof_)}")
+    return HEADER.pack(ResumeFrameType.RESUME, 0) + _RESUME.pack(proof_, _count(received, "RESUME"))
+
+
+def encode_resumed(received: int) -> bytes:
+    return HEADER.pack(ResumeFrameType.RESUMED, 0) + _U64.pack(_count(received, "RESUMED"))
+
+
+def parse_resume_frame(message: bytes | bytearray | memoryview) -> ResumeFrame:
+    """Decode an ACK, RESUME or RESUMED message (exact lengths, stream 0).
+
+    Raises:
+        ProtocolViolation: a session-level fault (close 1002), naming what was wrong.
+    """
+    if len(message) < HEADER_SIZE:
+        raise ProtocolViolation(f"truncated frame: {len(message)} bytes, header is {HEADER_SIZE}")
+    code, stream_id = HEADER.unpack_from(message)
+    try:
+        kind = ResumeFrameType(code)
+    except ValueError:
+        raise ProtocolViolation(f"frame type {code} is not ACK, RESUME or RESUMED") from None
+    if stream_id != 0:
+        raise ProtocolViolation(f"{kind.name} on stream {stream_id}, must be 0")
+    size = len(message) - HEADER_SIZE
+    if kind is ResumeFrameType.RESUME:
+        if size != _RESUME.size:
+            raise ProtocolViolation(f"RESUME payload is {size} bytes, expected {_RESUME.size}")
+        proof_, received = _RESUME.unpack_from(message, HEADER_SIZE)
+        return Resume(proof_, received)
+    if size != _U64.size:
+        raise ProtocolViolation(f"{kind.name} payload is {size} bytes, expected {_U64.size}")
+    (received,) = _U64.unpack_from(message, HEADER_SIZE)
+    return Ack(received) if kind is ResumeFrameType.ACK else Resumed(received)
+
+
+def encode_window(stream_id: int, increment: int, received: int) -> bytes:
+    """A WINDOW of a resumable session: increment (u32) + the sender's received count (u64)."""
+    if not 0 < stream_id <= 0xFFFFFFFF:
+        raise ValueError(f"WINDOW stream id {stream_id} out of range 1..{0xFFFFFFFF}")
+    if not 0 < increment <= MAX_WINDOW:
+        raise ValueError(f"WINDOW increment {increment} out of range 1..{MAX_WINDOW}")
+    return HEADER.pack(WINDOW_TYPE, stream_id) + _WINDOW.pack(increment, _count(received, "WINDOW"))
+
+
+def parse_window(payload: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """The (increment, received count) of a resumable session's WINDOW payload.
+
+    Raises:
+        ProtocolViolation: a payload that is not exactly 12 bytes, or an increment out of
+            range (the caller makes it a stream fault, as wire.py does for WINDOW).
+    """
+    if len(payload) != _WINDOW.size:
+        raise ProtocolViolation(f"WINDOW payload is {len(payload)} bytes, expected {_WINDOW.size}")
+    increment, received = _WINDOW.unpack_from(payload)
+    if not 0 < increment <= MAX_WINDOW:
+        raise ProtocolViolation(f"WINDOW window {increment} out of range 1..{MAX_WINDOW}")
+    return increment, received
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the server issues at a fresh resumable session, and the client keeps."""
+
+    session_id: bytes
+    secret: bytes
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The 101 response headers that carry them (the only time the secret is sent)."""
+        return [(HEADER_SESSION, self.session_id.hex()), (HEADER_SECRET, self.secret.hex())]
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Credentials | None:
+        """Read them from a 101 response; None when the server made no resumable session.
+
+        Raises:
+            ProtocolViolation: one header without the other, or a malformed value.
+        """
+        sid, secret = headers.get(HEADER_SESSION), headers.get(HEADER_SECRET)
+        if sid is None and secret is None:
+            return None
+        if sid is None or secret is None:
+            missing = HEADER_SESSION if sid is None else HEADER_SECRET
+            raise ProtocolViolation(f"resumable session without its {missing} header")
+        return cls(parse_session_id(sid), parse_hex(secret, SECRET_SIZE, HEADER_SECRET))
+
+    def rotated(self, challenge: bytes) -> Credentials:
+        """The client's credentials after a resume answered with ``challenge`` (RESUMED)."""
+        return Credentials(self.session_id, rotate(self.secret, challenge))
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"Credentials(session_id={self.session_id.hex()!r}, secret=<hidden>)"
+
+
+def new_session_credentials() -> Credentials:
+    return Credentials(os.urandom(SESSION_ID_SIZE), os.urandom(SECRET_SIZE))
+
+
+def new_challenge() -> bytes:
+    return os.urandom(CHALLENGE_SIZE)
+
+
+def proof(secret: bytes, session_id: bytes, challenge: bytes, received: int) -> bytes:
+    """HMAC-SHA256(secret, label | session id | challenge | received count (u64)).
+
+    The fields have fixed sizes, so the concatenation is unambiguous; the count is covered
+    so that it cannot be changed on the way.
+    """
+    message = _PROOF_LABEL + session_id + challenge + _U64.pack(_count(received, "proof"))
+    return hmac.digest(secret, message, "sha256")
+
+
+def verify(
+    secret: bytes, session_id: bytes, challenge: bytes, received: int, proof_: bytes
+) -> bool:
+    """True when ``proof_`` is the proof of ``secret``; compared in constant time."""
+    return hmac.compare_digest(proof(secret, session_id, challenge, received), proof_)
+
+
+def rotate(secret: bytes, challenge: bytes) -> bytes:
+    """The secret after a resume answered with ``challenge``: a captured proof is stale."""
+    return hmac.digest(secret, _ROTATE_LABEL + challenge, "sha256")
+
+
+class ServerSecret:
+    """The server's resume secret of one session, rotated at each resume.
+
+    The server rotates when it sends RESUMED, the client when it receives it; a cut
+    between the two would leave them with different secrets and the session lost. So the
+    server keeps the secret before a resume until the client shows it has rotated (its
+    first message after RESUMED arrives, :meth:`confirmed`), and until then accepts a
+    proof of either.
+    """
+
+    __slots__ = ("_current", "_pending")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != SECRET_SIZE:
+            raise ValueError(f"a resume secret is {SECRET_SIZE} bytes, got {len(secret)}")
+        self._current = secret
+        self._pending: bytes | None = None  # rotated, not yet known to be rotated by the client
+
+    def check(self, session_id: bytes, challenge: bytes, resume: Resume) -> None:
+        """Check a RESUME's proof; on success, rotate (pending until :meth:`confirmed`).
+
+        Raises:
+            ResumeRefused: ``bad_proof``.
+        """
+        candidates = [self._current] if self._pending is None else [self._pending, self._current]
+        # Every candidate is compared, so the time does not depend on which one matches.
+        matches = [
+            verify(s, session_id, challenge, resume.received, resume.proof) for s in candidates
+        ]
+        if not any(matches):
+            raise ResumeRefused("bad_proof", "the proof does not match the session's secret")
+        matched = candidates[matches.index(True)]
+        self._current, self._pending = matched, rotate(matched, challenge)
+
+    def confirmed(self) -> None:
+        """The client has rotated (it sent a message after RESUMED): forget the old secret."""
+        if self._pending is not None:
+            self._current, self._pending = self._pending, None
+
+    def __repr__(self) -> str:
+        return "ServerSecret(<hidden>)"
+
+
+def resume_message(credentials: Credentials, challenge: bytes, received: int) -> bytes:
+    """The client's first message on a resumed WebSocket: RESUME(proof, received count)."""
+    return encode_resume(
+        proof(credentials.secret, credentials.session_id, challenge, received), received
+    )
+
+
+def check_resume(
+    message: bytes | bytearray | memoryview,
+    secret: ServerSecret,
+    session_id: bytes,
+    challenge: bytes,
+) -> int:
+    """The server's check of the client's first message; returns the client's received count.
+
+    The count is verified by the proof only; :meth:`ReplayLog.replay` checks it against the
+    log before anything is resent.
+
+    Raises:
+        ResumeRefused: ``malformed`` (not a well-formed RESUME) or ``bad_proof``.
+    """
+    try:
+        frame = parse_resume_frame(message)
+    except ProtocolViolation as exc:
+        raise ResumeRefused("malformed", f"first message is not a RESUME: {exc}") from None
+    if not isinstance(frame, Resume):
+        raise ResumeRefused("malformed", f"first message is {type(frame).__name__.upper()}")
+    secret.check(session_id, challenge, frame)
+    return frame.received
+
+
+def check_resumed(message: bytes | bytearray | memoryview) -> int:
+    """The client's check of the server's first message; returns the server's count.
+
+    Raises:
+        ResumeRefused: ``malformed`` (not a well-formed RESUMED).
+    """
+    try:
+        frame = parse_resume_frame(message)
+    except ProtocolViolation as exc:
+        raise ResumeRefused("malformed", f"first message is not RESUMED: {exc}") from None
+    if not isinstance(frame, Resumed):
+        raise ResumeRefused("malformed", f"first message is {type(frame).__name__.upper()}")
+    return frame.received
+
+
+# -- header values ------------------------------------------------------------------------------
+
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def parse_hex(text: str, size: int, what: str) -> bytes:
+    """Exactly ``size`` bytes written as ``2 * size`` lowercase hex digits, nothing else.
+
+    (``bytes.fromhex`` alone would accept spaces and capitals.)
+
+    Raises:
+        ProtocolViolation: naming the header and what was wrong with it.
+    """
+    if len(text) != 2 * size:
+        raise ProtocolViolation(f"{what} is {len(text)} characters, expected {2 * size} hex digits")
+    if not _HEX.fullmatch(text):
+        raise ProtocolViolation(f"{what} is not lowercase hex")
+    return bytes.fromhex(text)
+
+
+def parse_session_id(text: str) -> bytes:
+    return parse_hex(text, SESSION_ID_SIZE, HEADER_SESSION)
+
+
+def parse_resume_request(headers: Mapping[str, str]) -> bytes | None:
+    """The session id a client asks to resume (``X-Aiowstunnel-Resume``), or None."""
+    text = headers.get(HEADER_RESUME)
+    return None if text is None else parse_hex(text, SESSION_ID_SIZE, HEADER_RESUME)
+
+
+def parse_challenge(headers: Mapping[str, str]) -> bytes:
+    """The challenge of a resume's 101 response.
+
+    Raises:
+        ProtocolViolation: missing or malformed.
+    """
+    text = headers.get(HEADER_CHALLENGE)
+    if text is None:
+        raise ProtocolViolation(f"resume answered without a {HEADER_CHALLENGE} header")
+    return parse_hex(text, CHALLENGE_SIZE, HEADER_CHALLENGE)
+
+
+def parse_resumable(text: str | None) -> bool:
+    """The client's ``X-Aiowstunnel-Resumable``: ``1`` yes, ``0`` or absent no.
+
+    Raises:
+        ProtocolViolation: any other value.
+    """
+    if text is None or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise ProtocolViolation(f"{HEADER_RESUMABLE} is {text[:40]!r}, expected 0 or 1")
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+#: a refusal after the upgrade closes the WebSocket with its own code (4000-4999: private
+#: use, RFC 6455 7.4.2) and the reason ``code: detail``
+CLOSE_CODES: dict[str, int] = {code: 4001 + i for i, code in enumerate(ResumeRefused.CODES)}
+_CODE_OF_CLOSE = {close: code for code, close in CLOSE_CODES.items()}
+
+
+def refusal_from_close(close_code: int, reason: str) -> ResumeRefused | None:
+    """The refusal a peer's close frame carries, or None for another close."""
+    code = _CODE_OF_CLOSE.get(close_code)
+    if code is None:
+        return None
+    prefix = code + ": "
+    return ResumeRefused(code, reason[len(prefix) :] if reason.startswith(prefix) else reason)
+
+
+def refusal_from_header(value: str, text: str = "") -> ResumeRefused:
+    """The refusal of a resume refused before the upgrade (``X-Aiowstunnel-Resume-Refused``).
+
+    Raises:
+        ProtocolViolation: a value that is not one of the fixed codes.
+    """
+    if value not in ResumeRefused.CODES:
+        raise ProtocolViolation(f"{HEADER_REFUSED} is {value[:40]!r}, not a refusal code")
+    return ResumeRefused(value, text)
