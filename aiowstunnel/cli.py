@@ -5,10 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
 DEFAULT_CONFIG = Path("/etc/aiowstunnel.toml")
+
+
+def version() -> str:
+    """``aiowstunnel 1.0.0 (event loop: uvloop 0.21.0; data path: python)``: what ``run``
+    would run on, by the same choice (AIOWSTUNNEL_EVENT_LOOP included)."""
+    from .runtime import describe
+
+    return f"aiowstunnel {__version__} ({describe()})"
+
+
+class _VersionAction(argparse.Action):
+    """argparse's ``version`` action, but the text is made only when asked for: finding the
+    event loop imports uvloop, which ``check`` never needs."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **{**kwargs, "nargs": 0})
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version())
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="aiowstunnel",
         description="Persistent, reliable TCP tunnels over WebSocket.",
     )
-    parser.add_argument("--version", action="version", version=f"aiowstunnel version {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show the version, event loop and data path"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "run the daemon in the foreground (systemd does the rest)"),

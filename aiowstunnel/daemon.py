@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .addresses import Address, host_port
 from .audit import config_warnings
@@ -23,6 +21,7 @@ from .errors import ConfigError
 from .limits import raise_open_files_limit
 from .logs import setup_logging
 from .notify import Notifier, watchdog_loop, watchdog_period
+from .runtime import data_path, event_loop_runner
 from .supervisor import Supervisor, check_tls
 
 if TYPE_CHECKING:
@@ -211,35 +210,10 @@ def run(path: Path) -> int:
     )
     _log_warnings(config, path)
     runner, loop_name = event_loop_runner()
-    log.info("event loop: %s", loop_name)
+    log.info("event loop: %s; data path: %s", loop_name, data_path())
     with contextlib.suppress(KeyboardInterrupt):
         return runner(_main(path, config))
     return 0
-
-
-def event_loop_runner(
-    choice: str | None = None,
-) -> tuple[Callable[[Coroutine[Any, Any, int]], int], str]:
-    """How to run the daemon: uvloop where installed (the ``speed`` extra), else asyncio.
-
-    uvloop measured better in every column of benchmarks/run.py (docs/performance.md):
-    +11 % / +20 % bulk, -9 % rtt, +37 % connections/s, -28 % peak memory.
-    ``AIOWSTUNNEL_EVENT_LOOP=asyncio`` forces the standard loop; ``=uvloop`` requires uvloop.
-    """
-    choice = choice or os.environ.get("AIOWSTUNNEL_EVENT_LOOP", "auto")
-    if choice not in ("auto", "uvloop", "asyncio"):
-        raise SystemExit(f"AIOWSTUNNEL_EVENT_LOOP={choice!r}: expected auto, uvloop or asyncio")
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise SystemExit(
-                    "AIOWSTUNNEL_EVENT_LOOP=uvloop but uvloop is not installed"
-                ) from None
-        else:
-            return uvloop.run, f"uvloop {uvloop.__version__}"
-    return asyncio.run, "asyncio"
 
 
 def _log_warnings(config: Config, path: Path) -> None:

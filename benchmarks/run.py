@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/run.py            # full run, several minutes
     .venv/bin/python benchmarks/run.py --quick    # ~1 minute smoke version
     .venv/bin/python benchmarks/run.py --setups direct,connect --scenarios up,rtt
-    .venv/bin/python benchmarks/run.py --uvloop   # adds connect-uvloop (benchmarks/uvloop_run.py)
+    .venv/bin/python benchmarks/run.py --asyncio  # adds connect-asyncio (daemons forced to asyncio)
     .venv/bin/python benchmarks/run.py --setups connect --profile /tmp/prof   # py-spy per scenario
 
 Setups (each one started, measured, stopped in turn; one table at the end):
@@ -15,7 +15,8 @@ Setups (each one started, measured, stopped in turn; one table at the end):
     websocat        websocat ws-l server + tcp-l client, binary          (if found)
     connect         two aiowstunnel daemons: [server] + a CONNECT [[tunnel]]
     listen          two aiowstunnel daemons: [server] + a LISTEN [[tunnel]]
-    connect-uvloop  as connect, both daemons on uvloop (only with --uvloop)
+    connect-asyncio as connect, both daemons on asyncio (AIOWSTUNNEL_EVENT_LOOP=asyncio, only
+                    with --asyncio): what a Python without uvloop gets
 
 Scenarios, each in its own client process, against a backend in its own process:
 
@@ -35,6 +36,12 @@ processes during the up / down runs, per GiB moved.
 Only 127.0.0.1 and ports 20000-29999 are used; every loop is bounded in count and time;
 only the processes this script started are signalled, by PID. Stdlib only (plus the
 project, which it runs as ``python -m aiowstunnel``).
+
+The daemons are the package as the README installs it: the Python that runs this script (the
+venv of scripts/bootstrap, whose ``pip install`` brings uvloop as users get it), with no extra
+added by hand. Which event loop each daemon ran on is printed when it starts (from its
+``--version`` line and from the uvloop library mapped into the process) and written into the
+report; a daemon on asyncio where uvloop should be is warned about.
 """
 
 from __future__ import annotations
@@ -640,6 +647,8 @@ class Setup:
     profile: bool = False  # Python processes py-spy can sample
     roles: list[str] = field(default_factory=list)
     start: object = None  # (workdir, ports, backend_port, target_port) -> [(argv, wait_port)]
+    env: dict[str, str] = field(default_factory=dict)  # added to this script's environment
+    daemon: bool = False  # aiowstunnel daemons: their event loop is reported
 
 
 def _which(name: str, *extra: str) -> str | None:
@@ -652,7 +661,9 @@ def _which(name: str, *extra: str) -> str | None:
     return None
 
 
-def _daemon_cmd(uvloop: bool) -> list[str]:
+def _daemon_cmd(uvloop: bool = False) -> list[str]:
+    # uvloop=True (benchmarks/uvloop_run.py) is for experiments/pair.py and old checkouts:
+    # the daemon itself runs on uvloop where it is installed.
     if uvloop:
         return [sys.executable, str(HERE / "uvloop_run.py")]
     return [sys.executable, "-m", "aiowstunnel"]
@@ -702,7 +713,7 @@ connect = "127.0.0.1:{backend}"
 WINDOW: int | None = None
 
 
-def aiowstunnel_setup(mode: str, uvloop: bool):
+def aiowstunnel_setup(mode: str, uvloop: bool = False):
     def start(workdir: Path, ports: Ports, backend: int, target: int):
         ws = ports.get()
         values = {"ws": ws, "backend": backend, "target": target, "workdir": workdir, "mode": mode}
@@ -796,12 +807,6 @@ def all_setups() -> list[Setup]:
         gone = [n for n in names if not _which(n)]
         return ("missing " + ", ".join(gone)) if gone else None
 
-    try:
-        import uvloop  # noqa: F401
-
-        no_uvloop = None
-    except ImportError:
-        no_uvloop = "uvloop is not installed"
     ssh_missing = missing("ssh", "ssh-keygen") or (
         None if os.access("/usr/sbin/sshd", os.X_OK) else "missing /usr/sbin/sshd"
     )
@@ -815,12 +820,31 @@ def all_setups() -> list[Setup]:
               None if websocat_path() else "websocat not found (PATH, $WEBSOCAT)",
               roles=["server", "client"], start=websocat_start),
         Setup("connect", "aiowstunnel daemons: server + CONNECT tunnel", None, profile=True,
-              roles=["server", "client"], start=aiowstunnel_setup("connect", False)),
+              roles=["server", "client"], start=aiowstunnel_setup("connect"), daemon=True),
         Setup("listen", "aiowstunnel daemons: server + LISTEN tunnel", None, profile=True,
-              roles=["server", "client"], start=aiowstunnel_setup("listen", False)),
-        Setup("connect-uvloop", "as connect, both daemons on uvloop", no_uvloop, profile=True,
-              roles=["server", "client"], start=aiowstunnel_setup("connect", True)),
+              roles=["server", "client"], start=aiowstunnel_setup("listen"), daemon=True),
+        Setup("connect-asyncio", "as connect, both daemons on asyncio", None, profile=True,
+              roles=["server", "client"], start=aiowstunnel_setup("connect"), daemon=True,
+              env={"AIOWSTUNNEL_EVENT_LOOP": "asyncio"}),
     ]  # fmt: skip
+
+
+def daemon_runtime(setup: Setup) -> str:
+    """The daemons' ``--version`` line, run as the setup runs them (same Python, same
+    environment): ``aiowstunnel 1.0.0 (event loop: uvloop 0.23.0; data path: python)``."""
+    proc = subprocess.run([*_daemon_cmd(), "--version"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, **setup.env}, check=False)  # fmt: skip
+    return (proc.stdout or proc.stderr).strip()
+
+
+def loaded_event_loop(pid: int) -> str:
+    """``uvloop`` if uvloop's compiled loop is mapped into the process, else ``asyncio``: the
+    daemon imports uvloop only when it runs on it (aiowstunnel/runtime.py)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return "uvloop" if any("/uvloop/loop." in line for line in maps) else "asyncio"
+    except OSError:
+        return "?"
 
 
 # -- running ---------------------------------------------------------------------------
@@ -900,8 +924,9 @@ def start_setup(setup: Setup, workdir: Path, ports: Ports, backend: int):
         return procs, target
     try:
         commands = setup.start(workdir, ports, backend, target)
+        env = {**os.environ, **setup.env} if setup.env else None
         for i, (argv, wait_port) in enumerate(commands):
-            proc = Proc(argv, workdir / f"proc{i}.log", workdir)
+            proc = Proc(argv, workdir / f"proc{i}.log", workdir, env)
             procs.append(proc)
             if wait_port:
                 end = time.monotonic() + 15
@@ -967,6 +992,18 @@ def measure(setup: Setup, cfg, ports: Ports, backend: int, workroot: Path, prof:
         procs, target = start_setup(setup, workdir, ports, backend)
         roots = [p.pid for p in procs]
         log(f"{setup.name}: ready on port {target}, pids {roots}")
+        if setup.daemon:
+            res["runtime"] = daemon_runtime(setup)
+            res["event_loops"] = {
+                role: loaded_event_loop(p.pid) for role, p in zip(setup.roles, procs, strict=True)
+            }
+            loops = ", ".join(f"{role} on {loop}" for role, loop in res["event_loops"].items())
+            log(f"{setup.name}: {res['runtime']}; {loops}")
+            forced = "AIOWSTUNNEL_EVENT_LOOP" in setup.env
+            if not forced and "asyncio" in res["event_loops"].values():
+                log(f"{setup.name}: WARNING: not the package as installed, which runs on uvloop "
+                    f"(is uvloop missing from {sys.executable}'s environment, or "
+                    "AIOWSTUNNEL_EVENT_LOOP set?)")  # fmt: skip
         load_sampler = Sampler(roots, interval=0.25)
         if roots:
             load_sampler.start()
@@ -1088,11 +1125,19 @@ def report(results, cfg, argv, elapsed) -> str:
          "print(a.__version__, a.__file__.rsplit('/', 2)[0], 'websockets', w.__version__)"],
         capture_output=True, text=True, timeout=30,
     ).stdout.strip()  # fmt: skip
+    daemons = [
+        f"{r['name']}: "
+        + ", ".join(f"{role} on {loop}" for role, loop in r["event_loops"].items())
+        + f" (`{r.get('runtime')}`)"
+        for r in results
+        if r.get("event_loops")
+    ]
     lines = [
         f"# aiowstunnel benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"aiowstunnel {which}.",
         "",
+        *([f"Event loops: {'; '.join(daemons)}.", ""] if daemons else []),
         f"`{' '.join(argv)}` -- {platform.platform()}, {os.cpu_count()} cores ({cpu}), "
         f"Python {platform.python_version()}; client, backend and tunnels share the cores. "
         f"bulk {cfg.bulk // MiB} MiB x {cfg.runs} runs per direction (median), rtt {cfg.rtt} "
@@ -1208,7 +1253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="~1 minute smoke version")
     p.add_argument("--setups", help="comma-separated (default: all available); direct is added")
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--uvloop", action="store_true", help="add the connect-uvloop setup")
+    p.add_argument("--asyncio", action="store_true", help="add the connect-asyncio setup")
     p.add_argument("--bulk-mib", type=int)
     p.add_argument("--runs", type=int, help="bulk and rtt runs (median)")
     p.add_argument("--rtt-count", type=int)
@@ -1249,9 +1294,9 @@ def main(argv: list[str] | None = None) -> int:
         if "direct" not in want:
             want.insert(0, "direct")
     else:
-        want = [s.name for s in setups if s.name != "connect-uvloop" or a.uvloop]
-    if a.uvloop and "connect-uvloop" not in want:
-        want.append("connect-uvloop")
+        want = [s.name for s in setups if s.name != "connect-asyncio" or a.asyncio]
+    if a.asyncio and "connect-asyncio" not in want:
+        want.append("connect-asyncio")
     chosen = [next(s for s in setups if s.name == w) for w in want]
     if a.label:
         for s in chosen:
