@@ -43,6 +43,7 @@ import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import ProtocolViolation, ResumeRefused
 
@@ -504,12 +505,7 @@ def check_resume(
     Raises:
         ResumeRefused: ``malformed`` (not a well-formed RESUME) or ``bad_proof``.
     """
-    try:
-        frame = parse_resume_frame(message)
-    except ProtocolViolation as exc:
-        raise ResumeRefused("malformed", f"first message is not a RESUME: {exc}") from None
-    if not isinstance(frame, Resume):
-        raise ResumeRefused("malformed", f"first message is {type(frame).__name__.upper()}")
+    frame = _first_message(message, Resume, "a RESUME")
     secret.check(session_id, challenge, frame)
     return frame.received
 
@@ -520,13 +516,23 @@ def check_resumed(message: bytes | bytearray | memoryview) -> int:
     Raises:
         ResumeRefused: ``malformed`` (not a well-formed RESUMED).
     """
+    return _first_message(message, Resumed, "RESUMED").received
+
+
+_First = TypeVar("_First", Resume, Resumed)
+
+
+def _first_message(
+    message: bytes | bytearray | memoryview, kind: type[_First], what: str
+) -> _First:
+    """The first message of a resume, which must be ``kind``; else a ``malformed`` refusal."""
     try:
         frame = parse_resume_frame(message)
     except ProtocolViolation as exc:
-        raise ResumeRefused("malformed", f"first message is not RESUMED: {exc}") from None
-    if not isinstance(frame, Resumed):
+        raise ResumeRefused("malformed", f"first message is not {what}: {exc}") from None
+    if not isinstance(frame, kind):
         raise ResumeRefused("malformed", f"first message is {type(frame).__name__.upper()}")
-    return frame.received
+    return frame
 
 
 # -- header values ------------------------------------------------------------------------------

@@ -553,17 +553,7 @@ class Session(asyncio.Protocol):
                 extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
         if self.violations >= self.max_violations and self.ws.state is State.OPEN:
-            if self.guard is not None:
-                self.guard.hit("violations", self.peer)
-            reason = f"too many protocol violations ({self.violations})"
-            quiet.warning(
-                "violations",
-                "closing the session of %s: %s",
-                self.peer,
-                reason,
-                extra={"tunnel": self.name, "peer": self.peer},
-            )
-            self.fail(CloseCode.PROTOCOL_ERROR, reason)
+            self._fail_abuse("violations", f"too many protocol violations ({self.violations})")
 
     def _request(self, request: Request) -> None:
         if self.ws.handshake_exc is not None or self.on_request is None:
@@ -626,18 +616,25 @@ class Session(asyncio.Protocol):
             self._ping_window, self._pings = now, 0
         self._pings += 1
         if self._pings > PING_BURST and self.ws.state is State.OPEN:
-            if self.guard is not None:
-                self.guard.hit("violations", self.peer)
             reason = f"ping flood: more than {PING_BURST} pings in {PING_PERIOD:g} s"
-            quiet.warning(
-                "ping-flood",
-                "protocol violation: %s; dropping the connection",
-                reason,
-                extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
-            )
             # No closing handshake: a flooder does not read, and waiting CLOSE_TIMEOUT for
             # it would mean reading (and discarding) its flood all that time.
-            self.fail(CloseCode.PROTOCOL_ERROR, reason)
+            self._fail_abuse("ping-flood", reason, drop=True)
+
+    def _fail_abuse(self, key: str, reason: str, drop: bool = False) -> None:
+        """Close with 1002 for a peer past a violation limit (counted as the
+        ``violations`` limit hit, logged rate-limited); ``drop``: without waiting for the
+        closing handshake."""
+        if self.guard is not None:
+            self.guard.hit("violations", self.peer)
+        quiet.warning(
+            key,
+            "closing the session: %s",
+            reason,
+            extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
+        )
+        self.fail(CloseCode.PROTOCOL_ERROR, reason)
+        if drop:
             self.abort(reason)
 
     def _message(self, message: bytes | bytearray) -> None:
