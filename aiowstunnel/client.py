@@ -16,7 +16,6 @@ import random
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
@@ -25,10 +24,12 @@ from websockets.uri import parse_uri
 from . import wire
 from .addresses import Address, format_peer
 from .backoff import Backoff, BackoffPolicy
+from .dial import proxy_tunnel, tcp_dialer
 from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
+from .link import ws_log
 from .resets import Cut, reset
-from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .session import Phase, Session
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.client")
@@ -341,7 +342,7 @@ class Client:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
-        return TcpStream(session)
+        return session.new_stream()
 
     def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
@@ -393,10 +394,10 @@ class Client:
             sock = await asyncio.wait_for(
                 proxy_tunnel(self.proxy, self.server), self.connect_timeout
             )
-            connecting = loop.create_connection(lambda: session, sock=sock, **tls)
+            connecting = loop.create_connection(lambda: session.link, sock=sock, **tls)
         else:
             connecting = loop.create_connection(
-                lambda: session, self.server.host, self.server.port, **tls
+                lambda: session.link, self.server.host, self.server.port, **tls
             )
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
@@ -415,41 +416,6 @@ class Client:
             bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
-
-
-async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
-    """A socket connected to ``target`` through an HTTP proxy's CONNECT method.
-
-    Raises:
-        ConnectionError: the proxy refused (its status line is in the message).
-        OSError: the proxy cannot be reached.
-    """
-    url = urlsplit(proxy)
-    host, port = url.hostname or "", url.port or 3128
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, address)
-        authority = str(target)
-        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
-        head = b""
-        while b"\r\n\r\n" not in head:  # byte by byte: nothing past the head is consumed
-            byte = await loop.sock_recv(sock, 1)
-            if not byte or len(head) > 8192:
-                raise ConnectionError(f"proxy {host}:{port} closed during CONNECT")
-            head += byte
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status.split()
-        if len(parts) < 2 or parts[1] != "200":
-            raise ConnectionError(f"proxy {host}:{port} refused CONNECT {authority}: {status}")
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 class _Refuse(asyncio.Protocol):
