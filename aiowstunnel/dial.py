@@ -18,8 +18,8 @@ class Dial(Protocol):
     """Opens the TCP connection for a stream the peer asked for (the dialing side)."""
 
     def __call__(
-        self, factory: Callable[[], asyncio.Protocol], origin: str
-    ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]: ...
+        self, factory: Callable[[], asyncio.BaseProtocol], origin: str
+    ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]: ...
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
@@ -27,8 +27,8 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
     where = host_port(host, port)
 
     async def dial(
-        factory: Callable[[], asyncio.Protocol], origin: str
-    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        factory: Callable[[], asyncio.BaseProtocol], origin: str
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)

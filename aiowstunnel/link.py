@@ -26,9 +26,9 @@ from websockets.server import ServerProtocol
 from . import wsframe
 from .addresses import format_peer
 from .errors import HandshakeRefused, ProtocolViolation
-from .limits import SessionGuard
+from .keepalive import Keepalive, PingBudget
 from .logs import escape
-from .streams import no_delay
+from .tcp import no_delay
 from .wire import DEFAULT_MAX_DATA, data_header, split_data
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
@@ -38,9 +38,6 @@ ws_log.setLevel(logging.WARNING)
 
 #: The WebSocket's write-buffer high-water mark: past it every stream stops reading.
 WS_HIGH_WATER = 1024 * 1024
-#: Pings a peer may send within PING_PERIOD seconds (a keepalive sends one per interval).
-PING_BURST = 64
-PING_PERIOD = 10.0
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
 CLOSE_TIMEOUT = 5.0
 
@@ -91,9 +88,7 @@ class Link(asyncio.Protocol):
     Args:
         ws: websockets' sans-I/O protocol, ClientProtocol or ServerProtocol, CONNECTING.
         owner: who the link's messages and events go to (can change: :attr:`owner`).
-        guard: server side: the limits of the handshake and of the connection (send
-            buffer, handshake size); None for none (the client side).
-        ping_interval, ping_timeout: keepalive; a peer silent for their sum is dead.
+        pings: the keepalive's interval and timeout; a peer silent for their sum is dead.
         max_data: the largest DATA payload in one frame.
     """
 
@@ -101,18 +96,13 @@ class Link(asyncio.Protocol):
         self,
         ws: ClientProtocol | ServerProtocol,
         owner: LinkOwner,
+        pings: tuple[float | None, float] = (20.0, 20.0),
         *,
-        guard: SessionGuard | None = None,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
         max_data: int = DEFAULT_MAX_DATA,
     ) -> None:
         self.ws = ws
         self.owner = owner
-        self.guard = guard
         self.client_side = isinstance(ws, ClientProtocol)
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.max_data = max_data
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -125,14 +115,10 @@ class Link(asyncio.Protocol):
         self.paused = False  # the write buffer is over WS_HIGH_WATER
         self.ended = False  # the peer's close arrived, or the connection is gone
         self.lost = False  # connection_lost came
-        # Server side, until the upgrade is answered: the request head as it arrives, then
-        # what came after it, held unread (websockets would answer pings before the 101).
-        self._head: bytearray | None = None if guard is None else bytearray()
-        self._early: bytearray | None = None
-        self._upgrade: Response | None = None  # websockets' 101, checked before accept()
-        self._pings = 0  # pings received since _ping_window began (see _count_ping)
-        self._ping_window = 0.0
-        self._fragments: list[bytes] | None = None
+        self._holding = False  # ServerLink, until the upgrade is answered
+        self.keepalive = Keepalive(self.loop, *pings, self._send_ping, self.abort)
+        self._ping_budget = PingBudget()
+        self._fragments: list[Message] | None = None
         # The data path: after the handshake, BINARY frames are cut and built here
         # (wsframe), everything else still goes through websockets.
         self._splitter: wsframe.BinarySplitter | None = None
@@ -143,10 +129,6 @@ class Link(asyncio.Protocol):
         self._own_framing = isinstance(getattr(ws, "writes", None), list) and isinstance(
             getattr(getattr(ws, "reader", None), "buffer", None), bytearray
         )
-        self._last_rx = self.loop.time()
-        self._last_ping = 0.0
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._deadline: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -160,19 +142,14 @@ class Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         self.transport.set_write_buffer_limits(high=WS_HIGH_WATER)
         no_delay(transport)
-        peername = transport.get_extra_info("peername")
-        self.peer = format_peer(peername)
-        if self.guard is not None:
-            address = peername[0] if isinstance(peername, tuple) else str(peername)
-            if not self.guard.admit(self.peer, address):
-                self.abort("too many handshakes in progress")
+        self.peer = format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self.loop.time()
+        self.keepalive.last_rx = self.loop.time()
         splitter = self._splitter
         if splitter is None:
-            if self._head is not None:
-                data = self._hold_handshake(data)
+            if self._holding:
+                data = self._hold(data)
                 if not data:
                     return
             self.ws.receive_data(data)
@@ -191,7 +168,7 @@ class Link(asyncio.Protocol):
         except ProtocolViolation as exc:
             self.owner.link_violation(exc)
         self.flush()
-        if self.paused and self.guard is not None:
+        if self.paused:
             self._check_send_buffer()
 
     def eof_received(self) -> bool | None:
@@ -203,11 +180,9 @@ class Link(asyncio.Protocol):
         if not self.close_reason:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
         self.ended = self.lost = True
-        for timer in (self._ping_timer, self._deadline, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        if self.guard is not None:
-            self.guard.answered()
+        self.keepalive.stop()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         if not self.handshake.done():
             self.handshake.set_exception(ConnectionError(self.close_reason))
         self.owner.link_lost(self.close_reason)
@@ -215,112 +190,17 @@ class Link(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self.owner.link_paused(True)
-        # Server side: what the peer sends (pings, frames earning an RST) is answered into
-        # this buffer, so a peer that does not read is not read either until it drains.
-        # Only one side does this: two sessions that both stopped reading would deadlock.
-        if self.guard is not None and self.transport is not None:
-            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         self.owner.link_paused(False)
-        transport = self.transport
-        if self.guard is not None and transport is not None and not transport.is_closing():
-            transport.resume_reading()
 
-    # -- the server's side of the handshake ---------------------------------------------
-
-    def _hold_handshake(self, data: bytes) -> bytes:
-        """Server side, before the answer: what websockets may parse now.
-
-        websockets gets exactly the request head (it reads no body: a request ends at its
-        blank line); what follows is held until accept() and dropped by reject(), so that
-        nothing pipelined is answered before the 101 or the refusal. Head and held bytes
-        together are bounded by max_handshake_bytes (431 past it).
-        """
-        assert self._head is not None and self.guard is not None
-        budget = self.guard.max_handshake_bytes
-        if self._early is not None:  # the request is in, its answer pending
-            self._early += data
-            if len(self._early) + len(self._head) > budget:
-                self.guard.hit("handshake_bytes", self.peer)
-                self.abort(f"more than {budget} bytes before the upgrade was answered")
-            return b""
-        head = self._head
-        start = max(0, len(head) - 3)
-        head += data
-        end = head.find(b"\r\n\r\n", start)
-        if end < 0 or end + 4 > budget:
-            if len(head) > budget:
-                self._head = None
-                self.guard.hit("handshake_bytes", self.peer)
-                self.reject(431, f"request head larger than {budget} bytes")
-            return b""
-        end += 4
-        self._early = head[end:]
-        del head[end:]
-        return bytes(head)
-
-    def accept(self, request: Request, extra_headers: dict[str, str] | None = None) -> bool:
-        """Server side: answer the request with 101 and open the link (False: websockets
-        found the upgrade itself invalid, and its refusal was sent)."""
-        assert isinstance(self.ws, ServerProtocol)
-        response = self._upgrade or self.ws.accept(request)
-        for key, value in (extra_headers or {}).items():
-            response.headers[key] = value
-        self.ws.send_response(response)
-        early, self._head, self._early = self._early, None, None
-        if self.guard is not None:
-            self.guard.answered()
-        if response.status_code != 101:
-            self._fail_handshake(f"invalid upgrade: {response.status_code}")
-            self.flush()
-            return False
-        self._open()
-        self.flush()
-        self._process()
-        if early:  # frames that came with the request, read only now
-            self.data_received(bytes(early))
-        return True
-
-    def check_upgrade(self, request: Request) -> bool:
-        """Server side: whether websockets accepts the upgrade itself; if not, its refusal
-        (400) is sent. Called before anything is granted (a session, a LISTEN port)."""
-        assert isinstance(self.ws, ServerProtocol)
-        response = self.ws.accept(request)
-        if response.status_code == 101:
-            self._upgrade = response
-            return True
-        self.ws.send_response(response)
-        self._head = self._early = None
-        if self.guard is not None:
-            self.guard.answered()
-        self._fail_handshake(f"invalid upgrade: {response.status_code}")
-        self.flush()
-        return False
-
-    def reject(self, status: int, reason: str) -> None:
-        """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
-        assert isinstance(self.ws, ServerProtocol)
-        response = self.ws.reject(status, reason + "\n")
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
-        self.ws.send_response(response)
-        self._head = self._early = None  # nothing after the request is read
-        if self.guard is not None:
-            self.guard.answered()
-        self._fail_handshake(f"refused {status}: {reason}")
-        self.flush()
+    def _hold(self, data: bytes) -> bytes:
+        return data  # ServerLink holds what follows the request until it is answered
 
     def _check_send_buffer(self) -> None:
-        """Server side: a peer that lets more than max_send_buffer pile up is dropped."""
-        assert self.guard is not None
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > self.guard.max_send_buffer:
-            self.guard.hit("send_buffer", self.peer)
-            self.abort(f"peer does not read: over {self.guard.max_send_buffer} bytes queued")
+        pass  # ServerLink drops a peer that lets too much pile up
+
 
     # -- the client's side of the handshake ---------------------------------------------
 
@@ -363,53 +243,15 @@ class Link(asyncio.Protocol):
 
     def _open(self) -> None:
         self.opened = True
-        if self.ping_interval:
-            self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
+        self.keepalive.start()
         self.owner.link_open()
 
-    # -- keepalive (protocol.md, Keepalive) ----------------------------------------------
-
-    def _ping(self) -> None:
+    def _send_ping(self) -> bool:
         if self.ended or self.ws.state is not State.OPEN:
-            return
-        now = self.loop.time()
+            return False
         self.ws.send_ping(os.urandom(4))
         self.flush()
-        self._last_ping = now
-        if self._deadline is None:
-            self._deadline = self.loop.call_later(self.ping_timeout, self._ping_deadline, now)
-        self._ping_timer = self.loop.call_later(self.ping_interval or 1.0, self._ping)
-
-    def _ping_deadline(self, sent_at: float) -> None:
-        # Any byte from the peer since the ping proves it alive: under load the pong may
-        # queue behind data, which must not count as silence. A peer silent from time s is
-        # caught by the first ping after s (<= s + interval) plus ping_timeout.
-        self._deadline = None
-        if self.ended:
-            return
-        if self._last_rx < sent_at:
-            silent = self.loop.time() - self._last_rx
-            self.abort(f"peer silent for {silent:.1f} s (no pong within {self.ping_timeout:g} s)")
-        elif self._last_ping > sent_at:  # a later ping is still unanswered: watch it
-            delay = self._last_ping + self.ping_timeout - self.loop.time()
-            self._deadline = self.loop.call_later(
-                max(0.0, delay), self._ping_deadline, self._last_ping
-            )
-
-    def _count_ping(self) -> None:
-        """A peer's pings are answered by websockets as they are parsed: a flood of them
-        costs a PONG each and the CPU to make it, whoever else waits (docs/reliability.md,
-        Limits). A keepalive needs one per ping_interval; more than PING_BURST within
-        PING_PERIOD seconds is a violation: 1002, and the connection is dropped."""
-        now = self.loop.time()
-        if now - self._ping_window >= PING_PERIOD:
-            self._ping_window, self._pings = now, 0
-        self._pings += 1
-        if self._pings > PING_BURST and self.ws.state is State.OPEN:
-            reason = f"ping flood: more than {PING_BURST} pings in {PING_PERIOD:g} s"
-            # No closing handshake: a flooder does not read, and waiting CLOSE_TIMEOUT for
-            # it would mean reading (and discarding) its flood all that time.
-            self.owner.link_abuse("ping-flood", reason, drop=True)
+        return True
 
     # -- incoming frames ------------------------------------------------------------------
 
@@ -421,7 +263,7 @@ class Link(asyncio.Protocol):
             and not self.ended
             and self.ws.state is State.OPEN
             and self._fragments is None
-            and not self.ws.reader.buffer  # type: ignore[union-attr]
+            and not self.ws.reader.buffer
         ):
             self._splitter = wsframe.BinarySplitter(
                 expect_mask=not self.client_side, max_size=_max_size(self.ws)
@@ -469,11 +311,18 @@ class Link(asyncio.Protocol):
             said = f"closed by peer: {rcvd.code} {escape(rcvd.reason)}" if rcvd else ""
             self.close_reason = self.close_reason or said.strip() or "closed by peer"
             self.ended = True
+            self.keepalive.stop()
             self.owner.link_closing()  # nothing can be sent any more; link_lost follows
             self._close_later()
-        elif opcode is Opcode.PING:
-            self._count_ping()
-        # PING is answered by websockets itself; PONG only proves liveness (_last_rx).
+        elif (
+            opcode is Opcode.PING  # answered by websockets itself, counted here
+            and not self._ping_budget.spend(self.loop.time())
+            and self.ws.state is State.OPEN
+        ):
+            # No closing handshake: a flooder does not read, and waiting CLOSE_TIMEOUT for
+            # it would mean reading (and discarding) its flood all that time.
+            self.owner.link_abuse("ping-flood", PingBudget.reason(), drop=True)
+        # A PONG only proves liveness (Keepalive.last_rx).
 
     def _message(self, message: Message) -> None:
         if not self.opened:
@@ -502,7 +351,7 @@ class Link(asyncio.Protocol):
             for header, chunk in split_data(stream_id, data, self.max_data):
                 self.ws.send_binary(header + chunk)
             return
-        writes: list[bytes] = self.ws.writes  # type: ignore[attr-defined]
+        writes = self.ws.writes
         transport = self.transport
         if len(data) <= self.max_data and not writes and transport is not None:
             # The rtt case: one frame, with no round through the queue and flush.
@@ -516,7 +365,7 @@ class Link(asyncio.Protocol):
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
         transport = self.transport
-        if transport is None or (self._own_framing and not self.ws.writes):  # type: ignore[attr-defined]
+        if transport is None or (self._own_framing and not self.ws.writes):
             return  # nothing queued: most calls, once DATA goes straight to the transport
         chunks = self.ws.data_to_send()
         if not chunks:

@@ -33,7 +33,7 @@ from .logs import escape
 from .policy import ClientPolicy, Policy
 from .session import Phase, Session
 from .stats import LimitStats, ServerStats, TunnelStats
-from .streams import TcpStream
+from .tcp import TcpStream
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how

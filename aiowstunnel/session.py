@@ -42,8 +42,10 @@ from .mux import (
     StreamViolated,
 )
 from .resets import Cut
+from .serverlink import ServerLink
 from .stats import TunnelStats
-from .streams import StreamTable, TcpStream
+from .streams import StreamTable
+from .tcp import TcpStream
 from .wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW
 
 log = logging.getLogger("aiowstunnel.session")
@@ -110,14 +112,12 @@ class Session:
         self._dials: set[asyncio.Task[None]] = set()
         self.cut_streams = 0  # streams the session's end cut (set in link_lost)
         self.drain_cut = 0  # streams reset because the drain of shutdown() ran out
-        self.link = Link(
-            ws,
-            self,
-            guard=guard,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            max_data=self.mux.max_data,
-        )
+        pings = (ping_interval, ping_timeout)
+        self.link: Link
+        if isinstance(ws, ServerProtocol):
+            self.link = ServerLink(ws, self, pings, guard=guard, max_data=self.mux.max_data)
+        else:
+            self.link = Link(ws, self, pings, max_data=self.mux.max_data)
 
     def attach(self, link: Link) -> None:
         """Carry the session over ``link`` from now on (one link at a time)."""
@@ -174,16 +174,20 @@ class Session:
             extra_headers: added to the 101 response (e.g. the address bound for LISTEN).
         """
         self.dial = dial
-        self.link.accept(request, extra_headers)
+        self._server_link().accept(request, extra_headers)
 
     def check_upgrade(self, request: Request) -> bool:
         """Server side: whether websockets accepts the upgrade itself (else its 400 is
         sent). Called before anything is granted (a session, a LISTEN port)."""
-        return self.link.check_upgrade(request)
+        return self._server_link().check_upgrade(request)
 
     def reject(self, status: int, reason: str) -> None:
         """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
-        self.link.reject(status, reason)
+        self._server_link().reject(status, reason)
+
+    def _server_link(self) -> ServerLink:
+        assert isinstance(self.link, ServerLink), "an upgrade is answered on the server"
+        return self.link
 
     # -- the link's events (LinkOwner) -------------------------------------------------------
 

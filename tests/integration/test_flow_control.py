@@ -157,7 +157,8 @@ class DroppedPause:
     do; :attr:`biggest` is the largest backlog a stream held after a read."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from aiowstunnel.streams import StreamTable, TcpStream
+        from aiowstunnel.streams import StreamTable
+        from aiowstunnel.tcp import TcpStream
 
         self.biggest = 0
         real_made, real_data = TcpStream.connection_made, StreamTable.data

@@ -87,7 +87,7 @@ async def test_data_and_eof_before_open_ok_wait_for_it(make_tunnel, echo_backend
     """Some asyncio versions deliver the first read even though connection_made() paused
     reading (seen with Debian 12's Python 3.11.2): bytes and EOF that arrive before OPEN_OK
     must wait for it, not break the stream."""
-    from aiowstunnel.streams import TcpStream
+    from aiowstunnel.tcp import TcpStream
 
     real = TcpStream.set_reading
 
@@ -180,7 +180,7 @@ def test_one_read_buffer_per_thread():
     another thread (another loop) must get its own."""
     import threading
 
-    from aiowstunnel.streams import READ_SIZE, thread_read_buffer
+    from aiowstunnel.tcp import READ_SIZE, thread_read_buffer
 
     here = thread_read_buffer()
     assert thread_read_buffer() is here and len(here) == READ_SIZE
