@@ -307,7 +307,8 @@ class Mux:
         machine = self._streams.get(stream_id)
         if machine is None or machine.state in _PEER_SENDS_NO_MORE:
             return None
-        return self._window_update(stream_id, machine.recv_window.processed(n, flush))
+        increment = machine.recv_window.processed(n, flush)
+        return WindowUpdate(stream_id, increment).serialize() if increment else None
 
     def hold_credit(self, stream_id: int, held: bool) -> bytes | None:
         """Hold back the stream's credit (its local socket is write-paused) or release

@@ -23,6 +23,7 @@ from .mux import Mux
 from .resets import Cut, reset
 from .stats import TunnelStats
 from .tcp import READ_SIZE, SPILL_READ, TcpStream, thread_read_buffer
+from .wire import StreamState
 
 log = logging.getLogger("aiowstunnel.session")
 
@@ -175,13 +176,16 @@ class StreamTable:
     def data(self, stream: TcpStream, data: memoryview) -> None:
         """``data`` is a view of :attr:`read_view`: valid only until this returns."""
         sid = stream.stream_id
-        if sid is None or sid not in self.mux:
+        if sid is None:
+            return
+        state = self.mux.state(sid)
+        if state is None:  # reset meanwhile
             return
         if stream.backlog is not None:  # rare: reading is paused while a backlog waits
             stream.backlog = memoryview(bytes(stream.backlog) + data)
             self._send_backlog(stream)
             return
-        if not self.mux.accepted(sid):  # a read before OPEN_OK (the pause was dropped)
+        if state is StreamState.OPENING:  # a read before OPEN_OK (the pause was dropped)
             stream.backlog = memoryview(bytes(data))  # it waits, and outlives the buffer
             self.update_reading(stream)
             return

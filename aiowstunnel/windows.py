@@ -55,8 +55,13 @@ class ReceiveWindow(Window):
     def processed(self, n: int, flush: bool = False) -> int:
         """``n`` bytes left our buffers. Returns the increment to send now, 0 for none
         (``flush``: whatever is owed, without waiting for the threshold)."""
-        self.owed += n
-        return self._due(flush)
+        owed = self.owed + n  # (inline, not _due: this runs for every DATA message)
+        if self.held or owed == 0 or (owed < self.threshold and not flush):
+            self.owed = owed
+            return 0
+        self.grant(owed)
+        self.owed = 0
+        return owed
 
     def hold(self, held: bool) -> int:
         """Hold back credit (``True``: the local socket is write-paused) or release it;
