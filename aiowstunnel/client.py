@@ -18,6 +18,7 @@ import ssl as ssl_module
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
+from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -25,10 +26,12 @@ from . import wire
 from .addresses import Address, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .dial import proxy_tunnel, tcp_dialer
-from .errors import HandshakeRefused, describe, os_reason
+from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
-from .link import ws_log
+from .link import Link, ws_log
 from .resets import Cut, reset
+from .resume import HEADER_RESUMABLE, HEADER_RESUME, Credentials, parse_challenge
+from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Phase, Session
 from .stats import TunnelStats
 
@@ -63,6 +66,9 @@ class Client:
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        resume_timeout: seconds a session whose connection broke is kept (its streams
+            open) while the client reconnects to resume it (protocol.md, Resumption);
+            0 turns resumption off.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Client:
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        resume_timeout: float = 60.0,
     ) -> None:
         self.mode = Mode(mode)
         self.server = Address(tunnel_host, int(tunnel_port))
@@ -113,6 +120,9 @@ class Client:
         self.session: Session | None = None
         self.listen_address: Address | None = None  # what is actually bound (either side)
         self.proxy = proxy
+        self.resume_timeout = resume_timeout
+        self._random = random
+        self._fresh_now = False  # a resume was refused: open a fresh session at once
         self.last_error = ""
         #: Set once the local listener was tried (bound, or the error logged); at once
         #: in LISTEN mode, where the listener is the server's. The daemon's READY waits on it.
@@ -151,6 +161,11 @@ class Client:
     @property
     def up(self) -> bool:
         return self.session is not None and self.session.phase is Phase.OPEN
+
+    @property
+    def detached(self) -> bool:
+        """The session lost its connection and is being resumed (its streams wait)."""
+        return self.session is not None and self.session.phase is Phase.DETACHED
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -202,6 +217,9 @@ class Client:
             if session is not None:
                 await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
+            if self._fresh_now:  # the server knows the session no more: a new one, now
+                self._fresh_now = False
+                continue
             if not self._closing:
                 await self._pause()
 
@@ -219,7 +237,10 @@ class Client:
             self.url,
             where,
         )
+        while await session.wait_detached() and await self._resume(session):
+            pass  # resumed: serve on, until the next detach or the end
         reason = await session.wait_closed()
+        self.stats.detached = False
         self._up.clear()
         self.session = None
         if not self._replaced:  # a successor shares the counters and may be up already
@@ -230,6 +251,59 @@ class Client:
             self._log.warning(
                 "tunnel down: %s; %s", reason, _streams(cut, "reset") if cut else "no stream open"
             )
+
+    async def _resume(self, session: Session) -> bool:
+        """Reconnect to resume the detached ``session`` until resumed (True), refused or
+        expired (False). Attempts back off, capped so that several fit in resume_timeout."""
+        loop = asyncio.get_running_loop()
+        resumption = session.resumption
+        assert resumption is not None
+        timeout = resumption.timeout
+        self.stats.detached = True
+        self._log.warning(
+            "tunnel detached: %s; %s kept, resuming within %g s",
+            session.detach_reason,
+            _streams(len(session.streams), "open"),
+            timeout,
+        )
+        cap = max(0.05, timeout / 8)
+        backoff = Backoff(BackoffPolicy(initial=min(0.1, cap), max=cap), self._random)
+        while session.phase is Phase.DETACHED and not self._closing:
+            try:
+                await self._connect(resume_of=session)
+            except ResumeRefused as refused:
+                self.stats.resumes[refused.code] += 1
+                self._log.warning(
+                    "the server refused to resume the session (%s): its streams are reset; "
+                    "opening a fresh session",
+                    refused,
+                )
+                session.expire(Cut.RESUME_REFUSED, f"resume refused: {refused}")
+                self._fresh_now = not self._closing
+                return False
+            except HandshakeRefused as exc:
+                if exc.status in (401, 403):  # token revoked or rule narrowed: never resumes
+                    self._failed("bad_token" if exc.status == 401 else "forbidden",
+                                 f"server refused the resume: {exc}", logging.ERROR)
+                    session.expire(Cut.RESUME_REFUSED, f"resume refused: {exc}")
+                    return False
+                self.last_error = f"resume failed: {exc}"
+            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                self.last_error = f"resume failed: {describe(exc)}"
+            else:
+                self.stats.detached = False
+                self.stats.resumes["ok"] += 1
+                self.stats.replayed_bytes += session.last_replayed
+                self._log.info(
+                    "tunnel resumed after %.1f s: %d bytes replayed; %s",
+                    loop.time() - session.detached_at,
+                    session.last_replayed,
+                    _streams(len(session.streams), "open"),
+                )
+                return True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(session.closed), backoff.next_delay())
+        return False
 
     def _failed(self, label: str, message: str, level: int) -> None:
         self.stats.connect_failures[label] += 1
@@ -338,9 +412,9 @@ class Client:
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
-    def _local_stream(self) -> asyncio.Protocol:
+    def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
-        if session is None or session.phase is not Phase.OPEN:
+        if session is None or not session.accepting:  # detached: it waits for the resume
             return _Refuse(self)
         return session.new_stream()
 
@@ -366,7 +440,12 @@ class Client:
             since,
         )
 
-    async def _connect(self) -> Session:
+    async def _connect(self, resume_of: Session | None = None) -> Session:
+        """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
+
+        Raises:
+            ResumeRefused: the server cannot resume ``resume_of`` (with the code).
+        """
         loop = asyncio.get_running_loop()
         ws = ClientProtocol(
             parse_uri(self.url),
@@ -374,17 +453,27 @@ class Client:
             max_size=self.max_frame,
             logger=ws_log,
         )
-        session = Session(
-            ws,
-            self.stats,
-            window=self.window,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            name=self.name,
-        )
-        if self.mode is Mode.LISTEN:
-            # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
+        handshake: ResumeHandshake | None = None
+        if resume_of is None:
+            session = Session(
+                ws,
+                self.stats,
+                window=self.window,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                name=self.name,
+            )
+            link = session.link
+            if self.mode is Mode.LISTEN:
+                # Set before the request: the server may open a stream right after the 101.
+                session.dial = tcp_dialer(
+                    self.connect.host, self.connect.port, self.connect_timeout
+                )
+        else:
+            session = resume_of
+            pings = (self.ping_interval, self.ping_timeout)
+            link = Link(ws, Discarded(), pings, max_data=session.mux.max_data)
+            handshake = ResumeHandshake(link, session, None, self.handshake_timeout)
         tls = {
             "ssl": self.ssl,
             "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
@@ -394,26 +483,43 @@ class Client:
             sock = await asyncio.wait_for(
                 proxy_tunnel(self.proxy, self.server), self.connect_timeout
             )
-            connecting = loop.create_connection(lambda: session.link, sock=sock, **tls)
+            connecting = loop.create_connection(lambda: link, sock=sock, **tls)
         else:
             connecting = loop.create_connection(
-                lambda: session.link, self.server.host, self.server.port, **tls
+                lambda: link, self.server.host, self.server.port, **tls
             )
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
         for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
             request.headers[key] = value
-        session.send_request(request)
+        if resume_of is not None and resume_of.resumption is not None:
+            request.headers[HEADER_RESUME] = resume_of.resumption.id_hex
+        elif self.resume_timeout > 0:
+            request.headers[HEADER_RESUMABLE] = "1"
+        link.send_request(request)
         try:
             response = await asyncio.wait_for(
-                asyncio.shield(session.handshake), self.handshake_timeout
+                asyncio.shield(link.handshake), self.handshake_timeout
             )
+            assert isinstance(response, Response)
+            if handshake is not None:
+                handshake.start(parse_challenge(response.headers))
+                await asyncio.wait_for(asyncio.shield(handshake.done), self.handshake_timeout)
+                return session
+            credentials = Credentials.from_headers(response.headers)
+        except ProtocolViolation as exc:  # a malformed resumption header in the 101
+            link.abort("handshake failed")
+            raise ConnectionError(f"bad upgrade response: {exc}") from None
         except BaseException:
-            session.abort("handshake failed")
+            link.abort("handshake failed")
             raise
+        if credentials is not None and self.resume_timeout > 0:
+            session.resumption = Resumption(
+                credentials.session_id, self.resume_timeout, credentials=credentials
+            )
         if self.mode is Mode.LISTEN:
-            bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
+            bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
 

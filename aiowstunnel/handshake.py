@@ -51,6 +51,8 @@ class Refusal(enum.Enum):
     TOO_MANY_SESSIONS = (http.HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions")
     SHUTTING_DOWN = (http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting_down")
     SERVER_FULL = (http.HTTPStatus.SERVICE_UNAVAILABLE, "server_full")
+    #: a resume refused before the upgrade; its code is in X-Aiowstunnel-Resume-Refused
+    RESUME_REFUSED = (http.HTTPStatus.GONE, "resume_refused")
 
     @property
     def status(self) -> http.HTTPStatus:

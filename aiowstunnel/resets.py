@@ -32,6 +32,7 @@ class Cut(enum.Enum):
     DRAIN_TIMEOUT = "drain_timeout"  # still open when a stop's or reload's drain ran out
     VIOLATION = "violation"  # the peer broke the protocol on this stream
     EXPIRED = "expired"  # a stream kept for resumption whose session did not come back
+    RESUME_REFUSED = "resume_refused"  # the server could not resume it (restarted, refused)
 
     def __str__(self) -> str:
         return self.value

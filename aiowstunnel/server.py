@@ -25,12 +25,23 @@ from websockets.typing import Subprotocol
 from . import wire
 from .addresses import Address, ip_or_none
 from .dial import Dial, tcp_dialer
-from .errors import os_reason
+from .errors import ProtocolViolation, ResumeRefused, os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
 from .logs import escape
 from .policy import ClientPolicy, Policy
+from .resets import Cut
+from .resume import (
+    HEADER_REFUSED,
+    HEADER_RESUMABLE,
+    ServerSecret,
+    new_challenge,
+    new_session_credentials,
+    parse_resumable,
+    parse_resume_request,
+)
+from .resumption import Resumption
 from .session import Phase, Session
 from .stats import LimitStats, ServerStats, TunnelStats
 from .tcp import TcpStream
@@ -47,6 +58,7 @@ _HANDSHAKE_LIMITS = {
 }
 
 DEFAULT_MAX_FRAME = 1024 * 1024 + 64
+DEFAULT_RESUME_TIMEOUT = 60.0
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
 MAX_TUNNEL_NAMES = 32
@@ -88,6 +100,8 @@ class Server:
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
+        resume_timeout: seconds a session whose connection broke is kept for its client to
+            resume it (protocol.md, Resumption); 0 turns resumption off.
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class Server:
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
+        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
@@ -135,6 +150,10 @@ class Server:
         self._streams_total = Slots(lim.max_streams_total)
         self._client_streams = Slots(lim.max_client_streams)
         self.sessions: dict[Session, Grant] = {}
+        self.resume_timeout = resume_timeout
+        #: resumable sessions by session id, attached or detached (each still holds its
+        #: place in max_sessions and max_sessions_total: that bounds them)
+        self.resumable: dict[bytes, Session] = {}
         self.policy = Policy(None)
         self.set_clients(clients)
         self._server: asyncio.Server | None = None
@@ -337,6 +356,14 @@ class Server:
         grant: Grant | None = None
         reserved: list[Slot] = []  # released on every path but the session's start
         try:
+            try:
+                resume_id = parse_resume_request(request.headers)
+                resumable = parse_resumable(request.headers.get(HEADER_RESUMABLE))
+            except ProtocolViolation as exc:
+                raise RequestRefused(Refusal.BAD_REQUEST, str(exc)) from None
+            if resume_id is not None:
+                self._resume(session, request, resume_id)
+                return
             grant = await self._check(request, reserved)
             if not session.check_upgrade(request):  # websockets' own 400, sent
                 self.stats.rejected["bad_upgrade"] += 1
@@ -402,7 +429,18 @@ class Server:
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
         dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
-        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
+        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
+        if resumable and self.resume_timeout > 0:
+            credentials = new_session_credentials()
+            headers.update(credentials.headers())
+            session.resumption = Resumption(
+                credentials.session_id,
+                self.resume_timeout,
+                secret=ServerSecret(credentials.secret),
+            )
+            self.resumable[credentials.session_id] = session
+            session.on_detach.append(self._session_detached)
+            session.on_resume.append(self._session_resumed)
         session.accept(request, dial, extra_headers=headers)
         what = (
             f"connect to {grant.request.address}"
@@ -415,6 +453,85 @@ class Server:
             extra={"client": entry, "tunnel": tunnel, "peer": session.peer},
         )
 
+    def _resume(self, session: Session, request: Request, resume_id: bytes) -> None:
+        """A resume request: full authentication again, then the session it names, which
+        must be this client entry's and the same tunnel; the 101 carries a challenge.
+
+        Raises:
+            RequestRefused: as a fresh request would be refused (401, 403, ...).
+        """
+        client, tunnel = self._authenticate(request)
+        target = self.resumable.get(resume_id)
+        grant = self.sessions.get(target) if target is not None else None
+        try:
+            if target is None or grant is None or target.closed.done():
+                raise ResumeRefused("unknown_session", "no such session here: it expired, "
+                                    "or the server restarted")
+            if not _same_tunnel(grant, client, tunnel):
+                raise ResumeRefused("wrong_client", "the session is another client's or "
+                                    "another tunnel's")
+            reason = self._still_allowed(grant)
+            if reason:
+                raise ResumeRefused("wrong_client", reason)
+        except ResumeRefused as refused:
+            self._resume_refused(session.peer, client.name, refused)
+            session.reject(
+                Refusal.RESUME_REFUSED.status,
+                str(refused),
+                {HEADER_REFUSED: refused.code},
+            )
+            return
+        if not session.check_upgrade(request):
+            self.stats.rejected["bad_upgrade"] += 1
+            return
+        assert target.resumption is not None
+        handshake = session.accept_resume(
+            request, target, new_challenge(), self.handshake_timeout
+        )
+
+        def finished(done: asyncio.Future[None]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if isinstance(error, ResumeRefused):
+                self._resume_refused(session.peer, client.name, error)
+            elif error is not None:
+                target.stats.resumes["failed"] += 1
+
+        handshake.done.add_done_callback(finished)
+
+    def _resume_refused(self, peer: str, entry: str, refused: ResumeRefused) -> None:
+        self.stats.resumes[refused.code] += 1
+        quiet.warning(
+            ("resume-refused", refused.code),
+            "refused to resume a session: %s",
+            escape(str(refused)),
+            extra={"peer": peer, "client": entry or None},
+        )
+
+    def _session_detached(self, session: Session) -> None:
+        assert session.resumption is not None
+        session.stats.sessions_detached += 1
+        log.info(
+            "session detached: %s; %s kept for %g s",
+            escape(session.detach_reason),
+            _streams(len(session.streams)),
+            session.resumption.timeout,
+            extra=session.log_extra(),
+        )
+
+    def _session_resumed(self, session: Session) -> None:
+        stats = session.stats
+        stats.sessions_detached -= 1
+        stats.resumes["ok"] += 1
+        stats.replayed_bytes += session.last_replayed
+        self.stats.resumes["ok"] += 1
+        log.info(
+            "session resumed after %.1f s: %d bytes replayed; %s",
+            session.loop.time() - session.detached_at,
+            session.last_replayed,
+            _streams(len(session.streams)),
+            extra=session.log_extra(),
+        )
+
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
         has fewer than MAX_TUNNEL_NAMES, else OTHER_TUNNELS (bounded cardinality)."""
@@ -424,9 +541,8 @@ class Server:
         known = sum(1 for c, t in self.client_stats if c == entry and t != OTHER_TUNNELS)
         return name if known < MAX_TUNNEL_NAMES else OTHER_TUNNELS
 
-    async def _check(self, request: Request, reserved: list[Slot]) -> Grant:
-        """The grant for a request, or the refusal. The session's place is taken into
-        ``reserved`` before the first await, so concurrent requests count each other."""
+    def _authenticate(self, request: Request) -> tuple[ClientPolicy, TunnelRequest]:
+        """Who asks for what (path, subprotocol, token), or the refusal."""
         if self._closing:
             raise RequestRefused(Refusal.SHUTTING_DOWN, "server is shutting down")
         # The request target is a path (origin-form), never split as a URL: urlsplit
@@ -450,7 +566,19 @@ class Server:
         if client is None:
             reason = "missing bearer token" if tunnel.token is None else "invalid token"
             raise RequestRefused(Refusal.BAD_TOKEN, reason)
+        return client, tunnel
+
+    async def _check(self, request: Request, reserved: list[Slot]) -> Grant:
+        """The grant for a request, or the refusal. The session's place is taken into
+        ``reserved`` before the first await, so concurrent requests count each other."""
+        client, tunnel = self._authenticate(request)
         grant = Grant(client, tunnel)
+        # A fresh session of a tunnel that has one detached: its client restarted, or gave
+        # up resuming. The detached one will not come back: it makes room (its LISTEN
+        # port too) instead of holding a session slot until it expires.
+        for old, old_grant in list(self.sessions.items()):
+            if old.phase is Phase.DETACHED and _same_tunnel(old_grant, client, tunnel):
+                old.expire(Cut.EXPIRED, "replaced by a fresh session of the same tunnel")
         if self._client_sessions.full(client.name, client.max_sessions):
             active = self._client_sessions.by_key.get(client.name, 0)
             raise RequestRefused(
@@ -540,6 +668,10 @@ class Server:
         grant = self.sessions.pop(session, None)
         if grant is None:
             return
+        if session.resumption is not None:
+            self.resumable.pop(session.resumption.session_id, None)
+        if session.ended_detached:
+            session.stats.sessions_detached -= 1
         if grant.slot is not None:
             grant.slot.release()
         if grant.listener is not None:
@@ -554,6 +686,21 @@ class Server:
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
             extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
+
+
+def _same_tunnel(grant: Grant, client: ClientPolicy, tunnel: TunnelRequest) -> bool:
+    """The same client entry (name and token) asking for the same tunnel."""
+    request = grant.request
+    return (
+        grant.client.name == client.name
+        and grant.client.token_sha256 == client.token_sha256
+        and (request.mode, request.address, request.tunnel)
+        == (tunnel.mode, tunnel.address, tunnel.tunnel)
+    )
+
+
+def _streams(n: int) -> str:
+    return f"{n} stream{'' if n == 1 else 's'}"
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

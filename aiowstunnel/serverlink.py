@@ -143,12 +143,16 @@ class ServerLink(Link):
         self.flush()
         return False
 
-    def reject(self, status: int, reason: str) -> None:
+    def reject(
+        self, status: int, reason: str, extra_headers: dict[str, str] | None = None
+    ) -> None:
         """Refuse the upgrade with an HTTP status and a plain-text reason."""
         assert isinstance(self.ws, ServerProtocol)
         response = self.ws.reject(status, reason + "\n")
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
+        for key, value in (extra_headers or {}).items():
+            response.headers[key] = value
         self.ws.send_response(response)
         self._head = self._early = None  # nothing after the request is read
         self._holding = False

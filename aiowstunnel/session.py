@@ -22,7 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from .dial import Dial, failure_label
-from .errors import ProtocolViolation, describe
+from .errors import ProtocolViolation, ResumeRefused, describe
 from .limits import DEFAULT_MAX_VIOLATIONS, LOGGED_VIOLATIONS, QuietLog, SessionGuard, Slot
 from .link import CLOSE_TIMEOUT, Link, Message
 from .logs import escape, quote
@@ -42,6 +42,8 @@ from .mux import (
     StreamViolated,
 )
 from .resets import Cut
+from .resume import HEADER_CHALLENGE, encode_resumed
+from .resumption import Discarded, ResumeHandshake, Resumption
 from .serverlink import ServerLink
 from .stats import TunnelStats
 from .streams import StreamTable
@@ -58,7 +60,12 @@ class Phase(enum.Enum):
     HANDSHAKE = "handshake"
     OPEN = "open"
     DRAINING = "draining"  # GOAWAY sent or received: no new streams
+    DETACHED = "detached"  # resumable, its link lost: kept until resumed or expired
     CLOSED = "closed"
+
+
+#: the phases with a link whose loss detaches a resumable session
+_ATTACHED = frozenset((Phase.OPEN, Phase.DRAINING))
 
 
 class Session:
@@ -112,6 +119,18 @@ class Session:
         self._dials: set[asyncio.Task[None]] = set()
         self.cut_streams = 0  # streams the session's end cut (set in link_lost)
         self.drain_cut = 0  # streams reset because the drain of shutdown() ran out
+        #: set once the server issued a session id and secret (protocol.md, Resumption)
+        self.resumption: Resumption | None = None
+        self.on_detach: list[Callable[[Session], None]] = []
+        self.on_resume: list[Callable[[Session], None]] = []
+        self.detach_reason = ""
+        self.detached_at = 0.0  # loop time of the last detach
+        self.last_replayed = 0  # bytes resent by the last resume
+        self.ended_detached = False
+        self._ending = False  # a close (ours or the peer's): losing the link ends the session
+        self._before_detach = Phase.OPEN
+        self._expiry: asyncio.TimerHandle | None = None
+        self._detached = asyncio.Event()  # set while detached, and once ended
         pings = (ping_interval, ping_timeout)
         self.link: Link
         if isinstance(ws, ServerProtocol):
@@ -181,9 +200,24 @@ class Session:
         sent). Called before anything is granted (a session, a LISTEN port)."""
         return self._server_link().check_upgrade(request)
 
-    def reject(self, status: int, reason: str) -> None:
+    def reject(
+        self, status: int, reason: str, extra_headers: dict[str, str] | None = None
+    ) -> None:
         """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
-        self._server_link().reject(status, reason)
+        self._server_link().reject(status, reason, extra_headers)
+
+    def accept_resume(
+        self, request: Request, target: Session, challenge: bytes, timeout: float
+    ) -> ResumeHandshake:
+        """Server side: answer a resume of ``target`` with 101 and the challenge; the link
+        is ``target``'s once the client's RESUME proves the secret. This session, only the
+        handshake's, ends here."""
+        link = self._server_link()
+        handshake = ResumeHandshake(link, target, challenge, timeout)
+        self.phase = Phase.CLOSED
+        self.closed.set_result("handed over to the resumed session")
+        link.accept(request, {HEADER_CHALLENGE: challenge.hex()})
+        return handshake
 
     def _server_link(self) -> ServerLink:
         assert isinstance(self.link, ServerLink), "an upgrade is answered on the server"
@@ -201,12 +235,23 @@ class Session:
         self.phase = Phase.OPEN
 
     def link_message(self, message: Message) -> None:
+        resumption = self.resumption
+        if resumption is not None:
+            full = resumption.full
+            given = resumption.received(message)  # counted; ACK and WINDOW counts confirm
+            if full and not resumption.full:
+                self.table.update_all()  # confirmations made room in the log: read again
+            if given is None:
+                return
+            message = given
         data = self.mux.receive_data(message)
         if data is not None:
             self.table.deliver(*data)
-            return
-        for event in self.mux.receive(message):
-            self._event(event)
+        else:
+            for event in self.mux.receive(message):
+                self._event(event)
+        if resumption is not None and (ack := resumption.ack()) is not None:
+            self.link.send_message(ack)
 
     def link_violation(self, exc: ProtocolViolation) -> None:
         quiet.warning("violation", "protocol violation: %s", escape(exc), extra=self.log_extra())
@@ -219,26 +264,109 @@ class Session:
         self.table.update_all()  # the streams stop (or resume) reading
 
     def link_closing(self) -> None:
+        self._ending = True  # the peer closed on purpose: no resume
         self.phase = Phase.CLOSED  # nothing can be sent any more; link_lost cleans up
 
     def link_lost(self, reason: str) -> None:
+        if self.resumption is not None and not self._ending and self.phase in _ATTACHED:
+            self._detach(reason)
+        else:
+            self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if self.closed.done():
+            return
         self.close_reason = self.close_reason or reason
+        self.ended_detached = self.phase is Phase.DETACHED  # expired, or closed meanwhile
         self.phase = Phase.CLOSED
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in self._dials:
             task.cancel()
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
         self.cut_streams = self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
-        if not self.closed.done():
-            self.closed.set_result(self.close_reason)
+        self._detached.set()
+        self.closed.set_result(self.close_reason)
+        if not self.link.lost:  # an expiry during a resume attempt
+            self.link.abort(self.close_reason)
         for callback in self.on_close:
+            callback(self)
+
+    # -- resumption (protocol.md, Resumption) ------------------------------------------
+
+    def _detach(self, reason: str) -> None:
+        """The link is lost: keep the streams (they stop reading) for resume_timeout."""
+        assert self.resumption is not None
+        self._before_detach, self.phase = self.phase, Phase.DETACHED
+        self.detach_reason = reason
+        self.detached_at = self.loop.time()
+        timeout = self.resumption.timeout
+        self._expiry = self.loop.call_later(
+            timeout, self.expire, Cut.EXPIRED, f"not resumed within {timeout:g} s"
+        )
+        self._detached.set()
+        self.table.update_all()
+        for callback in self.on_detach:
+            callback(self)
+
+    def expire(self, cause: Cut, reason: str) -> None:
+        """End a detached session: every stream reset (its socket with an RST), counted
+        under ``cause``, with ``reason`` in the log."""
+        if self.closed.done():
+            return
+        self._ending = True
+        self.cut_streams = self.reset_streams(cause, reason)
+        self._end(reason)
+
+    async def wait_detached(self) -> bool:
+        """Until the link is lost: True if the session is detached (resumable), False if
+        it ended."""
+        await self._detached.wait()
+        return self.phase is Phase.DETACHED
+
+    def resume(self, link: Link, claimed: int) -> None:
+        """Carry on over ``link`` (its resume proven); the peer received ``claimed``
+        messages: what it lacks is resent, after RESUMED on the server.
+
+        A resume for a session still attached (the client saw the break first) replaces
+        its link: only one link is attached at a time.
+
+        Raises:
+            ResumeRefused: ``bad_claim``: the claim contradicts our counters.
+        """
+        assert self.resumption is not None
+        replay = self.resumption.replay(claimed)
+        if self.phase is not Phase.DETACHED:
+            old, self._before_detach = self.link, self.phase
+            self.detached_at = self.loop.time()
+            old.owner = Discarded()
+            old.abort("replaced by a resumed link")
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.attach(link)
+        if not self.client_side:
+            link.send_message(encode_resumed(self.resumption.counter.state()))
+        for message in replay:
+            link.send_message(message)
+        self.last_replayed = sum(len(m) for m in replay)
+        self.phase = self._before_detach
+        self._detached.clear()
+        self.table.update_all()
+        link.flush()
+        for callback in self.on_resume:
             callback(self)
 
     # -- what the streams need (StreamHost) --------------------------------------------------
 
     @property
     def accepting(self) -> bool:
-        return self.phase is Phase.OPEN
+        # Detached: a local connection waits (opened, not read) until resumed or expired.
+        phase = self.phase
+        return phase is Phase.OPEN or (
+            phase is Phase.DETACHED and self._before_detach is Phase.OPEN
+        )
 
     @property
     def sending(self) -> bool:
@@ -246,13 +374,34 @@ class Session:
 
     @property
     def paused(self) -> bool:
-        return self.link.paused
+        if self.resumption is None:
+            return self.link.paused
+        return self.link.paused or self.phase is Phase.DETACHED or self.resumption.full
 
     def send(self, message: bytes) -> None:
-        self.link.send_message(message)
+        if self.resumption is not None:
+            try:
+                message = self.resumption.sent(message)  # logged until confirmed
+            except ResumeRefused as refused:  # the peer confirms nothing: no resume
+                self._log_overflow(refused)
+                return
+        if self.phase is not Phase.DETACHED:
+            self.link.send_message(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
-        self.link.send_data(stream_id, data)
+        if self.resumption is not None:
+            try:
+                self.resumption.sent_data(stream_id, data, self.mux.max_data)
+            except ResumeRefused as refused:
+                self._log_overflow(refused)
+                return
+        if self.phase is not Phase.DETACHED:
+            self.link.send_data(stream_id, data)
+
+    def _log_overflow(self, refused: ResumeRefused) -> None:
+        quiet.warning("log-overflow", "closing the session: %s", refused, extra=self.log_extra())
+        self.resumption = None  # what follows is not logged: the session ends, no resume
+        self.fail(CloseCode.POLICY_VIOLATION, str(refused))
 
     def flush(self) -> None:
         self.link.flush()
@@ -418,7 +567,11 @@ class Session:
         """GOAWAY, let open streams finish for up to ``timeout``, then close; bounded.
 
         The one stop sequence of both ends (protocol.md, GOAWAY); safe to call twice.
+        A detached session has nothing to drain over: it ends at once.
         """
+        if self.phase is Phase.DETACHED:
+            self.close(CloseCode.GOING_AWAY, reason)
+            return
         self.goaway(reason)
         if not await self.drain(timeout) and len(self.table):
             self.drain_cut += self.reset_streams(
@@ -442,17 +595,26 @@ class Session:
         """Start the WebSocket closing handshake; open streams are cut."""
         if not self.close_reason:
             self.close_reason = f"closed locally: {reason}" if reason else "closed locally"
-        self.link.close(code, reason)
+        self._ending = True
+        if self.phase is Phase.DETACHED:
+            self._end(self.close_reason)
+        else:
+            self.link.close(code, reason)
 
     def fail(self, code: int, reason: str) -> None:
         """Close because of an error (protocol violation: 1002), with the reason."""
         self.close_reason = self.close_reason or reason
+        self._ending = True
         self.link.fail(code, reason)
 
     def abort(self, reason: str) -> None:
-        """Drop the connection at once (dead peer)."""
+        """Drop the connection at once (dead peer); the session ends with it."""
         self.close_reason = self.close_reason or reason
-        self.link.abort(reason)
+        self._ending = True
+        if self.phase is Phase.DETACHED:
+            self._end(self.close_reason)
+        else:
+            self.link.abort(reason)
 
     async def wait_closed(self) -> str:
         return await asyncio.shield(self.closed)

@@ -27,6 +27,10 @@ class TunnelStats:
     sent_bytes: int = 0
     received_bytes: int = 0
     sessions_active: int = 0
+    sessions_detached: int = 0  # server side: of sessions_active, those without a link
+    detached: bool = False  # client side: the tunnel's session is detached, resuming
+    resumes: Counter[str] = field(default_factory=Counter)  # by result: ok or a refusal code
+    replayed_bytes: int = 0  # resent by resumes
 
 
 @dataclass
@@ -34,6 +38,7 @@ class ServerStats:
     """Counters of the tunnel server as a whole."""
 
     rejected: Counter[str] = field(default_factory=Counter)
+    resumes: Counter[str] = field(default_factory=Counter)  # by result, as TunnelStats'
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiowstunnel.addresses import Address
 from aiowstunnel.backoff import BackoffPolicy
+from aiowstunnel.resets import reset
 
 LOCAL = "127.0.0.1"
 FAST_BACKOFF = BackoffPolicy(initial=0.05, max=0.3, factor=2.0)
@@ -150,6 +151,17 @@ class FaultProxy:
             dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> int:
+        """Break every relayed connection now, both sides, with an RST (SO_LINGER 0), as
+        a NAT rebinding or a crashed middlebox does. New connections are relayed again.
+        Returns how many connections were cut."""
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            transport = writer.transport
+            if not transport.is_closing():
+                reset(transport)
+        return len(writers) // 2
 
     def close(self) -> None:
         if self.server is not None:

@@ -33,8 +33,13 @@ async def wait_until(predicate, timeout: float) -> float:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN], ids=str)
-async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backend, mode):
-    server = Server(LOCAL, 0, ping_interval=PING, ping_timeout=PING)
+@pytest.mark.parametrize("off", ["server", "client"], ids=lambda side: f"no-resume-{side}")
+async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backend, mode, off):
+    """Without resumption (resume_timeout = 0 on either side: today's behaviour), a dead
+    peer ends the session on both sides; tests/integration/test_resume.py has the rest."""
+    server = Server(
+        LOCAL, 0, ping_interval=PING, ping_timeout=PING, resume_timeout=0 if off == "server" else 60
+    )
     await server.listen()
     proxy = await FaultProxy(server.port).start()
     client = Client(
@@ -51,6 +56,7 @@ async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backe
         # A reconnect made during the blackhole loses its upgrade request: let it give up
         # soon, rather than after the default 10 s.
         handshake_timeout=2 * PING,
+        resume_timeout=0 if off == "client" else 60,
     )
     client.start()
     try:
@@ -132,6 +138,7 @@ async def test_server_killed_and_restarted_client_comes_back(echo_backend, mode)
         ping_interval=0.5,
         ping_timeout=0.5,
         backoff=FAST_BACKOFF,
+        resume_timeout=0,  # today's behaviour; test_resume.py: the resume is refused
     )
     client.start()
     try:
@@ -210,7 +217,9 @@ async def test_refused_backend_reason_reaches_client_log_and_socket_is_reset(mak
 async def test_client_killed_server_releases_listen_port_and_new_client_binds_it(echo_backend):
     from ..helpers import TunnelProcess
 
-    server = Server(LOCAL, 0, ping_interval=PING, ping_timeout=PING)
+    # Without resumption (test_resume.py: with it, the new client's fresh session replaces
+    # the detached one and binds the port as well).
+    server = Server(LOCAL, 0, ping_interval=PING, ping_timeout=PING, resume_timeout=0)
     await server.listen()
     listen_port = free_port()
 
