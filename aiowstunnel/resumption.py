@@ -134,16 +134,19 @@ class Resumption:
 
     def check_resume(self, message: Message, challenge: bytes) -> int:
         """The server's check of a RESUME; returns the client's received count. The
-        secret rotates (pending until the client's next message shows it did too)."""
+        secret's rotation is pending (:class:`~resume.ServerSecret`) until :meth:`resumed`
+        and the client's next message."""
         assert self.secret is not None
-        claimed = resume.check_resume(message, self.secret, self.session_id, challenge)
-        self._rotation_pending = True
-        return claimed
+        return resume.check_resume(message, self.secret, self.session_id, challenge)
 
     def resumed(self, challenge: bytes) -> None:
-        """Client: RESUMED arrived: rotate the secret as the server did."""
-        assert self.credentials is not None
-        self.credentials = self.credentials.rotated(challenge)
+        """The resume succeeded. Client: rotate the secret, as the server did. Server: the
+        client's next message on the resumed link shows it rotated (only a message after
+        a resume that succeeded: a proof followed by a refused claim rotates nothing)."""
+        if self.credentials is not None:
+            self.credentials = self.credentials.rotated(challenge)
+        else:
+            self._rotation_pending = True
 
 
 class ResumeTarget(Protocol):
@@ -233,10 +236,10 @@ class ResumeHandshake:
         try:
             if self.link.client_side:
                 claimed = resume.check_resumed(message)
-                resumption.resumed(self.challenge)
             else:
                 claimed = resumption.check_resume(message, self.challenge)
             self.target.resume(self.link, claimed)  # the link is the session's from here
+            resumption.resumed(self.challenge)
         except ResumeRefused as refused:
             self._refuse(refused)
             return

@@ -80,8 +80,11 @@ class RawSession:
         address: str = "127.0.0.1:1",
         source: str = LOCAL,
         timeout: float = 10.0,
+        extra: Iterable[tuple[str, str]] = (),
+        status: int = 101,
     ) -> RawSession:
-        """Connect and upgrade; raises AssertionError unless the answer is 101."""
+        """Connect and upgrade with ``extra`` headers; raises AssertionError unless the
+        answer has ``status`` (101 by default; the answer is in :attr:`response`)."""
         session = await cls.connect(port, source)
         protocol = ClientProtocol(
             parse_uri(f"ws://{LOCAL}:{port}/aiowstunnel"), subprotocols=[wire.SUBPROTOCOL]
@@ -90,6 +93,8 @@ class RawSession:
         request.headers[HEADER_MODE] = mode
         request.headers[HEADER_ADDRESS] = address
         request.headers["Authorization"] = f"Bearer {token}"
+        for key, value in extra:
+            request.headers[key] = value
         protocol.send_request(request)
         session.protocol = protocol
         session.flush()
@@ -104,7 +109,7 @@ class RawSession:
                         session.response = event
 
         await asyncio.wait_for(answer(), timeout)
-        assert session.response.status_code == 101, session.response.status_code
+        assert session.response.status_code == status, session.response.status_code
         return session
 
     def flush(self) -> None:

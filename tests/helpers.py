@@ -126,6 +126,7 @@ class FaultProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.blackhole = False
+        self.refuse = False  # reset each new connection at once: the path is down
         self.server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -139,6 +140,9 @@ class FaultProxy:
         return self
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            reset(writer.transport)
+            return
         up_reader, up_writer = await asyncio.open_connection(LOCAL, self.target_port)
         self._writers += [writer, up_writer]
 

@@ -7,14 +7,36 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import time
 
 import pytest
+from websockets.frames import Close, Opcode
 
 import aiowstunnel
+from aiowstunnel.addresses import AddressRule
 from aiowstunnel.client import Client
+from aiowstunnel.handshake import HEADER_TUNNEL
+from aiowstunnel.policy import ClientPolicy, token_digest
+from aiowstunnel.resume import (
+    CLOSE_CODES,
+    HEADER_REFUSED,
+    HEADER_RESUME,
+    encode_resume,
+    parse_challenge,
+    resume_message,
+)
 from aiowstunnel.server import Server
 
-from .conftest import FAST_BACKOFF, LOCAL, FaultProxy, start_backend
+from ..attackers import RawSession
+from .conftest import (
+    FAST_BACKOFF,
+    LOCAL,
+    FaultProxy,
+    echo_roundtrip,
+    start_backend,
+    wait_for_count,
+)
 
 MiB = 1 << 20
 MODES = [aiowstunnel.CONNECT, aiowstunnel.LISTEN]
@@ -118,3 +140,226 @@ async def test_one_stream_survives_cuts_intact(mode):
     finally:
         await tunnel.close()
         backend.server.close()
+
+
+@pytest.mark.timeout(120)
+async def test_200_echo_streams_survive_three_cuts(echo_backend):
+    tunnel = await Tunnel.start(aiowstunnel.CONNECT, echo_backend.port)
+    try:
+        streams = asyncio.gather(*(echo_roundtrip(tunnel.entry, MiB) for _ in range(200)))
+        for _ in range(3):
+            await asyncio.sleep(0.1)
+            await tunnel.cut()
+        results = await asyncio.wait_for(streams, 90)
+        assert all(sent == received for sent, received in results)
+        assert tunnel.client.stats.resumes["ok"] == 3
+        assert sum(tunnel.client.stats.stream_resets.values()) == 0
+        assert echo_backend.accepted == 200  # each stream dialed once, never again
+    finally:
+        await tunnel.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(echo_backend):
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"resume_timeout": 0.6},
+        client_kw={"resume_timeout": 0.6},
+    )
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        tunnel.proxy.refuse = True  # the path stays down: every resume attempt fails
+        tunnel.proxy.cut()
+        with pytest.raises(ConnectionResetError):  # an RST, never a clean EOF
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert tunnel.client.stats.stream_resets["expired"] == 1
+        server_stats = next(iter(tunnel.server.client_stats.values()))
+        await wait_for_count(server_stats.stream_resets, "expired", 1, 5)
+        assert server_stats.sessions_detached == 0 and not tunnel.server.sessions
+        tunnel.proxy.refuse = False  # the path heals: a fresh session, new streams work
+        await tunnel.client.wait_up(10)
+        await _until(lambda: tunnel.client.up, 10)
+        sent, received = await echo_roundtrip(tunnel.entry, MiB)
+        assert sent == received
+    finally:
+        await tunnel.close()
+
+
+def _policy(name: str, token: str, target: str) -> ClientPolicy:
+    return ClientPolicy(name, token_digest(token), (AddressRule.parse(target),))
+
+
+def _close_code(frames) -> int:
+    [close] = [f for f in frames if f.opcode is Opcode.CLOSE]
+    return Close.parse(close.data).code
+
+
+@pytest.mark.timeout(60)
+async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resumes(
+    echo_backend,
+):
+    target = f"{LOCAL}:{echo_backend.port}"
+    clients = [_policy("owner", "owner-token", target), _policy("other", "other-token", target)]
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": clients},
+        client_kw={"token": "owner-token", "name": "t1"},
+    )
+    port = tunnel.server.port
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        resumption = tunnel.client.session.resumption
+        resume_header = [(HEADER_RESUME, resumption.id_hex), (HEADER_TUNNEL, "t1")]
+
+        # Another client entry's valid token: refused before the upgrade.
+        other = await RawSession.open(
+            port, "other-token", address=target, extra=resume_header, status=410
+        )
+        assert other.response.headers[HEADER_REFUSED] == "wrong_client"
+        # A session id nobody issued.
+        unknown = await RawSession.open(
+            port, "owner-token", address=target, extra=[(HEADER_RESUME, "ab" * 16)], status=410
+        )
+        assert unknown.response.headers[HEADER_REFUSED] == "unknown_session"
+        # The owner's token, but no secret: a wrong proof.
+        wrong = await RawSession.open(port, "owner-token", address=target, extra=resume_header)
+        old_challenge = parse_challenge(wrong.response.headers)
+        wrong.send(encode_resume(bytes(32), 0))
+        assert _close_code(await wrong.frames(2)) == CLOSE_CODES["bad_proof"]
+        # A captured RESUME sent again: the right secret, another resume's challenge.
+        replayed = await RawSession.open(port, "owner-token", address=target, extra=resume_header)
+        replayed.send(resume_message(resumption.credentials, old_challenge, 0))
+        assert _close_code(await replayed.frames(2)) == CLOSE_CODES["bad_proof"]
+        # The right proof claiming more than was ever sent: refused, and nothing is sent.
+        greedy = await RawSession.open(port, "owner-token", address=target, extra=resume_header)
+        challenge = parse_challenge(greedy.response.headers)
+        greedy.send(resume_message(resumption.credentials, challenge, 10**9))
+        frames = await greedy.frames(2)
+        assert _close_code(frames) == CLOSE_CODES["bad_claim"]
+        assert not [f for f in frames if f.opcode is Opcode.BINARY]  # no byte of the log
+        refused = tunnel.server.stats.resumes
+        assert (refused["wrong_client"], refused["unknown_session"]) == (1, 1)
+        assert (refused["bad_proof"], refused["bad_claim"]) == (2, 1)
+
+        # The session was never touched: still up, and its owner resumes it after a cut.
+        writer.write(b"during")
+        assert await reader.readexactly(6) == b"during"
+        await tunnel.cut()
+        writer.write(b"after")
+        assert await reader.readexactly(5) == b"after"
+        assert tunnel.client.stats.resumes["ok"] == 1
+        writer.close()
+    finally:
+        await tunnel.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_a_restarted_server_refuses_the_resume_and_a_fresh_session_starts(
+    echo_backend, mode
+):
+    from .test_faults import free_port, start_server_process
+
+    proc, port = await start_server_process(0)
+    listen_port = free_port() if mode is aiowstunnel.LISTEN else 0
+    client = Client(
+        mode, LOCAL, port, LOCAL, listen_port, LOCAL, echo_backend.port, backoff=FAST_BACKOFF
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        entry = client.listen_address
+        reader, writer = await asyncio.open_connection(entry.host, entry.port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await _until(lambda: client.detached, 5)  # the stream is kept meanwhile
+        proc, _ = await start_server_process(port)
+        returned = time.monotonic()
+        if mode is aiowstunnel.CONNECT:
+            with pytest.raises(ConnectionResetError):  # told, by an RST
+                await asyncio.wait_for(reader.read(), 5)
+        # (LISTEN: that socket was the killed server's; the client's end, to the target,
+        # is reset: counted below.)
+        writer.close()
+        await _until(lambda: client.up and client.stats.connects == 2, 5)
+        took = time.monotonic() - returned
+        print(f"\nserver restarted ({mode}): a fresh session {took:.2f} s after its return")
+        assert took < 2
+        assert client.stats.resumes["unknown_session"] == 1
+        assert client.stats.stream_resets["resume_refused"] == 1
+        sent, received = await echo_roundtrip(client.listen_address, MiB)
+        assert sent == received
+    finally:
+        await client.close(1)
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("off", ["server", "client"])
+async def test_resume_timeout_0_on_either_side_is_todays_behaviour(echo_backend, off):
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"resume_timeout": 0} if off == "server" else {},
+        client_kw={"resume_timeout": 0} if off == "client" else {},
+    )
+    try:
+        session = tunnel.client.session
+        assert session.resumption is None
+        assert all(s.resumption is None for s in tunnel.server.sessions)
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        tunnel.proxy.cut()
+        with pytest.raises(ConnectionResetError):  # the stream is cut with the session
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await _until(lambda: tunnel.client.up and tunnel.client.session is not session, 10)
+        assert tunnel.client.stats.stream_resets["session_lost"] == 1
+        assert tunnel.client.stats.resumes == {}
+    finally:
+        await tunnel.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_blackout_is_detected_by_the_keepalive_and_resumed_when_it_heals(echo_backend):
+    ping = {"ping_interval": 0.3, "ping_timeout": 0.3}
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw=ping,
+        client_kw={**ping, "handshake_timeout": 0.6},
+    )
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        tunnel.proxy.blackhole = True  # silent, nothing is reset
+        await _until(lambda: tunnel.client.detached, 5)
+        assert "peer silent" in tunnel.client.session.detach_reason
+        writer.write(b"during")  # waits in the socket: the stream does not read now
+        await asyncio.sleep(1.0)
+        tunnel.proxy.blackhole = False
+        tunnel.proxy.cut()  # the middlebox gives up on its old connections
+        assert await asyncio.wait_for(reader.readexactly(6), 10) == b"during"
+        assert tunnel.client.stats.resumes["ok"] == 1
+        writer.close()
+    finally:
+        await tunnel.close()
+
+
+async def _until(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
