@@ -52,6 +52,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
+#: seconds a broken session is kept for resumption (docs/protocol.md, Resumption); 0: off
+DEFAULT_RESUME_TIMEOUT = 60.0
 DEFAULT_MAX_FRAME = 1024 * 1024 + 64
 #: A peer's largest DATA frame (header + payload) must fit in one WebSocket message.
 MIN_MAX_FRAME = wire.DEFAULT_MAX_DATA + wire.HEADER_SIZE
@@ -128,6 +130,7 @@ class ServerConfig:
     ping_timeout: float
     max_frame: int
     limits: ServerLimits = field(default_factory=ServerLimits)
+    resume_timeout: float = DEFAULT_RESUME_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class TunnelSpec:
     ping_interval: float
     ping_timeout: float
     window: int
+    resume_timeout: float = DEFAULT_RESUME_TIMEOUT
 
     @property
     def uses_tls(self) -> bool:
@@ -550,6 +554,7 @@ class _Loader:
         handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
         max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
         limits = self.limits(t)
+        resume_timeout = self.resume_timeout(t)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -576,6 +581,7 @@ class _Loader:
             ping_timeout=ping_timeout,
             max_frame=max_frame,
             limits=limits,
+            resume_timeout=resume_timeout,
         )
 
     def limits(self, t: _Table) -> ServerLimits:
@@ -671,6 +677,7 @@ class _Loader:
         proxy = self.proxy_url(t)
         backoff = self.backoff(t)
         window, ping_interval, ping_timeout = self.session_settings(t)
+        resume_timeout = self.resume_timeout(t)
         t.close()
         if len(self._found) > mark:
             return None
@@ -689,7 +696,12 @@ class _Loader:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             window=window,
+            resume_timeout=resume_timeout,
         )
+
+    def resume_timeout(self, t: _Table) -> Any:
+        """``resume_timeout``, seconds >= 0 on both ends (0: no resumption)."""
+        return t.number("resume_timeout", DEFAULT_RESUME_TIMEOUT, 0.0, strict=False)
 
     def session_settings(self, t: _Table) -> tuple[int | None, float | None, float | None]:
         """window, ping_interval, ping_timeout: the settings of a session, which both

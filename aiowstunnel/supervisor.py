@@ -108,6 +108,7 @@ def build_server(
         client_stats=client_stats,
         limits=config.limits,
         limit_stats=limit_stats,
+        resume_timeout=config.resume_timeout,
     )
 
 
@@ -134,6 +135,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        resume_timeout=spec.resume_timeout,
     )
 
 

@@ -83,7 +83,9 @@ async def test_200_busy_streams_cost_the_daemons_little_memory(tmp_path: Path):
     server = Daemon(
         tmp_path / "s",
         '[metrics]\nenabled = false\n\n[log]\nlevel = "warning"\n\n'
-        f'[server]\nlisten = "{LOCAL}:{ws_port}"\n\n[[server.client]]\n'
+        # The data path's own memory: without resumption, whose replay log holds what is
+        # in flight, up to a window per stream each way (docs/performance.md, memory).
+        f'[server]\nlisten = "{LOCAL}:{ws_port}"\nresume_timeout = 0\n\n[[server.client]]\n'
         f'name = "bench"\ntoken_file = "token"\nallow_connect = ["{LOCAL}:{backend.port}"]\n',
     )
     client = Daemon(

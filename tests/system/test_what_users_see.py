@@ -132,9 +132,12 @@ class App:
         sock.close()
 
 
-def server_conf(port: int, metrics: int, backend: int, listen: int, shutdown: float) -> str:
+def server_conf(
+    port: int, metrics: int, backend: int, listen: int, shutdown: float, resume: float = 60.0
+) -> str:
     return head(metrics, shutdown) + (
-        f'[server]\nlisten = "{LOCAL}:{port}"\nping_interval = 1.0\nping_timeout = 1.0\n\n'
+        f'[server]\nlisten = "{LOCAL}:{port}"\nping_interval = 1.0\nping_timeout = 1.0\n'
+        f"resume_timeout = {resume}\n\n"
         '[[server.client]]\nname = "acc"\ntoken_file = "tokens/acc"\n'
         f'allow_connect = ["{LOCAL}:{backend}"]\nallow_listen = ["{LOCAL}:{listen}"]\n'
     )
@@ -172,7 +175,9 @@ async def test_a_cut_is_a_reset_and_a_clean_end_an_eof(tmp_path, loop):
     for folder in dirs:
         folder.mkdir()
         tokens(folder, acc="token-acc")
-    sconf = server_conf(sport, smetrics, backend.port, ll, shutdown=0.5)
+    # Without resumption: a killed peer ends the session, and its streams with it (with
+    # it, they wait resume_timeout for the peer: tests/integration/test_resume.py).
+    sconf = server_conf(sport, smetrics, backend.port, ll, shutdown=0.5, resume=0)
     server = Daemon(dirs[0], sconf, env)
     c1 = Daemon(dirs[1], head(c1metrics) + tunnel("conn", sport, lc, backend.port, "acc"), env)
     c2 = Daemon(dirs[2], head(c2metrics) + listen_tunnel("lis", sport, ll, backend.port), env)
