@@ -237,6 +237,7 @@ class Client:
             self.url,
             where,
         )
+        session.on_detach.append(self._detached)
         while await session.wait_detached() and await self._resume(session):
             pass  # resumed: serve on, until the next detach or the end
         reason = await session.wait_closed()
@@ -252,6 +253,12 @@ class Client:
                 "tunnel down: %s; %s", reason, _streams(cut, "reset") if cut else "no stream open"
             )
 
+    def _detached(self, session: Session) -> None:
+        # At once, not when the reconnecting starts: a scrape in between must not say up.
+        if not self._replaced:
+            self.stats.up = False
+        self.stats.detached = True
+
     async def _resume(self, session: Session) -> bool:
         """Reconnect to resume the detached ``session`` until resumed (True), refused or
         expired (False). Attempts back off, capped so that several fit in resume_timeout."""
@@ -259,7 +266,6 @@ class Client:
         resumption = session.resumption
         assert resumption is not None
         timeout = resumption.timeout
-        self.stats.detached = True
         self._log.warning(
             "tunnel detached: %s; %s kept, resuming within %g s",
             session.detach_reason,
@@ -291,7 +297,7 @@ class Client:
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 self.last_error = f"resume failed: {describe(exc)}"
             else:
-                self.stats.detached = False
+                self.stats.up, self.stats.detached = True, False
                 self.stats.resumes["ok"] += 1
                 self.stats.replayed_bytes += session.last_replayed
                 self._log.info(

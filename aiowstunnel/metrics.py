@@ -74,6 +74,36 @@ _FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
         "Handshakes and streams the server refused, by reason.",
         ("reason",),
     ),
+    "detached": (
+        GaugeMetricFamily,
+        "tunnel_detached",
+        "1 while the tunnel's session is detached: its connection broke, it is resuming.",
+        ("tunnel",),
+    ),
+    "sessions_detached": (
+        GaugeMetricFamily,
+        "server_sessions_detached",
+        "Sessions kept without a connection, waiting for their client to resume them.",
+        ("client", "tunnel"),
+    ),
+    "resumes": (
+        CounterMetricFamily,
+        "resumes",
+        "Session resumes, by result: ok, or the code of the refusal.",
+        ("tunnel", "result"),
+    ),
+    "server_resumes": (
+        CounterMetricFamily,
+        "server_resumes",
+        "Resume requests the server answered, by result: ok, or the refusal's code.",
+        ("result",),
+    ),
+    "replayed": (
+        CounterMetricFamily,
+        "replayed_bytes",
+        "Bytes resent by resumes (what the peer had not received when the connection broke).",
+        ("tunnel",),
+    ),
     "limits": (
         CounterMetricFamily,
         "limit_hits",
@@ -121,6 +151,9 @@ class TunnelCollector(Collector):
                 add("stream_resets", (*who, ("reason", reason)), count)
             add("sent", who, t.sent_bytes)
             add("received", who, t.received_bytes)
+            for result, count in t.resumes.items():
+                add("resumes", (*who, ("result", result)), count)
+            add("replayed", who, t.replayed_bytes)
 
         for t in snapshot.tunnels:
             who: _Labels = (("tunnel", t.name),)
@@ -129,14 +162,18 @@ class TunnelCollector(Collector):
             for reason, count in t.connect_failures.items():
                 add("connect_failures", (*who, ("reason", reason)), count)
             add("backoff", who, t.backoff_seconds)
+            add("detached", who, 1 if t.detached else 0)
             add_streams(t, who)
         for c in snapshot.server_clients:
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)
+            add("sessions_detached", who, c.sessions_detached)
             add_streams(c, who)
         if snapshot.server is not None:
             for reason, count in snapshot.server.rejected.items():
                 add("rejected", (("reason", reason),), count)
+            for result, count in snapshot.server.resumes.items():
+                add("server_resumes", (("result", result),), count)
         if snapshot.limits is not None:
             for name in LIMIT_NAMES:  # every one, from 0: a fixed set to alert on
                 add("limits", (("limit", name),), snapshot.limits.hits.get(name, 0))

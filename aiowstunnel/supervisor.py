@@ -369,7 +369,10 @@ class Supervisor:
         parts = [f"{up}/{len(self.tunnels)} tunnels up", f"{streams} streams"]
         if self.server is not None:
             sessions = sum(s.sessions_active for s in self.client_stats.values())
-            parts.append(f"server: {sessions} sessions")
+            detached = sum(s.sessions_detached for s in self.client_stats.values())
+            kept = f" ({detached} detached)" if detached else ""
+            parts.append(f"server: {sessions} sessions{kept}")
+        resuming = [name for name, client in self.tunnels.items() if client.detached]
         connecting = [
             name
             for name, client in self.tunnels.items()
@@ -378,8 +381,11 @@ class Supervisor:
         down = [
             name
             for name, client in self.tunnels.items()
-            if not client.up and client.first_attempt.is_set()
+            if not client.up and not client.detached and client.first_attempt.is_set()
         ]
+        if resuming:  # its connection broke; its streams wait for the resume
+            more = "..." if len(resuming) > 3 else ""
+            parts.append("detached: " + ", ".join(resuming[:3]) + more)
         if connecting:
             parts.append(f"connecting: {len(connecting)}")
         if down:

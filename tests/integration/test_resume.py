@@ -11,12 +11,15 @@ import signal
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.frames import Close, Opcode
 
 import aiowstunnel
 from aiowstunnel.addresses import AddressRule
 from aiowstunnel.client import Client
 from aiowstunnel.handshake import HEADER_TUNNEL
+from aiowstunnel.metrics import TunnelCollector
 from aiowstunnel.policy import ClientPolicy, token_digest
 from aiowstunnel.resume import (
     CLOSE_CODES,
@@ -27,6 +30,7 @@ from aiowstunnel.resume import (
     resume_message,
 )
 from aiowstunnel.server import Server
+from aiowstunnel.stats import MetricsSnapshot
 
 from ..attackers import RawSession
 from .conftest import (
@@ -137,6 +141,8 @@ async def test_one_stream_survives_cuts_intact(mode):
         assert cuts >= 3
         assert tunnel.client.stats.resumes["ok"] == cuts
         assert sum(tunnel.client.stats.stream_resets.values()) == 0
+        # what was in flight at the cuts was resent (counted, and in the metrics)
+        assert scrape(tunnel, "replayed_bytes_total") > 0
     finally:
         await tunnel.close()
         backend.server.close()
@@ -338,7 +344,7 @@ async def test_a_blackout_is_detected_by_the_keepalive_and_resumed_when_it_heals
         aiowstunnel.CONNECT,
         echo_backend.port,
         server_kw=ping,
-        client_kw={**ping, "handshake_timeout": 0.6},
+        client_kw={**ping, "handshake_timeout": 0.6, "name": "t"},
     )
     try:
         reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
@@ -347,15 +353,42 @@ async def test_a_blackout_is_detected_by_the_keepalive_and_resumed_when_it_heals
         tunnel.proxy.blackhole = True  # silent, nothing is reset
         await _until(lambda: tunnel.client.detached, 5)
         assert "peer silent" in tunnel.client.session.detach_reason
+        await _until(lambda: scrape(tunnel, "server_sessions_detached", tunnel="t") == 1, 5)
+        assert scrape(tunnel, "tunnel_detached", tunnel="t") == 1
+        assert scrape(tunnel, "tunnel_up", tunnel="t") == 0
         writer.write(b"during")  # waits in the socket: the stream does not read now
         await asyncio.sleep(1.0)
         tunnel.proxy.blackhole = False
         tunnel.proxy.cut()  # the middlebox gives up on its old connections
         assert await asyncio.wait_for(reader.readexactly(6), 10) == b"during"
         assert tunnel.client.stats.resumes["ok"] == 1
+        await _until(lambda: scrape(tunnel, "server_sessions_detached", tunnel="t") == 0, 5)
+        assert scrape(tunnel, "tunnel_detached", tunnel="t") == 0
+        # the client's tunnel and the server's client entry, one resume each
+        assert scrape(tunnel, "resumes_total", tunnel="t", result="ok") == 2
+        assert scrape(tunnel, "server_resumes_total", result="ok") == 1
         writer.close()
     finally:
         await tunnel.close()
+
+
+def scrape(where: Tunnel, name: str, **labels: str) -> float:
+    """The value the exporter shows for the tunnel's counters, as Prometheus parses it:
+    the samples named ``aiowstunnel_<name>`` whose labels include ``labels``, added up."""
+    snapshot = MetricsSnapshot(
+        tunnels=[where.client.stats],
+        server_clients=list(where.server.client_stats.values()),
+        server=where.server.stats,
+    )
+    registry = CollectorRegistry()
+    registry.register(TunnelCollector(lambda: snapshot))
+    text = generate_latest(registry).decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"aiowstunnel_{name}" and labels.items() <= sample.labels.items()
+    )
 
 
 async def _until(predicate, timeout: float) -> None:
