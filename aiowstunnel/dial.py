@@ -1,17 +1,26 @@
-"""Opening TCP connections: a stream's target (the dialing side), the way to the tunnel
-server through an HTTP proxy, and the bounded labels of why a dial failed.
+"""Opening TCP connections: the streams the peer opens (the dialing side), a stream's
+target, the way to the tunnel server through an HTTP proxy, and the bounded labels of why
+a dial failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from .addresses import Address, host_port
-from .errors import os_reason
+from .errors import describe, os_reason
+from .limits import QuietLog, Slot
+from .logs import escape, quote
+from .streams import StreamTable
+from .tcp import TcpStream
+
+#: a peer's OPENs can fail by the thousand: a few lines per period (limits.QuietLog)
+quiet = QuietLog(logging.getLogger("aiowstunnel.session"))
 
 
 class Dial(Protocol):
@@ -20,6 +29,72 @@ class Dial(Protocol):
     def __call__(
         self, factory: Callable[[], asyncio.BaseProtocol], origin: str
     ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]: ...
+
+
+class Dialer:
+    """The streams the peer opens: each is dialed in its own task (the frame dispatch
+    never waits for one); a dial that fails is refused with its reason (OPEN_FAIL),
+    counted by label and logged.
+
+    Args:
+        table: where each dialed connection's stream goes, and the Mux it answers with.
+    """
+
+    def __init__(self, table: StreamTable) -> None:
+        self.table = table
+        self.dial: Dial | None = None  # None: this side accepts no streams
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self, stream_id: int, origin: str) -> None:
+        """The peer's OPEN: dial, or refuse at once (no dialer, going away, a limit)."""
+        table, host = self.table, self.table.host
+        if self.dial is None or not host.accepting:
+            reason = "this side does not accept streams" if self.dial is None else "going away"
+            host.send(table.mux.refuse_stream(stream_id, reason))
+            return
+        slot = None
+        if table.guard is not None:
+            slot = table.guard.stream_slot(host.peer)
+            if slot is None:
+                table.stats.stream_open_failures["stream_limit"] += 1
+                host.send(table.mux.refuse_stream(stream_id, "server stream limit reached"))
+                return
+        task = asyncio.get_running_loop().create_task(self._dial(stream_id, origin, slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _dial(self, stream_id: int, origin: str, slot: Slot | None) -> None:
+        assert self.dial is not None
+        table, host = self.table, self.table.host
+        stream = TcpStream(table, stream_id)
+        stream.slot = slot
+        try:
+            await self.dial(lambda: stream, origin)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = describe(exc)
+            label = failure_label(exc)
+            table.stats.stream_open_failures[label] += 1
+            # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
+            quiet.warning(
+                ("dial", label),
+                "stream %d%s not opened: %s",
+                stream_id,
+                f" for {quote(origin)}" if origin else "",
+                reason,
+                extra={**host.log_extra(), "origin": escape(origin)},
+            )
+            if stream_id in table.mux:
+                host.send(table.mux.refuse_stream(stream_id, reason))
+                host.flush()
+        finally:
+            if table.get(stream_id) is not stream and stream.slot is not None:
+                stream.slot.release()  # never registered: forget() will not see it
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:

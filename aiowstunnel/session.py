@@ -21,9 +21,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from .dial import Dial, failure_label
-from .errors import ProtocolViolation, ResumeRefused, describe
-from .limits import DEFAULT_MAX_VIOLATIONS, LOGGED_VIOLATIONS, QuietLog, SessionGuard, Slot
+from .dial import Dial, Dialer
+from .errors import ProtocolViolation, ResumeRefused
+from .faults import PeerFaults
+from .limits import QuietLog, SessionGuard
 from .link import CLOSE_TIMEOUT, Link, Message
 from .logs import escape, quote
 from .mux import (
@@ -100,8 +101,7 @@ class Session:
         guard: SessionGuard | None = None,
     ) -> None:
         self.guard = guard
-        self.violations = 0
-        self.max_violations = guard.max_violations if guard else DEFAULT_MAX_VIOLATIONS
+        self.faults = PeerFaults(self, guard, lambda: self.link.can_send)
         self.client_side = isinstance(ws, ClientProtocol)
         self.mux = Mux(self.client_side, window=window, max_streams=max_streams)
         self.table = StreamTable(self.mux, self, stats, guard)
@@ -111,12 +111,11 @@ class Session:
         self.client: str | None = None
         self.on_goaway: list[Callable[[Session], None]] = []  # the peer sent GOAWAY
         self.on_close: list[Callable[[Session], None]] = []
-        self.dial: Dial | None = None  # set once accepted, on the dialing side
+        self.dialer = Dialer(self.table)  # the streams the peer opens
         self.phase = Phase.HANDSHAKE
         self.loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self.loop.create_future()
         self.close_reason = ""
-        self._dials: set[asyncio.Task[None]] = set()
         self.cut_streams = 0  # streams the session's end cut (set in link_lost)
         self.drain_cut = 0  # streams reset because the drain of shutdown() ran out
         #: set once the server issued a session id and secret (protocol.md, Resumption)
@@ -137,6 +136,15 @@ class Session:
             self.link = ServerLink(ws, self, pings, guard=guard, max_data=self.mux.max_data)
         else:
             self.link = Link(ws, self, pings, max_data=self.mux.max_data)
+
+    @property
+    def dial(self) -> Dial | None:
+        """Opens the connection of each stream the peer opens; None refuses them."""
+        return self.dialer.dial
+
+    @dial.setter
+    def dial(self, dial: Dial | None) -> None:
+        self.dialer.dial = dial
 
     def attach(self, link: Link) -> None:
         """Carry the session over ``link`` from now on (one link at a time)."""
@@ -254,11 +262,10 @@ class Session:
             self.link.send_message(ack)
 
     def link_violation(self, exc: ProtocolViolation) -> None:
-        quiet.warning("violation", "protocol violation: %s", escape(exc), extra=self.log_extra())
-        self.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+        self.faults.session_violation(exc)
 
     def link_abuse(self, key: str, reason: str, drop: bool) -> None:
-        self._fail_abuse(key, reason, drop)
+        self.faults.abuse(key, reason, drop)
 
     def link_paused(self, paused: bool) -> None:
         self.table.update_all()  # the streams stop (or resume) reading
@@ -281,8 +288,7 @@ class Session:
         self.phase = Phase.CLOSED
         if self._expiry is not None:
             self._expiry.cancel()
-        for task in self._dials:
-            task.cancel()
+        self.dialer.cancel()
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
         self.cut_streams = self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
@@ -336,6 +342,8 @@ class Session:
             ResumeRefused: ``bad_claim``: the claim contradicts our counters.
         """
         assert self.resumption is not None
+        if self.closed.done():  # expired (or closed) while the resume was on its way
+            raise ResumeRefused("expired", f"the session ended: {self.close_reason}")
         replay = self.resumption.replay(claimed)
         if self.phase is not Phase.DETACHED:
             old, self._before_detach = self.link, self.phase
@@ -426,7 +434,7 @@ class Session:
         elif isinstance(event, StreamEnded):
             table.peer_ended(event.stream_id)
         elif isinstance(event, StreamRequested):
-            self._stream_requested(event.stream_id, event.origin)
+            self.dialer.request(event.stream_id, event.origin)
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
@@ -443,7 +451,7 @@ class Session:
             )
             table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, StreamViolated):
-            self._stream_violation(event.stream_id, event.reason)
+            self.faults.stream_violation(event.stream_id, event.reason)
             table.cut_id(event.stream_id, Cut.VIOLATION, event.reason)
         elif isinstance(event, StreamReset):
             table.cut_id(event.stream_id, Cut.PEER_RESET, event.reason)
@@ -465,84 +473,6 @@ class Session:
             callback(self)
         if not len(self.table):
             self.close(CloseCode.GOING_AWAY, "going away")
-
-    def _stream_violation(self, stream_id: int, reason: str) -> None:
-        """A stream-level violation (answered with RST): counted; the first few logged;
-        past max_violations the session closes with 1002."""
-        self.violations += 1
-        if self.violations <= LOGGED_VIOLATIONS:
-            more = (
-                " (further ones are counted, not logged)"
-                if self.violations == LOGGED_VIOLATIONS
-                else ""
-            )
-            quiet.warning(
-                "stream-violation",
-                "stream %d: protocol violation: %s%s",
-                stream_id,
-                escape(reason),
-                more,
-                extra=self.log_extra(),
-            )
-        if self.violations >= self.max_violations and self.link.can_send:
-            self._fail_abuse("violations", f"too many protocol violations ({self.violations})")
-
-    def _fail_abuse(self, key: str, reason: str, drop: bool = False) -> None:
-        """Close with 1002 for a peer past a violation limit (counted as the
-        ``violations`` limit hit, logged rate-limited); ``drop``: without waiting for the
-        closing handshake."""
-        if self.guard is not None:
-            self.guard.hit("violations", self.peer)
-        quiet.warning(key, "closing the session: %s", reason, extra=self.log_extra())
-        self.fail(CloseCode.PROTOCOL_ERROR, reason)
-        if drop:
-            self.abort(reason)
-
-    # -- streams the peer opens (the dialing side) -----------------------------------------
-
-    def _stream_requested(self, stream_id: int, origin: str) -> None:
-        if self.dial is None or self.phase is not Phase.OPEN:
-            reason = "this side does not accept streams" if self.dial is None else "going away"
-            self.send(self.mux.refuse_stream(stream_id, reason))
-            return
-        slot = None
-        if self.guard is not None:
-            slot = self.guard.stream_slot(self.peer)
-            if slot is None:
-                self.stats.stream_open_failures["stream_limit"] += 1
-                self.send(self.mux.refuse_stream(stream_id, "server stream limit reached"))
-                return
-        task = self.loop.create_task(self._dial(stream_id, origin, slot))
-        self._dials.add(task)
-        task.add_done_callback(self._dials.discard)
-
-    async def _dial(self, stream_id: int, origin: str, slot: Slot | None = None) -> None:
-        assert self.dial is not None
-        stream = TcpStream(self.table, stream_id)
-        stream.slot = slot
-        try:
-            await self.dial(lambda: stream, origin)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            reason = describe(exc)
-            label = failure_label(exc)
-            self.stats.stream_open_failures[label] += 1
-            # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
-            quiet.warning(
-                ("dial", label),
-                "stream %d%s not opened: %s",
-                stream_id,
-                f" for {quote(origin)}" if origin else "",
-                reason,
-                extra={**self.log_extra(), "origin": escape(origin)},
-            )
-            if stream_id in self.mux:
-                self.send(self.mux.refuse_stream(stream_id, reason))
-                self.flush()
-        finally:
-            if self.table.get(stream_id) is not stream and stream.slot is not None:
-                stream.slot.release()  # never registered: forget() will not see it
 
     # -- closing ----------------------------------------------------------------------------
 

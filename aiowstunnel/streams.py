@@ -39,6 +39,9 @@ class StreamHost(Protocol):
     @property
     def paused(self) -> bool: ...  # the output is full: no stream reads until it drains
 
+    @property
+    def peer(self) -> str: ...  # the session's peer, for the limits' reports
+
     def send(self, message: bytes) -> None: ...
 
     def send_data(self, stream_id: int, data: memoryview) -> None: ...  # credit taken

@@ -25,6 +25,7 @@ class Host:
     accepting: bool = True
     sending: bool = True
     paused: bool = False
+    peer: str = "192.0.2.9:443"
     sent: list[bytes] = field(default_factory=list)
     idle: int = 0
     exhausted: list[str] = field(default_factory=list)
