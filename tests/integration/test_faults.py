@@ -37,8 +37,15 @@ async def wait_until(predicate, timeout: float) -> float:
 async def test_silent_peer_detected_within_ping_interval_plus_timeout(echo_backend, mode, off):
     """Without resumption (resume_timeout = 0 on either side: today's behaviour), a dead
     peer ends the session on both sides; tests/integration/test_resume.py has the rest."""
+    # The server's deadline 0.1 s after the client's: both are within the bound asserted
+    # below, and the client's own keepalive, not the server's abort relayed by the proxy,
+    # is what the client must have noticed (the two used to race at the same instant).
     server = Server(
-        LOCAL, 0, ping_interval=PING, ping_timeout=PING, resume_timeout=0 if off == "server" else 60
+        LOCAL,
+        0,
+        ping_interval=PING,
+        ping_timeout=PING + 0.1,
+        resume_timeout=0 if off == "server" else 60,
     )
     await server.listen()
     proxy = await FaultProxy(server.port).start()

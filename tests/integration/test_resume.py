@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.frames import Close, Opcode
 
 import aiowstunnel
-from aiowstunnel.addresses import AddressRule
+from aiowstunnel.addresses import Address, AddressRule
 from aiowstunnel.client import Client
 from aiowstunnel.handshake import HEADER_TUNNEL
 from aiowstunnel.metrics import TunnelCollector
@@ -396,3 +396,95 @@ async def _until(predicate, timeout: float) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(60)
+async def test_a_half_closed_stream_stays_half_closed_across_a_cut():
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def server_app(reader, writer):
+        request = await reader.read()  # until the client's FIN
+        assert request == b"request"
+        asked.set()
+        await answer.wait()
+        writer.write(b"response after the cut")
+        await writer.drain()
+        writer.close()
+
+    backend = await start_backend(server_app)
+    tunnel = await Tunnel.start(aiowstunnel.CONNECT, backend.port)
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"request")
+        writer.write_eof()  # half-closed: the client will send no more
+        await asyncio.wait_for(asked.wait(), 10)
+        await tunnel.cut()
+        answer.set()
+        got = await asyncio.wait_for(reader.read(), 10)  # the rest, then a clean EOF
+        assert got == b"response after the cut"
+        assert sum(tunnel.client.stats.stream_resets.values()) == 0
+        writer.close()
+    finally:
+        await tunnel.close()
+        backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_streams_opened_around_a_cut_end_opened_never_hung(echo_backend):
+    tunnel = await Tunnel.start(aiowstunnel.CONNECT, echo_backend.port)
+    try:
+
+        async def one(i: int) -> bytes:
+            reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+            payload = f"stream {i}".encode()
+            writer.write(payload)
+            try:
+                return await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+            finally:
+                writer.close()
+
+        opening = [asyncio.ensure_future(one(i)) for i in range(20)]
+        await asyncio.sleep(0)  # their OPENs are on the way (or not yet sent) as it breaks
+        tunnel.proxy.cut()
+        opening += [asyncio.ensure_future(one(i)) for i in range(20, 40)]  # while detached
+        got = await asyncio.gather(*opening)
+        assert got == [f"stream {i}".encode() for i in range(40)]
+        assert tunnel.client.stats.resumes["ok"] == 1
+    finally:
+        await tunnel.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_restarted_listen_client_replaces_its_detached_session(echo_backend):
+    from ..helpers import TunnelProcess
+    from .test_faults import free_port
+
+    server = Server(LOCAL, 0, ping_interval=0.4, ping_timeout=0.4)
+    await server.listen()
+    listen_port = free_port()
+
+    def listen_client() -> TunnelProcess:
+        return TunnelProcess("client", "listen", server.port, echo_backend.port, listen_port)
+
+    async def carries_data() -> None:
+        await _until(lambda: any(s.phase.value == "open" for s in server.sessions), 10)
+        sent, received = await echo_roundtrip(Address(LOCAL, listen_port), MiB)
+        assert sent == received
+
+    first = await listen_client().start()
+    try:
+        await carries_data()
+        os.kill(first.proc.pid, signal.SIGKILL)
+        await _until(lambda: any(s.phase.value == "detached" for s in server.sessions), 5)
+        second = await listen_client().start()  # same tunnel, a fresh session
+        try:
+            await carries_data()  # the detached session made room, port included
+            stats = next(iter(server.client_stats.values()))
+            assert stats.stream_resets["expired"] == 0  # it had no stream open
+            assert stats.sessions_active == 1 and stats.sessions_detached == 0
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+        await server.close(1)
