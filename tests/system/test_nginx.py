@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -27,6 +28,8 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CONFIG = """
 worker_processes 1;
 daemon off;
+# A reload's old worker closes what it still carries after this (default: never).
+worker_shutdown_timeout 1s;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -70,29 +73,51 @@ async def nginx(tmp_path):
     port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(CONFIG.format(dir=tmp_path, port=port, upstream=server.port))
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:  # nginx has no readiness signal: its port accepting is the event
-        try:
-            _, writer = await asyncio.open_connection(LOCAL, port)
-            writer.close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "nginx did not start"
-            await asyncio.sleep(0.05)
+    nginx = Nginx(conf, port)
+    await nginx.start()
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    yield port, server, context
-    proc.terminate()
-    proc.wait(10)
+    yield port, server, context, nginx
+    nginx.stop()
     await server.close(1)
+
+
+class Nginx:
+    """nginx in the foreground on ``conf``; started, reloaded and stopped by the test."""
+
+    def __init__(self, conf, port: int) -> None:
+        self.conf, self.port = conf, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.proc = proc = subprocess.Popen(
+            [NGINX, "-c", str(self.conf), "-p", str(self.conf.parent)], stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 10
+        while True:  # nginx has no readiness signal: its port accepting is the event
+            try:
+                _, writer = await asyncio.open_connection(LOCAL, self.port)
+                writer.close()
+                return
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "nginx did not start"
+                await asyncio.sleep(0.05)
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN], ids=str)
 async def test_both_modes_through_nginx_with_tls_on_a_path_prefix(nginx, mode):
-    port, server, context = nginx
+    port, server, context, _ = nginx
     backend = await start_backend()
     client = Client(
         mode,
@@ -119,3 +144,60 @@ async def test_both_modes_through_nginx_with_tls_on_a_path_prefix(nginx, mode):
     finally:
         await client.close(1)
         backend.server.close()
+
+
+@pytest.mark.timeout(90)
+async def test_streams_survive_an_nginx_reload_and_restart(nginx):
+    """nginx -s reload closes the old worker's connections after worker_shutdown_timeout
+    (1 s here), a stop closes them all: with resumption the streams only pause."""
+    port, server, context, proxy = nginx
+    backend = await start_backend()
+    client = Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        port,
+        LOCAL,
+        0,
+        LOCAL,
+        backend.port,
+        ssl=context,
+        server_hostname="localhost",
+        path="/tunnels/aiowstunnel",
+        backoff=FAST_BACKOFF,
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        reader, writer = await asyncio.open_connection(
+            client.listen_address.host, client.listen_address.port
+        )
+
+        async def echoes(text: bytes) -> None:
+            writer.write(text)
+            assert await asyncio.wait_for(reader.readexactly(len(text)), 20) == text
+
+        await echoes(b"before")
+        transfer = asyncio.ensure_future(echo_roundtrip(client.listen_address, 64 << 20))
+        proxy.reload()  # the old worker drops the tunnel 1 s later
+        await until(lambda: client.stats.resumes["ok"] >= 1, 20)
+        await echoes(b"after the reload")
+        proxy.stop()
+        await until(lambda: client.detached, 10)
+        await proxy.start()
+        await until(lambda: client.stats.resumes["ok"] >= 2, 20)
+        await echoes(b"after the restart")
+        sent, received = await asyncio.wait_for(transfer, 60)
+        assert sent == received
+        assert sum(client.stats.stream_resets.values()) == 0
+        assert len(server.sessions) == 1 and client.stats.connects == 1  # one session, resumed
+        writer.close()
+    finally:
+        await client.close(1)
+        backend.server.close()
+
+
+async def until(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
