@@ -520,7 +520,8 @@ class Server:
 
     def _session_resumed(self, session: Session) -> None:
         stats = session.stats
-        stats.sessions_detached -= 1
+        if not session.resumed_attached:  # (one still attached here was never counted)
+            stats.sessions_detached -= 1
         stats.resumes["ok"] += 1
         stats.replayed_bytes += session.last_replayed
         self.stats.resumes["ok"] += 1

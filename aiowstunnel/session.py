@@ -126,6 +126,7 @@ class Session:
         self.detached_at = 0.0  # loop time of the last detach
         self.last_replayed = 0  # bytes resent by the last resume
         self.ended_detached = False
+        self.resumed_attached = False  # the last resume replaced a link not yet lost here
         self._ending = False  # a close (ours or the peer's): losing the link ends the session
         self._before_detach = Phase.OPEN
         self._expiry: asyncio.TimerHandle | None = None
@@ -185,10 +186,6 @@ class Session:
         return {"client": self.client, "tunnel": self.name, "peer": self.peer}
 
     # -- handshake (the link does the HTTP) ------------------------------------------------
-
-    def send_request(self, request: Request) -> None:
-        """Client side: send the upgrade request (see client.py for its headers)."""
-        self.link.send_request(request)
 
     def accept(
         self, request: Request, dial: Dial | None, extra_headers: dict[str, str] | None = None
@@ -345,7 +342,8 @@ class Session:
         if self.closed.done():  # expired (or closed) while the resume was on its way
             raise ResumeRefused("expired", f"the session ended: {self.close_reason}")
         replay = self.resumption.replay(claimed)
-        if self.phase is not Phase.DETACHED:
+        self.resumed_attached = self.phase is not Phase.DETACHED
+        if self.resumed_attached:
             old, self._before_detach = self.link, self.phase
             self.detached_at = self.loop.time()
             old.owner = Discarded()

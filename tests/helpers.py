@@ -127,6 +127,9 @@ class FaultProxy:
         self.target_port = target_port
         self.blackhole = False
         self.refuse = False  # reset each new connection at once: the path is down
+        #: while set, one side closing leaves the other open (a NAT that forgot the
+        #: mapping: the far end is never told)
+        self.hold = False
         self.server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -152,7 +155,8 @@ class FaultProxy:
                     if not self.blackhole:
                         dst.write(data)
                         await dst.drain()
-            dst.close()
+            if not self.hold:
+                dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 

@@ -31,6 +31,7 @@ def own_stats(client: Client) -> dict:
         "fds": len(os.listdir("/proc/self/fd")),
         "tasks": len(asyncio.all_tasks()),
         "up": client.up,
+        "detached": client.detached,
         "connects": client.stats.connects,
         "streams_active": client.stats.streams_active,
         "streams_opened": client.stats.streams_opened,

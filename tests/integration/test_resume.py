@@ -488,3 +488,92 @@ async def test_a_restarted_listen_client_replaces_its_detached_session(echo_back
     finally:
         await first.stop()
         await server.close(1)
+
+
+@pytest.mark.timeout(120)
+async def test_a_detached_session_with_200_streams_holds_at_most_a_window_each_way():
+    """Measured from the client process's RSS: detached with 200 streams whose target
+    reads nothing (every credit used up), the session holds at most a window per stream
+    per direction (protocol.md, Resumption: what is unconfirmed never exceeds the credit
+    not yet returned)."""
+    from aiowstunnel.wire import DEFAULT_WINDOW
+
+    from ..helpers import TunnelProcess
+
+    never = asyncio.Event()
+
+    async def stalled(reader, writer):  # reads nothing: every stream's credit runs out
+        await never.wait()
+
+    backend = await start_backend(stalled)
+    server = Server(LOCAL, 0)
+    await server.listen()
+    proxy = await FaultProxy(server.port).start()
+    client = await TunnelProcess("client", "connect", proxy.port, backend.port).start()
+    writers = []
+    try:
+        await _until(lambda: bool(server.sessions), 10)
+        before = (await client.stats())["rss"]
+        block = os.urandom(384 * 1024)  # more than a window: each stream stalls
+        for _ in range(200):
+            _, writer = await asyncio.open_connection(LOCAL, client.port)
+            writer.write(block)
+            writers.append(writer)
+        stats = await client.stats()
+        for _ in range(100):  # until all 200 are open and the pushing has stopped
+            await asyncio.sleep(0.1)
+            previous, stats = stats, await client.stats()
+            if stats["streams_active"] == 200 and stats["rss"] == previous["rss"]:
+                break
+        proxy.refuse = True  # the path stays down: it stays detached
+        proxy.cut()
+        for _ in range(100):
+            if (await client.stats())["detached"]:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        after = await client.stats()
+        assert after["detached"] and after["streams_active"] == 200
+        grown = after["rss"] - before
+        bound = 200 * 2 * DEFAULT_WINDOW
+        print(f"\ndetached with 200 stalled streams: client RSS +{grown / MiB:.1f} MiB")
+        assert grown < bound, f"+{grown / MiB:.1f} MiB, bound {bound / MiB:.0f} MiB"
+    finally:
+        for writer in writers:
+            writer.close()
+        await client.stop()
+        await server.close(1)
+        proxy.close()
+        never.set()
+        backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_resume_replaces_the_link_of_a_session_the_server_still_holds(echo_backend):
+    """The client saw the break first (its keepalive is the quicker): the server's
+    session is still attached when the resume comes, and the resume replaces its link."""
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"ping_interval": 30.0, "ping_timeout": 30.0},
+        client_kw={"ping_interval": 0.3, "ping_timeout": 0.3, "handshake_timeout": 0.6},
+    )
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        [held] = tunnel.server.sessions
+        old_link = held.link
+        tunnel.proxy.blackhole = tunnel.proxy.hold = True  # the server is never told
+        await _until(lambda: tunnel.client.detached, 5)
+        assert held.phase.value == "open"  # the server has noticed nothing
+        tunnel.proxy.blackhole = False  # the old connection stays, idle; a new one resumes
+        await _until(lambda: tunnel.client.up, 10)
+        assert held.link is not old_link and old_link.lost  # replaced, the old one dropped
+        writer.write(b"after")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"after"
+        assert tunnel.server.stats.resumes["ok"] == 1
+        assert next(iter(tunnel.server.client_stats.values())).sessions_detached == 0
+        writer.close()
+    finally:
+        await tunnel.close()
