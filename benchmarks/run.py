@@ -949,7 +949,11 @@ class Profiler:
         self.outdir = outdir
         self.rate = rate
         self.native = native
-        self.exe = _which("py-spy", str(Path(sys.executable).parent / "py-spy"))
+        self.exe = _which(
+            "py-spy",
+            str(Path(sys.executable).parent / "py-spy"),
+            str(ROOT / ".bench-tools" / "bin" / "py-spy"),
+        )
         self.running: list[subprocess.Popen] = []
 
     def start(self, setup: Setup, procs: list[Proc], scenario: str) -> None:
