@@ -29,6 +29,7 @@ from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .resets import Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .settings import SessionSettings
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.client")
@@ -58,6 +59,9 @@ class Client:
         path: URL path of the server's WebSocket endpoint.
         token: this client's bearer token.
         backoff: reconnect delays.
+        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
+            the session's settings (:class:`SessionSettings` says what each does).
+        settings: the session's settings whole (the daemon's), instead of those six.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
@@ -79,12 +83,13 @@ class Client:
         path: str = DEFAULT_PATH,
         token: str | None = None,
         backoff: BackoffPolicy | None = None,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        window: int = wire.DEFAULT_WINDOW,
-        max_frame: int = 1024 * 1024 + 64,
-        handshake_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
+        ping_interval: float | None = SessionSettings.ping_interval,
+        ping_timeout: float = SessionSettings.ping_timeout,
+        window: int = SessionSettings.window,
+        max_frame: int = SessionSettings.max_frame,
+        handshake_timeout: float = SessionSettings.handshake_timeout,
+        connect_timeout: float = SessionSettings.connect_timeout,
+        settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
         proxy: str | None = None,
@@ -100,12 +105,15 @@ class Client:
         self.server_hostname = server_hostname
         self.path = path
         self.token = token
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.window = window
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
+        self.settings = SessionSettings.given(
+            settings,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            window=window,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+        )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
@@ -367,38 +375,43 @@ class Client:
 
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
+        settings = self.settings
         ws = ClientProtocol(
             parse_uri(self.url),
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=self.max_frame,
+            max_size=settings.max_frame,
             logger=ws_log,
         )
+        # The Session takes its settings one by one until it takes a SessionSettings whole.
         session = Session(
             ws,
             self.stats,
-            window=self.window,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            window=settings.window,
+            max_streams=settings.max_streams,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
             name=self.name,
         )
         if self.mode is Mode.LISTEN:
             # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
+            session.dial = tcp_dialer(
+                self.connect.host, self.connect.port, settings.connect_timeout
+            )
         tls = {
             "ssl": self.ssl,
             "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
-            "ssl_handshake_timeout": self.handshake_timeout if self.ssl else None,
+            "ssl_handshake_timeout": settings.handshake_timeout if self.ssl else None,
         }
         if self.proxy:
             sock = await asyncio.wait_for(
-                proxy_tunnel(self.proxy, self.server), self.connect_timeout
+                proxy_tunnel(self.proxy, self.server), settings.connect_timeout
             )
             connecting = loop.create_connection(lambda: session, sock=sock, **tls)
         else:
             connecting = loop.create_connection(
                 lambda: session, self.server.host, self.server.port, **tls
             )
-        await asyncio.wait_for(connecting, self.connect_timeout)
+        await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
         for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
@@ -406,7 +419,7 @@ class Client:
         session.send_request(request)
         try:
             response = await asyncio.wait_for(
-                asyncio.shield(session.handshake), self.handshake_timeout
+                asyncio.shield(session.handshake), settings.handshake_timeout
             )
         except BaseException:
             session.abort("handshake failed")

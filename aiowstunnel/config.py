@@ -30,6 +30,7 @@ from .errors import AddressError, ConfigError
 from .handshake import DEFAULT_PATH, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
+from .settings import MIN_MAX_FRAME, SessionSettings
 
 __all__ = [
     "Config",
@@ -49,13 +50,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Loopback: the metrics name every client and count its bytes; opening them is a choice.
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-DEFAULT_PING_INTERVAL = 20.0
-DEFAULT_PING_TIMEOUT = 20.0
-DEFAULT_MAX_FRAME = 1024 * 1024 + 64
-#: A peer's largest DATA frame (header + payload) must fit in one WebSocket message.
-MIN_MAX_FRAME = wire.DEFAULT_MAX_DATA + wire.HEADER_SIZE
 _INT32_MAX = 2**31 - 1
+#: The defaults of every session setting (settings.py writes them, once).
+_SESSION = SessionSettings()
 #: Names become a metrics label and a journald field value: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
@@ -121,12 +118,8 @@ class ServerConfig:
     tls_key: Path | None
     tls_client_ca: Path | None
     clients: tuple[ClientPolicy, ...]
-    window: int
-    max_streams: int
-    handshake_timeout: float
-    ping_interval: float
-    ping_timeout: float
-    max_frame: int
+    #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout
+    settings: SessionSettings = field(default_factory=SessionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
 
 
@@ -146,9 +139,8 @@ class TunnelSpec:
     client_key: Path | None
     proxy: str | None
     backoff: BackoffPolicy
-    ping_interval: float
-    ping_timeout: float
-    window: int
+    #: window, ping_interval, ping_timeout (the others keep their defaults)
+    settings: SessionSettings = field(default_factory=SessionSettings)
 
     @property
     def uses_tls(self) -> bool:
@@ -545,10 +537,12 @@ class _Loader:
         self.check_pair(t, "tls_cert", "tls_key")
         if t.has("tls_client_ca") and not t.has("tls_cert"):
             t.error("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key")
-        window, ping_interval, ping_timeout = self.session_settings(t)
-        max_streams = t.integer("max_streams", wire.DEFAULT_MAX_STREAMS, 1, _INT32_MAX)
-        handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-        max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
+        settings = self.session_settings(
+            t,
+            max_streams=t.integer("max_streams", _SESSION.max_streams, 1, _INT32_MAX),
+            handshake_timeout=t.number("handshake_timeout", _SESSION.handshake_timeout),
+            max_frame=t.integer("max_frame", _SESSION.max_frame, MIN_MAX_FRAME, _INT32_MAX),
+        )
         limits = self.limits(t)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
@@ -569,12 +563,7 @@ class _Loader:
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             clients=tuple(c for c in clients if c is not None),
-            window=window,
-            max_streams=max_streams,
-            handshake_timeout=handshake_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            max_frame=max_frame,
+            settings=settings,
             limits=limits,
         )
 
@@ -670,7 +659,7 @@ class _Loader:
                     t.error(tls_key, "only used with a wss:// server")
         proxy = self.proxy_url(t)
         backoff = self.backoff(t)
-        window, ping_interval, ping_timeout = self.session_settings(t)
+        settings = self.session_settings(t)
         t.close()
         if len(self._found) > mark:
             return None
@@ -686,19 +675,22 @@ class _Loader:
             client_key=client_key,
             proxy=proxy,
             backoff=backoff,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            window=window,
+            settings=settings,
         )
 
-    def session_settings(self, t: _Table) -> tuple[int | None, float | None, float | None]:
-        """window, ping_interval, ping_timeout: the settings of a session, which both
-        ends take with the same defaults and bounds."""
-        return (
-            t.integer("window", wire.DEFAULT_WINDOW, 1, wire.MAX_WINDOW),
-            t.number("ping_interval", DEFAULT_PING_INTERVAL),
-            t.number("ping_timeout", DEFAULT_PING_TIMEOUT),
-        )
+    def session_settings(self, t: _Table, **more: int | float | None) -> SessionSettings | None:
+        """The session's settings: window, ping_interval and ping_timeout, which both ends
+        take with the same defaults and bounds, and ``more`` (read by the caller); None
+        after an error (already recorded)."""
+        values = {
+            "window": t.integer("window", _SESSION.window, 1, wire.MAX_WINDOW),
+            "ping_interval": t.number("ping_interval", _SESSION.ping_interval),
+            "ping_timeout": t.number("ping_timeout", _SESSION.ping_timeout),
+            **more,
+        }
+        if None in values.values():
+            return None
+        return SessionSettings(**values)  # type: ignore[arg-type]
 
     def backoff(self, tunnel: _Table) -> BackoffPolicy | None:
         defaults = BackoffPolicy()
