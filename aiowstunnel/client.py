@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI
 
 from . import wire
-from .addresses import Address, format_peer
+from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
@@ -56,7 +56,8 @@ class Client:
         ssl: ``True`` or an ``ssl.SSLContext`` for ``wss://`` (a client certificate in
             the context gives mutual TLS); ``None`` for plain ``ws://``.
         server_hostname: the name to verify the server's certificate against.
-        path: URL path of the server's WebSocket endpoint.
+        path: the request target of the server's WebSocket endpoint (its path, and
+            ``?query`` if any).
         token: this client's bearer token.
         backoff: reconnect delays.
         ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
@@ -96,14 +97,15 @@ class Client:
         random: Callable[[], float] = random.random,
     ) -> None:
         self.mode = Mode(mode)
-        self.server = Address(tunnel_host, int(tunnel_port))
         self.listen = Address(listen_host, int(listen_port))
         self.connect = Address(connect_host, int(connect_port))
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
+        #: the tunnel server's URL, built once (the daemon's was parsed once, by config)
+        self.endpoint = Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path)
+        self.server = self.endpoint.address
         self.server_hostname = server_hostname
-        self.path = path
         self.token = token
         self.settings = SessionSettings.given(
             settings,
@@ -152,8 +154,7 @@ class Client:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.ssl else "ws"
-        return f"{scheme}://{self.server}{self.path}"
+        return self.endpoint.url
 
     @property
     def up(self) -> bool:
@@ -375,9 +376,10 @@ class Client:
 
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
-        settings = self.settings
+        settings, endpoint = self.settings, self.endpoint
         ws = ClientProtocol(
-            parse_uri(self.url),
+            # The endpoint as websockets takes it: the request target whole in ``path``.
+            WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
             max_size=settings.max_frame,
             logger=ws_log,

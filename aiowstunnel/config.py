@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
 from . import wire
-from .addresses import Address, AddressRule
+from .addresses import Address, AddressRule, Endpoint
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError
 from .handshake import DEFAULT_PATH, Mode
@@ -130,7 +130,7 @@ class TunnelSpec:
 
     name: str
     mode: Mode
-    server: str
+    server: Endpoint
     token: Secret
     listen: Address
     connect: Address
@@ -144,7 +144,7 @@ class TunnelSpec:
 
     @property
     def uses_tls(self) -> bool:
-        return self.server.startswith("wss://")
+        return self.server.secure
 
 
 @dataclass(frozen=True)
@@ -652,7 +652,7 @@ class _Loader:
         client_cert = t.path_value("client_cert")
         client_key = t.path_value("client_key")
         self.check_pair(t, "client_cert", "client_key")
-        if server is not None and not server.startswith("wss://"):
+        if server is not None and not server.secure:
             # Silently ignoring a CA file would let an operator believe the link is verified.
             for tls_key in ("ca_file", "client_cert", "client_key"):
                 if t.has(tls_key):
@@ -715,32 +715,15 @@ class _Loader:
 
     # ------------------------------------------------------------------ values
 
-    def server_url(self, t: _Table) -> str | None:
+    def server_url(self, t: _Table) -> Endpoint | None:
         text = t.string("server")
         if text is None:
             return None
         try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            t.error("server", f"{text!r}: {exc}")
+            return Endpoint.parse(text, DEFAULT_PATH)
+        except AddressError as exc:
+            t.error("server", str(exc))
             return None
-        problem = None
-        if parts.scheme not in ("ws", "wss"):
-            problem = "expected a ws:// or wss:// URL"
-        elif not parts.hostname:
-            problem = "the URL has no host"
-        elif port == 0:
-            problem = "port 0 is not a server port"
-        elif parts.username is not None or parts.password is not None:
-            # URLs end up in logs: credentials belong in token_file.
-            problem = "no credentials in the URL: use token_file"
-        elif parts.fragment:
-            problem = "a WebSocket URL has no #fragment"
-        if problem:
-            t.error("server", f"{text!r}: {problem}")
-            return None
-        return parts._replace(path=parts.path or DEFAULT_PATH).geturl()
 
     def proxy_url(self, t: _Table) -> str | None:
         text = t.string("proxy", None)

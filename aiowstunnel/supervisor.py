@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from urllib.parse import urlsplit
 
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
@@ -107,20 +106,16 @@ def build_server(
 
 
 def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
-    url = urlsplit(spec.server)
-    secure = url.scheme == "wss"
-    host = url.hostname or ""
-    port = url.port or (443 if secure else 80)
     return Client(
         spec.mode,
-        host,
-        port,
+        spec.server.host,
+        spec.server.port,
         spec.listen.host,
         spec.listen.port,
         spec.connect.host,
         spec.connect.port,
         ssl=tunnel_ssl(spec, index),
-        path=url.path or "/",
+        path=spec.server.path,
         token=spec.token.reveal(),
         backoff=spec.backoff,
         settings=spec.settings,

@@ -350,7 +350,7 @@ def test_example_loads_with_defaults_filled() -> None:
     assert app.backoff == BackoffPolicy(1.0, 60.0, 2.0, 30.0)
     assert app.proxy == "http://proxy:3128"
     assert reverse.mode is Mode.LISTEN and not reverse.uses_tls
-    assert reverse.server == "ws://[::1]:9000/aiowstunnel"  # default path filled in
+    assert reverse.server.url == "ws://[::1]:9000/aiowstunnel"  # default path filled in
     assert reverse.settings.window == DEFAULT_WINDOW
     assert (reverse.settings.ping_interval, reverse.settings.ping_timeout) == (20.0, 20.0)
 

@@ -65,6 +65,9 @@ def test_the_config_file_reaches_the_server_and_the_client_whole() -> None:
     assert client.settings is config.tunnels[0].settings
     assert client.settings.ping_interval == 2.5
     assert client.settings.window == DEFAULT_WINDOW
+    # The server URL, parsed once by the config, is the one the client asks for.
+    assert client.endpoint == config.tunnels[0].server
+    assert client.url == "ws://127.0.0.1:9000/aiowstunnel"
 
 
 def test_keyword_arguments_build_the_settings() -> None:
