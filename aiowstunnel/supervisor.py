@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import ssl
 
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
@@ -23,66 +22,9 @@ from .errors import ConfigError
 from .handshake import Mode
 from .server import Server
 from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
+from .tls import server_ssl, tunnel_ssl
 
 log = logging.getLogger("aiowstunnel.supervisor")
-
-
-def server_ssl(config: ServerConfig) -> ssl.SSLContext | None:
-    """The server's TLS context, or None for plain ws://.
-
-    Raises:
-        ConfigError: a certificate, key or CA file cannot be loaded (names the key).
-    """
-    if config.tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    _load(context.load_cert_chain, "server.tls_cert/tls_key", config.tls_cert, config.tls_key)
-    if config.tls_client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        _load(context.load_verify_locations, "server.tls_client_ca", config.tls_client_ca)
-    return context
-
-
-def tunnel_ssl(spec: TunnelSpec, index: int) -> ssl.SSLContext | None:
-    """The tunnel's TLS context (system store or ``ca_file``; client cert for mTLS)."""
-    if not spec.uses_tls:
-        return None
-    where = f"tunnel[{index}]"
-    try:
-        context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{where}.ca_file: {spec.ca_file}: {exc}"]) from None
-    if spec.client_cert is not None:
-        _load(context.load_cert_chain, f"{where}.client_cert", spec.client_cert, spec.client_key)
-    return context
-
-
-def _load(method, key: str, *paths) -> None:
-    try:
-        method(*(str(p) for p in paths if p is not None))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{key}: {', '.join(str(p) for p in paths if p)}: {exc}"]) from None
-
-
-def check_tls(config: Config) -> None:
-    """Load every certificate, key and CA the config names (``aiowstunnel check``).
-
-    Raises:
-        ConfigError: with every file that cannot be loaded.
-    """
-    errors: list[str] = []
-    if config.server is not None:
-        try:
-            server_ssl(config.server)
-        except ConfigError as exc:
-            errors += exc.errors
-    for index, spec in enumerate(config.tunnels):
-        try:
-            tunnel_ssl(spec, index)
-        except ConfigError as exc:
-            errors += exc.errors
-    if errors:
-        raise ConfigError(errors, config.source)
 
 
 def build_server(
