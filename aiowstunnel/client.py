@@ -25,7 +25,7 @@ from websockets.uri import WebSocketURI
 from . import wire
 from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
-from .errors import HandshakeRefused, describe, os_reason
+from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .resets import Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
@@ -178,7 +178,7 @@ class Client:
                 try:
                     await self._bind()
                 except OSError as exc:
-                    self._failed("listen_failed", str(exc), logging.ERROR)
+                    self._failed("listen_failed", describe(exc), logging.ERROR)
                     self.first_bind.set()
                     self.first_attempt.set()
                     await self._pause()
@@ -192,7 +192,7 @@ class Client:
                 label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
                 self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
             except ssl_module.SSLError as exc:
-                self._failed("tls", f"TLS failed with {self.url}: {exc}", logging.ERROR)
+                self._failed("tls", f"TLS failed with {self.url}: {describe(exc)}", logging.ERROR)
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
                 hint = ""
@@ -290,7 +290,7 @@ class Client:
         try:
             await self._bind(sock)
         except OSError as exc:
-            self._failed("listen_failed", str(exc), logging.ERROR)
+            self._failed("listen_failed", describe(exc), logging.ERROR)
             return False
         finally:
             self.first_bind.set()
@@ -341,7 +341,7 @@ class Client:
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
+            raise OSError(exc.errno, f"cannot listen on {self.listen}: {describe(exc)}") from exc
         port = self._listener.sockets[0].getsockname()[1]
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)

@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python < 3.11
 from . import wire
 from .addresses import Address, AddressRule, Endpoint
 from .backoff import BackoffPolicy
-from .errors import AddressError, ConfigError
+from .errors import AddressError, ConfigError, describe
 from .handshake import DEFAULT_PATH, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
@@ -244,7 +244,7 @@ def read_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror or exc}"], str(path)) from None
+        raise ConfigError([f"cannot read: {describe(exc)}"], str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError(["cannot read: not UTF-8 text"], str(path)) from None
     # absolute(), so that paths stay right whatever the daemon's working directory later is.
@@ -777,7 +777,7 @@ class _Loader:
             t.error("token_file", f"{path}: is a directory")
             return None
         except OSError as exc:
-            t.error("token_file", f"{path}: {exc.strerror or exc}")
+            t.error("token_file", f"{path}: {describe(exc)}")
             return None
         except UnicodeDecodeError:
             t.error("token_file", f"{path}: not UTF-8 text")

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .addresses import host_port
-from .errors import os_reason
+from .errors import TunnelError, describe
 from .limits import DEFAULT_METRICS_CONNECTIONS, LIMIT_NAMES, QuietLog
 from .stats import Health, LimitStats, MetricsSnapshot, TunnelStats
 
@@ -244,7 +244,7 @@ class MetricsServer:
         except OSError as exc:
             where = host_port(host or "*", port)
             raise OSError(
-                exc.errno, f"metrics: cannot listen on {where}: {os_reason(exc)}"
+                exc.errno, f"metrics: cannot listen on {where}: {describe(exc)}"
             ) from exc
 
     @property
@@ -345,7 +345,7 @@ def _state(up: bool) -> str:
     return "up" if up else "down"
 
 
-class _RequestTooLarge(Exception):
+class _RequestTooLarge(TunnelError):
     """The request line and headers exceed MAX_REQUEST_HEAD (answered 431, never raised out)."""
 
 

@@ -24,7 +24,7 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
-from .errors import os_reason
+from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .logs import escape
@@ -175,7 +175,7 @@ class Server:
             )
         except OSError as exc:
             where = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {where}: {os_reason(exc)}") from exc
+            raise OSError(exc.errno, f"cannot listen on {where}: {describe(exc)}") from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -497,7 +497,7 @@ class Server:
                 )
             except (OSError, asyncio.TimeoutError) as exc:
                 raise RequestRefused(
-                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {exc}"
+                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {describe(exc)}"
                 ) from None
             for info in infos:
                 ip = ip_or_none(str(info[4][0]))
@@ -530,7 +530,7 @@ class Server:
             )
         except OSError as exc:
             raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {os_reason(exc)}"
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
             ) from None
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .audit import config_warnings
 from .config import Config, ServerConfig, TunnelSpec, read_config
-from .errors import ConfigError
+from .errors import ConfigError, describe
 
 
 def server_ssl(config: ServerConfig) -> ssl.SSLContext | None:
@@ -47,7 +47,7 @@ def tunnel_ssl(spec: TunnelSpec, index: int) -> ssl.SSLContext | None:
     try:
         context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{where}.ca_file: {spec.ca_file}: {exc}"]) from None
+        raise ConfigError([f"{where}.ca_file: {spec.ca_file}: {describe(exc)}"]) from None
     if spec.client_cert is not None:
         _load(context.load_cert_chain, f"{where}.client_cert", spec.client_cert, spec.client_key)
     return context
@@ -63,7 +63,7 @@ def _load(load: Callable[..., None], key: str, *paths: Path | None) -> None:
     try:
         load(*given)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{key}: {', '.join(given)}: {exc}"]) from None
+        raise ConfigError([f"{key}: {', '.join(given)}: {describe(exc)}"]) from None
 
 
 def check_tls(config: Config) -> None:

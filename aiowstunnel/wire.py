@@ -12,7 +12,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from .errors import ProtocolViolation
+from .errors import LocalProtocolError, ProtocolViolation
 
 VERSION = 1
 SUBPROTOCOL = "aiowstunnel.v1"
@@ -455,9 +455,9 @@ class Mux:
     def open_stream(self, origin: str = "") -> tuple[int, bytes]:
         """Allocate a stream id and build its OPEN. Returns (stream id, message)."""
         if self.goaway_received or self.goaway_sent:
-            raise ProtocolViolation("no new streams after GOAWAY")
+            raise LocalProtocolError("no new streams after GOAWAY")
         if self._next_id > 0xFFFFFFFF:
-            raise ProtocolViolation("stream ids exhausted")
+            raise LocalProtocolError("stream ids exhausted")
         stream_id = self._next_id
         self._next_id += 2
         self.streams[stream_id] = StreamMachine(stream_id, self.window)
