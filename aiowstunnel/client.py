@@ -27,6 +27,7 @@ from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
+from .logs import tunnel_logger
 from .resets import Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .settings import SessionSettings
@@ -141,7 +142,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
-        self._log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._log = tunnel_logger(self.name, log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""

@@ -151,17 +151,20 @@ class TunnelLogger(logging.LoggerAdapter):
         return msg, kwargs
 
 
-def tunnel_logger(name: str, logger: logging.Logger | None = None) -> TunnelLogger:
-    """A logger whose records all carry ``tunnel=name``.
+def tunnel_logger(
+    name: str | None, logger: logging.Logger | None = None, **context: object
+) -> TunnelLogger:
+    """A logger whose records all carry ``tunnel=name`` (and ``context``'s fields).
 
     Args:
         name: the tunnel's (or server client entry's) name.
         logger: the logger to wrap; defaults to the ``aiowstunnel`` logger.
+        context: more of :data:`CONTEXT_FIELDS` (``client=``, ``peer=``) for every record.
 
     Returns:
         The adapter; call it as ``log.info("connected", extra={"peer": peer})``.
     """
-    extra: Mapping[str, object] = {"tunnel": name}
+    extra: Mapping[str, object] = {"tunnel": name, **context}
     return TunnelLogger(logger or logging.getLogger("aiowstunnel"), extra)
 
 

@@ -27,7 +27,7 @@ from .addresses import Address, ip_or_none
 from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
-from .logs import escape
+from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
 from .settings import SessionSettings
@@ -242,11 +242,7 @@ class Server:
         for session, grant in list(self.sessions.items()):
             reason = self._still_allowed(grant)
             if reason:
-                log.warning(
-                    "closing the session: %s",
-                    reason,
-                    extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
-                )
+                _session_log(session).warning("closing the session: %s", reason)
                 session.close(CloseCode.POLICY_VIOLATION, reason)
 
     def _still_allowed(self, grant: Grant) -> str:
@@ -414,11 +410,7 @@ class Server:
             if grant.request.mode is Mode.CONNECT
             else f"listen on {grant.bound}"
         )
-        log.info(
-            "session opened: %s",
-            what,
-            extra={"client": entry, "tunnel": tunnel, "peer": session.peer},
-        )
+        _session_log(session).info("session opened: %s", what)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
@@ -554,12 +546,16 @@ class Server:
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0
         cut = session.cut_streams
-        log.info(
+        _session_log(session).info(
             "session ended: %s; %s",
             escape(session.close_reason),
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
-            extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
+
+
+def _session_log(session: Session) -> TunnelLogger:
+    """The server's log for one authenticated session: client entry, tunnel and peer."""
+    return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

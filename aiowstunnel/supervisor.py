@@ -20,6 +20,7 @@ from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
 from .handshake import Mode
+from .logs import tunnel_logger
 from .server import Server
 from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
 from .tls import server_ssl, tunnel_ssl
@@ -120,7 +121,7 @@ class Supervisor:
         try:
             client = build_client(spec, index, stats)
         except ConfigError as exc:  # checked at load; a file may vanish before reload
-            log.error("tunnel %s not started: %s", spec.name, exc, extra={"tunnel": spec.name})
+            tunnel_logger(spec.name, log).error("tunnel %s not started: %s", spec.name, exc)
             return None
         client.predecessor = predecessor
         self.tunnels[spec.name] = client
@@ -144,14 +145,13 @@ class Supervisor:
             streams = client.streams_active
             cut = await client.close(timeout)
             if streams:
-                log.info(
+                tunnel_logger(name, log).info(
                     "previous instance stopped: %s open when replaced, %d finished, "
                     "%d reset at the %g s drain timeout",
                     _streams(streams),
                     streams - cut,
                     cut,
                     timeout,
-                    extra={"tunnel": name},
                 )
 
         self._background(name, client, drain())

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from .errors import LocalProtocolError, ProtocolViolation
 
-VERSION = 1
 SUBPROTOCOL = "aiowstunnel.v1"
 
 #: "type (1 byte) | stream id (4 bytes, big-endian) | payload" (protocol.md, Frames)
