@@ -16,6 +16,7 @@ import random
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
@@ -28,7 +29,7 @@ from .backoff import Backoff, BackoffPolicy
 from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .logs import tunnel_logger
-from .resets import Cut, reset
+from .resets import Abortable, Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
 from .settings import SessionSettings
 from .stats import TunnelStats
@@ -37,7 +38,7 @@ log = logging.getLogger("aiowstunnel.client")
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
-_REFUSAL_LABELS = {refusal.status: refusal.label for refusal in Refusal}
+_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
 #: At most one "refused a connection" line per this many seconds per tunnel (each says how
 #: many were refused since the last one): a client retrying in a loop must not flood the log.
 REFUSED_LOG_PERIOD = 10.0
@@ -347,13 +348,13 @@ class Client:
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
-    def _local_stream(self) -> asyncio.Protocol:
+    def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
         return TcpStream(session)
 
-    def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
+    def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
         say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
         self.stats.stream_open_failures["tunnel_down"] += 1
@@ -400,19 +401,28 @@ class Client:
             session.dial = tcp_dialer(
                 self.connect.host, self.connect.port, settings.connect_timeout
             )
-        tls = {
-            "ssl": self.ssl,
-            "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
-            "ssl_handshake_timeout": settings.handshake_timeout if self.ssl else None,
-        }
+        ssl = self.ssl
+        server_hostname = (self.server_hostname or self.server.host) if ssl else None
+        tls_timeout = settings.handshake_timeout if ssl else None
         if self.proxy:
             sock = await asyncio.wait_for(
                 proxy_tunnel(self.proxy, self.server), settings.connect_timeout
             )
-            connecting = loop.create_connection(lambda: session, sock=sock, **tls)
+            connecting = loop.create_connection(
+                lambda: session,
+                sock=sock,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
+            )
         else:
             connecting = loop.create_connection(
-                lambda: session, self.server.host, self.server.port, **tls
+                lambda: session,
+                self.server.host,
+                self.server.port,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
             )
         await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
@@ -428,7 +438,7 @@ class Client:
             session.abort("handshake failed")
             raise
         if self.mode is Mode.LISTEN:
-            bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
+            bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
 
@@ -476,7 +486,8 @@ class _Refuse(asyncio.Protocol):
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client.refused_while_down(transport)
+        # A TCP server's transport, which can abort (uvloop's too, though not by class).
+        self.client.refused_while_down(cast(Abortable, transport))
 
 
 def _streams(n: int, what: str) -> str:

@@ -8,20 +8,22 @@ so ``aiowstunnel check``, ``run`` and a SIGHUP reload all see the same result.
 from __future__ import annotations
 
 import difflib
+import enum
 import hmac
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from . import wire
 from .addresses import Address, AddressRule, Endpoint
@@ -280,7 +282,16 @@ def diff(old: Config, new: Config) -> ConfigDiff:
 # --------------------------------------------------------------------------- loading
 
 KeyPath = tuple[str | int, ...]
-_REQUIRED: Any = object()
+T = TypeVar("T")
+
+
+class _Required(enum.Enum):
+    """The default of a key that must be given."""
+
+    REQUIRED = enum.auto()
+
+
+_REQUIRED = _Required.REQUIRED
 
 
 def _dotted(path: KeyPath) -> str:
@@ -294,12 +305,20 @@ def _dotted(path: KeyPath) -> str:
 
 
 # bool is an int in Python, but `ping_interval = true` is a mistake, not 1 second.
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_string(value: object) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _is_boolean(value: object) -> TypeGuard[bool]:
+    return isinstance(value, bool)
 
 
 def _describe(value: object, secret: bool = False) -> str:
@@ -332,8 +351,9 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def take(self, key: str, default: Any = _REQUIRED) -> Any:
-        """The raw value; ``default`` when absent (an error if there is none)."""
+    def take(self, key: str, default: object = _REQUIRED) -> Any:
+        """The raw value (any TOML value); ``default`` when absent (an error if there is
+        none: then None)."""
         self._taken.add(key)
         if key in self.data:
             return self.data[key]
@@ -354,22 +374,31 @@ class _Table:
 
     # Typed readers: each returns the value, or None after recording an error.
 
-    def _typed(self, key: str, default: Any, check: Callable[[Any], bool], kind: str) -> Any:
+    def _typed(
+        self,
+        key: str,
+        default: T | _Required | None,
+        check: Callable[[object], TypeGuard[T]],
+        kind: str,
+    ) -> T | None:
         if key not in self.data:
-            return self.take(key, default)
+            self.take(key, default)  # marks it read; records the error if it is required
+            return None if isinstance(default, _Required) else default
         value = self.take(key)
         if not check(value):
             self.error(key, f"expected {kind}, got {_describe(value)}")
             return None
         return value
 
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, str), "a string")
+    def string(self, key: str, default: str | _Required | None = _REQUIRED) -> str | None:
+        return self._typed(key, default, _is_string, "a string")
 
-    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false")
+    def boolean(self, key: str, default: bool | _Required = _REQUIRED) -> bool | None:
+        return self._typed(key, default, _is_boolean, "true or false")
 
-    def number(self, key: str, default: float, minimum: float = 0.0, strict: bool = True) -> Any:
+    def number(
+        self, key: str, default: float, minimum: float = 0.0, strict: bool = True
+    ) -> float | None:
         """A float (an integer is accepted); ``strict``: must exceed ``minimum``."""
         value = self._typed(key, default, _is_number, "a number")
         if value is None:
@@ -382,14 +411,17 @@ class _Table:
             return None
         return float(value)
 
-    def integer(self, key: str, default: int, low: int, high: int) -> Any:
+    def integer(self, key: str, default: int | None, low: int, high: int) -> int | None:
+        """An integer in ``low..high``; ``default`` (None: no value) when absent."""
         value = self._typed(key, default, _is_integer, "an integer")
         if value is not None and not low <= value <= high:
             self.error(key, f"must be between {low} and {high}, got {value}")
             return None
         return value
 
-    def address(self, key: str, allow_zero_port: bool, need_host: bool = False) -> Any:
+    def address(
+        self, key: str, allow_zero_port: bool, need_host: bool = False
+    ) -> Address | None:
         text = self.string(key)
         if text is None:
             return None
@@ -413,7 +445,7 @@ class _Table:
             return None
         return self.loader.base_dir / text
 
-    def name(self) -> Any:
+    def name(self) -> str | None:
         name = self.string("name")
         if name is not None and not _NAME.fullmatch(name):
             self.error("name", f"{name!r}: use only letters, digits, '_', '.' and '-'")
@@ -492,6 +524,7 @@ class _Loader:
         self.check_binds(metrics, server, tunnels)
         if self.errors or metrics is None or log is None or None in tunnels:
             return None
+        assert shutdown_timeout is not None  # else an error was recorded
         return Config(
             metrics=metrics,
             log=log,
@@ -556,6 +589,7 @@ class _Loader:
         self.check_unique_tokens(entries, clients)
         if len(self._found) > mark:
             return None
+        assert listen is not None and path is not None and settings is not None  # as above
         return ServerConfig(
             listen=listen,
             path=path,
@@ -616,6 +650,7 @@ class _Loader:
         t.close()
         if len(self._found) > mark or digest is None:
             return None
+        assert name is not None and max_sessions is not None  # else an error was recorded
         return ClientPolicy(
             name=name,
             token_sha256=digest,
@@ -663,6 +698,10 @@ class _Loader:
         t.close()
         if len(self._found) > mark:
             return None
+        # Each None was recorded as an error, so there is none left here.
+        assert name is not None and mode is not None and server is not None
+        assert token is not None and listen is not None and connect is not None
+        assert backoff is not None and settings is not None
         return TunnelSpec(
             name=name,
             mode=mode,
@@ -678,19 +717,38 @@ class _Loader:
             settings=settings,
         )
 
-    def session_settings(self, t: _Table, **more: int | float | None) -> SessionSettings | None:
+    def session_settings(
+        self,
+        t: _Table,
+        max_streams: int | None = _SESSION.max_streams,
+        handshake_timeout: float | None = _SESSION.handshake_timeout,
+        max_frame: int | None = _SESSION.max_frame,
+    ) -> SessionSettings | None:
         """The session's settings: window, ping_interval and ping_timeout, which both ends
-        take with the same defaults and bounds, and ``more`` (read by the caller); None
-        after an error (already recorded)."""
-        values = {
-            "window": t.integer("window", _SESSION.window, 1, wire.MAX_WINDOW),
-            "ping_interval": t.number("ping_interval", _SESSION.ping_interval),
-            "ping_timeout": t.number("ping_timeout", _SESSION.ping_timeout),
-            **more,
-        }
-        if None in values.values():
+        take with the same defaults and bounds, and the server's three (read by the caller:
+        None after an error); None after an error (already recorded)."""
+        interval = _SESSION.ping_interval
+        assert interval is not None  # a config always pings; only the library turns it off
+        window = t.integer("window", _SESSION.window, 1, wire.MAX_WINDOW)
+        ping_interval = t.number("ping_interval", interval)
+        ping_timeout = t.number("ping_timeout", _SESSION.ping_timeout)
+        if (
+            window is None
+            or ping_interval is None
+            or ping_timeout is None
+            or max_streams is None
+            or handshake_timeout is None
+            or max_frame is None
+        ):
             return None
-        return SessionSettings(**values)  # type: ignore[arg-type]
+        return SessionSettings(
+            window=window,
+            max_streams=max_streams,
+            max_frame=max_frame,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            handshake_timeout=handshake_timeout,
+        )
 
     def backoff(self, tunnel: _Table) -> BackoffPolicy | None:
         defaults = BackoffPolicy()
@@ -702,7 +760,7 @@ class _Loader:
         factor = t.number("factor", defaults.factor, 1.0, strict=False)
         reset_after = t.number("reset_after", defaults.reset_after, 0.0, strict=False)
         t.close()
-        if None in (initial, maximum, factor, reset_after):
+        if initial is None or maximum is None or factor is None or reset_after is None:
             return None
         if maximum < initial:
             # Name the key the operator wrote: that is the one to fix.

@@ -31,7 +31,9 @@ REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request head
 
 
 # The per-scrape families: metric type, name after "aiowstunnel_", help, label names.
-_FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
+_FAMILIES: dict[
+    str, tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, tuple[str, ...]]
+] = {
     "up": (GaugeMetricFamily, "tunnel_up", "1 if the tunnel's session is up.", ("tunnel",)),
     "connects": (CounterMetricFamily, "tunnel_connects", "Sessions established.", ("tunnel",)),
     "connect_failures": (
@@ -325,7 +327,10 @@ class MetricsServer:
                 health = Health(health)
             tunnels = {name: _state(up) for name, up in health.tunnels.items()}
             healthy = all(state == "up" for state in tunnels.values())
-            answer: dict = {"status": "ok" if healthy else "degraded", "tunnels": tunnels}
+            answer: dict[str, object] = {
+                "status": "ok" if healthy else "degraded",
+                "tunnels": tunnels,
+            }
             if health.draining:
                 answer["draining"] = dict(health.draining)
             if health.server is not None:

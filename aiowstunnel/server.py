@@ -162,20 +162,28 @@ class Server:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        where: dict = {"host": self.host or None, "port": self.port}
-        if sock is not None:
-            where = {"sock": sock}
+        tls_timeout = self.settings.handshake_timeout if self.ssl else None
         try:
-            self._server = await loop.create_server(
-                self._new_session,
-                ssl=self.ssl,
-                ssl_handshake_timeout=self.settings.handshake_timeout if self.ssl else None,
-                backlog=1024,
-                **where,
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    sock=sock,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
+            else:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    self.host or None,
+                    self.port,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
         except OSError as exc:
-            where = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {where}: {describe(exc)}") from exc
+            address = Address(self.host, self.port)
+            raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
@@ -83,7 +85,7 @@ class Supervisor:
         self.reload_timestamp: float | None = None
         #: instances a reload replaced or removed, draining in the background: task -> name
         #: and the instance (a Client, or the Server under the name "server")
-        self.draining: dict[asyncio.Task[None], tuple[str, Client | Server]] = {}
+        self.draining: dict[asyncio.Task[object], tuple[str, Client | Server]] = {}
 
     async def start(self) -> None:
         """Bind the server (if any) and start every tunnel.
@@ -156,12 +158,14 @@ class Supervisor:
 
         self._background(name, client, drain())
 
-    def _background(self, name: str, instance: Client | Server, work) -> None:
+    def _background(
+        self, name: str, instance: Client | Server, work: Coroutine[Any, Any, object]
+    ) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.draining[task] = (name, instance)
         task.add_done_callback(self._drained)
 
-    def _drained(self, task: asyncio.Task[None]) -> None:
+    def _drained(self, task: asyncio.Task[object]) -> None:
         self.draining.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("draining a previous instance failed: %r", task.exception())
@@ -279,7 +283,7 @@ class Supervisor:
         return out
 
     def health(self) -> Health:
-        server = None
+        server: dict[str, dict[str, bool]] | None = None
         if self.server is not None:
             server = {}
             for (entry, tunnel), stats in self.client_stats.items():

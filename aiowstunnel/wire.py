@@ -54,7 +54,7 @@ def _encode_reason(reason: str) -> bytes:
 def _window(payload: bytes | memoryview, what: str) -> int:
     if len(payload) < 4:
         raise ProtocolViolation(f"{what} frame too short for its window")
-    (value,) = _U32.unpack_from(payload)
+    value: int = _U32.unpack_from(payload)[0]
     if not 0 < value <= MAX_WINDOW:
         raise ProtocolViolation(f"{what} window {value} out of range 1..{MAX_WINDOW}")
     return value
