@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .errors import AddressError
 
@@ -91,6 +91,10 @@ class Address:
         return self.host or None
 
 
+#: Characters with a meaning in a URL, kept as they are when an IRI's path is encoded.
+_URL_DELIMS = ":/?#[]@!$&'()*+,;="
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A tunnel server's URL, parsed once: ``ws[s]://host[:port][/path][?query]``.
@@ -135,9 +139,18 @@ class Endpoint:
         if problem:
             raise AddressError(f"{text!r}: {problem}")
         secure = parts.scheme == "wss"
-        path = (parts.path or default_path) + (f"?{parts.query}" if parts.query else "")
-        assert parts.hostname  # checked above
-        return cls(secure, parts.hostname, port or (443 if secure else 80), path)
+        host, path, query = parts.hostname, parts.path or default_path, parts.query
+        assert host  # checked above
+        if not text.isascii():
+            # An IRI: made a URI as websockets does (IDNA host, percent-encoded path), so
+            # that the Host header and the request line stay ASCII.
+            try:
+                host = host.encode("idna").decode()
+            except UnicodeError:
+                raise AddressError(f"{text!r}: {host!r} is not a valid host name") from None
+            path, query = quote(path, safe=_URL_DELIMS), quote(query, safe=_URL_DELIMS)
+        target = path + (f"?{query}" if query else "")
+        return cls(secure, host, port or (443 if secure else 80), target)
 
     @property
     def scheme(self) -> str:
