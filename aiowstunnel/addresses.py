@@ -1,7 +1,8 @@
 """Addresses and address rules, as written in configs and handshakes.
 
 ``host:port`` with IPv6 in brackets (``[::1]:9000``); rules add CIDR hosts and port ranges
-(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``). Pure: no I/O, no DNS.
+(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``); a tunnel server's ``ws[s]://`` URL is an
+:class:`Endpoint`. Pure: no I/O, no DNS.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from .errors import AddressError
 
@@ -87,6 +89,84 @@ class Address:
     def bind_host(self) -> str | None:
         """The host as asyncio's ``create_server`` wants it (``None`` = all interfaces)."""
         return self.host or None
+
+
+#: Characters with a meaning in a URL, kept as they are when an IRI's path is encoded.
+_URL_DELIMS = ":/?#[]@!$&'()*+,;="
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A tunnel server's URL, parsed once: ``ws[s]://host[:port][/path][?query]``.
+
+    ``path`` is the request target the upgrade asks for (the path, and ``?query`` if any);
+    ``port`` is always set (80 for ws://, 443 for wss:// when the URL has none).
+    """
+
+    secure: bool
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, text: str, default_path: str) -> Endpoint:
+        """Parse a ``ws://`` or ``wss://`` URL.
+
+        Args:
+            text: the URL as written.
+            default_path: the path when the URL has none.
+
+        Raises:
+            AddressError: with the URL and what is wrong with it.
+        """
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise AddressError(f"{text!r}: {exc}") from None
+        problem = None
+        if parts.scheme not in ("ws", "wss"):
+            problem = "expected a ws:// or wss:// URL"
+        elif not parts.hostname:
+            problem = "the URL has no host"
+        elif port == 0:
+            problem = "port 0 is not a server port"
+        elif parts.username is not None or parts.password is not None:
+            # URLs end up in logs: credentials belong in token_file.
+            problem = "no credentials in the URL: use token_file"
+        elif parts.fragment:
+            problem = "a WebSocket URL has no #fragment"
+        if problem:
+            raise AddressError(f"{text!r}: {problem}")
+        secure = parts.scheme == "wss"
+        host, path, query = parts.hostname, parts.path or default_path, parts.query
+        assert host  # checked above
+        if not text.isascii():
+            # An IRI: made a URI as websockets does (IDNA host, percent-encoded path), so
+            # that the Host header and the request line stay ASCII.
+            try:
+                host = host.encode("idna").decode()
+            except UnicodeError:
+                raise AddressError(f"{text!r}: {host!r} is not a valid host name") from None
+            path, query = quote(path, safe=_URL_DELIMS), quote(query, safe=_URL_DELIMS)
+        target = path + (f"?{query}" if query else "")
+        return cls(secure, host, port or (443 if secure else 80), target)
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.secure else "ws"
+
+    @property
+    def address(self) -> Address:
+        return Address(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """The URL, port included: ``ws://[::1]:9000/aiowstunnel``."""
+        return f"{self.scheme}://{self.address}{self.path}"
+
+    def __str__(self) -> str:
+        return self.url
 
 
 def ip_or_none(host: str) -> IPAddress | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .addresses import ip_or_none
 from .config import Config
@@ -39,8 +38,7 @@ def config_warnings(config: Config, path: str | os.PathLike[str] | None = None) 
             "client names, byte counts and refusals (firewall it, or listen on 127.0.0.1)"
         )
     for index, spec in enumerate(config.tunnels):
-        url = urlsplit(spec.server)
-        if url.scheme == "ws" and not is_loopback(url.hostname or ""):
+        if not spec.server.secure and not is_loopback(spec.server.host):
             warnings.append(
                 f"tunnel[{index}].server: {spec.server} is ws:// to a host that is not "
                 "loopback: the bearer token travels in clear (use wss://)"

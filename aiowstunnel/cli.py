@@ -57,14 +57,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check(path: Path) -> int:
-    from .audit import config_warnings
-    from .config import read_config
     from .errors import ConfigError
-    from .supervisor import check_tls
+    from .tls import read_and_check
 
     try:
-        config = read_config(path)
-        check_tls(config)
+        config, warnings = read_and_check(path)
     except ConfigError as exc:
         for error in exc.errors:
             print(f"{exc.source}: {error}", file=sys.stderr)
@@ -75,7 +72,6 @@ def check(path: Path) -> int:
         if config.server
         else "no server"
     )
-    warnings = config_warnings(config, path)
     for warning in warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     extra = f", {len(warnings)} warning(s)" if warnings else ""

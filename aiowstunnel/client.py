@@ -16,26 +16,29 @@ import random
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI
 
 from . import wire
-from .addresses import Address, format_peer
+from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
-from .errors import HandshakeRefused, describe, os_reason
+from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
-from .resets import Cut, reset
+from .logs import tunnel_logger
+from .resets import Abortable, Cut, reset
 from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .settings import SessionSettings
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.client")
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
-_REFUSAL_LABELS = {refusal.status: refusal.label for refusal in Refusal}
+_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
 #: At most one "refused a connection" line per this many seconds per tunnel (each says how
 #: many were refused since the last one): a client retrying in a loop must not flood the log.
 REFUSED_LOG_PERIOD = 10.0
@@ -55,9 +58,13 @@ class Client:
         ssl: ``True`` or an ``ssl.SSLContext`` for ``wss://`` (a client certificate in
             the context gives mutual TLS); ``None`` for plain ``ws://``.
         server_hostname: the name to verify the server's certificate against.
-        path: URL path of the server's WebSocket endpoint.
+        path: the request target of the server's WebSocket endpoint (its path, and
+            ``?query`` if any).
         token: this client's bearer token.
         backoff: reconnect delays.
+        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
+            the session's settings (:class:`SessionSettings` says what each does).
+        settings: the session's settings whole (the daemon's), instead of those six.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
@@ -79,33 +86,38 @@ class Client:
         path: str = DEFAULT_PATH,
         token: str | None = None,
         backoff: BackoffPolicy | None = None,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        window: int = wire.DEFAULT_WINDOW,
-        max_frame: int = 1024 * 1024 + 64,
-        handshake_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
+        ping_interval: float | None = SessionSettings.ping_interval,
+        ping_timeout: float = SessionSettings.ping_timeout,
+        window: int = SessionSettings.window,
+        max_frame: int = SessionSettings.max_frame,
+        handshake_timeout: float = SessionSettings.handshake_timeout,
+        connect_timeout: float = SessionSettings.connect_timeout,
+        settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
     ) -> None:
         self.mode = Mode(mode)
-        self.server = Address(tunnel_host, int(tunnel_port))
         self.listen = Address(listen_host, int(listen_port))
         self.connect = Address(connect_host, int(connect_port))
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
+        #: the tunnel server's URL, built once (the daemon's was parsed once, by config)
+        self.endpoint = Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path)
+        self.server = self.endpoint.address
         self.server_hostname = server_hostname
-        self.path = path
         self.token = token
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.window = window
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
+        self.settings = SessionSettings.given(
+            settings,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            window=window,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+        )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
@@ -131,7 +143,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
-        self._log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._log = tunnel_logger(self.name, log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
@@ -144,8 +156,7 @@ class Client:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.ssl else "ws"
-        return f"{scheme}://{self.server}{self.path}"
+        return self.endpoint.url
 
     @property
     def up(self) -> bool:
@@ -169,7 +180,7 @@ class Client:
                 try:
                     await self._bind()
                 except OSError as exc:
-                    self._failed("listen_failed", str(exc), logging.ERROR)
+                    self._failed("listen_failed", describe(exc), logging.ERROR)
                     self.first_bind.set()
                     self.first_attempt.set()
                     await self._pause()
@@ -183,7 +194,7 @@ class Client:
                 label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
                 self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
             except ssl_module.SSLError as exc:
-                self._failed("tls", f"TLS failed with {self.url}: {exc}", logging.ERROR)
+                self._failed("tls", f"TLS failed with {self.url}: {describe(exc)}", logging.ERROR)
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
                 hint = ""
@@ -281,7 +292,7 @@ class Client:
         try:
             await self._bind(sock)
         except OSError as exc:
-            self._failed("listen_failed", str(exc), logging.ERROR)
+            self._failed("listen_failed", describe(exc), logging.ERROR)
             return False
         finally:
             self.first_bind.set()
@@ -332,18 +343,18 @@ class Client:
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
+            raise OSError(exc.errno, f"cannot listen on {self.listen}: {describe(exc)}") from exc
         port = self._listener.sockets[0].getsockname()[1]
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
-    def _local_stream(self) -> asyncio.Protocol:
+    def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
         return TcpStream(session)
 
-    def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
+    def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
         say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
         self.stats.stream_open_failures["tunnel_down"] += 1
@@ -367,38 +378,53 @@ class Client:
 
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
+        settings, endpoint = self.settings, self.endpoint
         ws = ClientProtocol(
-            parse_uri(self.url),
+            # The endpoint as websockets takes it: the request target whole in ``path``.
+            WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=self.max_frame,
+            max_size=settings.max_frame,
             logger=ws_log,
         )
+        # The Session takes its settings one by one until it takes a SessionSettings whole.
         session = Session(
             ws,
             self.stats,
-            window=self.window,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            window=settings.window,
+            max_streams=settings.max_streams,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
             name=self.name,
         )
         if self.mode is Mode.LISTEN:
             # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
-        tls = {
-            "ssl": self.ssl,
-            "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
-            "ssl_handshake_timeout": self.handshake_timeout if self.ssl else None,
-        }
+            session.dial = tcp_dialer(
+                self.connect.host, self.connect.port, settings.connect_timeout
+            )
+        ssl = self.ssl
+        server_hostname = (self.server_hostname or self.server.host) if ssl else None
+        tls_timeout = settings.handshake_timeout if ssl else None
         if self.proxy:
             sock = await asyncio.wait_for(
-                proxy_tunnel(self.proxy, self.server), self.connect_timeout
+                proxy_tunnel(self.proxy, self.server), settings.connect_timeout
             )
-            connecting = loop.create_connection(lambda: session, sock=sock, **tls)
+            connecting = loop.create_connection(
+                lambda: session,
+                sock=sock,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
+            )
         else:
             connecting = loop.create_connection(
-                lambda: session, self.server.host, self.server.port, **tls
+                lambda: session,
+                self.server.host,
+                self.server.port,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
             )
-        await asyncio.wait_for(connecting, self.connect_timeout)
+        await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
         for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
@@ -406,13 +432,13 @@ class Client:
         session.send_request(request)
         try:
             response = await asyncio.wait_for(
-                asyncio.shield(session.handshake), self.handshake_timeout
+                asyncio.shield(session.handshake), settings.handshake_timeout
             )
         except BaseException:
             session.abort("handshake failed")
             raise
         if self.mode is Mode.LISTEN:
-            bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
+            bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
 
@@ -460,7 +486,8 @@ class _Refuse(asyncio.Protocol):
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client.refused_while_down(transport)
+        # A TCP server's transport, which can abort (uvloop's too, though not by class).
+        self.client.refused_while_down(cast(Abortable, transport))
 
 
 def _streams(n: int, what: str) -> str:

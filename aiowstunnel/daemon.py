@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .addresses import Address, host_port
-from .audit import config_warnings
-from .config import Config, read_config
+from .config import Config
 from .errors import ConfigError
 from .limits import raise_open_files_limit
 from .logs import setup_logging
 from .notify import Notifier, watchdog_loop, watchdog_period
 from .runtime import data_path, event_loop_runner
-from .supervisor import Supervisor, check_tls
+from .supervisor import Supervisor
+from .tls import read_and_check
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -108,9 +108,8 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.path)
         try:
-            new = read_config(self.path)
-            check_tls(new)
-            _log_warnings(new, self.path)
+            new, warnings = read_and_check(self.path)
+            _log_warnings(warnings, self.path)
             await self._start_metrics(new)
             await self.supervisor.reload(new)
         except (ConfigError, OSError) as exc:
@@ -192,8 +191,7 @@ def run(path: Path) -> int:
         The process exit code: 0 after a clean stop, 1 when it cannot start.
     """
     try:
-        config = read_config(path)
-        check_tls(config)
+        config, warnings = read_and_check(path)
     except ConfigError as exc:
         setup_logging("info")
         for error in exc.errors:
@@ -208,7 +206,7 @@ def run(path: Path) -> int:
         f" (raised from {before})" if soft != before else "",
         hard,
     )
-    _log_warnings(config, path)
+    _log_warnings(warnings, path)
     runner, loop_name = event_loop_runner()
     log.info("event loop: %s; data path: %s", loop_name, data_path())
     with contextlib.suppress(KeyboardInterrupt):
@@ -216,8 +214,8 @@ def run(path: Path) -> int:
     return 0
 
 
-def _log_warnings(config: Config, path: Path) -> None:
-    for warning in config_warnings(config, path):
+def _log_warnings(warnings: list[str], path: Path) -> None:
+    for warning in warnings:
         log.warning("%s: %s", path, warning)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .addresses import Address
-from .errors import AddressError
+from .errors import AddressError, TunnelError
 
 HEADER_MODE = "X-Aiowstunnel-Mode"
 HEADER_ADDRESS = "X-Aiowstunnel-Address"
@@ -61,8 +61,9 @@ class Refusal(enum.Enum):
         return self.value[1]
 
 
-class RequestRefused(Exception):
-    """Raised while checking a tunnel request; becomes the HTTP refusal."""
+class RequestRefused(TunnelError):
+    """Raised while checking a tunnel request; becomes the HTTP refusal (the client sees
+    it as :class:`~aiowstunnel.errors.HandshakeRefused`)."""
 
     def __init__(self, refusal: Refusal, reason: str) -> None:
         super().__init__(reason)

@@ -24,12 +24,13 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
-from .errors import os_reason
+from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
-from .logs import escape
+from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
+from .settings import SessionSettings
 from .stats import LimitStats, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.server")
@@ -43,7 +44,6 @@ _HANDSHAKE_LIMITS = {
     "handshake_bytes": "handshake_too_large",
 }
 
-DEFAULT_MAX_FRAME = 1024 * 1024 + 64
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
 MAX_TUNNEL_NAMES = 32
@@ -79,6 +79,8 @@ class Server:
         handshake_timeout: seconds a connection has to complete TLS and the upgrade.
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
+        settings: the session's settings whole (the daemon's), instead of the seven above
+            (:class:`SessionSettings`).
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
             that replaces this one, so that Prometheus counters never go backwards);
             ``client_stats`` is keyed by (client entry name, tunnel name).
@@ -95,13 +97,14 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         path: str = DEFAULT_PATH,
         clients: Iterable[ClientPolicy] | None = None,
-        window: int = wire.DEFAULT_WINDOW,
-        max_streams: int = wire.DEFAULT_MAX_STREAMS,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        handshake_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
+        window: int = SessionSettings.window,
+        max_streams: int = SessionSettings.max_streams,
+        max_frame: int = SessionSettings.max_frame,
+        handshake_timeout: float = SessionSettings.handshake_timeout,
+        connect_timeout: float = SessionSettings.connect_timeout,
+        ping_interval: float | None = SessionSettings.ping_interval,
+        ping_timeout: float = SessionSettings.ping_timeout,
+        settings: SessionSettings | None = None,
         stats: ServerStats | None = None,
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
@@ -111,13 +114,16 @@ class Server:
         self.port = port
         self.ssl = ssl
         self.path = path
-        self.window = window
-        self.max_streams = max_streams
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.settings = SessionSettings.given(
+            settings,
+            window=window,
+            max_streams=max_streams,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
         self.stats = stats if stats is not None else ServerStats()
         self.client_stats = client_stats if client_stats is not None else {}
         self.limits = (limits or ServerLimits()).resolve()
@@ -156,20 +162,28 @@ class Server:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        where: dict = {"host": self.host or None, "port": self.port}
-        if sock is not None:
-            where = {"sock": sock}
+        tls_timeout = self.settings.handshake_timeout if self.ssl else None
         try:
-            self._server = await loop.create_server(
-                self._new_session,
-                ssl=self.ssl,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-                backlog=1024,
-                **where,
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    sock=sock,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
+            else:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    self.host or None,
+                    self.port,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
         except OSError as exc:
-            where = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {where}: {os_reason(exc)}") from exc
+            address = Address(self.host, self.port)
+            raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -236,11 +250,7 @@ class Server:
         for session, grant in list(self.sessions.items()):
             reason = self._still_allowed(grant)
             if reason:
-                log.warning(
-                    "closing the session: %s",
-                    reason,
-                    extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
-                )
+                _session_log(session).warning("closing the session: %s", reason)
                 session.close(CloseCode.POLICY_VIOLATION, reason)
 
     def _still_allowed(self, grant: Grant) -> str:
@@ -270,9 +280,10 @@ class Server:
     # -- sessions --------------------------------------------------------------------
 
     def _new_session(self) -> Session:
+        settings = self.settings
         ws = ServerProtocol(
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=self.max_frame,
+            max_size=settings.max_frame,
             logger=ws_log,
         )
         guard = SessionGuard(
@@ -283,19 +294,20 @@ class Server:
             self._client_streams,
             self._limit_hit,
         )
+        # The Session takes its settings one by one until it takes a SessionSettings whole.
         session = Session(
             ws,
             TunnelStats("unauthenticated"),
-            window=self.window,
-            max_streams=self.max_streams,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            window=settings.window,
+            max_streams=settings.max_streams,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
             on_request=self._on_request,
             name="server",
             guard=guard,
         )
         loop = asyncio.get_running_loop()
-        loop.call_later(self.handshake_timeout, self._handshake_deadline, session)
+        loop.call_later(settings.handshake_timeout, self._handshake_deadline, session)
         return session
 
     def _limit_hit(self, limit: str, peer: str) -> None:
@@ -320,10 +332,10 @@ class Server:
             quiet.warning(
                 "handshake_timeout",
                 "dropping the connection: no complete handshake within %g s",
-                self.handshake_timeout,
+                self.settings.handshake_timeout,
                 extra={"peer": session.peer},
             )
-            session.abort(f"handshake timeout ({self.handshake_timeout:g} s)")
+            session.abort(f"handshake timeout ({self.settings.handshake_timeout:g} s)")
 
     def _on_request(self, session: Session, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(self._authorize(session, request))
@@ -406,11 +418,7 @@ class Server:
             if grant.request.mode is Mode.CONNECT
             else f"listen on {grant.bound}"
         )
-        log.info(
-            "session opened: %s",
-            what,
-            extra={"client": entry, "tunnel": tunnel, "peer": session.peer},
-        )
+        _session_log(session).info("session opened: %s", what)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
@@ -484,11 +492,12 @@ class Server:
             loop = asyncio.get_running_loop()
             try:
                 infos = await asyncio.wait_for(
-                    loop.getaddrinfo(target.host, target.port, type=1), self.connect_timeout
+                    loop.getaddrinfo(target.host, target.port, type=1),
+                    self.settings.connect_timeout,
                 )
             except (OSError, asyncio.TimeoutError) as exc:
                 raise RequestRefused(
-                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {exc}"
+                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {describe(exc)}"
                 ) from None
             for info in infos:
                 ip = ip_or_none(str(info[4][0]))
@@ -506,7 +515,7 @@ class Server:
 
     def _dialer(self, grant: Grant) -> Dial:
         target = grant.target or grant.request.address
-        return tcp_dialer(target.host, target.port, self.connect_timeout)
+        return tcp_dialer(target.host, target.port, self.settings.connect_timeout)
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
@@ -521,7 +530,7 @@ class Server:
             )
         except OSError as exc:
             raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {os_reason(exc)}"
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
             ) from None
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
@@ -545,12 +554,16 @@ class Server:
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0
         cut = session.cut_streams
-        log.info(
+        _session_log(session).info(
             "session ended: %s; %s",
             escape(session.close_reason),
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
-            extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
+
+
+def _session_log(session: Session) -> TunnelLogger:
+    """The server's log for one authenticated session: client entry, tunnel and peer."""
+    return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

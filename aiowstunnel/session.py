@@ -27,7 +27,7 @@ from websockets.server import ServerProtocol
 
 from . import wire, wsframe
 from .addresses import format_peer, host_port
-from .errors import HandshakeRefused, ProtocolViolation, describe, os_reason
+from .errors import HandshakeRefused, LocalProtocolError, ProtocolViolation, describe
 from .limits import DEFAULT_MAX_VIOLATIONS, LOGGED_VIOLATIONS, QuietLog, SessionGuard, Slot
 from .logs import escape, quote
 from .resets import Cut, reset
@@ -799,7 +799,7 @@ class Session(asyncio.Protocol):
                     return
             try:
                 stream.stream_id, message = self.mux.open_stream(stream.peer)
-            except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
+            except LocalProtocolError as exc:  # stream ids exhausted (2**31 streams)
                 self._count_open_failure("tunnel_down")
                 log.warning(
                     "cannot open a stream for %s: %s; starting a new session",
@@ -1182,7 +1182,7 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
             raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
         except OSError as exc:
             # asyncio's own text ("Connect call failed (...)") hides the errno's meaning.
-            raise type(exc)(exc.errno, f"connect to {where} failed: {os_reason(exc)}") from exc
+            raise type(exc)(exc.errno, f"connect to {where} failed: {describe(exc)}") from exc
 
     return dial
 

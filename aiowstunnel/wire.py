@@ -12,9 +12,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from .errors import ProtocolViolation
+from .errors import LocalProtocolError, ProtocolViolation
 
-VERSION = 1
 SUBPROTOCOL = "aiowstunnel.v1"
 
 #: "type (1 byte) | stream id (4 bytes, big-endian) | payload" (protocol.md, Frames)
@@ -55,7 +54,7 @@ def _encode_reason(reason: str) -> bytes:
 def _window(payload: bytes | memoryview, what: str) -> int:
     if len(payload) < 4:
         raise ProtocolViolation(f"{what} frame too short for its window")
-    (value,) = _U32.unpack_from(payload)
+    value: int = _U32.unpack_from(payload)[0]
     if not 0 < value <= MAX_WINDOW:
         raise ProtocolViolation(f"{what} window {value} out of range 1..{MAX_WINDOW}")
     return value
@@ -455,9 +454,9 @@ class Mux:
     def open_stream(self, origin: str = "") -> tuple[int, bytes]:
         """Allocate a stream id and build its OPEN. Returns (stream id, message)."""
         if self.goaway_received or self.goaway_sent:
-            raise ProtocolViolation("no new streams after GOAWAY")
+            raise LocalProtocolError("no new streams after GOAWAY")
         if self._next_id > 0xFFFFFFFF:
-            raise ProtocolViolation("stream ids exhausted")
+            raise LocalProtocolError("stream ids exhausted")
         stream_id = self._next_id
         self._next_id += 2
         self.streams[stream_id] = StreamMachine(stream_id, self.window)

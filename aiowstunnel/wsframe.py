@@ -178,7 +178,9 @@ class BinarySplitter:
                 out.append((False, bytes(view[pos:frame_end])))
             elif masked:
                 at = pos + head
-                out.append((True, apply_mask(view[at:frame_end], view[at - 4 : at])))
+                # websockets types the mask as bytes; its apply_mask takes any buffer.
+                mask = view[at - 4 : at]
+                out.append((True, apply_mask(view[at:frame_end], mask)))  # type: ignore[arg-type]
             else:
                 out.append((True, view[pos + head : frame_end]))
             pos = frame_end

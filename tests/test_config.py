@@ -323,12 +323,17 @@ def test_example_loads_with_defaults_filled() -> None:
     assert srv is not None
     assert srv.listen == Address("0.0.0.0", 9000)
     assert srv.tls_client_ca == Path("/etc/aiowstunnel/clients-ca.crt")
-    assert (srv.window, srv.max_streams, srv.max_frame) == (
+    assert (srv.settings.window, srv.settings.max_streams, srv.settings.max_frame) == (
         DEFAULT_WINDOW,
         DEFAULT_MAX_STREAMS,
         1024 * 1024 + 64,
     )
-    assert (srv.handshake_timeout, srv.ping_interval, srv.ping_timeout) == (10.0, 20.0, 20.0)
+    session = srv.settings
+    assert (session.handshake_timeout, session.ping_interval, session.ping_timeout) == (
+        10.0,
+        20.0,
+        20.0,
+    )
     # The clients are ready for the server's Policy: the token file authenticates.
     policy = Policy(srv.clients)
     branch = policy.authenticate("token-a")
@@ -345,9 +350,9 @@ def test_example_loads_with_defaults_filled() -> None:
     assert app.backoff == BackoffPolicy(1.0, 60.0, 2.0, 30.0)
     assert app.proxy == "http://proxy:3128"
     assert reverse.mode is Mode.LISTEN and not reverse.uses_tls
-    assert reverse.server == "ws://[::1]:9000/aiowstunnel"  # default path filled in
-    assert reverse.window == DEFAULT_WINDOW
-    assert (reverse.ping_interval, reverse.ping_timeout) == (20.0, 20.0)
+    assert reverse.server.url == "ws://[::1]:9000/aiowstunnel"  # default path filled in
+    assert reverse.settings.window == DEFAULT_WINDOW
+    assert (reverse.settings.ping_interval, reverse.settings.ping_timeout) == (20.0, 20.0)
 
 
 def test_empty_file_is_a_valid_config_with_defaults() -> None:
