@@ -17,7 +17,6 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable
 from typing import cast
-from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
@@ -26,11 +25,13 @@ from websockets.uri import WebSocketURI
 from . import wire
 from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
+from .dial import proxy_tunnel, tcp_dialer
 from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
+from .link import ws_log
 from .logs import tunnel_logger
 from .resets import Abortable, Cut, reset
-from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import TunnelStats
 
@@ -352,7 +353,7 @@ class Client:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
-        return TcpStream(session)
+        return session.new_stream()
 
     def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
@@ -409,7 +410,7 @@ class Client:
                 proxy_tunnel(self.proxy, self.server), settings.connect_timeout
             )
             connecting = loop.create_connection(
-                lambda: session,
+                lambda: session.link,
                 sock=sock,
                 ssl=ssl,
                 server_hostname=server_hostname,
@@ -417,7 +418,7 @@ class Client:
             )
         else:
             connecting = loop.create_connection(
-                lambda: session,
+                lambda: session.link,
                 self.server.host,
                 self.server.port,
                 ssl=ssl,
@@ -441,41 +442,6 @@ class Client:
             bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session
-
-
-async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
-    """A socket connected to ``target`` through an HTTP proxy's CONNECT method.
-
-    Raises:
-        ConnectionError: the proxy refused (its status line is in the message).
-        OSError: the proxy cannot be reached.
-    """
-    url = urlsplit(proxy)
-    host, port = url.hostname or "", url.port or 3128
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, address)
-        authority = str(target)
-        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
-        head = b""
-        while b"\r\n\r\n" not in head:  # byte by byte: nothing past the head is consumed
-            byte = await loop.sock_recv(sock, 1)
-            if not byte or len(head) > 8192:
-                raise ConnectionError(f"proxy {host}:{port} closed during CONNECT")
-            head += byte
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status.split()
-        if len(parts) < 2 or parts[1] != "200":
-            raise ConnectionError(f"proxy {host}:{port} refused CONNECT {authority}: {status}")
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 class _Refuse(asyncio.Protocol):

@@ -24,14 +24,17 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
+from .dial import Dial, tcp_dialer
 from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
+from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
-from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
+from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import LimitStats, ServerStats, TunnelStats
+from .tcp import TcpStream
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -279,7 +282,7 @@ class Server:
 
     # -- sessions --------------------------------------------------------------------
 
-    def _new_session(self) -> Session:
+    def _new_session(self) -> Link:
         settings = self.settings
         ws = ServerProtocol(
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
@@ -308,7 +311,7 @@ class Server:
         )
         loop = asyncio.get_running_loop()
         loop.call_later(settings.handshake_timeout, self._handshake_deadline, session)
-        return session
+        return session.link
 
     def _limit_hit(self, limit: str, peer: str) -> None:
         self.limit_stats.hits[limit] += 1
@@ -521,7 +524,7 @@ class Server:
         address = grant.request.address
 
         def new_stream() -> TcpStream:
-            return TcpStream(session)
+            return session.new_stream()
 
         loop = asyncio.get_running_loop()
         try:

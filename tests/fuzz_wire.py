@@ -20,25 +20,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiowstunnel.errors import ProtocolViolation
+from aiowstunnel.mux import DataReceived, Event, Mux, Reply, StreamViolated
 from aiowstunnel.wire import (
     DEFAULT_WINDOW,
     HEADER,
     MAX_REASON,
     MAX_WINDOW,
     Data,
-    DataReceived,
-    Event,
     Fin,
     GoAway,
-    Mux,
     Open,
     OpenFail,
     OpenOk,
     Rst,
     StreamState,
-    StreamViolated,
     WindowUpdate,
     parse_frame,
+    split_data,
 )
 
 #: Windows for the target Mux: tiny ones make overflow and stalls easy to reach.
@@ -99,7 +97,7 @@ def peer_next(target: Target) -> int:
 
 def stream_ids(target: Target, rng: random.Random) -> int:
     """A stream id likely to reach deep paths: live, next, closed, reserved or extreme."""
-    live = list(target.mux.streams)
+    live = target.mux.stream_ids()
     roll = rng.random()
     if live and roll < 0.55:
         return rng.choice(live)
@@ -172,7 +170,7 @@ def make_input(target: Target, rng: random.Random) -> bytes:
 def local_step(target: Target, rng: random.Random) -> None:
     """One legal move of our own side, so that the fuzz meets streams in every state."""
     mux = target.mux
-    streams = list(mux.streams.items())
+    streams = [(sid, mux.state(sid)) for sid in mux.stream_ids()]
     roll = rng.random()
     if roll < 0.25:
         if not (mux.goaway_sent or mux.goaway_received) and len(streams) < 32:
@@ -180,19 +178,21 @@ def local_step(target: Target, rng: random.Random) -> None:
         return
     if not streams:
         return
-    sid, machine = rng.choice(streams)
+    sid, state = rng.choice(streams)
     if roll < 0.4:
-        if machine.state is StreamState.OPENING and not ours(mux, sid):
+        if state is StreamState.OPENING and not ours(mux, sid):
             mux.accept_stream(sid)
     elif roll < 0.6:
-        if machine.state in SEND_STATES and mux.credit(sid) > 0:
-            mux.send_data(sid, b"x" * rng.randrange(1, 2000))
+        if state in SEND_STATES and mux.credit(sid) > 0:
+            # as the session sends: credit first, then the DATA messages split_data cuts
+            n = mux.reserve_data(sid, rng.randrange(1, 2000))
+            split_data(sid, memoryview(b"x" * n), mux.max_data)
     elif roll < 0.7:
-        if machine.state in SEND_STATES:
+        if state in SEND_STATES:
             mux.send_fin(sid)
     elif roll < 0.9:
         owed = target.unconsumed.get(sid, 0)
-        if owed and machine.state in RECEIVE_STATES:
+        if owed and state in RECEIVE_STATES:
             n = rng.randrange(1, owed + 1)
             target.unconsumed[sid] = owed - n
             mux.grant(sid, n, flush=rng.random() < 0.5)
@@ -205,15 +205,15 @@ def local_step(target: Target, rng: random.Random) -> None:
 def honest_step(target: Target, rng: random.Random) -> None:
     """One legal frame from the peer (answers our OPENs, opens, sends within credit)."""
     mux = target.mux
-    for sid, machine in list(mux.streams.items()):
-        if machine.state is StreamState.OPENING and ours(mux, sid):
+    for sid in mux.stream_ids():
+        if mux.state(sid) is StreamState.OPENING and ours(mux, sid):
             feed(target, OpenOk(sid, rng.choice((1, 1000, DEFAULT_WINDOW))).serialize())
             return
     if not mux.goaway_received and rng.random() < 0.5:
         feed(target, Open(peer_next(target), rng.choice((1, 1000, DEFAULT_WINDOW))).serialize())
-    elif mux.streams:
-        sid = rng.choice(list(mux.streams))
-        machine = mux.streams[sid]
+    elif len(mux):
+        sid = rng.choice(mux.stream_ids())
+        machine = mux._streams[sid]  # white-box: the credit the peer has left
         if machine.state in RECEIVE_STATES:
             n = min(rng.randrange(0, 3), machine.recv_window.available)
             feed(target, Data(sid, b"y" * n).serialize())
@@ -227,18 +227,17 @@ def feed(target: Target, message: bytes) -> list[Event]:
         AssertionError: the Mux broke one of the rules above.
     """
     mux = target.mux
-    before = len(mux.outbox)
     data = mux.receive_data(message) if target.fast else None
     if data is not None:
         events: list[Event] = [DataReceived(*data)]
     else:
         events = mux.receive(message)  # a session-level ProtocolViolation propagates
-    answers = mux.take_outbox()
+    answers = [event.message for event in events if isinstance(event, Reply)]
     frame = parse_frame(message)
     if isinstance(frame, Open):
         target.peer_last = max(target.peer_last, frame.stream_id)
     if isinstance(frame, Rst | OpenFail):
-        assert len(answers) == before, f"{frame} was answered: {answers!r}"
+        assert not answers, f"{frame} was answered: {answers!r}"
     answered = {}
     for answer in answers:
         parsed = parse_frame(answer)  # our own answers must be valid frames

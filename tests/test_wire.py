@@ -15,26 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiowstunnel.errors import LocalProtocolError, ProtocolViolation
-from aiowstunnel.wire import (
-    DEFAULT_WINDOW,
-    HEADER_SIZE,
-    MAX_REASON,
-    MAX_WINDOW,
-    TRANSITIONS,
+from aiowstunnel.mux import (
     CreditGranted,
-    Data,
     DataReceived,
-    Fin,
-    Frame,
-    FrameType,
-    GoAway,
+    Event,
     GoAwayReceived,
-    Move,
     Mux,
-    Open,
-    OpenFail,
-    OpenOk,
-    Rst,
+    Reply,
     StreamAccepted,
     StreamEnded,
     StreamLimited,
@@ -42,12 +29,30 @@ from aiowstunnel.wire import (
     StreamRefused,
     StreamRequested,
     StreamReset,
-    StreamState,
     StreamViolated,
-    Window,
+)
+from aiowstunnel.windows import Window
+from aiowstunnel.wire import (
+    DEFAULT_WINDOW,
+    HEADER_SIZE,
+    MAX_REASON,
+    MAX_WINDOW,
+    TRANSITIONS,
+    Data,
+    Fin,
+    Frame,
+    FrameType,
+    GoAway,
+    Move,
+    Open,
+    OpenFail,
+    OpenOk,
+    Rst,
+    StreamState,
     WindowUpdate,
     data_header,
     parse_frame,
+    split_data,
 )
 
 U32_MAX = 0xFFFFFFFF
@@ -77,29 +82,37 @@ def open_stream(opener: Mux, acceptor: Mux, origin: str = "192.0.2.1:5000") -> i
     return sid
 
 
-def answers(mux: Mux) -> list[Frame]:
-    return [parse_frame(m) for m in mux.take_outbox()]
+def answers(events: list[Event]) -> list[Frame]:
+    """The frames a Mux answered with, among the events of one receive()."""
+    return [parse_frame(e.message) for e in events if isinstance(e, Reply)]
+
+
+def send_data(mux: Mux, sid: int, data: bytes | memoryview) -> tuple[list[bytes], int]:
+    """The DATA messages the session sends for ``data``: the credit taken with
+    Mux.reserve_data, the messages cut by wire.split_data (the link frames each one)."""
+    n = mux.reserve_data(sid, len(data))
+    pairs = split_data(sid, memoryview(data)[:n], mux.max_data)
+    return [head + bytes(chunk) for head, chunk in pairs], n
 
 
 def session_fault(mux: Mux, message: bytes, match: str) -> ProtocolViolation:
     with pytest.raises(ProtocolViolation, match=match) as info:
         mux.receive(message)
-    assert info.value.stream_id is None
-    assert mux.outbox == []
+    assert info.value.stream_id is None  # (and nothing to send: an exception, no Reply)
     return info.value
 
 
 def stream_fault(mux: Mux, message: bytes, sid: int, match: str) -> None:
     """The message breaks the rules of stream ``sid``: StreamViolated, and one RST queued."""
     events = mux.receive(message)
-    assert len(events) == 1
+    assert len(events) == 2
     assert isinstance(events[0], StreamViolated)
     assert events[0].stream_id == sid
     assert match in events[0].reason
-    [rst] = answers(mux)
+    [rst] = answers(events)
     assert isinstance(rst, Rst)
     assert rst.stream_id == sid
-    assert sid not in mux.streams
+    assert sid not in mux
 
 
 # -- frames: layout and round trips ------------------------------------------------------------
@@ -368,7 +381,7 @@ def test_local_misuse_through_mux_is_a_named_error() -> None:
     sid, message = client.open_stream()
     server.receive(message)
     with pytest.raises(ProtocolViolation, match="SEND_DATA is illegal in state opening"):
-        client.send_data(sid, b"too early")
+        send_data(client, sid, b"too early")
     with pytest.raises(ProtocolViolation, match="SEND_FIN is illegal in state opening"):
         client.send_fin(sid)
     client.receive(server.accept_stream(sid))
@@ -378,7 +391,7 @@ def test_local_misuse_through_mux_is_a_named_error() -> None:
     with pytest.raises(ProtocolViolation, match="SEND_FIN is illegal in state half-closed"):
         client.send_fin(sid)
     with pytest.raises(ProtocolViolation, match="SEND_DATA is illegal in state half-closed"):
-        client.send_data(sid, b"after fin")
+        send_data(client, sid, b"after fin")
 
 
 # -- Mux: stream ids, lifecycle ----------------------------------------------------------------
@@ -415,19 +428,19 @@ def test_mux_refuses_an_impossible_window(window: int) -> None:
 def test_full_lifecycle_both_directions_then_forgotten() -> None:
     client, server = pair()
     sid = open_stream(client, server)
-    sent, n = client.send_data(sid, b"ping")
+    sent, n = send_data(client, sid, b"ping")
     assert n == 4
     assert [bytes(e.data) for m in sent for e in server.receive(m)] == [b"ping"]
-    back, n = server.send_data(sid, b"pong")
+    back, n = send_data(server, sid, b"pong")
     assert [bytes(e.data) for m in back for e in client.receive(m)] == [b"pong"]
     assert server.receive(client.send_fin(sid)) == [StreamEnded(sid)]
-    more, _ = server.send_data(sid, b"still allowed after the peer's FIN")
+    more, _ = send_data(server, sid, b"still allowed after the peer's FIN")
     assert [bytes(e.data) for m in more for e in client.receive(m)] == [
         b"still allowed after the peer's FIN"
     ]
     assert client.receive(server.send_fin(sid)) == [StreamEnded(sid)]
-    assert client.streams == {}
-    assert server.streams == {}
+    assert len(client) == 0
+    assert len(server) == 0
 
 
 def test_refused_stream_reports_the_reason_and_is_forgotten() -> None:
@@ -437,8 +450,8 @@ def test_refused_stream_reports_the_reason_and_is_forgotten() -> None:
     assert client.receive(server.refuse_stream(sid, "connection refused")) == [
         StreamRefused(sid, "connection refused")
     ]
-    assert client.streams == {}
-    assert server.streams == {}
+    assert len(client) == 0
+    assert len(server) == 0
 
 
 def test_reset_stream_reports_the_reason_and_is_forgotten() -> None:
@@ -447,9 +460,8 @@ def test_reset_stream_reports_the_reason_and_is_forgotten() -> None:
     assert server.receive(client.reset_stream(sid, "client went away")) == [
         StreamReset(sid, "client went away")
     ]
-    assert client.streams == {}
-    assert server.streams == {}
-    assert server.outbox == []
+    assert len(client) == 0
+    assert len(server) == 0
 
 
 def test_credit_is_zero_until_open_and_after_close() -> None:
@@ -477,7 +489,7 @@ def test_unknown_type_truncated_and_malformed_are_session_faults(client_side: bo
     session_fault(mux, header(9, sid), "unknown frame type 9")
     session_fault(mux, b"\x04\x00", "truncated frame")
     session_fault(mux, header(FrameType.WINDOW, sid) + b"\x00\x00\x01", "WINDOW payload is 3")
-    assert sid in mux.streams  # nothing was half-applied
+    assert sid in mux  # nothing was half-applied
 
 
 @pytest.mark.parametrize(
@@ -600,9 +612,8 @@ def test_late_frame_on_a_closed_stream_is_ignored(late, how: str, opener_side: s
             opener.receive(acceptor.send_fin(sid))
             acceptor.receive(opener.send_fin(sid))
     for mux in (acceptor,) if how == "reset-by-us" else (opener, acceptor):
-        assert sid not in mux.streams
-        assert mux.receive(late(sid).serialize()) == []
-        assert mux.outbox == []
+        assert sid not in mux
+        assert mux.receive(late(sid).serialize()) == []  # no event, no Reply
 
 
 @pytest.mark.parametrize("client_side", [True, False])
@@ -610,8 +621,7 @@ def test_late_frame_on_a_closed_stream_is_ignored(late, how: str, opener_side: s
 @pytest.mark.parametrize("kind", [Rst, OpenFail])
 def test_rst_for_an_unknown_stream_is_never_answered(client_side: bool, sid: int, kind) -> None:
     mux = Mux(client_side)
-    assert mux.receive(kind(sid, "who?").serialize()) == []
-    assert mux.outbox == []
+    assert mux.receive(kind(sid, "who?").serialize()) == []  # no event, no Reply
 
 
 def test_open_beyond_max_streams_is_refused_with_open_fail() -> None:
@@ -620,10 +630,10 @@ def test_open_beyond_max_streams_is_refused_with_open_fail() -> None:
     open_stream(client, server)
     sid, message = client.open_stream()
     events = server.receive(message)
-    assert events == [StreamLimited(sid, "too many streams (max 2)")]
-    [refusal] = answers(server)
+    assert events[:1] == [StreamLimited(sid, "too many streams (max 2)")]
+    [refusal] = answers(events)
     assert refusal == OpenFail(sid, "too many streams (max 2)")
-    assert sid not in server.streams
+    assert sid not in server
     assert client.receive(refusal.serialize()) == [StreamRefused(sid, "too many streams (max 2)")]
     # Frames already in flight for the refused id are late frames, not faults.
     assert server.receive(Fin(sid).serialize()) == []
@@ -654,7 +664,7 @@ def test_goaway_received_stops_new_streams_but_not_old_ones() -> None:
     assert client.receive(server.goaway("restarting")) == [GoAwayReceived("restarting")]
     with pytest.raises(LocalProtocolError, match="no new streams after GOAWAY"):
         client.open_stream()
-    sent, n = client.send_data(sid, b"still flowing")
+    sent, n = send_data(client, sid, b"still flowing")
     assert n == 13
     assert [bytes(e.data) for m in sent for e in server.receive(m)] == [b"still flowing"]
 
@@ -665,10 +675,11 @@ def test_goaway_sent_refuses_the_peer_s_new_streams() -> None:
     goaway = server.goaway("restarting")
     with pytest.raises(LocalProtocolError, match="no new streams after GOAWAY"):
         server.open_stream()
-    assert server.receive(message) == []
-    [refusal] = answers(server)
+    events = server.receive(message)
+    assert [e for e in events if not isinstance(e, Reply)] == []
+    [refusal] = answers(events)
     assert refusal == OpenFail(sid, "going away")
-    assert server.streams == {}
+    assert len(server) == 0
     assert client.receive(refusal.serialize()) == [StreamRefused(sid, "going away")]
     assert client.receive(goaway) == [GoAwayReceived("restarting")]
 
@@ -694,18 +705,18 @@ def test_send_data_is_limited_by_credit() -> None:
     client, server = pair(server_window=100)
     sid = open_stream(client, server)
     payload = bytes(range(250))
-    sent, n = client.send_data(sid, payload)
+    sent, n = send_data(client, sid, payload)
     assert n == 100
     assert b"".join(bytes(e.data) for m in sent for e in server.receive(m)) == payload[:100]
     assert client.credit(sid) == 0
-    assert client.send_data(sid, payload[100:]) == ([], 0)
+    assert send_data(client, sid, payload[100:]) == ([], 0)
 
 
 def test_send_data_splits_at_max_data() -> None:
     client, server = pair(max_data=7)
     sid = open_stream(client, server)
     payload = bytes(range(30))
-    sent, n = client.send_data(sid, memoryview(payload))
+    sent, n = send_data(client, sid, memoryview(payload))
     assert n == 30
     assert [len(m) - HEADER_SIZE for m in sent] == [7, 7, 7, 7, 2]
     assert b"".join(bytes(e.data) for m in sent for e in server.receive(m)) == payload
@@ -770,7 +781,7 @@ def test_property_steady_sender_keeps_three_quarters_of_its_credit(
     assert client.credit(sid) == window
     for fraction in fractions:
         chunk = b"z" * max(1, int(window * fraction))
-        sent, n = client.send_data(sid, chunk)
+        sent, n = send_data(client, sid, chunk)
         assert n == len(chunk)  # never stalls: a chunk of up to 3/4 window always fits
         for message in sent:
             for event in server.receive(message):
@@ -798,8 +809,7 @@ def mid_session(client_side: bool) -> Mux:
     mux.receive(peer.send_fin(half_remote))
     closed = open_stream(mux, peer)
     peer.receive(mux.reset_stream(closed, ""))
-    mux.take_outbox()
-    assert {m.state for m in mux.streams.values()} == set(StreamState) - {StreamState.CLOSED}
+    assert {mux.state(sid) for sid in mux.stream_ids()} == set(StreamState) - {StreamState.CLOSED}
     return mux
 
 
@@ -810,14 +820,14 @@ def check_receive(mux: Mux, message: bytes) -> bool:
     except ProtocolViolation as exc:
         assert exc.stream_id is None  # stream-level faults must come back as events
         return False
-    queued = {f.stream_id: f for f in answers(mux)}
+    queued = {f.stream_id: f for f in answers(events)}
     frame = parse_frame(message)
     if isinstance(frame, Rst | OpenFail):
         assert queued == {}  # never answer an RST
     for event in events:
         if isinstance(event, StreamViolated):
             assert isinstance(queued.get(event.stream_id), Rst | OpenFail)
-            assert event.stream_id not in mux.streams
+            assert event.stream_id not in mux
     return True
 
 
@@ -834,7 +844,7 @@ def test_property_random_messages_raise_only_session_faults(
 @given(client_side=st.booleans(), data=st.data())
 def test_property_well_formed_frames_on_live_streams_never_crash(client_side: bool, data) -> None:
     mux = mid_session(client_side)
-    ids = st.sampled_from([0, 1, 2, *mux.streams, 20, 21, U32_MAX])
+    ids = st.sampled_from([0, 1, 2, *mux.stream_ids(), 20, 21, U32_MAX])
     live_frames = st.one_of(
         st.builds(Open, ids.filter(bool), st.integers(1, MAX_WINDOW)),
         st.builds(OpenOk, ids.filter(bool), st.integers(1, MAX_WINDOW)),
@@ -878,7 +888,7 @@ class Simulation:
         return self.sides[1] if side is self.sides[0] else self.sides[0]
 
     def live(self, side: Side, *states: StreamState) -> list[int]:
-        return sorted(sid for sid, m in side.mux.streams.items() if m.state in states)
+        return sorted(sid for sid in side.mux.stream_ids() if side.mux.state(sid) in states)
 
     def step(self, action: str, side: Side, data) -> None:
         mux = side.mux
@@ -904,7 +914,7 @@ class Simulation:
                 payload = bytes((side.counter + i) % 251 for i in range(size))
                 side.counter += size
                 credit = mux.credit(sid)
-                messages, n = mux.send_data(sid, payload)
+                messages, n = send_data(mux, sid, payload)
                 assert n == min(size, credit)
                 assert all(0 < len(m) - HEADER_SIZE <= mux.max_data for m in messages)
                 assert sum(len(m) - HEADER_SIZE for m in messages) == n
@@ -917,7 +927,7 @@ class Simulation:
                 side.fin_sent.add(sid)
                 side.wire.append(mux.send_fin(sid))
         elif action == "rst":
-            ready = sorted(mux.streams)
+            ready = sorted(mux.stream_ids())
             if ready:
                 sid = data.draw(st.sampled_from(ready))
                 self.killed.add(sid)
@@ -949,7 +959,9 @@ class Simulation:
         receiver = self.peer(sender)
         for event in receiver.mux.receive(sender.wire.popleft()):
             sid = getattr(event, "stream_id", None)
-            if isinstance(event, StreamRequested):
+            if isinstance(event, Reply):  # e.g. OPEN_FAIL "going away"
+                receiver.wire.append(event.message)
+            elif isinstance(event, StreamRequested):
                 receiver.requested.append(sid)
             elif isinstance(event, DataReceived):
                 got = receiver.received[sid]
@@ -964,7 +976,6 @@ class Simulation:
                 self.killed.add(sid)
             else:
                 assert isinstance(event, StreamAccepted | CreditGranted | GoAwayReceived), event
-        receiver.wire.extend(receiver.mux.take_outbox())  # e.g. OPEN_FAIL "going away"
 
     def drain(self) -> None:
         while any(side.wire for side in self.sides):
@@ -1019,7 +1030,7 @@ def test_property_two_muxes_back_to_back_keep_every_byte_in_order(
             if sid not in sim.killed:
                 assert side.received[sid] == sent
         for sid in sim.killed | (side.fin_sent & peer.fin_sent):
-            assert sid not in side.mux.streams  # closed streams are forgotten on both sides
+            assert sid not in side.mux  # closed streams are forgotten on both sides
 
 
 # -- the standalone fuzzer, run in-process -------------------------------------------------------
@@ -1076,7 +1087,7 @@ def _outcome(mux: Mux, message: bytes, fast: bool) -> tuple:
 def _state(mux: Mux) -> dict:
     return {
         sid: (m.state, m.recv_window.available, m.send_window.available)
-        for sid, m in mux.streams.items()
+        for sid, m in mux._streams.items()  # the windows too: white-box on purpose
     }
 
 
@@ -1104,7 +1115,7 @@ def test_property_receive_data_is_receive_for_the_common_case(batch, window) -> 
         server.send_fin(5)  # stream 5: the server has (half-closed, local)
         assert server.open_stream()[0] == 2  # stream 2: asked for, no OPEN_OK yet (opening)
         seen = [_outcome(server, message, fast) for message in batch]
-        outcomes.append((seen, _state(server), server.take_outbox()))
+        outcomes.append((seen, _state(server)))  # seen holds the Reply events too
     assert outcomes[0] == outcomes[1]
 
 

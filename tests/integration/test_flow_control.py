@@ -157,22 +157,23 @@ class DroppedPause:
     do; :attr:`biggest` is the largest backlog a stream held after a read."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from aiowstunnel.session import Session, TcpStream
+        from aiowstunnel.streams import StreamTable
+        from aiowstunnel.tcp import TcpStream
 
         self.biggest = 0
-        real_made, real_data = TcpStream.connection_made, Session.stream_data
+        real_made, real_data = TcpStream.connection_made, StreamTable.data
 
         def made_then_unpaused(stream, transport):
             real_made(stream, transport)
             transport.resume_reading()  # the transport forgets the pause
 
-        def record(session, stream, data):
-            real_data(session, stream, data)
+        def record(table, stream, data):
+            real_data(table, stream, data)
             held = len(stream.backlog) if stream.backlog is not None else 0
             self.biggest = max(self.biggest, held)
 
         monkeypatch.setattr(TcpStream, "connection_made", made_then_unpaused)
-        monkeypatch.setattr(Session, "stream_data", record)
+        monkeypatch.setattr(StreamTable, "data", record)
 
 
 @pytest.fixture
@@ -233,10 +234,10 @@ async def test_streams_waiting_for_open_ok_hold_almost_nothing(make_tunnel, drop
             writer.write_eof()
         session = tunnel.client.session
         deadline = time.monotonic() + 10
-        while sum(s.backlog is not None for s in session.streams.values()) < streams:
+        while sum(s.backlog is not None for s in session.streams) < streams:
             assert time.monotonic() < deadline, "the streams did not read before their OPEN_OK"
             await asyncio.sleep(0.02)
-        assert all(not s.accepted for s in session.streams.values())
+        assert not any(session.streams.accepted(s) for s in session.streams)
         biggest = dropped_pause.biggest
         assert biggest <= 1024, f"a stream waiting for OPEN_OK held {biggest} bytes"
 

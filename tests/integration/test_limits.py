@@ -345,10 +345,10 @@ async def test_a_peer_that_does_not_read_is_not_read_and_dropped_past_the_cap(
     # being read at its high-water mark; a small cap then drops it. The ping budget would
     # drop this peer first (test_exhaustion.py covers that): lifted here, so that the
     # send-buffer mark and cap are what is tested.
-    from aiowstunnel import session as session_module
+    from aiowstunnel import keepalive
     from aiowstunnel.limits import ServerLimits
 
-    monkeypatch.setattr(session_module, "PING_BURST", 1 << 30)
+    monkeypatch.setattr(keepalive, "PING_BURST", 1 << 30)
 
     server = await started(
         clients=[app("127.0.0.1:1")], limits=ServerLimits(max_send_buffer=256 * 1024)
@@ -401,7 +401,7 @@ def entry_stats(server, entry):
 async def test_a_ping_flood_is_dropped_after_the_ping_budget():
     # Each ping costs a PONG and the CPU to make it: past PING_BURST within PING_PERIOD
     # the connection is dropped at once, counted as a violation.
-    from aiowstunnel.session import PING_BURST
+    from aiowstunnel.keepalive import PING_BURST
 
     server = await started(clients=[app("127.0.0.1:1")])
     try:

@@ -87,12 +87,12 @@ async def test_data_and_eof_before_open_ok_wait_for_it(make_tunnel, echo_backend
     """Some asyncio versions deliver the first read even though connection_made() paused
     reading (seen with Debian 12's Python 3.11.2): bytes and EOF that arrive before OPEN_OK
     must wait for it, not break the stream."""
-    from aiowstunnel.session import TcpStream
+    from aiowstunnel.tcp import TcpStream
 
     real = TcpStream.set_reading
 
     def ignores_first_pause(self, on: bool) -> None:
-        if not on and not self.accepted:
+        if not on and not self.table.accepted(self):
             return  # as if pause_reading() in connection_made() had no effect
         real(self, on)
 
@@ -158,21 +158,21 @@ async def test_without_own_framing_everything_goes_through_websockets(
 ):
     """Should websockets rename what the data path leans on, sessions fall back to
     websockets for every frame: still intact, both ways, many streams."""
-    from aiowstunnel import session as session_module
+    from aiowstunnel.link import Link
 
-    real_init = session_module.Session.__init__
-    sessions = []
+    real_init = Link.__init__
+    links = []
 
     def init_without(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         self._own_framing = False
-        sessions.append(self)
+        links.append(self)
 
-    monkeypatch.setattr(session_module.Session, "__init__", init_without)
+    monkeypatch.setattr(Link, "__init__", init_without)
     tunnel = await make_tunnel(mode, echo_backend.port)
     results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, 2 * MiB) for _ in range(8)))
     assert all(sent == received for sent, received in results)
-    assert sessions and all(s._splitter is None for s in sessions)
+    assert links and all(link._splitter is None for link in links)
 
 
 def test_one_read_buffer_per_thread():
@@ -180,12 +180,12 @@ def test_one_read_buffer_per_thread():
     another thread (another loop) must get its own."""
     import threading
 
-    from aiowstunnel.session import READ_SIZE, _read_buffer
+    from aiowstunnel.tcp import READ_SIZE, thread_read_buffer
 
-    here = _read_buffer()
-    assert _read_buffer() is here and len(here) == READ_SIZE
+    here = thread_read_buffer()
+    assert thread_read_buffer() is here and len(here) == READ_SIZE
     other = []
-    thread = threading.Thread(target=lambda: other.append(_read_buffer()))
+    thread = threading.Thread(target=lambda: other.append(thread_read_buffer()))
     thread.start()
     thread.join(5)
     assert other and other[0].obj is not here.obj

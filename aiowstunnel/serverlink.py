@@ -1,0 +1,167 @@
+"""The server's side of a WebSocket link: the upgrade and the limits a peer meets.
+
+A :class:`ServerLink` holds what a client sends until its upgrade is answered (the
+request head goes to websockets, the rest waits, bounded), answers it (101, websockets'
+own 400, or a refusal with a reason), and keeps a peer that does not read from piling up
+answers: it stops reading such a peer, and drops it past max_send_buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from .limits import SessionGuard
+from .link import Link, LinkOwner
+from .wire import DEFAULT_MAX_DATA
+
+
+class ServerLink(Link):
+    """A :class:`~link.Link` on the server's side of the upgrade.
+
+    Args:
+        guard: the server's limits as this connection sees them (handshakes in progress,
+            the handshake's size, the send buffer); None for none.
+        (the rest as :class:`~link.Link`)
+    """
+
+    def __init__(
+        self,
+        ws: ServerProtocol,
+        owner: LinkOwner,
+        pings: tuple[float | None, float] = (20.0, 20.0),
+        *,
+        guard: SessionGuard | None = None,
+        max_data: int = DEFAULT_MAX_DATA,
+    ) -> None:
+        super().__init__(ws, owner, pings, max_data=max_data)
+        self.guard = guard
+        # Until the upgrade is answered: the request head as it arrives, then what came
+        # after it, held unread (websockets would answer pings before the 101).
+        self._holding = guard is not None
+        self._head: bytearray | None = bytearray() if guard is not None else None
+        self._early: bytearray | None = None
+        self._upgrade: Response | None = None  # websockets' 101, checked before accept()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.guard is not None:
+            peername = transport.get_extra_info("peername")
+            address = peername[0] if isinstance(peername, tuple) else str(peername)
+            if not self.guard.admit(self.peer, address):
+                self.abort("too many handshakes in progress")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.guard is not None:
+            self.guard.answered()
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # What the peer sends (pings, frames earning an RST) is answered into this buffer,
+        # so a peer that does not read is not read either until it drains. Only the server
+        # does this: two sides that both stopped reading would deadlock.
+        if self.guard is not None and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        transport = self.transport
+        if self.guard is not None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _hold(self, data: bytes) -> bytes:
+        """Before the answer: what websockets may parse now.
+
+        websockets gets exactly the request head (it reads no body: a request ends at its
+        blank line); what follows is held until accept() and dropped by reject(), so that
+        nothing pipelined is answered before the 101 or the refusal. Head and held bytes
+        together are bounded by max_handshake_bytes (431 past it).
+        """
+        assert self._head is not None and self.guard is not None
+        budget = self.guard.max_handshake_bytes
+        if self._early is not None:  # the request is in, its answer pending
+            self._early += data
+            if len(self._early) + len(self._head) > budget:
+                self.guard.hit("handshake_bytes", self.peer)
+                self.abort(f"more than {budget} bytes before the upgrade was answered")
+            return b""
+        head = self._head
+        start = max(0, len(head) - 3)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
+        if end < 0 or end + 4 > budget:
+            if len(head) > budget:
+                self._head, self._holding = None, False
+                self.guard.hit("handshake_bytes", self.peer)
+                self.reject(431, f"request head larger than {budget} bytes")
+            return b""
+        end += 4
+        self._early = head[end:]
+        del head[end:]
+        return bytes(head)
+
+    def accept(self, request: Request, extra_headers: dict[str, str] | None = None) -> bool:
+        """Answer the request with 101 and open the link (False: websockets
+        found the upgrade itself invalid, and its refusal was sent)."""
+        assert isinstance(self.ws, ServerProtocol)
+        response = self._upgrade or self.ws.accept(request)
+        for key, value in (extra_headers or {}).items():
+            response.headers[key] = value
+        self.ws.send_response(response)
+        early, self._head, self._early = self._early, None, None
+        self._holding = False
+        if self.guard is not None:
+            self.guard.answered()
+        if response.status_code != 101:
+            self._fail_handshake(f"invalid upgrade: {response.status_code}")
+            self.flush()
+            return False
+        self._open()
+        self.flush()
+        self._process()
+        if early:  # frames that came with the request, read only now
+            self.data_received(bytes(early))
+        return True
+
+    def check_upgrade(self, request: Request) -> bool:
+        """Whether websockets accepts the upgrade itself; if not, its refusal
+        (400) is sent. Called before anything is granted (a session, a LISTEN port)."""
+        assert isinstance(self.ws, ServerProtocol)
+        response = self.ws.accept(request)
+        if response.status_code == 101:
+            self._upgrade = response
+            return True
+        self.ws.send_response(response)
+        self._head = self._early = None
+        self._holding = False
+        if self.guard is not None:
+            self.guard.answered()
+        self._fail_handshake(f"invalid upgrade: {response.status_code}")
+        self.flush()
+        return False
+
+    def reject(self, status: int, reason: str) -> None:
+        """Refuse the upgrade with an HTTP status and a plain-text reason."""
+        assert isinstance(self.ws, ServerProtocol)
+        response = self.ws.reject(status, reason + "\n")
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
+        self.ws.send_response(response)
+        self._head = self._early = None  # nothing after the request is read
+        self._holding = False
+        if self.guard is not None:
+            self.guard.answered()
+        self._fail_handshake(f"refused {status}: {reason}")
+        self.flush()
+
+    def _check_send_buffer(self) -> None:
+        """A peer that lets more than max_send_buffer pile up is dropped."""
+        transport = self.transport
+        if self.guard is None or transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.guard.max_send_buffer:
+            self.guard.hit("send_buffer", self.peer)
+            self.abort(f"peer does not read: over {self.guard.max_send_buffer} bytes queued")
