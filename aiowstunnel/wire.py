@@ -12,6 +12,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from . import wsframe
 from .errors import ProtocolViolation
 
 VERSION = 1
@@ -174,6 +175,32 @@ class GoAway(Frame):
 def data_header(stream_id: int) -> bytes:
     """The 5 bytes before a DATA payload, for senders that avoid building a Data object."""
     return HEADER.pack(FrameType.DATA, stream_id)
+
+
+def data_frame(stream_id: int, payload: bytes | memoryview, mask_key: bytes | None) -> list[bytes]:
+    """One WebSocket BINARY frame carrying the DATA message ``data_header(stream_id) +
+    payload``, as :func:`wsframe.binary_frame` builds it (a client passes a fresh mask
+    key, a server None): on the native data path one call, the header included."""
+    return wsframe.python_binary_frame(HEADER.pack(FrameType.DATA, stream_id), payload, mask_key)
+
+
+def data_stream(message: bytes | bytearray | memoryview) -> int:
+    """The stream id of a DATA message with a payload, else 0 (any other message; stream 0
+    carries no DATA): the one header parse of :meth:`Mux.receive_data`."""
+    if len(message) <= HEADER_SIZE:
+        return 0
+    code, stream_id = HEADER.unpack_from(message)
+    return stream_id if code == FrameType.DATA else 0
+
+
+#: the pure implementations, whichever data path runs (wsframe chooses; wsframe.DATA_PATH)
+python_data_header = data_header
+python_data_frame = data_frame
+python_data_stream = data_stream
+if wsframe.native is not None:
+    data_header = wsframe.native.data_header
+    data_frame = wsframe.native.data_frame
+    data_stream = wsframe.native.data_stream
 
 
 def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
@@ -555,10 +582,8 @@ class Mux:
         building the frame, the event list and the dispatch (the per-message cost of
         every rtt, docs/performance.md).
         """
-        if len(message) <= HEADER_SIZE:
-            return None
-        code, stream_id = HEADER.unpack_from(message)
-        if code != FrameType.DATA:
+        stream_id = data_stream(message)
+        if not stream_id:
             return None
         machine = self.streams.get(stream_id)
         if machine is None or machine.state not in _RECEIVES_DATA:
