@@ -22,6 +22,7 @@ it byte for byte.
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 from types import ModuleType
@@ -211,8 +212,8 @@ def _choose(choice: str) -> tuple[ModuleType | None, str]:
     if choice == "python":
         return None, "python"
     try:
-        from . import _datapath
-    except ImportError as exc:
+        module = importlib.import_module(f"{__package__}._datapath")
+    except ImportError as exc:  # not built (no compiler), or built for another Python
         if choice == "native":
             raise DataPathError(
                 f"{DATA_PATH_ENV}=native, but the native data path (aiowstunnel._datapath) does"
@@ -220,7 +221,7 @@ def _choose(choice: str) -> tuple[ModuleType | None, str]:
                 f" installed; {DATA_PATH_ENV}=python runs without it"
             ) from exc
         return None, "python"
-    return _datapath, "native"
+    return module, "native"
 
 
 native, DATA_PATH = _choose(os.environ.get(DATA_PATH_ENV) or "auto")
