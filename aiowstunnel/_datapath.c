@@ -2,7 +2,8 @@
  * "The data path").
  *
  * Each function here has a pure twin that stays the specification: wsframe.binary_frame,
- * wsframe.BinarySplitter, wire.data_header, wire.data_stream and wire.data_frame. They
+ * wsframe.BinarySplitter, wsframe.MaskKeys, wire.data_header, wire.data_stream and
+ * wire.data_frame. They
  * must agree byte for byte and raise the same error classes; tests/test_datapath.py feeds
  * both the same random input and holds them to it. wsframe chooses which one runs.
  *
@@ -727,6 +728,86 @@ static PyType_Spec Splitter_spec = {
     .slots = Splitter_slots,
 };
 
+/* -- MaskKeys ------------------------------------------------------------------------ */
+
+static PyObject *os_module; /* os.urandom is looked up at each refill, as the pure class does */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t size;
+    PyObject *pool; /* bytes from os.urandom */
+    Py_ssize_t pos;
+} Keys;
+
+static int
+Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"pool_size", NULL};
+    Py_ssize_t size = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|n:MaskKeys", names, &size)) {
+        return -1;
+    }
+    self->size = size;
+    Py_CLEAR(self->pool);
+    self->pos = 0;
+    return 0;
+}
+
+static PyObject *
+Keys_next(Keys *self, PyObject *unused)
+{
+    if (self->pool == NULL || self->pos + 4 > PyBytes_Size(self->pool)) {
+        PyObject *pool = PyObject_CallMethod(os_module, "urandom", "n", self->size);
+        if (pool == NULL) {
+            return NULL;
+        }
+        if (!PyBytes_Check(pool)) {
+            Py_DECREF(pool);
+            PyErr_SetString(PyExc_TypeError, "os.urandom() did not return bytes");
+            return NULL;
+        }
+        Py_XDECREF(self->pool);
+        self->pool = pool;
+        self->pos = 0;
+    }
+    Py_ssize_t take = PyBytes_Size(self->pool) - self->pos; /* as a slice: at most 4 */
+    take = take < 4 ? take : 4;
+    PyObject *key = PyBytes_FromStringAndSize(PyBytes_AsString(self->pool) + self->pos, take);
+    self->pos += 4;
+    return key;
+}
+
+static void
+Keys_dealloc(Keys *self)
+{
+    PyTypeObject *type = Py_TYPE((PyObject *)self);
+    Py_XDECREF(self->pool);
+    freefunc free_slot = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free_slot(self);
+    Py_DECREF(type);
+}
+
+static PyMethodDef Keys_methods[] = {
+    {"next", (PyCFunction)Keys_next, METH_NOARGS, "next() -> bytes: the next 4-byte mask key"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Keys_slots[] = {
+    {Py_tp_doc, "wsframe.MaskKeys, compiled: keys from os.urandom, 4 KiB at a time."},
+    {Py_tp_init, Keys_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, Keys_dealloc},
+    {Py_tp_methods, Keys_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Keys_spec = {
+    .name = "aiowstunnel._datapath.MaskKeys",
+    .basicsize = sizeof(Keys),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Keys_slots,
+};
+
 /* -- the module --------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -761,9 +842,18 @@ PyInit__datapath(void)
     if (struct_error == NULL) {
         goto error;
     }
+    os_module = PyImport_ImportModule("os");
+    if (os_module == NULL) {
+        goto error;
+    }
     PyObject *splitter = PyType_FromSpec(&Splitter_spec);
     if (splitter == NULL || PyModule_AddObject(module, "BinarySplitter", splitter) < 0) {
         Py_XDECREF(splitter);
+        goto error;
+    }
+    PyObject *keys = PyType_FromSpec(&Keys_spec);
+    if (keys == NULL || PyModule_AddObject(module, "MaskKeys", keys) < 0) {
+        Py_XDECREF(keys);
         goto error;
     }
     return module;

@@ -12,12 +12,12 @@ receiving daemon's CPU):
   it does not take (close, text, fragments, reserved bits, wrong masking, oversize), the
   rest of the connection for good, so websockets' error handling stays the only one.
 
-Both have a compiled twin in ``aiowstunnel._datapath`` (with wire's DATA header functions),
-the *native data path*: used where the extension loads, unless ``AIOWSTUNNEL_DATA_PATH``
-says otherwise (:data:`DATA_PATH` holds the choice; docs/architecture.md). The pure code
-here stays the specification and the fallback: ``python_binary_frame`` and
-``PythonBinarySplitter`` are it whichever path runs, and the tests hold the native one to
-it byte for byte.
+Both, and :class:`MaskKeys`, have a compiled twin in ``aiowstunnel._datapath`` (with wire's
+DATA header functions), the *native data path*: used where the extension loads, unless
+``AIOWSTUNNEL_DATA_PATH`` says otherwise (:data:`DATA_PATH` holds the choice;
+docs/architecture.md). The pure code here stays the specification and the fallback:
+``python_binary_frame``, ``PythonBinarySplitter`` and ``PythonMaskKeys`` are it whichever
+path runs, and the tests hold the native one to it byte for byte.
 """
 
 from __future__ import annotations
@@ -228,6 +228,8 @@ native, DATA_PATH = _choose(os.environ.get(DATA_PATH_ENV) or "auto")
 #: the pure implementations, whichever path runs: the specification and the fallback
 python_binary_frame = binary_frame
 PythonBinarySplitter = BinarySplitter
+PythonMaskKeys = MaskKeys
 if native is not None:
     binary_frame = native.binary_frame
     BinarySplitter = native.BinarySplitter  # type: ignore[misc]
+    MaskKeys = native.MaskKeys  # type: ignore[misc]

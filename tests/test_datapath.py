@@ -289,3 +289,19 @@ def test_bad_input_to_the_receiving_side_raises_the_same_class(bad):
 def test_data_stream_of_bad_data_is_zero_on_both():
     for message in (b"", b"\x04\0\0\0\1", b"\x05\0\0\0\1x", b"\x04\0\0\0\0x"):
         assert native.data_stream(message) == wire.python_data_stream(message) == 0
+
+
+@pytest.mark.parametrize("pool_size", [0, 2, 4, 6, 16, 4096])
+def test_mask_keys_draw_the_same_keys_from_the_same_randomness(monkeypatch, pool_size):
+    """Both draw os.urandom(pool_size) when the pool cannot give 4 more bytes, and hand it
+    out 4 bytes at a time: the same source gives the same keys."""
+    drawn = {}
+    for name, keys_class in (("python", wsframe.PythonMaskKeys), ("native", native.MaskKeys)):
+        source = iter(range(1, 10**6))
+        monkeypatch.setattr(
+            "os.urandom", lambda n, s=source: bytes((next(s) + i) % 256 for i in range(n))
+        )
+        keys = keys_class(pool_size)
+        drawn[name] = [keys.next() for _ in range(40)]
+    assert drawn["native"] == drawn["python"]
+    assert error_of(native.MaskKeys(-1).next) is error_of(wsframe.PythonMaskKeys(-1).next)
