@@ -261,16 +261,17 @@ static PyObject *
 data_stream(PyObject *module, PyObject *arg)
 {
     Py_buffer view;
-    long stream_id = 0;
+    uint32_t stream_id = 0;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     const unsigned char *p = view.buf;
     if (view.len > MUX_HEADER && p[0] == DATA_TYPE) {
-        stream_id = ((long)p[1] << 24) | ((long)p[2] << 16) | ((long)p[3] << 8) | (long)p[4];
+        stream_id = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) |
+                    (uint32_t)p[4];
     }
     PyBuffer_Release(&view);
-    return PyLong_FromLong(stream_id);
+    return PyLong_FromUnsignedLong(stream_id);
 }
 
 /* -- BinarySplitter ----------------------------------------------------------------- */

@@ -187,7 +187,7 @@ class BinarySplitter:
                 out.append((False, bytes(view[pos:frame_end])))
             elif masked:
                 at = pos + head
-                out.append((True, apply_mask(view[at:frame_end], view[at - 4 : at])))
+                out.append((True, apply_mask(view[at:frame_end], view[at - 4 : at])))  # type: ignore[arg-type]
             else:
                 out.append((True, view[pos + head : frame_end]))
             pos = frame_end
