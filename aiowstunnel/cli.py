@@ -13,7 +13,7 @@ DEFAULT_CONFIG = Path("/etc/aiowstunnel.toml")
 
 
 def version() -> str:
-    """``aiowstunnel 1.0.0 (event loop: uvloop 0.21.0; data path: python)``: what ``run``
+    """``aiowstunnel 1.0.0 (event loop: uvloop 0.21.0; data path: native)``: what ``run``
     would run on, by the same choice (AIOWSTUNNEL_EVENT_LOOP included)."""
     from .runtime import describe
 
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args.config)
+    from .runtime import data_path
+
+    data_path()  # a forced data path that cannot run: one line, before the daemon's imports
     from .daemon import run
 
     return run(args.config)

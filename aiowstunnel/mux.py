@@ -19,14 +19,12 @@ from .wire import (
     DEFAULT_MAX_DATA,
     DEFAULT_MAX_STREAMS,
     DEFAULT_WINDOW,
-    HEADER,
     HEADER_SIZE,
     MAX_WINDOW,
     TRANSITIONS,
     Data,
     Fin,
     Frame,
-    FrameType,
     GoAway,
     Move,
     Open,
@@ -35,6 +33,7 @@ from .wire import (
     Rst,
     StreamState,
     WindowUpdate,
+    data_stream,
     parse_frame,
 )
 
@@ -340,10 +339,8 @@ class Mux:
         building the frame, the event list and the dispatch (the per-message cost of
         every rtt, docs/performance.md).
         """
-        if len(message) <= HEADER_SIZE:
-            return None
-        code, stream_id = HEADER.unpack_from(message)
-        if code != FrameType.DATA:
+        stream_id = data_stream(message)  # native where built (wsframe.DATA_PATH)
+        if not stream_id:
             return None
         machine = self._streams.get(stream_id)
         if machine is None or machine.state not in _RECEIVES_DATA:

@@ -11,6 +11,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from . import wsframe
 from .errors import ProtocolViolation
 
 SUBPROTOCOL = "aiowstunnel.v1"
@@ -182,6 +183,32 @@ def split_data(
     joining it (credit is taken first, with ``Mux.reserve_data``)."""
     header = data_header(stream_id)
     return [(header, data[i : i + max_data]) for i in range(0, len(data), max_data)]
+
+
+def data_frame(stream_id: int, payload: bytes | memoryview, mask_key: bytes | None) -> list[bytes]:
+    """One WebSocket BINARY frame carrying the DATA message ``data_header(stream_id) +
+    payload``, as :func:`wsframe.binary_frame` builds it (a client passes a fresh mask
+    key, a server None): on the native data path one call, the header included."""
+    return wsframe.python_binary_frame(HEADER.pack(FrameType.DATA, stream_id), payload, mask_key)
+
+
+def data_stream(message: bytes | bytearray | memoryview) -> int:
+    """The stream id of a DATA message with a payload, else 0 (any other message; stream 0
+    carries no DATA): the one header parse of :meth:`Mux.receive_data`."""
+    if len(message) <= HEADER_SIZE:
+        return 0
+    code, stream_id = HEADER.unpack_from(message)
+    return stream_id if code == FrameType.DATA else 0
+
+
+#: the pure implementations, whichever data path runs (wsframe chooses; wsframe.DATA_PATH)
+python_data_header = data_header
+python_data_frame = data_frame
+python_data_stream = data_stream
+if wsframe.native is not None:
+    data_header = wsframe.native.data_header
+    data_frame = wsframe.native.data_frame
+    data_stream = wsframe.native.data_stream
 
 
 def parse_frame(message: bytes | bytearray | memoryview) -> Frame:

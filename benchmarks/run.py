@@ -22,6 +22,8 @@ Setups (each one started, measured, stopped in turn; one table at the end):
                     makes a throwaway certificate for 127.0.0.1)
     connect-asyncio as connect, both daemons on asyncio (AIOWSTUNNEL_EVENT_LOOP=asyncio, only
                     with --asyncio): what a Python without uvloop gets
+    connect-python  as connect, both daemons on the pure-Python data path
+                    (AIOWSTUNNEL_DATA_PATH=python, only when named in --setups)
 
 Scenarios, each in its own client process, against a backend in its own process:
 
@@ -888,6 +890,9 @@ def all_setups() -> list[Setup]:
         Setup("connect-asyncio", "as connect, both daemons on asyncio", None, profile=True,
               roles=["server", "client"], start=aiowstunnel_setup("connect"), daemon=True,
               env={"AIOWSTUNNEL_EVENT_LOOP": "asyncio"}),
+        Setup("connect-python", "as connect, both daemons on the python data path", None,
+              profile=True, roles=["server", "client"], start=aiowstunnel_setup("connect"),
+              daemon=True, env={"AIOWSTUNNEL_DATA_PATH": "python"}),
     ]  # fmt: skip
 
 
@@ -1370,7 +1375,8 @@ def main(argv: list[str] | None = None) -> int:
         if "direct" not in want:
             want.insert(0, "direct")
     else:
-        want = [s.name for s in setups if s.name != "connect-asyncio" or a.asyncio]
+        optional = {"connect-python"} | (set() if a.asyncio else {"connect-asyncio"})
+        want = [s.name for s in setups if s.name not in optional]
     if a.asyncio and "connect-asyncio" not in want:
         want.append("connect-asyncio")
     chosen = [next(s for s in setups if s.name == w) for w in want]
