@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
@@ -23,12 +23,15 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from . import wire
-from .addresses import Address, format_peer
+from .addresses import Address, AddressRule, format_peer
 from .backoff import Backoff, BackoffPolicy
+from .destinations import RuleSet, dialer
 from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .resets import Cut, reset
-from .session import Phase, Session, TcpStream, tcp_dialer, ws_log
+from .session import Phase, Session, TcpStream, ws_log
+from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import TunnelStats
 
 log = logging.getLogger("aiowstunnel.client")
@@ -62,6 +65,13 @@ class Client:
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        allow_connect: the targets a stream the server opens may name (LISTEN and
+            REVERSE_SOCKS5: this side dials them); empty: only ``connect``.
+        socks_credentials: SOCKS5 mode: the username/password (RFC 1929) clients of the
+            local SOCKS listener must give; None: no authentication.
+
+    In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
+    ``connect_port`` are ignored (pass ``""`` and 0).
     """
 
     def __init__(
@@ -89,11 +99,17 @@ class Client:
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        allow_connect: Sequence[AddressRule] = (),
+        socks_credentials: Credentials | None = None,
     ) -> None:
         self.mode = Mode(mode)
         self.server = Address(tunnel_host, int(tunnel_port))
         self.listen = Address(listen_host, int(listen_port))
-        self.connect = Address(connect_host, int(connect_port))
+        self.connect: Address | None = (
+            None if self.mode.socks else Address(connect_host, int(connect_port))
+        )
+        self.allow_connect = tuple(allow_connect)
+        self.socks_credentials = socks_credentials
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
@@ -116,7 +132,7 @@ class Client:
         #: Set once the local listener was tried (bound, or the error logged); at once
         #: in LISTEN mode, where the listener is the server's. The daemon's READY waits on it.
         self.first_bind = asyncio.Event()
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             self.first_bind.set()
         #: Set once the first connection attempt is over (up, or the failure logged): the
         #: daemon's first status line waits on it, so that it does not say "0/8 up".
@@ -165,7 +181,11 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
+            if (
+                not self.mode.server_listens
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -210,11 +230,11 @@ class Client:
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
         self._up.set()
-        where = f", server listening on {self.listen_address}" if self.mode is Mode.LISTEN else ""
+        where = f", server listening on {self.listen_address}" if self.mode.server_listens else ""
         self._log.info(
             "tunnel up: %s %s via %s%s",
             self.mode.value,
-            self.connect if self.mode is Mode.CONNECT else self.listen,
+            self._asked(),
             self.url,
             where,
         )
@@ -337,10 +357,18 @@ class Client:
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
+    def _asked(self) -> Address | str | None:
+        """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""
+        if self.mode is Mode.SOCKS5:
+            return f"proxy on {self.listen_address or self.listen}"
+        return self.connect if self.mode is Mode.CONNECT else self.listen
+
     def _local_stream(self) -> asyncio.Protocol:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
+        if self.mode is Mode.SOCKS5:
+            return Socks5Stream(session, self.socks_credentials)
         return TcpStream(session)
 
     def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
@@ -381,9 +409,10 @@ class Client:
             ping_timeout=self.ping_timeout,
             name=self.name,
         )
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(self.connect.host, self.connect.port, self.connect_timeout)
+            rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
+            session.dial = dialer(self.connect, lambda: rules, self.connect_timeout)
         tls = {
             "ssl": self.ssl,
             "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
@@ -400,7 +429,7 @@ class Client:
             )
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
-        target = self.connect if self.mode is Mode.CONNECT else self.listen
+        target = self.listen if self.mode.server_listens else self.connect
         for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
             request.headers[key] = value
         session.send_request(request)
@@ -411,7 +440,7 @@ class Client:
         except BaseException:
             session.abort("handshake failed")
             raise
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
             self.listen_address = Address.parse(bound, True) if bound else self.listen
         return session

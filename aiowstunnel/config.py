@@ -140,7 +140,7 @@ class TunnelSpec:
     server: str
     token: Secret
     listen: Address
-    connect: Address
+    connect: Address | None  # None in the socks modes: each request names its target
     ca_file: Path | None
     client_cert: Path | None
     client_key: Path | None
@@ -149,6 +149,11 @@ class TunnelSpec:
     ping_interval: float
     ping_timeout: float
     window: int
+    #: reverse-socks5: the targets the server's SOCKS clients may reach through this host
+    allow_connect: tuple[AddressRule, ...] = ()
+    #: socks5: RFC 1929 username and password the local SOCKS listener asks for
+    socks_username: str | None = None
+    socks_password: Secret | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -644,7 +649,8 @@ class _Loader:
             try:
                 mode = Mode(mode_text)
             except ValueError:
-                t.error("mode", f"expected 'connect' or 'listen', got {mode_text!r}")
+                modes = ", ".join(repr(m.value) for m in Mode)
+                t.error("mode", f"expected one of {modes}, got {mode_text!r}")
         server = self.server_url(t)
         token = None
         key = self.one_of(t, "token_file", "token")
@@ -658,7 +664,14 @@ class _Loader:
                 token = self.check_token(t, "token", value, "")
         # The listener may take port 0 ("any free port"); a dial target needs a real one.
         listen = t.address("listen", allow_zero_port=True)
-        connect = t.address("connect", allow_zero_port=False, need_host=True)
+        connect = None
+        if mode is not None and mode.socks:
+            t.expect("connect")
+            if t.has("connect"):
+                t.error("connect", f"not used in {mode} mode: each SOCKS request names its target")
+        else:
+            connect = t.address("connect", allow_zero_port=False, need_host=True)
+        allow_connect, socks_username, socks_password = self.socks_keys(t, mode)
         ca_file = t.path_value("ca_file")
         client_cert = t.path_value("client_cert")
         client_key = t.path_value("client_key")
@@ -689,7 +702,44 @@ class _Loader:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             window=window,
+            allow_connect=allow_connect,
+            socks_username=socks_username,
+            socks_password=socks_password,
         )
+
+    def socks_keys(
+        self, t: _Table, mode: Mode | None
+    ) -> tuple[tuple[AddressRule, ...], str | None, Secret | None]:
+        """allow_connect (reverse-socks5), socks_username and socks_password_file (socks5)."""
+        t.expect("allow_connect", "socks_username", "socks_password_file")
+        allow_connect: tuple[AddressRule, ...] = ()
+        if t.has("allow_connect"):
+            allow_connect = self.rules(t, "allow_connect")
+            if mode is not None and mode is not Mode.REVERSE_SOCKS5:
+                t.error("allow_connect", "only used with mode = 'reverse-socks5'")
+        elif mode is Mode.REVERSE_SOCKS5:
+            t.error(
+                "allow_connect",
+                "required key is missing: what the server's SOCKS clients may reach through "
+                "this host (default deny)",
+            )
+        username = password = None
+        if t.has("socks_username") or t.has("socks_password_file"):
+            if mode is not None and mode is not Mode.SOCKS5:
+                key = "socks_username" if t.has("socks_username") else "socks_password_file"
+                t.error(key, "only used with mode = 'socks5'")
+            self.check_pair(t, "socks_username", "socks_password_file")
+            username = t.string("socks_username", None)
+            if username is not None and not 0 < len(username.encode()) <= 255:
+                t.error("socks_username", "must be 1 to 255 bytes (RFC 1929)")
+            path = t.path_value("socks_password_file")
+            if path is not None:
+                text = self.secret_text(t, "socks_password_file", path)
+                if text is not None and not 0 < len(text.encode()) <= 255:
+                    t.error("socks_password_file", f"{path}: the password must be 1 to 255 bytes")
+                elif text is not None:
+                    password = Secret(text)
+        return allow_connect, username, password
 
     def session_settings(self, t: _Table) -> tuple[int | None, float | None, float | None]:
         """window, ping_interval, ping_timeout: the settings of a session, which both
@@ -789,25 +839,27 @@ class _Loader:
         path = t.path_value("token_file")
         if path is None:
             return None  # the error is already recorded
-        self.token_files.append(path)
-        try:
-            text = self.read_secret(path)
-        except FileNotFoundError:
-            t.error("token_file", f"{path}: no such file")
-            return None
-        except PermissionError:
-            t.error("token_file", f"{path}: permission denied")
-            return None
-        except IsADirectoryError:
-            t.error("token_file", f"{path}: is a directory")
-            return None
-        except OSError as exc:
-            t.error("token_file", f"{path}: {exc.strerror or exc}")
-            return None
-        except UnicodeDecodeError:
-            t.error("token_file", f"{path}: not UTF-8 text")
+        text = self.secret_text(t, "token_file", path)
+        if text is None:
             return None
         return self.check_token(t, "token_file", text, f"{path}: ")
+
+    def secret_text(self, t: _Table, key: str, path: Path) -> str | None:
+        """A secret file's text (token_file, socks_password_file), or None after an error."""
+        self.token_files.append(path)
+        try:
+            return self.read_secret(path)
+        except FileNotFoundError:
+            t.error(key, f"{path}: no such file")
+        except PermissionError:
+            t.error(key, f"{path}: permission denied")
+        except IsADirectoryError:
+            t.error(key, f"{path}: is a directory")
+        except OSError as exc:
+            t.error(key, f"{path}: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            t.error(key, f"{path}: not UTF-8 text")
+        return None
 
     def check_token(self, t: _Table, key: str, token: str, where: str) -> str | None:
         # The token travels in an `Authorization: Bearer` header, which the server strips:
@@ -881,7 +933,7 @@ class _Loader:
             binds.append((("server", "listen"), server.listen))
         for i, spec in enumerate(tunnels):
             # In LISTEN mode the listener is on the remote server, not here.
-            if spec is not None and spec.mode is Mode.CONNECT:
+            if spec is not None and not spec.mode.server_listens:
                 binds.append((("tunnel", i, "listen"), spec.listen))
         for n, (path, address) in enumerate(binds):
             for other_path, other in binds[:n]:

@@ -27,17 +27,36 @@ DEFAULT_PATH = "/aiowstunnel"
 
 class Mode(enum.Enum):
     """CONNECT: the client listens, the server dials. LISTEN: the server listens, the
-    client dials. The side that owns the listener opens the streams."""
+    client dials. The side that owns the listener opens the streams.
+
+    SOCKS5 and REVERSE_SOCKS5 are CONNECT and LISTEN whose listener is a SOCKS5 proxy:
+    each stream's OPEN names its own target, which the dialing side checks (socks.py,
+    destinations.py); the session has no target of its own.
+    """
 
     CONNECT = "connect"
     LISTEN = "listen"
+    SOCKS5 = "socks5"
+    REVERSE_SOCKS5 = "reverse-socks5"
 
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def server_listens(self) -> bool:
+        """The server owns the listener (and the client dials)."""
+        return self in (Mode.LISTEN, Mode.REVERSE_SOCKS5)
+
+    @property
+    def socks(self) -> bool:
+        """The listener is a SOCKS5 proxy: each stream names its target."""
+        return self in (Mode.SOCKS5, Mode.REVERSE_SOCKS5)
+
 
 CONNECT = Mode.CONNECT
 LISTEN = Mode.LISTEN
+SOCKS5 = Mode.SOCKS5
+REVERSE_SOCKS5 = Mode.REVERSE_SOCKS5
 
 
 class Refusal(enum.Enum):
@@ -74,16 +93,19 @@ class RequestRefused(Exception):
 class TunnelRequest:
     """What a client asks of the server.
 
-    ``address`` is the target the server dials (CONNECT) or the address it binds (LISTEN).
+    ``address`` is the target the server dials (CONNECT) or the address it binds (LISTEN,
+    REVERSE_SOCKS5); None in SOCKS5, where each stream names its own.
     """
 
     mode: Mode
-    address: Address
+    address: Address | None
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
 
     def headers(self) -> list[tuple[str, str]]:
-        headers = [(HEADER_MODE, self.mode.value), (HEADER_ADDRESS, str(self.address))]
+        headers = [(HEADER_MODE, self.mode.value)]
+        if self.address is not None:
+            headers.append((HEADER_ADDRESS, str(self.address)))
         if self.tunnel:
             headers.append((HEADER_TUNNEL, self.tunnel))
         if self.token is not None:
@@ -106,16 +128,24 @@ class TunnelRequest:
         try:
             mode = Mode(mode_text.strip().lower())
         except ValueError:
+            modes = ", ".join(repr(m.value) for m in Mode)
             raise RequestRefused(
-                Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not 'connect' or 'listen'"
+                Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not one of {modes}"
             ) from None
         address_text = headers.get(HEADER_ADDRESS)
-        if address_text is None:
+        address: Address | None = None
+        if mode is Mode.SOCKS5:
+            if address_text is not None:
+                raise RequestRefused(
+                    Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: a socks5 session has no target"
+                )
+        elif address_text is None:
             raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_ADDRESS} header")
-        try:
-            address = Address.parse(address_text, allow_zero_port=mode is Mode.LISTEN)
-        except AddressError as exc:
-            raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
+        else:
+            try:
+                address = Address.parse(address_text, allow_zero_port=mode.server_listens)
+            except AddressError as exc:
+                raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
         tunnel = headers.get(HEADER_TUNNEL, "").strip()
         if tunnel and not TUNNEL_NAME.fullmatch(tunnel):
             shown = tunnel if len(tunnel) <= 40 else tunnel[:40] + "..."

@@ -49,11 +49,11 @@ class ClientPolicy:
 
     def may_connect(self, target: Address) -> bool:
         """True when a rule allows the target as written (name or IP literal)."""
-        return any(rule.matches(target.host, target.port) for rule in self.allow_connect)
+        return allows(self.allow_connect, target)
 
     def may_connect_ip(self, ip: IPAddress, port: int) -> bool:
         """True when a resolved address is allowed by an IP/CIDR rule."""
-        return any(rule.matches_ip(ip, port) for rule in self.allow_connect)
+        return allows_ip(self.allow_connect, ip, port)
 
     def may_listen(self, address: Address) -> bool:
         host = address.host or "0.0.0.0"
@@ -61,14 +61,30 @@ class ClientPolicy:
 
     def needs_resolution(self, target: Address) -> bool:
         """True when the target is a name that no name rule allows but a CIDR rule might."""
-        return (
-            ip_or_none(target.host) is None
-            and not self.may_connect(target)
-            and any(
-                r.network is not None and r.port_low <= target.port <= r.port_high
-                for r in self.allow_connect
-            )
-        )
+        return needs_resolution(self.allow_connect, target)
+
+
+# The decisions over one rule list, shared by a client entry's allow_connect and a
+# tunnel's own (reverse-socks5: the client decides what its streams may reach).
+
+
+def allows(rules: Iterable[AddressRule], target: Address) -> bool:
+    """True when a rule allows the target as written (name or IP literal)."""
+    return any(rule.matches(target.host, target.port) for rule in rules)
+
+
+def allows_ip(rules: Iterable[AddressRule], ip: IPAddress, port: int) -> bool:
+    """True when a resolved address is allowed by an IP/CIDR (or any-host) rule."""
+    return any(rule.matches_ip(ip, port) for rule in rules)
+
+
+def needs_resolution(rules: Sequence[AddressRule], target: Address) -> bool:
+    """True when the target is a name that no name rule allows but a CIDR rule might."""
+    return (
+        ip_or_none(target.host) is None
+        and not allows(rules, target)
+        and any(r.network is not None and r.port_low <= target.port <= r.port_high for r in rules)
+    )
 
 
 #: The policy of a ``Server`` created without one: anyone, anything (the seed's behaviour).

@@ -24,12 +24,14 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
+from .destinations import RuleSet, TargetRefused, check_target, dialer
 from .errors import os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .logs import escape
 from .policy import ClientPolicy, Policy
-from .session import Dial, Phase, Session, TcpStream, tcp_dialer, ws_log
+from .session import Dial, Phase, Session, TcpStream, ws_log
+from .socks import Socks5Stream
 from .stats import LimitStats, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.server")
@@ -254,7 +256,11 @@ class Server:
         if current.token_sha256 != grant.client.token_sha256:
             return f"the token of client {grant.client.name!r} changed"
         request = grant.request
-        if request.mode is Mode.CONNECT:
+        if request.mode is Mode.SOCKS5:
+            if not current.allow_connect:
+                return f"client {current.name!r} may no longer connect anywhere"
+        elif request.mode is Mode.CONNECT:
+            assert request.address is not None
             target = grant.target or request.address
             ip = ip_or_none(target.host)
             allowed = current.may_connect(request.address) or (
@@ -347,7 +353,7 @@ class Server:
                 for slot in reserved:
                     slot.release()
                 return
-            if grant.request.mode is Mode.LISTEN:
+            if grant.request.mode.server_listens:
                 await self._bind(session, grant)
         except RequestRefused as refused:
             for slot in reserved:
@@ -398,14 +404,16 @@ class Server:
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
-        dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
+        dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
         session.accept(request, dial, extra_headers=headers)
-        what = (
-            f"connect to {grant.request.address}"
-            if grant.request.mode is Mode.CONNECT
-            else f"listen on {grant.bound}"
-        )
+        mode = grant.request.mode
+        if mode is Mode.CONNECT:
+            what = f"connect to {grant.request.address}"
+        elif mode is Mode.SOCKS5:
+            what = "socks5: each stream's target checked against allow_connect"
+        else:
+            what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
         log.info(
             "session opened: %s",
             what,
@@ -463,8 +471,15 @@ class Server:
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
         if tunnel.mode is Mode.CONNECT:
+            assert tunnel.address is not None
             grant.target = await self._connect_target(client, tunnel.address)
-        elif not client.may_listen(tunnel.address):
+        elif tunnel.mode is Mode.SOCKS5:
+            if not client.allow_connect:
+                raise RequestRefused(
+                    Refusal.FORBIDDEN,
+                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
+                )
+        elif tunnel.address is None or not client.may_listen(tunnel.address):
             raise RequestRefused(
                 Refusal.FORBIDDEN,
                 f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
@@ -478,40 +493,24 @@ class Server:
         CIDR rule is resolved here, and the session is pinned to an address that the rule
         allows, so a later DNS answer cannot steer it elsewhere.
         """
-        if client.may_connect(target):
-            return target
-        if client.needs_resolution(target):
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(target.host, target.port, type=1), self.connect_timeout
-                )
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise RequestRefused(
-                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {exc}"
-                ) from None
-            for info in infos:
-                ip = ip_or_none(str(info[4][0]))
-                if ip is not None and client.may_connect_ip(ip, target.port):
-                    return Address(str(ip), target.port)
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not connect to {target}: it resolves to addresses "
-                "outside allow_connect",
-            )
-        raise RequestRefused(
-            Refusal.FORBIDDEN,
-            f"client {client.name!r} may not connect to {target} (not in allow_connect)",
-        )
+        try:
+            return await check_target(_rules(client), target, self.connect_timeout)
+        except TargetRefused as exc:
+            raise RequestRefused(Refusal.FORBIDDEN, str(exc)) from None
 
     def _dialer(self, grant: Grant) -> Dial:
-        target = grant.target or grant.request.address
-        return tcp_dialer(target.host, target.port, self.connect_timeout)
+        """Each stream goes to the session's target, or to its OPEN's own if the client
+        entry's allow_connect allows it (destinations.py): the entry as it is at each
+        stream, so that a reload's narrower rules apply to the next one."""
+        default = grant.target or grant.request.address
+        return dialer(default, lambda: _rules(grant.client), self.connect_timeout)
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
 
         def new_stream() -> TcpStream:
+            if grant.request.mode.socks:
+                return Socks5Stream(session)
             return TcpStream(session)
 
         loop = asyncio.get_running_loop()
@@ -551,6 +550,10 @@ class Server:
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
             extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
+
+
+def _rules(client: ClientPolicy) -> RuleSet:
+    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

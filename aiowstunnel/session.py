@@ -65,10 +65,14 @@ CLOSE_TIMEOUT = 5.0
 
 
 class Dial(Protocol):
-    """Opens the TCP connection for a stream the peer asked for (the dialing side)."""
+    """Opens the connection for a stream the peer asked for (the dialing side).
+
+    ``target`` is the OPEN's own target (``""``: the session's); a dial that may not go
+    there raises PermissionError with the rule set's words (destinations.py).
+    """
 
     def __call__(
-        self, factory: Callable[[], asyncio.Protocol], origin: str
+        self, factory: Callable[[], asyncio.Protocol], origin: str, target: str
     ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]: ...
 
 
@@ -108,6 +112,21 @@ class TcpStream(asyncio.BufferedProtocol):
         self.received = 0
         self.opened_at = 0.0
 
+    #: listener side: the target its OPEN carries ("" = the session's); a subclass that
+    #: learns it from its application (socks.py) sets it before stream_connected
+    target = ""
+    #: dialing side: called with the new socket before anything is tunneled (a PROXY
+    #: protocol header, destinations.dialer); None for nothing
+    before_open: Callable[[asyncio.BaseTransport], None] | None = None
+
+    def opened(self) -> None:
+        """Listener side: the peer dialed (OPEN_OK). A hook for subclasses (socks.py)."""
+
+    def refused(self, reason: str) -> bool:
+        """Listener side: the peer could not dial (OPEN_FAIL). True when the subclass has
+        answered its application and closed the socket itself (no reset is needed)."""
+        return False
+
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +136,8 @@ class TcpStream(asyncio.BufferedProtocol):
         _no_delay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = format_peer(peer)
+        if self.before_open is not None:
+            self.before_open(transport)
         self.session.stream_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -664,11 +685,12 @@ class Session(asyncio.Protocol):
                 else:
                     self._finish(stream)
         elif isinstance(event, wire.StreamRequested):
-            self._stream_requested(event.stream_id, event.origin)
+            self._stream_requested(event.stream_id, event.origin, event.target)
         elif isinstance(event, wire.StreamAccepted):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.accepted = True
+                stream.opened()
                 self._send_backlog(stream)  # early data or EOF, if any; resumes reading
         elif isinstance(event, wire.StreamRefused):
             stream = self.streams.get(event.stream_id)
@@ -682,7 +704,9 @@ class Session(asyncio.Protocol):
                 quote(event.reason),
                 extra={"client": self.client, "tunnel": self.name, "peer": self.peer},
             )
-            if stream is not None:
+            if stream is not None and stream.refused(event.reason):
+                self._forget(stream, f"refused: {event.reason}")
+            elif stream is not None:
                 self._cut(stream, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, wire.StreamReset | wire.StreamViolated):
             stream = self.streams.get(event.stream_id)
@@ -734,7 +758,7 @@ class Session(asyncio.Protocol):
 
     # -- streams the peer opens (the dialing side) -----------------------------------
 
-    def _stream_requested(self, stream_id: int, origin: str) -> None:
+    def _stream_requested(self, stream_id: int, origin: str, target: str = "") -> None:
         if self.dial is None or self.phase is not Phase.OPEN:
             reason = "this side does not accept streams" if self.dial is None else "going away"
             self._send(self.mux.refuse_stream(stream_id, reason))
@@ -746,27 +770,31 @@ class Session(asyncio.Protocol):
                 self._count_open_failure("stream_limit")
                 self._send(self.mux.refuse_stream(stream_id, "server stream limit reached"))
                 return
-        task = self.loop.create_task(self._dial(stream_id, origin, slot))
+        task = self.loop.create_task(self._dial(stream_id, origin, target, slot))
         self._dials.add(task)
         task.add_done_callback(self._dials.discard)
 
-    async def _dial(self, stream_id: int, origin: str, slot: Slot | None = None) -> None:
+    async def _dial(
+        self, stream_id: int, origin: str, target: str = "", slot: Slot | None = None
+    ) -> None:
         assert self.dial is not None
         stream = TcpStream(self, stream_id)
         stream.slot = slot
         try:
-            await self.dial(lambda: stream, origin)
+            await self.dial(lambda: stream, origin, target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             reason = describe(exc)
-            self._count_open_failure(_failure_label(exc))
+            label = _failure_label(exc)
+            self._count_open_failure(label)
             # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
             quiet.warning(
-                ("dial", _failure_label(exc)),
-                "stream %d%s not opened: %s",
+                ("dial", label),
+                "stream %d%s%s not opened: %s",
                 stream_id,
                 f" for {quote(origin)}" if origin else "",
+                f" to {quote(target)}" if target else "",
                 reason,
                 extra={
                     "client": self.client,
@@ -776,7 +804,9 @@ class Session(asyncio.Protocol):
                 },
             )
             if stream_id in self.mux.streams:
-                self._send(self.mux.refuse_stream(stream_id, reason))
+                # The cause word first (protocol.md, OPEN_FAIL), so that the opener can
+                # tell its application why (a SOCKS reply code) without parsing prose.
+                self._send(self.mux.refuse_stream(stream_id, f"{label}: {reason}"))
                 self._flush()
         finally:
             if self.streams.get(stream_id) is not stream and stream.slot is not None:
@@ -798,7 +828,7 @@ class Session(asyncio.Protocol):
                     stream.transport.abort()
                     return
             try:
-                stream.stream_id, message = self.mux.open_stream(stream.peer)
+                stream.stream_id, message = self.mux.open_stream(stream.peer, stream.target)
             except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
                 self._count_open_failure("tunnel_down")
                 log.warning(
@@ -1169,12 +1199,15 @@ def _retrieve(future: asyncio.Future) -> None:
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
-    """A :class:`Dial` that connects to one fixed TCP target, with a timeout."""
+    """A :class:`Dial` that connects to one fixed TCP target, with a timeout; an OPEN that
+    names a target of its own is refused (destinations.py checks those)."""
     where = host_port(host, port)
 
     async def dial(
-        factory: Callable[[], asyncio.Protocol], origin: str
+        factory: Callable[[], asyncio.Protocol], origin: str, target: str = ""
     ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        if target:
+            raise PermissionError(f"{target}: this side dials only {where}")
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)

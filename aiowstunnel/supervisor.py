@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
-from .handshake import Mode
 from .server import Server
+from .socks5 import Credentials
 from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
 
 log = logging.getLogger("aiowstunnel.supervisor")
@@ -122,8 +122,8 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         port,
         spec.listen.host,
         spec.listen.port,
-        spec.connect.host,
-        spec.connect.port,
+        spec.connect.host if spec.connect else "",
+        spec.connect.port if spec.connect else 0,
         ssl=tunnel_ssl(spec, index),
         path=url.path or "/",
         token=spec.token.reveal(),
@@ -134,6 +134,12 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        allow_connect=spec.allow_connect,
+        socks_credentials=(
+            Credentials(spec.socks_username, spec.socks_password.reveal())
+            if spec.socks_username and spec.socks_password
+            else None
+        ),
     )
 
 
@@ -396,7 +402,7 @@ class Supervisor:
 def _hands_over(old: TunnelSpec, new: TunnelSpec) -> bool:
     """Whether a changed tunnel's new instance takes over the old one's listening socket:
     both CONNECT (the listener is ours) on the same address."""
-    return old.mode is new.mode is Mode.CONNECT and old.listen == new.listen
+    return old.mode is new.mode and not new.mode.server_listens and old.listen == new.listen
 
 
 def _streams(n: int) -> str:

@@ -85,7 +85,11 @@ BROKEN = [
     ("listen port range", tunnel(listen='"h:70000"'), "tunnel[0].listen: 'h:70000': port"),
     ("missing name", tunnel(name=None), "tunnel[0].name: required key is missing"),
     ("name with space", tunnel(name='"my app"'), "tunnel[0].name: 'my app': use only"),
-    ("bad mode", tunnel(mode='"both"'), "tunnel[0].mode: expected 'connect' or 'listen'"),
+    (
+        "bad mode",
+        tunnel(mode='"both"'),
+        "tunnel[0].mode: expected one of 'connect', 'listen', 'socks5', 'reverse-socks5'",
+    ),
     ("mode not a string", tunnel(mode="1"), "tunnel[0].mode: expected a string, got 1"),
     ("http server", tunnel(server='"http://h:1"'), "tunnel[0].server: 'http://h:1': expected"),
     ("server no host", tunnel(server='"wss://:9000/x"'), "tunnel[0].server: 'wss://:9000/x'"),
@@ -519,3 +523,56 @@ def test_documented_example_loads() -> None:
     config = load_config(example, Path("/etc/aiowstunnel"), read_secret=lambda path: "t0ken")
     assert [t.name for t in config.tunnels] == ["app", "reverse-ssh"]
     assert config.server.tls_cert == Path("/etc/aiowstunnel/tls/server.crt")
+
+
+def test_socks_tunnels() -> None:
+    config = load(
+        tunnel(
+            mode='"socks5"',
+            connect=None,
+            socks_username='"alice"',
+            socks_password_file='"socks.pw"',
+        )
+        + tunnel(
+            name='"rs"',
+            mode='"reverse-socks5"',
+            connect=None,
+            allow_connect='["127.0.0.1:22", "10.0.0.0/8:*"]',
+            listen='"127.0.0.1:1080"',
+        ),
+        {"/etc/socks.pw": "pw1"},
+    )
+    socks, reverse = config.tunnels
+    assert socks.mode is Mode.SOCKS5 and socks.connect is None
+    assert socks.socks_username == "alice" and socks.socks_password == Secret("pw1")
+    assert reverse.mode is Mode.REVERSE_SOCKS5
+    assert [str(r) for r in reverse.allow_connect] == ["127.0.0.1:22", "10.0.0.0/8:*"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (tunnel(mode='"socks5"'), "tunnel[0].connect: not used in socks5 mode"),
+        (tunnel(mode='"reverse-socks5"', connect=None), "tunnel[0].allow_connect: required"),
+        (
+            tunnel(allow_connect='["a:1"]'),
+            "tunnel[0].allow_connect: only used with mode = 'reverse-socks5'",
+        ),
+        (
+            tunnel(mode='"socks5"', connect=None, socks_username='"a"'),
+            "tunnel[0].socks_username: needs socks_password_file too",
+        ),
+        (
+            tunnel(socks_username='"a"', socks_password_file='"p"'),
+            "tunnel[0].socks_username: only used with mode = 'socks5'",
+        ),
+        (
+            tunnel(mode='"reverse-socks5"', connect=None, allow_connect='["nope"]'),
+            "tunnel[0].allow_connect[0]: 'nope': expected 'host:port'",
+        ),
+    ],
+)
+def test_socks_tunnel_errors(text: str, message: str) -> None:
+    assert any(e.startswith(message) for e in errors_of(text, {"/etc/p": "x"})), errors_of(
+        text, {"/etc/p": "x"}
+    )
