@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_CONFIG,
             help=f"the config file (default {DEFAULT_CONFIG})",
         )
+    from .commands import add_commands  # server, client, stdio, token (light to import)
+
+    add_commands(commands)
     return parser
 
 
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args.config)
+    from . import commands
+
+    if args.command in commands.NAMES:
+        return commands.run(args)
     from .daemon import run
 
     return run(args.config)

@@ -393,6 +393,11 @@ class Client:
             since,
         )
 
+    async def connect_once(self) -> Session:
+        """One session, without the listener or any retry (``aiowstunnel stdio``): the
+        caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
+        return await self._connect()
+
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
         ws = ClientProtocol(

@@ -185,14 +185,17 @@ class Daemon:
         return counts
 
 
-def run(path: Path) -> int:
+def run(path: Path, config: Config | None = None) -> int:
     """``aiowstunnel run``: read the config, run the daemon in the foreground.
+
+    ``config``: one already loaded (a one-line command's, commands.py), else ``path`` is read.
 
     Returns:
         The process exit code: 0 after a clean stop, 1 when it cannot start.
     """
     try:
-        config = read_config(path)
+        if config is None:
+            config = read_config(path)
         check_tls(config)
     except ConfigError as exc:
         setup_logging("info")

@@ -1,0 +1,181 @@
+"""The one-line commands (`aiowstunnel server|client ...`) run like the TOML they print:
+both carry the same data, and `aiowstunnel check` accepts every printed config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiowstunnel.addresses import Address
+from aiowstunnel.oneline import Forward
+from aiowstunnel.socks5 import client_request
+
+from ..helpers import LOCAL, echo_roundtrip, run_tool, start_backend
+
+AIOWSTUNNEL = str(Path(sys.executable).with_name("aiowstunnel"))
+
+
+class Logged:
+    """A daemon subprocess whose stderr is read line by line: readiness is a log line."""
+
+    def __init__(self, *argv: str) -> None:
+        self.argv = argv
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Logged:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        return self
+
+    async def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[re.Match]:
+        """The first ``count`` lines (old or new) that match ``pattern``."""
+        assert self.proc is not None and self.proc.stderr is not None
+
+        async def read() -> list[re.Match]:
+            while True:
+                found = [m for line in self.lines if (m := re.search(pattern, line))]
+                if len(found) >= count:
+                    return found[:count]
+                line = await self.proc.stderr.readline()
+                if not line:
+                    raise AssertionError(f"exited before {pattern!r}:\n" + "".join(self.lines))
+                self.lines.append(line.decode(errors="replace"))
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def socks_roundtrip(proxy: Address, target: Address) -> bytes:
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(client_request(target) + b"ping through socks")
+    assert await reader.readexactly(12) == b"\x05\x00\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    writer.write_eof()
+    echoed = await reader.read(-1)
+    writer.close()
+    return echoed
+
+
+async def carry(server: Logged, client: Logged, echo: int) -> dict[str, str]:
+    """Data through each of the client's -L, -R and -D; returns what each carried."""
+    await client.wait_for(r"tunnel=\S+ tunnel up", count=3)
+    listening = {
+        m[1]: Address.parse(m[2])
+        for m in await client.wait_for(r"tunnel=(\S+) listening on (\S+)", count=2)
+    }
+    remote = (await client.wait_for(r"tunnel=(R-\S+) tunnel up: .*server listening on (\S+)"))[0]
+    results = {}
+    for name, entry in [*listening.items(), (remote[1], Address.parse(remote[2]))]:
+        if name.startswith("D-"):
+            echoed = await socks_roundtrip(entry, Address(LOCAL, echo))
+            results[name[0]] = "ok" if echoed == b"ping through socks" else repr(echoed)
+        else:
+            sent, received = await echo_roundtrip(entry, 1 << 20)
+            results[name[0]] = "ok" if sent == received else "corrupt"
+    return results
+
+
+@pytest.mark.timeout(90)
+async def test_one_liners_carry_data_like_their_printed_config(tmp_path) -> None:
+    echo = await start_backend()
+    token = tmp_path / "token"
+    code, out, _ = await run_tool(AIOWSTUNNEL, "token")
+    assert code == 0 and re.fullmatch(rb"[A-Za-z0-9_-]{43}\n", out), out  # 256 bits, base64url
+    token.write_bytes(out)
+    token.chmod(0o600)
+    server_flags = [
+        "--listen", f"{LOCAL}:0", "--token-file", str(token),
+        "--allow-connect", f"{LOCAL}:{echo.port}", "--allow-listen", f"{LOCAL}:*",
+    ]  # fmt: skip
+    client_flags = [
+        "--token-file", str(token),
+        "-L", f"0:{LOCAL}:{echo.port}", "-R", f"0:{LOCAL}:{echo.port}", "-D", "0",
+    ]  # fmt: skip
+
+    async def both(server_argv: list[str], client_argv_of) -> dict[str, str]:
+        server = await Logged(*server_argv).start()
+        client = None
+        try:
+            port = (await server.wait_for(r"tunnel server listening on ws://\S+:(\d+)/"))[0][1]
+            client = await Logged(*client_argv_of(port)).start()
+            return await carry(server, client, echo.port)
+        finally:
+            if client is not None:
+                await client.stop()
+            await server.stop()
+
+    def client_oneliner(port: str) -> list[str]:
+        return [AIOWSTUNNEL, "client", f"ws://{LOCAL}:{port}/aiowstunnel", *client_flags]
+
+    by_flags = await both([AIOWSTUNNEL, "server", *server_flags], client_oneliner)
+    assert by_flags == {"L": "ok", "R": "ok", "D": "ok"}
+
+    # the printed TOML: accepted by check, and run by `run -c` with the same result
+    code, server_toml, err = await run_tool(AIOWSTUNNEL, "server", *server_flags, "--print-config")
+    assert code == 0, err
+    (tmp_path / "server.toml").write_bytes(server_toml)
+
+    def client_from_file(port: str) -> list[str]:
+        # the server's port is known only now: print the client's config for it
+        import subprocess
+
+        text = subprocess.run(
+            [*client_oneliner(port), "--print-config"], capture_output=True, check=True
+        ).stdout
+        (tmp_path / "client.toml").write_bytes(text)
+        return [AIOWSTUNNEL, "run", "-c", str(tmp_path / "client.toml")]
+
+    by_file = await both(
+        [AIOWSTUNNEL, "run", "-c", str(tmp_path / "server.toml")], client_from_file
+    )
+    assert by_file == by_flags
+    for name in ("server.toml", "client.toml"):
+        code, out, err = await run_tool(AIOWSTUNNEL, "check", "-c", str(tmp_path / name))
+        assert code == 0 and b"OK" in out, err
+    echo.server.close()
+
+
+def test_forward_flags_parse_like_ssh() -> None:
+    assert Forward.parse("-L", "8080:db:5432") == Forward("connect", "127.0.0.1:8080", "db:5432")
+    assert Forward.parse("-L", "0.0.0.0:8080:[::1]:80") == Forward(
+        "connect", "0.0.0.0:8080", "[::1]:80"
+    )
+    assert Forward.parse("-R", "8022:127.0.0.1:22") == Forward(
+        "listen", "127.0.0.1:8022", "127.0.0.1:22"
+    )
+    assert Forward.parse("-D", "[::1]:1080") == Forward("socks5", "[::1]:1080", None)
+    assert Forward.parse("-L", "unix:/run/a.sock:127.0.0.1:80").listen == "unix:/run/a.sock"
+    assert Forward.parse("-R", "9000:unix:/run/b.sock").connect == "unix:/run/b.sock"
+    for flag, bad in (("-L", "8080"), ("-L", "a:b:c:d:e"), ("-D", "a:b:c"), ("-L", "[::1:1:h:1")):
+        with pytest.raises(ValueError, match=re.escape(flag)):
+            Forward.parse(flag, bad)
+
+
+async def test_bad_flags_are_named(tmp_path) -> None:
+    code, _, err = await run_tool(
+        AIOWSTUNNEL, "client", "ws://h:1", "--token-file", str(tmp_path / "missing"), "-L", "1:h:2"
+    )
+    assert code == 2 and b"token_file" in err and b"no such file" in err, err
+    code, _, err = await run_tool(AIOWSTUNNEL, "client", "ws://h:1", "--token-file", "t")
+    assert code == 2 and b"at least one -L, -R or -D" in err, err
+    token = tmp_path / "t"
+    token.write_text("tok\n")
+    code, _, err = await run_tool(
+        AIOWSTUNNEL, "server", "--listen", "nope", "--token-file", str(token)
+    )
+    assert code == 2 and b"<command line>: server.listen: 'nope'" in err, err
