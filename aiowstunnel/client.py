@@ -23,7 +23,15 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from . import wire
-from .addresses import Address, AddressRule, format_peer
+from .addresses import (
+    UNIX_SCHEME,
+    Address,
+    AddressRule,
+    Endpoint,
+    UnixPath,
+    format_peer,
+    parse_endpoint,
+)
 from .backoff import Backoff, BackoffPolicy
 from .destinations import RuleSet, dialer
 from .errors import HandshakeRefused, describe, os_reason
@@ -33,6 +41,7 @@ from .session import Phase, Session, TcpStream, ws_log
 from .socks import Socks5Stream
 from .socks5 import Credentials
 from .stats import TunnelStats
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.client")
 
@@ -70,8 +79,11 @@ class Client:
         socks_credentials: SOCKS5 mode: the username/password (RFC 1929) clients of the
             local SOCKS listener must give; None: no authentication.
 
+        socket_mode: the file mode of a unix socket this side listens on.
+
     In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
-    ``connect_port`` are ignored (pass ``""`` and 0).
+    ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
+    is a unix socket, to listen on or to dial.
     """
 
     def __init__(
@@ -101,13 +113,15 @@ class Client:
         random: Callable[[], float] = random.random,
         allow_connect: Sequence[AddressRule] = (),
         socks_credentials: Credentials | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         self.mode = Mode(mode)
         self.server = Address(tunnel_host, int(tunnel_port))
-        self.listen = Address(listen_host, int(listen_port))
-        self.connect: Address | None = (
-            None if self.mode.socks else Address(connect_host, int(connect_port))
+        self.listen: Endpoint = _endpoint(listen_host, listen_port)
+        self.connect: Endpoint | None = (
+            None if self.mode.socks else _endpoint(connect_host, connect_port)
         )
+        self.socket_mode = socket_mode
         self.allow_connect = tuple(allow_connect)
         self.socks_credentials = socks_credentials
         if ssl is True:
@@ -126,7 +140,7 @@ class Client:
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         self.session: Session | None = None
-        self.listen_address: Address | None = None  # what is actually bound (either side)
+        self.listen_address: Endpoint | None = None  # what is actually bound (either side)
         self.proxy = proxy
         self.last_error = ""
         #: Set once the local listener was tried (bound, or the error logged); at once
@@ -342,19 +356,30 @@ class Client:
     async def _bind(self, sock: socket.socket | None = None) -> None:
         """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
         loop = asyncio.get_running_loop()
+        listen = self.listen
         try:
-            if sock is not None:
+            if sock is not None and isinstance(listen, UnixPath):
+                self._listener = await loop.create_unix_server(self._local_stream, sock=sock)
+            elif sock is not None:
                 self._listener = await loop.create_server(self._local_stream, sock=sock)
+            elif isinstance(listen, UnixPath):
+                self._listener = await listen_unix(
+                    self._local_stream, listen.path, self.socket_mode
+                )
             else:
                 self._listener = await loop.create_server(
-                    self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
+                    self._local_stream, listen.bind_host, listen.port, backlog=1024
                 )
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
-        port = self._listener.sockets[0].getsockname()[1]
-        self.listen_address = Address(self.listen.host, port)
+            why = describe(exc) if isinstance(listen, UnixPath) else os_reason(exc)
+            raise OSError(exc.errno, f"cannot listen on {listen}: {why}") from exc
+        if isinstance(listen, UnixPath):
+            self.listen_address = listen
+        else:
+            port = self._listener.sockets[0].getsockname()[1]
+            self.listen_address = Address(listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
     def _asked(self) -> Address | str | None:
@@ -447,7 +472,7 @@ class Client:
             raise
         if self.mode.server_listens:
             bound = response.headers.get("X-Aiowstunnel-Bound")  # type: ignore[union-attr]
-            self.listen_address = Address.parse(bound, True) if bound else self.listen
+            self.listen_address = parse_endpoint(bound, True) if bound else self.listen
         return session
 
 
@@ -484,6 +509,13 @@ async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
     except BaseException:
         sock.close()
         raise
+
+
+def _endpoint(host: str, port: int | str) -> Endpoint:
+    """The seed's (host, port) pair, or a unix socket given as host ``unix:/path``."""
+    if host.startswith(UNIX_SCHEME):
+        return UnixPath.parse(host)
+    return Address(host, int(port))
 
 
 class _Refuse(asyncio.Protocol):

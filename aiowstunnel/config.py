@@ -24,12 +24,13 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
 from . import wire
-from .addresses import Address, AddressRule
+from .addresses import UNIX_SCHEME, Address, AddressRule, Endpoint, UnixPath
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError
 from .handshake import DEFAULT_PATH, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
+from .unixsock import DEFAULT_SOCKET_MODE
 
 __all__ = [
     "Config",
@@ -128,6 +129,8 @@ class ServerConfig:
     ping_timeout: float
     max_frame: int
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: the file mode of unix sockets bound for LISTEN sessions
+    socket_mode: int = DEFAULT_SOCKET_MODE
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,8 @@ class TunnelSpec:
     mode: Mode
     server: str
     token: Secret
-    listen: Address
-    connect: Address | None  # None in the socks modes: each request names its target
+    listen: Endpoint  # host:port or unix:/path
+    connect: Endpoint | None  # None in the socks modes: each request names its target
     ca_file: Path | None
     client_cert: Path | None
     client_key: Path | None
@@ -154,6 +157,8 @@ class TunnelSpec:
     #: socks5: RFC 1929 username and password the local SOCKS listener asks for
     socks_username: str | None = None
     socks_password: Secret | None = None
+    #: the file mode of a unix socket this host listens on (connect, socks5)
+    socket_mode: int = DEFAULT_SOCKET_MODE
 
     @property
     def uses_tls(self) -> bool:
@@ -416,6 +421,30 @@ class _Table:
             return None
         return address
 
+    def endpoint(self, key: str, allow_zero_port: bool, need_host: bool = False) -> Any:
+        """:meth:`address`, or a unix socket ``unix:/abs/path``."""
+        text = self.take(key, _REQUIRED) if not self.has(key) else self.data[key]
+        if isinstance(text, str) and text.strip().startswith(UNIX_SCHEME):
+            self.take(key)
+            try:
+                return UnixPath.parse(text)
+            except AddressError as exc:
+                self.error(key, str(exc))
+                return None
+        if not self.has(key):
+            return None  # "required key is missing" is recorded
+        return self.address(key, allow_zero_port, need_host)
+
+    def socket_mode(self) -> Any:
+        """``socket_mode = "0660"``: a unix socket's file mode, as octal text."""
+        text = self.string("socket_mode", None)
+        if text is None:
+            return DEFAULT_SOCKET_MODE
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            self.error("socket_mode", f"{text!r}: expected an octal mode such as \"0660\"")
+            return None
+        return int(text, 8)
+
     def path_value(self, key: str) -> Path | None:
         """An optional file path, resolved against the config file's folder."""
         text = self.string(key, None)
@@ -555,6 +584,7 @@ class _Loader:
         handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
         max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
         limits = self.limits(t)
+        socket_mode = t.socket_mode()
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -581,6 +611,7 @@ class _Loader:
             ping_timeout=ping_timeout,
             max_frame=max_frame,
             limits=limits,
+            socket_mode=socket_mode,
         )
 
     def limits(self, t: _Table) -> ServerLimits:
@@ -663,14 +694,19 @@ class _Loader:
             else:
                 token = self.check_token(t, "token", value, "")
         # The listener may take port 0 ("any free port"); a dial target needs a real one.
-        listen = t.address("listen", allow_zero_port=True)
+        listen = t.endpoint("listen", allow_zero_port=True)
         connect = None
         if mode is not None and mode.socks:
             t.expect("connect")
             if t.has("connect"):
                 t.error("connect", f"not used in {mode} mode: each SOCKS request names its target")
         else:
-            connect = t.address("connect", allow_zero_port=False, need_host=True)
+            connect = t.endpoint("connect", allow_zero_port=False, need_host=True)
+        socket_mode = t.socket_mode()
+        if t.has("socket_mode") and not isinstance(listen, UnixPath):
+            t.error("socket_mode", "only used with a unix socket listen (unix:/path)")
+        elif t.has("socket_mode") and mode is not None and mode.server_listens:
+            t.error("socket_mode", f"not used in {mode} mode: the server owns that socket")
         allow_connect, socks_username, socks_password = self.socks_keys(t, mode)
         ca_file = t.path_value("ca_file")
         client_cert = t.path_value("client_cert")
@@ -705,6 +741,7 @@ class _Loader:
             allow_connect=allow_connect,
             socks_username=socks_username,
             socks_password=socks_password,
+            socket_mode=socket_mode,
         )
 
     def socks_keys(
@@ -926,7 +963,7 @@ class _Loader:
         tunnels: list[TunnelSpec | None],
     ) -> None:
         """Two local listeners on one address would fail at start: say so now (best effort)."""
-        binds: list[tuple[KeyPath, Address]] = []
+        binds: list[tuple[KeyPath, Endpoint]] = []
         if metrics is not None and metrics.enabled:
             binds.append((("metrics", "listen"), metrics.listen))
         if server is not None:
@@ -937,7 +974,11 @@ class _Loader:
                 binds.append((("tunnel", i, "listen"), spec.listen))
         for n, (path, address) in enumerate(binds):
             for other_path, other in binds[:n]:
-                if address.port and _overlap(address, other):
+                if isinstance(address, UnixPath) or isinstance(other, UnixPath):
+                    clash = address == other
+                else:
+                    clash = bool(address.port) and _overlap(address, other)
+                if clash:
                     self.error(path, f"{address} is also used by {_dotted(other_path)} ({other})")
                     break
 

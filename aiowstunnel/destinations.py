@@ -45,13 +45,9 @@ async def check_target(ruleset: RuleSet, target: Endpoint, timeout: float) -> En
     """
     rules = ruleset.rules
     refused = f"{ruleset.owner} may not connect to {target} (not in {ruleset.key})"
-    if isinstance(target, UnixPath):
-        if any(rule.unix_path == target.path for rule in rules):
-            return target
-        raise TargetRefused(refused)
     if allows(rules, target):
         return target
-    if not needs_resolution(rules, target):
+    if isinstance(target, UnixPath) or not needs_resolution(rules, target):
         raise TargetRefused(refused)
     loop = asyncio.get_running_loop()
     try:

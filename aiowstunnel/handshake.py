@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .addresses import Address
+from .addresses import Endpoint, parse_endpoint
 from .errors import AddressError
 
 HEADER_MODE = "X-Aiowstunnel-Mode"
@@ -98,7 +98,7 @@ class TunnelRequest:
     """
 
     mode: Mode
-    address: Address | None
+    address: Endpoint | None  # host:port, or unix:/path
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
 
@@ -133,7 +133,7 @@ class TunnelRequest:
                 Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not one of {modes}"
             ) from None
         address_text = headers.get(HEADER_ADDRESS)
-        address: Address | None = None
+        address: Endpoint | None = None
         if mode is Mode.SOCKS5:
             if address_text is not None:
                 raise RequestRefused(
@@ -143,7 +143,7 @@ class TunnelRequest:
             raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_ADDRESS} header")
         else:
             try:
-                address = Address.parse(address_text, allow_zero_port=mode.server_listens)
+                address = parse_endpoint(address_text, allow_zero_port=mode.server_listens)
             except AddressError as exc:
                 raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
         tunnel = headers.get(HEADER_TUNNEL, "").strip()

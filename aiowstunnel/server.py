@@ -23,9 +23,9 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from . import wire
-from .addresses import Address, ip_or_none
+from .addresses import Address, Endpoint, UnixPath, ip_or_none
 from .destinations import RuleSet, TargetRefused, check_target, dialer
-from .errors import os_reason
+from .errors import describe, os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .logs import escape
@@ -33,6 +33,7 @@ from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, ws_log
 from .socks import Socks5Stream
 from .stats import LimitStats, ServerStats, TunnelStats
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -59,7 +60,7 @@ class Grant:
 
     client: ClientPolicy
     request: TunnelRequest
-    target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
+    target: Endpoint | None = None  # CONNECT: where the server dials (pinned IP if resolved)
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
@@ -87,6 +88,7 @@ class Server:
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
+        socket_mode: the file mode of a unix socket bound for a LISTEN session.
     """
 
     def __init__(
@@ -108,8 +110,10 @@ class Server:
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         self.host = host
+        self.socket_mode = socket_mode
         self.port = port
         self.ssl = ssl
         self.path = path
@@ -262,7 +266,7 @@ class Server:
         elif request.mode is Mode.CONNECT:
             assert request.address is not None
             target = grant.target or request.address
-            ip = ip_or_none(target.host)
+            ip = ip_or_none(target.host) if isinstance(target, Address) else None
             allowed = current.may_connect(request.address) or (
                 ip is not None and current.may_connect_ip(ip, target.port)
             )
@@ -486,7 +490,7 @@ class Server:
             )
         return grant
 
-    async def _connect_target(self, client: ClientPolicy, target: Address) -> Address:
+    async def _connect_target(self, client: ClientPolicy, target: Endpoint) -> Endpoint:
         """Where to dial for a CONNECT request, or a 403 refusal.
 
         A name allowed by a name rule is dialed by name. A name allowed only through a
@@ -515,13 +519,21 @@ class Server:
 
         loop = asyncio.get_running_loop()
         try:
-            grant.listener = await loop.create_server(
-                new_stream, address.bind_host, address.port, backlog=1024
-            )
+            if isinstance(address, UnixPath):
+                grant.listener = await listen_unix(new_stream, address.path, self.socket_mode)
+            else:
+                grant.listener = await loop.create_server(
+                    new_stream, address.bind_host, address.port, backlog=1024
+                )
         except OSError as exc:
+            # A unix path's own words say more ("exists and is not a socket").
+            why = describe(exc) if isinstance(address, UnixPath) else os_reason(exc)
             raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {os_reason(exc)}"
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {why}"
             ) from None
+        if isinstance(address, UnixPath):
+            grant.bound = str(address)
+            return
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
 

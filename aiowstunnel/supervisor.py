@@ -18,6 +18,7 @@ import logging
 import ssl
 from urllib.parse import urlsplit
 
+from .addresses import Address, Endpoint
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
@@ -108,7 +109,16 @@ def build_server(
         client_stats=client_stats,
         limits=config.limits,
         limit_stats=limit_stats,
+        socket_mode=config.socket_mode,
     )
+
+
+def _host_port(endpoint: Endpoint | None) -> tuple[str, int]:
+    """The Client's (host, port) for an endpoint: ``("unix:/path", 0)`` for a unix socket,
+    ``("", 0)`` for none (the socks modes)."""
+    if isinstance(endpoint, Address):
+        return endpoint.host, endpoint.port
+    return (str(endpoint), 0) if endpoint is not None else ("", 0)
 
 
 def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
@@ -120,10 +130,8 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         spec.mode,
         host,
         port,
-        spec.listen.host,
-        spec.listen.port,
-        spec.connect.host if spec.connect else "",
-        spec.connect.port if spec.connect else 0,
+        *_host_port(spec.listen),
+        *_host_port(spec.connect),
         ssl=tunnel_ssl(spec, index),
         path=url.path or "/",
         token=spec.token.reveal(),
@@ -134,6 +142,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        socket_mode=spec.socket_mode,
         allow_connect=spec.allow_connect,
         socks_credentials=(
             Credentials(spec.socks_username, spec.socks_password.reveal())

@@ -576,3 +576,37 @@ def test_socks_tunnel_errors(text: str, message: str) -> None:
     assert any(e.startswith(message) for e in errors_of(text, {"/etc/p": "x"})), errors_of(
         text, {"/etc/p": "x"}
     )
+
+
+def test_unix_socket_endpoints_and_rules() -> None:
+    from aiowstunnel.addresses import UnixPath
+
+    config = load(
+        tunnel(listen='"unix:/run/app/tunnel.sock"', connect='"unix:/run/app.sock"',
+               socket_mode='"0600"')
+        + server(client={"allow_connect": '["unix:/run/app.sock"]',
+                         "allow_listen": '["unix:/run/in.sock"]'}, socket_mode='"0666"'),
+    )  # fmt: skip
+    spec = config.tunnels[0]
+    assert spec.listen == UnixPath("/run/app/tunnel.sock")
+    assert spec.connect == UnixPath("/run/app.sock") and spec.socket_mode == 0o600
+    assert config.server.socket_mode == 0o666
+    client = config.server.clients[0]
+    assert client.may_connect(UnixPath("/run/app.sock"))
+    assert not client.may_connect(UnixPath("/run/other.sock"))
+    assert client.may_listen(UnixPath("/run/in.sock"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (tunnel(connect='"unix:run/app.sock"'), "tunnel[0].connect: 'unix:run/app.sock': a unix"),
+        (tunnel(socket_mode='"0600"'), "tunnel[0].socket_mode: only used with a unix socket"),
+        (tunnel(listen='"unix:/x.sock"', socket_mode='"rw"'), "tunnel[0].socket_mode: 'rw'"),
+        (tunnel(listen='"unix:/a.sock"') + tunnel(name='"b"', listen='"unix:/a.sock"'),
+         "tunnel[1].listen: unix:/a.sock is also used by tunnel[0].listen"),
+    ],
+)  # fmt: skip
+def test_unix_socket_errors(text: str, message: str) -> None:
+    errors = errors_of(text)
+    assert any(e.startswith(message) for e in errors), errors
