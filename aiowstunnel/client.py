@@ -33,7 +33,7 @@ from .addresses import (
     parse_endpoint,
 )
 from .backoff import Backoff, BackoffPolicy
-from .destinations import RuleSet, dialer
+from .destinations import RuleSet, dialer, proxy_protocol
 from .errors import HandshakeRefused, describe, os_reason
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .resets import Cut, reset
@@ -80,6 +80,9 @@ class Client:
             local SOCKS listener must give; None: no authentication.
 
         socket_mode: the file mode of a unix socket this side listens on.
+        proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
+            SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
+            with the original client's address.
 
     In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
     ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
@@ -114,6 +117,7 @@ class Client:
         allow_connect: Sequence[AddressRule] = (),
         socks_credentials: Credentials | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        proxy_protocol: str | None = None,
     ) -> None:
         self.mode = Mode(mode)
         self.server = Address(tunnel_host, int(tunnel_port))
@@ -122,6 +126,7 @@ class Client:
             None if self.mode.socks else _endpoint(connect_host, connect_port)
         )
         self.socket_mode = socket_mode
+        self.proxy_protocol = proxy_protocol or ""
         self.allow_connect = tuple(allow_connect)
         self.socks_credentials = socks_credentials
         if ssl is True:
@@ -442,7 +447,8 @@ class Client:
         if self.mode.server_listens:
             # Set before the request: the server may open a stream right after the 101.
             rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
-            session.dial = dialer(self.connect, lambda: rules, self.connect_timeout)
+            header = proxy_protocol(self.proxy_protocol)
+            session.dial = dialer(self.connect, lambda: rules, self.connect_timeout, header)
         tls = {
             "ssl": self.ssl,
             "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
@@ -460,7 +466,9 @@ class Client:
         await asyncio.wait_for(connecting, self.connect_timeout)
         request = ws.connect()
         target = self.listen if self.mode.server_listens else self.connect
-        for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
+        asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
+        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked)
+        for key, value in tunnel.headers():
             request.headers[key] = value
         session.send_request(request)
         try:

@@ -80,6 +80,11 @@ def add_commands(commands: Any) -> None:
         help="a SOCKS5 proxy here on PORT; the server dials each target (repeatable)",
     )
     client.add_argument("--ca-file", type=Path, help="CA to verify a wss:// server")
+    client.add_argument(
+        "--proxy-protocol",
+        choices=("v1", "v2"),
+        help="send each backend a PROXY protocol header with the original client's address",
+    )
     _common(client)
 
     stdio = commands.add_parser(
@@ -172,6 +177,7 @@ def _toml(args: argparse.Namespace) -> str:
             ca_file=_absolute(args.ca_file),
             metrics=args.metrics,
             log_level=args.log_level,
+            proxy_protocol=args.proxy_protocol,
         )
     return text
 

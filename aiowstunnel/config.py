@@ -27,7 +27,7 @@ from . import wire
 from .addresses import UNIX_SCHEME, Address, AddressRule, Endpoint, UnixPath
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError
-from .handshake import DEFAULT_PATH, Mode
+from .handshake import DEFAULT_PATH, PROXY_PROTOCOL_VERSIONS, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
 from .unixsock import DEFAULT_SOCKET_MODE
@@ -159,6 +159,8 @@ class TunnelSpec:
     socks_password: Secret | None = None
     #: the file mode of a unix socket this host listens on (connect, socks5)
     socket_mode: int = DEFAULT_SOCKET_MODE
+    #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
+    proxy_protocol: str | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -718,6 +720,9 @@ class _Loader:
                 if t.has(tls_key):
                     t.error(tls_key, "only used with a wss:// server")
         proxy = self.proxy_url(t)
+        proxy_protocol = t.string("proxy_protocol", None)
+        if proxy_protocol is not None and proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            t.error("proxy_protocol", f"expected 'v1' or 'v2', got {proxy_protocol!r}")
         backoff = self.backoff(t)
         window, ping_interval, ping_timeout = self.session_settings(t)
         t.close()
@@ -742,6 +747,7 @@ class _Loader:
             socks_username=socks_username,
             socks_password=socks_password,
             socket_mode=socket_mode,
+            proxy_protocol=proxy_protocol,
         )
 
     def socks_keys(

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from . import proxyproto
 from .addresses import Address, AddressRule, Endpoint, UnixPath, ip_or_none, parse_endpoint
 from .errors import AddressError, os_reason
 from .policy import allows, allows_ip, needs_resolution
@@ -122,5 +123,14 @@ def dialer(
     return dial
 
 
-def rules_named(owner: str, key: str, rules: Sequence[AddressRule]) -> RuleSet:
-    return RuleSet(owner, key, tuple(rules))
+def proxy_protocol(version: str | None) -> OnConnected | None:
+    """What writes a PROXY protocol header (``v1``/``v2``) to each new backend connection,
+    from the OPEN's origin to the backend as dialed; None for no header."""
+    if not version:
+        return None
+
+    def write(transport: asyncio.BaseTransport, origin: str) -> None:
+        peer = transport.get_extra_info("peername")
+        transport.write(proxyproto.header(version, origin, peer))  # type: ignore[attr-defined]
+
+    return write

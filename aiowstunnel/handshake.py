@@ -19,6 +19,9 @@ from .errors import AddressError
 HEADER_MODE = "X-Aiowstunnel-Mode"
 HEADER_ADDRESS = "X-Aiowstunnel-Address"
 HEADER_TUNNEL = "X-Aiowstunnel-Tunnel"
+#: connect / socks5: the server writes a PROXY protocol header (v1 or v2) to each backend
+HEADER_PROXY_PROTOCOL = "X-Aiowstunnel-Proxy-Protocol"
+PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 #: A tunnel's name becomes a metric label and a log field on the server: bounded in length
 #: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
@@ -101,6 +104,7 @@ class TunnelRequest:
     address: Endpoint | None  # host:port, or unix:/path
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
+    proxy_protocol: str = ""  # "v1", "v2": the server sends that header to each backend
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value)]
@@ -108,6 +112,8 @@ class TunnelRequest:
             headers.append((HEADER_ADDRESS, str(self.address)))
         if self.tunnel:
             headers.append((HEADER_TUNNEL, self.tunnel))
+        if self.proxy_protocol:
+            headers.append((HEADER_PROXY_PROTOCOL, self.proxy_protocol))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -154,7 +160,19 @@ class TunnelRequest:
                 f"{HEADER_TUNNEL}: {shown!r}: use at most 128 letters, digits, "
                 "'_', '.', ':', '[', ']' and '-'",
             )
-        return cls(mode, address, bearer_token(headers.get("Authorization")), tunnel)
+        proxy_protocol = headers.get(HEADER_PROXY_PROTOCOL, "").strip().lower()
+        if proxy_protocol and proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"{HEADER_PROXY_PROTOCOL}: {proxy_protocol[:20]!r} is not 'v1' or 'v2'",
+            )
+        if proxy_protocol and mode.server_listens:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"{HEADER_PROXY_PROTOCOL}: in {mode} mode the client dials and sends it itself",
+            )
+        token = bearer_token(headers.get("Authorization"))
+        return cls(mode, address, token, tunnel, proxy_protocol)
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

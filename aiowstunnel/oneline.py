@@ -191,6 +191,7 @@ def client_toml(
     ca_file: str | None = None,
     metrics: str | None = None,
     log_level: str = "info",
+    proxy_protocol: str | None = None,
 ) -> str:
     """``aiowstunnel client URL ...``: one ``[[tunnel]]`` per ``-L``/``-R``/``-D``."""
     header = "# aiowstunnel client, as one command line would run it\n"
@@ -212,6 +213,7 @@ def client_toml(
                     ("listen", toml_string(forward.listen)),
                     ("connect", toml_string(forward.connect) if forward.connect else None),
                     ("ca_file", toml_string(ca_file) if ca_file else None),
+                    ("proxy_protocol", toml_string(proxy_protocol) if proxy_protocol else None),
                 ],
             )
         )

@@ -24,7 +24,7 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, Endpoint, UnixPath, ip_or_none
-from .destinations import RuleSet, TargetRefused, check_target, dialer
+from .destinations import RuleSet, TargetRefused, check_target, dialer, proxy_protocol
 from .errors import describe, os_reason
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
@@ -507,7 +507,8 @@ class Server:
         entry's allow_connect allows it (destinations.py): the entry as it is at each
         stream, so that a reload's narrower rules apply to the next one."""
         default = grant.target or grant.request.address
-        return dialer(default, lambda: _rules(grant.client), self.connect_timeout)
+        header = proxy_protocol(grant.request.proxy_protocol)
+        return dialer(default, lambda: _rules(grant.client), self.connect_timeout, header)
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address

@@ -143,6 +143,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         stats=stats,
         proxy=spec.proxy,
         socket_mode=spec.socket_mode,
+        proxy_protocol=spec.proxy_protocol,
         allow_connect=spec.allow_connect,
         socks_credentials=(
             Credentials(spec.socks_username, spec.socks_password.reveal())

@@ -610,3 +610,10 @@ def test_unix_socket_endpoints_and_rules() -> None:
 def test_unix_socket_errors(text: str, message: str) -> None:
     errors = errors_of(text)
     assert any(e.startswith(message) for e in errors), errors
+
+
+def test_proxy_protocol_key() -> None:
+    assert load(tunnel(proxy_protocol='"v2"')).tunnels[0].proxy_protocol == "v2"
+    assert load(tunnel()).tunnels[0].proxy_protocol is None
+    errors = errors_of(tunnel(proxy_protocol='"v3"'))
+    assert errors[0].startswith("tunnel[0].proxy_protocol: expected 'v1' or 'v2', got 'v3'")

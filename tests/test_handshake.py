@@ -191,3 +191,17 @@ def test_a_tunnel_name_that_cannot_be_a_label_is_a_bad_request(name: str) -> Non
     refused = refusal_of(headers)
     assert refused.refusal is Refusal.BAD_REQUEST
     assert HEADER_TUNNEL in refused.reason and "128" in refused.reason
+
+
+def test_proxy_protocol_request_header() -> None:
+    from aiowstunnel.handshake import HEADER_PROXY_PROTOCOL, LISTEN, RequestRefused
+
+    request = TunnelRequest(CONNECT, Address("db", 5432), "t", "", "v2")
+    headers = dict(request.headers())
+    assert headers[HEADER_PROXY_PROTOCOL] == "v2"
+    assert TunnelRequest.from_headers(headers).proxy_protocol == "v2"
+    with pytest.raises(RequestRefused, match="'v9' is not 'v1' or 'v2'"):
+        TunnelRequest.from_headers({**headers, HEADER_PROXY_PROTOCOL: "v9"})
+    listen = dict(TunnelRequest(LISTEN, Address("", 80), "t").headers())
+    with pytest.raises(RequestRefused, match="the client dials and sends it itself"):
+        TunnelRequest.from_headers({**listen, HEADER_PROXY_PROTOCOL: "v1"})
