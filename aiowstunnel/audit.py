@@ -13,8 +13,9 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .addresses import ip_or_none
+from .addresses import Address, ip_or_none
 from .config import Config
+from .handshake import Mode
 
 
 def is_loopback(host: str) -> bool:
@@ -44,6 +45,18 @@ def config_warnings(config: Config, path: str | os.PathLike[str] | None = None) 
             warnings.append(
                 f"tunnel[{index}].server: {spec.server} is ws:// to a host that is not "
                 "loopback: the bearer token travels in clear (use wss://)"
+            )
+        listen = spec.listen
+        if (
+            spec.mode is Mode.SOCKS5
+            and spec.socks_username is None
+            and isinstance(listen, Address)
+            and not is_loopback(listen.host)
+        ):
+            warnings.append(
+                f"tunnel[{index}].listen: a SOCKS5 proxy on {listen} without socks_username: "
+                "anyone who can reach it may use everything the server's allow_connect allows "
+                "(listen on 127.0.0.1, or set socks_username and socks_password_file)"
             )
     return warnings
 
