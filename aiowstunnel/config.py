@@ -425,17 +425,15 @@ class _Table:
 
     def endpoint(self, key: str, allow_zero_port: bool, need_host: bool = False) -> Any:
         """:meth:`address`, or a unix socket ``unix:/abs/path``."""
-        text = self.take(key, _REQUIRED) if not self.has(key) else self.data[key]
-        if isinstance(text, str) and text.strip().startswith(UNIX_SCHEME):
-            self.take(key)
-            try:
-                return UnixPath.parse(text)
-            except AddressError as exc:
-                self.error(key, str(exc))
-                return None
-        if not self.has(key):
-            return None  # "required key is missing" is recorded
-        return self.address(key, allow_zero_port, need_host)
+        text = self.data.get(key)
+        if not (isinstance(text, str) and text.strip().startswith(UNIX_SCHEME)):
+            return self.address(key, allow_zero_port, need_host)
+        self.take(key)
+        try:
+            return UnixPath.parse(text)
+        except AddressError as exc:
+            self.error(key, str(exc))
+            return None
 
     def socket_mode(self) -> Any:
         """``socket_mode = "0660"``: a unix socket's file mode, as octal text."""

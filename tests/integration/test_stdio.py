@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -93,29 +94,35 @@ async def sshd(tmp_path):
     )
     (keys / "known_hosts").write_text("tunnel-sshd " + (keys / "host.pub").read_text())
     children: list[asyncio.subprocess.Process] = []
+    # A plain listening socket, accepted by hand: no asyncio transport ever reads from an
+    # accepted connection, so every byte the client sends is sshd's.
+    listener = socket.socket()
+    listener.bind((LOCAL, 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        fd = os.dup(sock.fileno())
-        try:
-            with open(keys / "sshd.log", "ab") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    SSHD, "-i", "-e", "-f", str(config), stdin=fd, stdout=fd, stderr=log
-                )
-        finally:
-            os.close(fd)
-        children.append(proc)
-        writer.transport.pause_reading()  # the socket is sshd's now
-        await proc.wait()
-        writer.close()
+    async def serve() -> None:
+        with open(keys / "sshd.log", "ab") as log:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                with conn:
+                    conn.setblocking(True)
+                    children.append(
+                        await asyncio.create_subprocess_exec(
+                            SSHD, "-i", "-e", "-f", str(config), stdin=conn, stdout=conn,
+                            stderr=log,
+                        )
+                    )  # fmt: skip
 
-    listener = await asyncio.start_server(serve, LOCAL, 0)
-    yield listener.sockets[0].getsockname()[1], keys
+    acceptor = loop.create_task(serve())
+    yield listener.getsockname()[1], keys
+    acceptor.cancel()
     listener.close()
     for proc in children:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+        await proc.wait()
 
 
 @pytest.mark.timeout(90)
