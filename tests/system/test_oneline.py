@@ -8,9 +8,11 @@ import contextlib
 import re
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aiowstunnel.addresses import Address
 from aiowstunnel.oneline import Forward
@@ -71,8 +73,32 @@ async def socks_roundtrip(proxy: Address, target: Address) -> bytes:
     return echoed
 
 
+def scrape(logged: Logged) -> dict[tuple[str, frozenset], float]:
+    """The daemon's metrics, read with prometheus_client's parser."""
+    port = next(
+        m[1] for line in logged.lines if (m := re.search(r"metrics on http://\S+:(\d+)/", line))
+    )
+    with urllib.request.urlopen(f"http://{LOCAL}:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+async def socks_refused(proxy: Address, target: Address) -> bytes:
+    """The reply to a SOCKS request the server's rules refuse."""
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(client_request(target))
+    answer = await reader.read(-1)  # the reply, then a clean close
+    writer.close()
+    return answer
+
+
 async def carry(server: Logged, client: Logged, echo: int) -> dict[str, str]:
-    """Data through each of the client's -L, -R and -D; returns what each carried."""
+    """Data through each of the client's -L, -R and -D; returns what each carried, and
+    what the refusal of a SOCKS target outside allow_connect came to."""
     await client.wait_for(r"tunnel=\S+ tunnel up", count=3)
     listening = {
         m[1]: Address.parse(m[2])
@@ -84,6 +110,21 @@ async def carry(server: Logged, client: Logged, echo: int) -> dict[str, str]:
         if name.startswith("D-"):
             echoed = await socks_roundtrip(entry, Address(LOCAL, echo))
             results[name[0]] = "ok" if echoed == b"ping through socks" else repr(echoed)
+            refused = await socks_refused(entry, Address(LOCAL, 9))  # not in allow_connect
+            results["refused"] = refused[2:4].hex()  # after 0500 (no auth): 0502, not allowed
+            await server.wait_for(r"not opened: client 'default' may not connect to 127.0.0.1:9")
+            await client.wait_for(r"refused by the other side: .*not in allow_connect")
+            key = "aiowstunnel_stream_open_failures_total"
+            results["server_metric"] = scrape(server).get(
+                (
+                    key,
+                    frozenset({"client": "default", "tunnel": name, "reason": "forbidden"}.items()),
+                ),
+                0,
+            )
+            results["client_metric"] = scrape(client).get(
+                (key, frozenset({"tunnel": name, "reason": "peer_refused"}.items())), 0
+            )
         else:
             sent, received = await echo_roundtrip(entry, 1 << 20)
             results[name[0]] = "ok" if sent == received else "corrupt"
@@ -101,10 +142,12 @@ async def test_one_liners_carry_data_like_their_printed_config(tmp_path) -> None
     server_flags = [
         "--listen", f"{LOCAL}:0", "--token-file", str(token),
         "--allow-connect", f"{LOCAL}:{echo.port}", "--allow-listen", f"{LOCAL}:*",
+        "--metrics", f"{LOCAL}:0",
     ]  # fmt: skip
     client_flags = [
         "--token-file", str(token),
         "-L", f"0:{LOCAL}:{echo.port}", "-R", f"0:{LOCAL}:{echo.port}", "-D", "0",
+        "--metrics", f"{LOCAL}:0",
     ]  # fmt: skip
 
     async def both(server_argv: list[str], client_argv_of) -> dict[str, str]:
@@ -123,7 +166,10 @@ async def test_one_liners_carry_data_like_their_printed_config(tmp_path) -> None
         return [AIOWSTUNNEL, "client", f"ws://{LOCAL}:{port}/aiowstunnel", *client_flags]
 
     by_flags = await both([AIOWSTUNNEL, "server", *server_flags], client_oneliner)
-    assert by_flags == {"L": "ok", "R": "ok", "D": "ok"}
+    assert by_flags == {
+        "L": "ok", "R": "ok", "D": "ok",
+        "refused": "0502", "server_metric": 1.0, "client_metric": 1.0,
+    }  # fmt: skip
 
     # the printed TOML: accepted by check, and run by `run -c` with the same result
     code, server_toml, err = await run_tool(AIOWSTUNNEL, "server", *server_flags, "--print-config")
