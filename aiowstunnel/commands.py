@@ -68,8 +68,10 @@ def add_commands(commands: Any) -> None:
         dest="forwards",
         action="append",
         type=lambda t: ("-R", t),
-        metavar="[BIND:]PORT:HOST:HOSTPORT",
-        help="the server listens on PORT, this host dials HOST:HOSTPORT (repeatable)",
+        metavar="[BIND:]PORT[:HOST:HOSTPORT]",
+        help="the server listens on PORT, this host dials HOST:HOSTPORT; with only "
+        "[BIND:]PORT, a SOCKS5 proxy on the server whose targets this host dials, within "
+        "--allow-connect (repeatable)",
     )
     client.add_argument(
         "-D",
@@ -80,6 +82,13 @@ def add_commands(commands: Any) -> None:
         help="a SOCKS5 proxy here on PORT; the server dials each target (repeatable)",
     )
     client.add_argument("--ca-file", type=Path, help="CA to verify a wss:// server")
+    client.add_argument(
+        "--allow-connect",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="what a -R [BIND:]PORT SOCKS5 proxy may reach through this host (repeatable)",
+    )
     client.add_argument(
         "--proxy-protocol",
         choices=("v1", "v2"),
@@ -178,6 +187,7 @@ def _toml(args: argparse.Namespace) -> str:
             metrics=args.metrics,
             log_level=args.log_level,
             proxy_protocol=args.proxy_protocol,
+            allow_connect=args.allow_connect,
         )
     return text
 

@@ -76,7 +76,9 @@ class Forward:
     @classmethod
     def parse(cls, flag: str, text: str) -> Forward:
         """``-L``/``-R``: ``[bind:]port:host:hostport`` (either end may be ``unix:/path``
-        instead of ``[bind:]port`` or ``host:hostport``); ``-D``: ``[bind:]port``.
+        instead of ``[bind:]port`` or ``host:hostport``); ``-D``: ``[bind:]port``; ``-R``
+        with only ``[bind:]port``: a SOCKS5 proxy on the server (``reverse-socks5``), as
+        ssh's remote dynamic forwarding.
 
         Raises:
             AddressError: naming the flag and its text.
@@ -85,13 +87,15 @@ class Forward:
             fields = _fields(text)
         except AddressError as exc:
             raise AddressError(f"{flag} {exc}") from None
-        if flag == "-D":
+        dynamic = {"-D": "socks5", "-R": "reverse-socks5"}
+        if flag == "-D" or (flag == "-R" and len(fields) <= 2 and not _has_target(fields)):
+            mode = dynamic[flag]
             if len(fields) == 1 and fields[0].startswith(UNIX_SCHEME):
-                return cls("socks5", fields[0], None)
+                return cls(mode, fields[0], None)
             if len(fields) == 1:
-                return cls("socks5", f"{DEFAULT_BIND}:{fields[0]}", None)
+                return cls(mode, f"{DEFAULT_BIND}:{fields[0]}", None)
             if len(fields) == 2:
-                return cls("socks5", _endpoint(*fields), None)
+                return cls(mode, _endpoint(*fields), None)
             raise AddressError(f"-D {text!r}: expected [bind:]port")
         mode = {"-L": "connect", "-R": "listen"}[flag]
         local, target = _split_ends(fields)
@@ -107,11 +111,17 @@ class Forward:
         """A tunnel name from what it does: ``L-8080``, ``R-8022``, ``D-1080``."""
         if self.label:
             return self.label
-        letter = {"connect": "L", "listen": "R", "socks5": "D"}[self.mode]
+        letter = {"connect": "L", "listen": "R", "socks5": "D", "reverse-socks5": "RD"}[self.mode]
         where = self.listen.rpartition(":")[2] if not self.listen.startswith(UNIX_SCHEME) else ""
         if not where:
             where = self.listen.rsplit("/", 1)[-1]
         return f"{letter}-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", where) or "unix")
+
+
+def _has_target(fields: list[str]) -> bool:
+    """Whether ``-R``'s fields end with a target (``host:hostport`` or a unix path after a
+    listener), rather than being only ``[bind:]port``."""
+    return len(fields) == 2 and fields[-1].startswith(UNIX_SCHEME)
 
 
 def _split_ends(fields: list[str]) -> tuple[str | None, str | None]:
@@ -192,8 +202,10 @@ def client_toml(
     metrics: str | None = None,
     log_level: str = "info",
     proxy_protocol: str | None = None,
+    allow_connect: Sequence[str] = (),
 ) -> str:
-    """``aiowstunnel client URL ...``: one ``[[tunnel]]`` per ``-L``/``-R``/``-D``."""
+    """``aiowstunnel client URL ...``: one ``[[tunnel]]`` per ``-L``/``-R``/``-D``;
+    ``allow_connect``: what a ``-R [bind:]port`` SOCKS proxy may reach through this host."""
     header = "# aiowstunnel client, as one command line would run it\n"
     parts = [header + metrics_toml(metrics), log_toml(log_level)]
     seen: dict[str, int] = {}
@@ -214,6 +226,12 @@ def client_toml(
                     ("connect", toml_string(forward.connect) if forward.connect else None),
                     ("ca_file", toml_string(ca_file) if ca_file else None),
                     ("proxy_protocol", toml_string(proxy_protocol) if proxy_protocol else None),
+                    (
+                        "allow_connect",
+                        toml_array(allow_connect)
+                        if forward.mode == "reverse-socks5" and allow_connect
+                        else None,
+                    ),
                 ],
             )
         )

@@ -99,13 +99,15 @@ async def socks_refused(proxy: Address, target: Address) -> bytes:
 async def carry(server: Logged, client: Logged, echo: int) -> dict[str, str]:
     """Data through each of the client's -L, -R and -D; returns what each carried, and
     what the refusal of a SOCKS target outside allow_connect came to."""
-    await client.wait_for(r"tunnel=\S+ tunnel up", count=3)
+    await client.wait_for(r"tunnel=\S+ tunnel up", count=4)
     listening = {
         m[1]: Address.parse(m[2])
         for m in await client.wait_for(r"tunnel=(\S+) listening on (\S+)", count=2)
     }
     remote = (await client.wait_for(r"tunnel=(R-\S+) tunnel up: .*server listening on (\S+)"))[0]
-    results = {}
+    reverse = (await client.wait_for(r"tunnel=RD-\S+ tunnel up: .*server listening on (\S+)"))[0]
+    echoed = await socks_roundtrip(Address.parse(reverse[1]), Address(LOCAL, echo))
+    results = {"RD": "ok" if echoed == b"ping through socks" else repr(echoed)}
     for name, entry in [*listening.items(), (remote[1], Address.parse(remote[2]))]:
         if name.startswith("D-"):
             echoed = await socks_roundtrip(entry, Address(LOCAL, echo))
@@ -147,6 +149,7 @@ async def test_one_liners_carry_data_like_their_printed_config(tmp_path) -> None
     client_flags = [
         "--token-file", str(token),
         "-L", f"0:{LOCAL}:{echo.port}", "-R", f"0:{LOCAL}:{echo.port}", "-D", "0",
+        "-R", "0", "--allow-connect", f"{LOCAL}:{echo.port}",
         "--metrics", f"{LOCAL}:0",
     ]  # fmt: skip
 
@@ -167,7 +170,7 @@ async def test_one_liners_carry_data_like_their_printed_config(tmp_path) -> None
 
     by_flags = await both([AIOWSTUNNEL, "server", *server_flags], client_oneliner)
     assert by_flags == {
-        "L": "ok", "R": "ok", "D": "ok",
+        "L": "ok", "R": "ok", "D": "ok", "RD": "ok",
         "refused": "0502", "server_metric": 1.0, "client_metric": 1.0,
     }  # fmt: skip
 
@@ -205,6 +208,7 @@ def test_forward_flags_parse_like_ssh() -> None:
         "listen", "127.0.0.1:8022", "127.0.0.1:22"
     )
     assert Forward.parse("-D", "[::1]:1080") == Forward("socks5", "[::1]:1080", None)
+    assert Forward.parse("-R", "1080") == Forward("reverse-socks5", "127.0.0.1:1080", None)
     assert Forward.parse("-L", "unix:/run/a.sock:127.0.0.1:80").listen == "unix:/run/a.sock"
     assert Forward.parse("-R", "9000:unix:/run/b.sock").connect == "unix:/run/b.sock"
     for flag, bad in (("-L", "8080"), ("-L", "a:b:c:d:e"), ("-D", "a:b:c"), ("-L", "[::1:1:h:1")):
