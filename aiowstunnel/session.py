@@ -820,7 +820,7 @@ class Session(asyncio.Protocol):
             self._cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
         if stream.stream_id is None:  # listener side: ask the peer to dial
-            if self.guard is not None:
+            if self.guard is not None and stream.slot is None:  # (socks.py takes it earlier)
                 stream.slot = self.guard.stream_slot(stream.peer)
                 if stream.slot is None:
                     self._count_open_failure("stream_limit")

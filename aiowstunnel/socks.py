@@ -43,6 +43,14 @@ class Socks5Stream(TcpStream):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = _peer(transport)
+        guard = self.session.guard
+        if guard is not None:  # the server's limits count a negotiating client already
+            self.slot = guard.stream_slot(self.peer)
+            if self.slot is None:
+                self._negotiating = False
+                self.session.stats.stream_open_failures["stream_limit"] += 1
+                transport.abort()
+                return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(NEGOTIATION_TIMEOUT, self._too_slow)
 
@@ -74,9 +82,12 @@ class Socks5Stream(TcpStream):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        if self._negotiating:
+        if self.stream_id is None:  # the session never heard of it
             self._negotiating = False
-            return  # the session never heard of it
+            if self.slot is not None:
+                self.slot.release()
+                self.slot = None
+            return
         super().connection_lost(exc)
 
     def _start(self) -> None:

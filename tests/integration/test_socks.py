@@ -164,3 +164,53 @@ async def test_200_concurrent_socks_streams_of_1_mib(make_tunnel, echo_backend) 
 def test_socks_modes_need_no_fixed_target() -> None:
     client = Client(aiowstunnel.SOCKS5, LOCAL, 1, LOCAL, 0, "", 0, backoff=FAST_BACKOFF)
     assert client.connect is None
+
+
+@pytest.mark.timeout(30)
+async def test_reverse_socks5_negotiations_count_in_the_server_limits(make_tunnel, echo_backend):
+    from aiowstunnel.limits import ServerLimits
+
+    tunnel = await make_tunnel(
+        aiowstunnel.REVERSE_SOCKS5,
+        0,
+        server_kw={
+            "clients": entry(listen=["127.0.0.1:*"]),
+            "limits": ServerLimits(max_client_streams=2, max_streams_total=4),
+        },
+        client_kw={
+            "token": "s3cret",
+            "name": "rsocks",
+            "allow_connect": (AddressRule.parse(f"127.0.0.1:{echo_backend.port}"),),
+        },
+    )
+    proxy = tunnel.entry
+    idle = []
+    for _ in range(2):  # connected, greeting sent, request never finished: each holds a slot
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        writer.write(b"\x05\x01\x00")
+        assert await reader.readexactly(2) == b"\x05\x00"
+        idle.append(writer)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        writer.write(b"\x05\x01\x00")
+        await reader.readexactly(2)  # refused at once: the client entry's streams are used
+    writer.close()
+    assert tunnel.server.limit_stats.hits["client_streams"] >= 1
+    for writer in idle:
+        writer.close()
+    await asyncio.sleep(0)  # the slots come back as the server sees the closes
+
+    async def works() -> bool:
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        writer.write(client_request(Address(LOCAL, echo_backend.port)) + b"x")
+        writer.write_eof()
+        data = await reader.read(-1)
+        writer.close()
+        return data == b"\x05\x00" + bytes((5, 0, 0, 1, 0, 0, 0, 0, 0, 0)) + b"x"
+
+    for _ in range(50):  # bounded: the server handles the two closes within a few loops
+        if await works():
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the slots of closed negotiations were not given back")
