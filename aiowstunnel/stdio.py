@@ -19,7 +19,9 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import sys
+import threading
 from typing import IO
 
 from .client import Client
@@ -63,7 +65,7 @@ async def run_stdio(
             code = 1
             down.cancel()
         elif down.exception() is not None:
-            log.error("the stream was reset: %s", describe(down.exception()))  # type: ignore[arg-type]
+            log.error("the stream ended early: %s", describe(down.exception()))  # type: ignore[arg-type]
             code = 1
         up.cancel()
         lost.cancel()
@@ -81,21 +83,21 @@ async def _stdin_to_stream(stdin: IO[bytes], writer: asyncio.StreamWriter) -> No
     loop = asyncio.get_running_loop()
     fd = stdin.fileno()
     reader = asyncio.StreamReader(limit=CHUNK)
-    pipe = os.fdopen(os.dup(fd), "rb", 0)  # the transport closes its own copy
-    transport: asyncio.BaseTransport | None
-    try:
+    transport: asyncio.BaseTransport | None = None
+    chunks: asyncio.Queue[bytes] | None = None
+    if _pollable(fd):
+        pipe = os.fdopen(os.dup(fd), "rb", 0)  # the transport closes its own copy
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
-    except ValueError:  # a regular file (stdin < file): epoll cannot watch it; read in turns
-        pipe.close()
-        transport = None
+    else:
+        chunks = _read_in_thread(fd, loop)
     try:
         while True:
-            if transport is not None:
-                data = await reader.read(CHUNK)
+            if chunks is not None:
+                data = await chunks.get()
             else:
-                data = await loop.run_in_executor(None, os.read, fd, CHUNK)
+                data = await reader.read(CHUNK)
             if not data:
                 break
             writer.write(data)
@@ -111,21 +113,51 @@ async def _stream_to_stdout(reader: asyncio.StreamReader, stdout: IO[bytes]) -> 
     """The stream -> stdout, until the stream's FIN (a clean end) or its reset (raises)."""
     loop = asyncio.get_running_loop()
     fd = stdout.fileno()
-    pipe = os.fdopen(os.dup(fd), "wb", 0)
-    try:
-        transport, protocol = await loop.connect_write_pipe(_Drain, pipe)
-    except ValueError:  # a regular file (stdout > file): plain writes, in turns
-        pipe.close()
+    if not _pollable(fd):  # plain writes, in a thread
         while data := await reader.read(CHUNK):
             await loop.run_in_executor(None, _write_all, fd, data)
         return
+    pipe = os.fdopen(os.dup(fd), "wb", 0)
+    transport, protocol = await loop.connect_write_pipe(_Drain, pipe)
     try:
         while data := await reader.read(CHUNK):
+            if transport.is_closing():  # the reader of stdout went away (EPIPE)
+                raise BrokenPipeError("standard output was closed")
             transport.write(data)
             await protocol.drain()
     finally:
         transport.close()
         await protocol.closed
+
+
+def _read_in_thread(fd: int, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]:
+    """Read ``fd`` in a daemon thread (a terminal's read may block for ever: such a thread
+    must not hold up the exit), a few chunks ahead at most; b"" is the end."""
+    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except OSError:
+                data = b""
+            try:
+                asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                return
+            if not data:
+                return
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return chunks
+
+
+def _pollable(fd: int) -> bool:
+    """A pipe or a socket, which the event loop can watch (ssh's ProxyCommand gives pipes).
+    A file, a terminal or /dev/null is read and written in a thread instead: epoll refuses
+    files and /dev/null, and uvloop aborts the process on them."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -57,6 +57,27 @@ async def test_stdin_eof_is_a_fin_and_the_answer_still_flows(tmp_path, echo_back
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("source", ["file", "/dev/null"])
+async def test_stdin_from_a_file_or_dev_null(tmp_path, echo_backend, source) -> None:
+    """Files and /dev/null cannot be watched by the event loop: they are read in a thread."""
+    server, token_file = await tunnel_server(tmp_path, echo_backend.port)
+    path = tmp_path / "in.bin"
+    data = os.urandom(1 << 20) if source == "file" else b""
+    path.write_bytes(data)
+    try:
+        with open(path if source == "file" else source, "rb") as stdin:
+            proc = await asyncio.create_subprocess_exec(
+                *stdio_argv(server, f"{LOCAL}:{echo_backend.port}", token_file),
+                stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        await server.close(1)
+    assert proc.returncode == 0, err
+    assert out == data
+
+
+@pytest.mark.timeout(30)
 async def test_a_refused_target_exits_1_with_the_reason(tmp_path) -> None:
     never = await start_backend()
     server, token_file = await tunnel_server(tmp_path)  # allows nothing
