@@ -229,3 +229,47 @@ async def test_bad_flags_are_named(tmp_path) -> None:
         AIOWSTUNNEL, "server", "--listen", "nope", "--token-file", str(token)
     )
     assert code == 2 and b"<command line>: server.listen: 'nope'" in err, err
+
+
+@pytest.mark.timeout(60)
+async def test_tls_one_liners(tmp_path) -> None:
+    """--tls-cert/--tls-key and --ca-file: wss:// from flags, and check accepts the files."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "key.pem").chmod(0o600)
+    token = tmp_path / "token"
+    token.write_text("tls-one-liner-token\n")
+    token.chmod(0o600)
+    echo = await start_backend()
+    server = await Logged(
+        AIOWSTUNNEL, "server", "--listen", f"{LOCAL}:0", "--token-file", str(token),
+        "--allow-connect", f"{LOCAL}:{echo.port}",
+        "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+    ).start()  # fmt: skip
+    client = None
+    try:
+        port = (await server.wait_for(r"tunnel server listening on wss://\S+:(\d+)/"))[0][1]
+        argv = [
+            AIOWSTUNNEL, "client", f"wss://{LOCAL}:{port}/aiowstunnel", "--token-file",
+            str(token), "--ca-file", str(tmp_path / "ca.pem"), "-L", f"0:{LOCAL}:{echo.port}",
+        ]  # fmt: skip
+        client = await Logged(*argv).start()
+        await client.wait_for(r"tunnel=L-0 tunnel up")
+        entry = Address.parse((await client.wait_for(r"listening on (\S+)"))[0][1])
+        sent, received = await echo_roundtrip(entry, 1 << 20)
+        assert sent == received
+        code, text, err = await run_tool(*argv, "--print-config")
+        assert code == 0 and b"ca_file" in text, err
+        (tmp_path / "client.toml").write_bytes(text)
+        code, out, err = await run_tool(AIOWSTUNNEL, "check", "-c", str(tmp_path / "client.toml"))
+        assert code == 0 and b"OK" in out, err
+    finally:
+        if client is not None:
+            await client.stop()
+        await server.stop()
+        echo.server.close()
