@@ -169,3 +169,20 @@ def test_stale_socket_replaced_live_one_and_files_kept(tmp_path) -> None:
     with pytest.raises(OSError, match="exists and is not a socket"):
         clear_stale(str(plain))
     assert plain.read_text() == "data"
+
+
+@pytest.mark.timeout(30)
+async def test_listen_client_dials_a_unix_backend(tmp_path) -> None:
+    backend_path = str(tmp_path / "local-app.sock")
+    backend, accepted = await unix_http(backend_path)
+    server, client = await tunnel(
+        aiowstunnel.LISTEN, LOCAL, f"unix:{backend_path}", entry(listen=["127.0.0.1:*"])
+    )
+    try:
+        await client.wait_up(10)
+        code, out, err = await curl(f"http://{client.listen_address}/")
+        assert code == 0 and out == BODY, err
+        assert accepted[0] == 1
+    finally:
+        await close(server, client)
+        backend.close()
