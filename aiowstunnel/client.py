@@ -387,13 +387,13 @@ class Client:
             self.listen_address = Address(listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
-    def _asked(self) -> Address | str | None:
+    def _asked(self) -> Endpoint | str | None:
         """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""
         if self.mode is Mode.SOCKS5:
             return f"proxy on {self.listen_address or self.listen}"
         return self.connect if self.mode is Mode.CONNECT else self.listen
 
-    def _local_stream(self) -> asyncio.Protocol:
+    def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)

@@ -266,13 +266,13 @@ class Server:
         elif request.mode is Mode.CONNECT:
             assert request.address is not None
             target = grant.target or request.address
-            ip = ip_or_none(target.host) if isinstance(target, Address) else None
-            allowed = current.may_connect(request.address) or (
-                ip is not None and current.may_connect_ip(ip, target.port)
-            )
+            allowed = current.may_connect(request.address)
+            if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
+                ip = ip_or_none(target.host)
+                allowed = ip is not None and current.may_connect_ip(ip, target.port)
             if not allowed:
                 return f"connect to {request.address} is no longer allowed"
-        elif not current.may_listen(request.address):
+        elif request.address is None or not current.may_listen(request.address):
             return f"listen on {request.address} is no longer allowed"
         grant.client = current
         return ""
@@ -512,6 +512,7 @@ class Server:
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
+        assert address is not None  # checked by _check: a listening mode names its address
 
         def new_stream() -> TcpStream:
             if grant.request.mode.socks:

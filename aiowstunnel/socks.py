@@ -49,7 +49,7 @@ class Socks5Stream(TcpStream):
             if self.slot is None:
                 self._negotiating = False
                 self.session.stats.stream_open_failures["stream_limit"] += 1
-                transport.abort()
+                self.transport.abort()  # type: ignore[union-attr]
                 return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(NEGOTIATION_TIMEOUT, self._too_slow)
