@@ -18,7 +18,7 @@ from aiowstunnel.policy import ClientPolicy, token_digest
 from aiowstunnel.socks5 import Credentials, client_request
 
 from ..helpers import http_handler, run_tool
-from .conftest import FAST_BACKOFF, LOCAL, start_backend
+from .conftest import FAST_BACKOFF, LOCAL, start_backend, wait_for_count
 
 BODY = os.urandom(300_000)
 
@@ -214,3 +214,18 @@ async def test_reverse_socks5_negotiations_count_in_the_server_limits(make_tunne
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the slots of closed negotiations were not given back")
+
+
+@pytest.mark.timeout(30)
+async def test_socks5_session_closed_when_its_entry_may_connect_nowhere(make_tunnel, backends):
+    allowed, _ = backends
+    tunnel = await make_tunnel(
+        aiowstunnel.SOCKS5,
+        0,
+        server_kw={"clients": entry(connect=[f"127.0.0.1:{allowed.port}"])},
+        client_kw={"token": "s3cret", "name": "socks"},
+    )
+    tunnel.server.set_clients(entry())  # a reload takes every allow_connect rule away
+    await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
+    assert "may not connect anywhere (allow_connect is empty)" in tunnel.client.last_error
+    assert not tunnel.server.sessions
