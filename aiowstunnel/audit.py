@@ -48,14 +48,15 @@ def config_warnings(config: Config, path: str | os.PathLike[str] | None = None) 
             )
         listen = spec.listen
         if (
-            spec.mode is Mode.SOCKS5
+            spec.mode.socks
             and spec.socks_username is None
             and isinstance(listen, Address)
             and not is_loopback(listen.host)
         ):
+            rules = "the server's" if spec.mode is Mode.SOCKS5 else "this tunnel's"
             warnings.append(
                 f"tunnel[{index}].listen: a SOCKS5 proxy on {listen} without socks_username: "
-                "anyone who can reach it may use everything the server's allow_connect allows "
+                f"anyone who can reach it may use everything {rules} allow_connect allows "
                 "(listen on 127.0.0.1, or set socks_username and socks_password_file)"
             )
     return warnings

@@ -76,8 +76,9 @@ class Client:
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
         allow_connect: the targets a stream the server opens may name (LISTEN and
             REVERSE_SOCKS5: this side dials them); empty: only ``connect``.
-        socks_credentials: SOCKS5 mode: the username/password (RFC 1929) clients of the
-            local SOCKS listener must give; None: no authentication.
+        socks_credentials: the username/password (RFC 1929) clients of the SOCKS listener
+            must give (SOCKS5: the local one; REVERSE_SOCKS5: the server's, which gets them
+            in the upgrade request); None: no authentication.
 
         socket_mode: the file mode of a unix socket this side listens on.
         proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
@@ -467,7 +468,9 @@ class Client:
         request = ws.connect()
         target = self.listen if self.mode.server_listens else self.connect
         asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
-        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked)
+        creds = self.socks_credentials if self.mode is Mode.REVERSE_SOCKS5 else None
+        auth = (creds.username, creds.password) if creds is not None else None
+        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked, auth)
         for key, value in tunnel.headers():
             request.headers[key] = value
         session.send_request(request)

@@ -154,7 +154,7 @@ class TunnelSpec:
     window: int
     #: reverse-socks5: the targets the server's SOCKS clients may reach through this host
     allow_connect: tuple[AddressRule, ...] = ()
-    #: socks5: RFC 1929 username and password the local SOCKS listener asks for
+    #: RFC 1929 username and password the SOCKS listener asks for (either socks mode)
     socks_username: str | None = None
     socks_password: Secret | None = None
     #: the file mode of a unix socket this host listens on (connect, socks5)
@@ -751,7 +751,8 @@ class _Loader:
     def socks_keys(
         self, t: _Table, mode: Mode | None
     ) -> tuple[tuple[AddressRule, ...], str | None, Secret | None]:
-        """allow_connect (reverse-socks5), socks_username and socks_password_file (socks5)."""
+        """allow_connect (reverse-socks5), socks_username and socks_password_file (both
+        SOCKS modes: in reverse-socks5 they go to the server in the upgrade request)."""
         t.expect("allow_connect", "socks_username", "socks_password_file")
         allow_connect: tuple[AddressRule, ...] = ()
         if t.has("allow_connect"):
@@ -766,9 +767,9 @@ class _Loader:
             )
         username = password = None
         if t.has("socks_username") or t.has("socks_password_file"):
-            if mode is not None and mode is not Mode.SOCKS5:
+            if mode is not None and not mode.socks:
                 key = "socks_username" if t.has("socks_username") else "socks_password_file"
-                t.error(key, "only used with mode = 'socks5'")
+                t.error(key, "only used with mode = 'socks5' or 'reverse-socks5'")
             self.check_pair(t, "socks_username", "socks_password_file")
             username = t.string("socks_username", None)
             if username is not None and not 0 < len(username.encode()) <= 255:

@@ -7,6 +7,7 @@ text reason before any upgrade (protocol.md, Handshake). Pure: headers in, objec
 
 from __future__ import annotations
 
+import base64
 import enum
 import http
 import re
@@ -22,6 +23,9 @@ HEADER_TUNNEL = "X-Aiowstunnel-Tunnel"
 #: connect / socks5: the server writes a PROXY protocol header (v1 or v2) to each backend
 HEADER_PROXY_PROTOCOL = "X-Aiowstunnel-Proxy-Protocol"
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+#: reverse-socks5: the RFC 1929 username and password the server's SOCKS proxy asks for, as
+#: ``base64(username) base64(password)`` (a secret, like the token: wss:// keeps it)
+HEADER_SOCKS_AUTH = "X-Aiowstunnel-Socks-Auth"
 #: A tunnel's name becomes a metric label and a log field on the server: bounded in length
 #: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
@@ -105,6 +109,8 @@ class TunnelRequest:
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
     proxy_protocol: str = ""  # "v1", "v2": the server sends that header to each backend
+    #: reverse-socks5: (username, password) the server's SOCKS listener asks for
+    socks_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value)]
@@ -114,6 +120,9 @@ class TunnelRequest:
             headers.append((HEADER_TUNNEL, self.tunnel))
         if self.proxy_protocol:
             headers.append((HEADER_PROXY_PROTOCOL, self.proxy_protocol))
+        if self.socks_auth is not None:
+            user, password = (base64.b64encode(p.encode()).decode() for p in self.socks_auth)
+            headers.append((HEADER_SOCKS_AUTH, f"{user} {password}"))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -172,7 +181,31 @@ class TunnelRequest:
                 f"{HEADER_PROXY_PROTOCOL}: in {mode} mode the client dials and sends it itself",
             )
         token = bearer_token(headers.get("Authorization"))
-        return cls(mode, address, token, tunnel, proxy_protocol)
+        socks_auth = _socks_auth(headers.get(HEADER_SOCKS_AUTH), mode)
+        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth)
+
+
+def _socks_auth(value: str | None, mode: Mode) -> tuple[str, str] | None:
+    """The username and password of X-Aiowstunnel-Socks-Auth (never quoted in a reason)."""
+    if value is None:
+        return None
+    if mode is not Mode.REVERSE_SOCKS5:
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: only used in reverse-socks5 mode"
+        )
+    try:
+        user, password = (
+            base64.b64decode(part, validate=True).decode() for part in value.split(" ")
+        )
+    except ValueError:  # wrong count, not base64, not UTF-8
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: expected 'base64(user) base64(password)'"
+        ) from None
+    if not (0 < len(user.encode()) <= 255 and 0 < len(password.encode()) <= 255):
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: each must be 1 to 255 bytes (RFC 1929)"
+        )
+    return user, password
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

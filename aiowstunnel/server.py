@@ -32,6 +32,7 @@ from .logs import escape
 from .policy import ClientPolicy, Policy
 from .session import Dial, Phase, Session, TcpStream, ws_log
 from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import LimitStats, ServerStats, TunnelStats
 from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
@@ -514,9 +515,12 @@ class Server:
         address = grant.request.address
         assert address is not None  # checked by _check: a listening mode names its address
 
+        auth = grant.request.socks_auth
+        credentials = Credentials(*auth) if auth is not None else None
+
         def new_stream() -> TcpStream:
             if grant.request.mode.socks:
-                return Socks5Stream(session)
+                return Socks5Stream(session, credentials)
             return TcpStream(session)
 
         loop = asyncio.get_running_loop()

@@ -205,3 +205,21 @@ def test_proxy_protocol_request_header() -> None:
     listen = dict(TunnelRequest(LISTEN, Address("", 80), "t").headers())
     with pytest.raises(RequestRefused, match="the client dials and sends it itself"):
         TunnelRequest.from_headers({**listen, HEADER_PROXY_PROTOCOL: "v1"})
+
+
+def test_socks_auth_travels_only_for_reverse_socks5() -> None:
+    from aiowstunnel.handshake import HEADER_SOCKS_AUTH, REVERSE_SOCKS5, RequestRefused
+
+    request = TunnelRequest(REVERSE_SOCKS5, Address("", 1080), "t", "", "", ("bob", "p:w é"))
+    headers = dict(request.headers())
+    assert "p:w" not in headers[HEADER_SOCKS_AUTH]  # base64: any bytes, no separator trouble
+    assert TunnelRequest.from_headers(headers).socks_auth == ("bob", "p:w é")
+    assert "p:w" not in repr(TunnelRequest.from_headers(headers))
+    for bad in ("bm9wZQ==", "!! !!", "Ym9i "):
+        with pytest.raises(
+            RequestRefused, match=r"expected 'base64\(user\) base64\(password\)'|1 to 255"
+        ):
+            TunnelRequest.from_headers({**headers, HEADER_SOCKS_AUTH: bad})
+    connect = dict(TunnelRequest(CONNECT, Address("db", 1), "t").headers())
+    with pytest.raises(RequestRefused, match="only used in reverse-socks5 mode"):
+        TunnelRequest.from_headers({**connect, HEADER_SOCKS_AUTH: headers[HEADER_SOCKS_AUTH]})

@@ -229,3 +229,24 @@ async def test_socks5_session_closed_when_its_entry_may_connect_nowhere(make_tun
     await wait_for_count(tunnel.client.stats.connect_failures, "forbidden", 1)
     assert "may not connect anywhere (allow_connect is empty)" in tunnel.client.last_error
     assert not tunnel.server.sessions
+
+
+@pytest.mark.timeout(30)
+async def test_reverse_socks5_username_password(make_tunnel, backends) -> None:
+    allowed, _ = backends
+    tunnel = await make_tunnel(
+        aiowstunnel.REVERSE_SOCKS5,
+        0,
+        server_kw={"clients": entry(listen=["127.0.0.1:*"])},
+        client_kw={
+            "token": "s3cret",
+            "allow_connect": (AddressRule.parse(f"127.0.0.1:{allowed.port}"),),
+            "socks_credentials": Credentials("bob", "pw2"),  # sent to the server's proxy
+        },
+    )
+    url = f"http://127.0.0.1:{allowed.port}/"
+    code, out, err = await curl(tunnel.entry, url, "--proxy-user", "bob:pw2")
+    assert code == 0 and out == BODY, err
+    code, _, err = await curl(tunnel.entry, url, "--proxy-user", "bob:nope")
+    assert code == 97, err
+    assert allowed.accepted == 1
