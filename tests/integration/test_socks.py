@@ -250,3 +250,30 @@ async def test_reverse_socks5_username_password(make_tunnel, backends) -> None:
     code, _, err = await curl(tunnel.entry, url, "--proxy-user", "bob:nope")
     assert code == 97, err
     assert allowed.accepted == 1
+
+
+@pytest.mark.timeout(30)
+async def test_socks5_ipv6_target(make_tunnel) -> None:
+    served = []
+
+    async def handler(reader, writer) -> None:
+        served.append(writer.get_extra_info("sockname")[0])
+        await http_handler(BODY)(reader, writer)
+
+    v6 = await asyncio.start_server(handler, "::1", 0)
+    port = v6.sockets[0].getsockname()[1]
+    try:
+        tunnel = await make_tunnel(
+            aiowstunnel.SOCKS5,
+            0,
+            server_kw={"clients": entry(connect=[f"[::1]:{port}"])},
+            client_kw={"token": "s3cret"},
+        )
+        for flag in ("--socks5-hostname", "--socks5"):  # as a name or as an IPv6 address
+            code, out, err = await run_tool(
+                "curl", "-sS", "--max-time", "20", flag, str(tunnel.entry), f"http://[::1]:{port}/"
+            )
+            assert code == 0 and out == BODY, err
+        assert served == ["::1", "::1"]
+    finally:
+        v6.close()
