@@ -210,7 +210,10 @@ def _stdio(args: argparse.Namespace) -> int:
     from .oneline import Forward, client_toml
 
     setup_logging(args.log_level, journald=False)  # stdout is the stream: stderr only
+    from .addresses import parse_endpoint
+
     try:
+        parse_endpoint(args.target)  # said in the command's words, not the TOML's
         forward = Forward("connect", "127.0.0.1:0", args.target, label="stdio")
         text = client_toml(
             url=args.url,
