@@ -1,13 +1,15 @@
 """Addresses and address rules, as written in configs and handshakes.
 
 ``host:port`` with IPv6 in brackets (``[::1]:9000``); rules add CIDR hosts and port ranges
-(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``); a tunnel server's ``ws[s]://`` URL is an
-:class:`Endpoint`. Pure: no I/O, no DNS.
+(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``). A unix socket is ``unix:/abs/path``,
+anywhere a ``host:port`` may be (a :data:`SocketAddress`) and as a rule (matching that path
+exactly). A tunnel server's ``ws[s]://`` URL is an :class:`Endpoint`. Pure: no I/O, no DNS.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -169,6 +171,46 @@ class Endpoint:
         return self.url
 
 
+UNIX_SCHEME = "unix:"
+#: sun_path holds 108 bytes with its terminating NUL (Linux).
+MAX_UNIX_PATH = 107
+
+
+@dataclass(frozen=True)
+class UnixPath:
+    """A unix stream socket, ``unix:/abs/path``: an endpoint anywhere a TCP one may be."""
+
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> UnixPath:
+        """Parse ``unix:/abs/path``.
+
+        Raises:
+            AddressError: not absolute, too long for a socket address, or holding a NUL.
+        """
+        path = text.strip()[len(UNIX_SCHEME) :]
+        if not path.startswith("/"):
+            raise AddressError(f"{text!r}: a unix socket path must be absolute (unix:/run/x.sock)")
+        if "\x00" in path or len(path.encode("utf-8", "surrogateescape")) > MAX_UNIX_PATH:
+            raise AddressError(f"{text!r}: not a unix socket path (at most {MAX_UNIX_PATH} bytes)")
+        return cls(posixpath.normpath(path))
+
+    def __str__(self) -> str:
+        return UNIX_SCHEME + self.path
+
+
+#: Where a socket listens or connects: ``host:port``, or a unix socket path.
+SocketAddress = Address | UnixPath
+
+
+def parse_socket_address(text: str, allow_zero_port: bool = False) -> SocketAddress:
+    """``unix:/path`` or ``host:port`` (see :meth:`Address.parse`)."""
+    if text.strip().startswith(UNIX_SCHEME):
+        return UnixPath.parse(text)
+    return Address.parse(text, allow_zero_port=allow_zero_port)
+
+
 def ip_or_none(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -189,14 +231,17 @@ class AddressRule:
     network: IPNetwork | None  # set for an IP/CIDR rule
     port_low: int
     port_high: int
+    unix_path: str | None = None  # set for a ``unix:/path`` rule, which matches only it
 
     @classmethod
     def parse(cls, text: str) -> AddressRule:
-        """Parse ``host:port``, ``cidr:port``, ``host:low-high`` or ``*:port``.
+        """Parse ``host:port``, ``cidr:port``, ``host:low-high``, ``*:port`` or ``unix:/path``.
 
         Raises:
             AddressError: naming the rule.
         """
+        if text.strip().startswith(UNIX_SCHEME):
+            return cls(text, None, None, 0, -1, UnixPath.parse(text).path)
         host, ports = _split(text)
         if ports == "*":
             low, high = 0, 65535  # 0 too: a LISTEN on port 0 asks for any free port
@@ -221,7 +266,13 @@ class AddressRule:
 
     @property
     def any_host(self) -> bool:
-        return self.hostname is None and self.network is None
+        return self.hostname is None and self.network is None and self.unix_path is None
+
+    def matches_address(self, endpoint: SocketAddress) -> bool:
+        """:meth:`matches` for TCP; a unix path matches only a rule naming that path."""
+        if isinstance(endpoint, UnixPath):
+            return self.unix_path == endpoint.path
+        return self.matches(endpoint.host, endpoint.port)
 
     def matches(self, host: str, port: int) -> bool:
         """True when ``host:port`` falls under this rule (``host`` as the peer wrote it)."""

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_CONFIG,
             help=f"the config file (default {DEFAULT_CONFIG})",
         )
+    from .commands import add_commands  # server, client, stdio, token (light to import)
+
+    add_commands(commands)
     return parser
 
 
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import data_path
 
     data_path()  # a forced data path that cannot run: one line, before the daemon's imports
+    from . import commands
+
+    if args.command in commands.NAMES:
+        return commands.run(args)
     from .daemon import run
 
     return run(args.config)

@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -23,9 +23,19 @@ from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
 
 from . import wire
-from .addresses import Address, Endpoint, format_peer
+from .addresses import (
+    UNIX_SCHEME,
+    Address,
+    AddressRule,
+    Endpoint,
+    SocketAddress,
+    UnixPath,
+    format_peer,
+    parse_socket_address,
+)
 from .backoff import Backoff, BackoffPolicy
-from .dial import proxy_tunnel, tcp_dialer
+from .destinations import RuleSet, dialer, proxy_protocol
+from .dial import proxy_tunnel
 from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .link import ws_log
@@ -33,7 +43,10 @@ from .logs import tunnel_logger
 from .resets import Abortable, Cut, reset
 from .session import Phase, Session
 from .settings import SessionSettings
+from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import TunnelStats
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.client")
 
@@ -70,6 +83,20 @@ class Client:
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        allow_connect: the targets a stream the server opens may name (LISTEN and
+            REVERSE_SOCKS5: this side dials them); empty: only ``connect``.
+        socks_credentials: the username/password (RFC 1929) clients of the SOCKS listener
+            must give (SOCKS5: the local one; REVERSE_SOCKS5: the server's, which gets them
+            in the upgrade request); None: no authentication.
+
+        socket_mode: the file mode of a unix socket this side listens on.
+        proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
+            SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
+            with the original client's address.
+
+    In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
+    ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
+    is a unix socket, to listen on or to dial.
     """
 
     def __init__(
@@ -98,10 +125,20 @@ class Client:
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        allow_connect: Sequence[AddressRule] = (),
+        socks_credentials: Credentials | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
+        proxy_protocol: str | None = None,
     ) -> None:
         self.mode = Mode(mode)
-        self.listen = Address(listen_host, int(listen_port))
-        self.connect = Address(connect_host, int(connect_port))
+        self.listen: SocketAddress = _socket_address(listen_host, listen_port)
+        self.connect: SocketAddress | None = (
+            None if self.mode.socks else _socket_address(connect_host, connect_port)
+        )
+        self.socket_mode = socket_mode
+        self.proxy_protocol = proxy_protocol or ""
+        self.allow_connect = tuple(allow_connect)
+        self.socks_credentials = socks_credentials
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
@@ -123,13 +160,13 @@ class Client:
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         self.session: Session | None = None
-        self.listen_address: Address | None = None  # what is actually bound (either side)
+        self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
         self.proxy = proxy
         self.last_error = ""
         #: Set once the local listener was tried (bound, or the error logged); at once
         #: in LISTEN mode, where the listener is the server's. The daemon's READY waits on it.
         self.first_bind = asyncio.Event()
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             self.first_bind.set()
         #: Set once the first connection attempt is over (up, or the failure logged): the
         #: daemon's first status line waits on it, so that it does not say "0/8 up".
@@ -177,7 +214,11 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
+            if (
+                not self.mode.server_listens
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -222,11 +263,11 @@ class Client:
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
         self._up.set()
-        where = f", server listening on {self.listen_address}" if self.mode is Mode.LISTEN else ""
+        where = f", server listening on {self.listen_address}" if self.mode.server_listens else ""
         self._log.info(
             "tunnel up: %s %s via %s%s",
             self.mode.value,
-            self.connect if self.mode is Mode.CONNECT else self.listen,
+            self._asked(),
             self.url,
             where,
         )
@@ -334,25 +375,43 @@ class Client:
     async def _bind(self, sock: socket.socket | None = None) -> None:
         """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
         loop = asyncio.get_running_loop()
+        listen = self.listen
         try:
-            if sock is not None:
+            if sock is not None and isinstance(listen, UnixPath):
+                self._listener = await loop.create_unix_server(self._local_stream, sock=sock)
+            elif sock is not None:
                 self._listener = await loop.create_server(self._local_stream, sock=sock)
+            elif isinstance(listen, UnixPath):
+                self._listener = await listen_unix(
+                    self._local_stream, listen.path, self.socket_mode
+                )
             else:
                 self._listener = await loop.create_server(
-                    self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
+                    self._local_stream, listen.bind_host, listen.port, backlog=1024
                 )
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {describe(exc)}") from exc
-        port = self._listener.sockets[0].getsockname()[1]
-        self.listen_address = Address(self.listen.host, port)
+            raise OSError(exc.errno, f"cannot listen on {listen}: {describe(exc)}") from exc
+        if isinstance(listen, UnixPath):
+            self.listen_address = listen
+        else:
+            port = self._listener.sockets[0].getsockname()[1]
+            self.listen_address = Address(listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
+
+    def _asked(self) -> SocketAddress | str | None:
+        """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""
+        if self.mode is Mode.SOCKS5:
+            return f"proxy on {self.listen_address or self.listen}"
+        return self.connect if self.mode is Mode.CONNECT else self.listen
 
     def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or session.phase is not Phase.OPEN:
             return _Refuse(self)
+        if self.mode is Mode.SOCKS5:
+            return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
 
     def refused_while_down(self, transport: Abortable) -> None:
@@ -377,6 +436,11 @@ class Client:
             since,
         )
 
+    async def connect_once(self) -> Session:
+        """One session, without the listener or any retry (``aiowstunnel stdio``): the
+        caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
+        return await self._connect()
+
     async def _connect(self) -> Session:
         loop = asyncio.get_running_loop()
         settings, endpoint = self.settings, self.endpoint
@@ -397,11 +461,11 @@ class Client:
             ping_timeout=settings.ping_timeout,
             name=self.name,
         )
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(
-                self.connect.host, self.connect.port, settings.connect_timeout
-            )
+            rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
+            header = proxy_protocol(self.proxy_protocol)
+            session.dial = dialer(self.connect, lambda: rules, settings.connect_timeout, header)
         ssl = self.ssl
         server_hostname = (self.server_hostname or self.server.host) if ssl else None
         tls_timeout = settings.handshake_timeout if ssl else None
@@ -427,8 +491,12 @@ class Client:
             )
         await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
-        target = self.connect if self.mode is Mode.CONNECT else self.listen
-        for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
+        target = self.listen if self.mode.server_listens else self.connect
+        asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
+        creds = self.socks_credentials if self.mode is Mode.REVERSE_SOCKS5 else None
+        auth = (creds.username, creds.password) if creds is not None else None
+        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked, auth)
+        for key, value in tunnel.headers():
             request.headers[key] = value
         session.send_request(request)
         try:
@@ -438,10 +506,17 @@ class Client:
         except BaseException:
             session.abort("handshake failed")
             raise
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             bound = response.headers.get("X-Aiowstunnel-Bound")
-            self.listen_address = Address.parse(bound, True) if bound else self.listen
+            self.listen_address = parse_socket_address(bound, True) if bound else self.listen
         return session
+
+
+def _socket_address(host: str, port: int | str) -> SocketAddress:
+    """The seed's (host, port) pair, or a unix socket given as host ``unix:/path``."""
+    if host.startswith(UNIX_SCHEME):
+        return UnixPath.parse(host)
+    return Address(host, int(port))
 
 
 class _Refuse(asyncio.Protocol):

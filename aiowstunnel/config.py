@@ -26,13 +26,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import wire
-from .addresses import Address, AddressRule, Endpoint
+from .addresses import UNIX_SCHEME, Address, AddressRule, Endpoint, SocketAddress, UnixPath
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError, describe
-from .handshake import DEFAULT_PATH, Mode
+from .handshake import DEFAULT_PATH, PROXY_PROTOCOL_VERSIONS, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
 from .settings import MIN_MAX_FRAME, SessionSettings
+from .unixsock import DEFAULT_SOCKET_MODE
 
 __all__ = [
     "Config",
@@ -123,6 +124,8 @@ class ServerConfig:
     #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout
     settings: SessionSettings = field(default_factory=SessionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: the file mode of unix sockets bound for LISTEN sessions
+    socket_mode: int = DEFAULT_SOCKET_MODE
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,8 @@ class TunnelSpec:
     mode: Mode
     server: Endpoint
     token: Secret
-    listen: Address
-    connect: Address
+    listen: SocketAddress  # host:port or unix:/path
+    connect: SocketAddress | None  # None in the socks modes: each request names its target
     ca_file: Path | None
     client_cert: Path | None
     client_key: Path | None
@@ -143,6 +146,15 @@ class TunnelSpec:
     backoff: BackoffPolicy
     #: window, ping_interval, ping_timeout (the others keep their defaults)
     settings: SessionSettings = field(default_factory=SessionSettings)
+    #: reverse-socks5: the targets the server's SOCKS clients may reach through this host
+    allow_connect: tuple[AddressRule, ...] = ()
+    #: RFC 1929 username and password the SOCKS listener asks for (either socks mode)
+    socks_username: str | None = None
+    socks_password: Secret | None = None
+    #: the file mode of a unix socket this host listens on (connect, socks5)
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
+    proxy_protocol: str | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -435,6 +447,30 @@ class _Table:
             return None
         return address
 
+    def socket_address(
+        self, key: str, allow_zero_port: bool, need_host: bool = False
+    ) -> SocketAddress | None:
+        """:meth:`address`, or a unix socket ``unix:/abs/path``."""
+        text = self.data.get(key)
+        if not (isinstance(text, str) and text.strip().startswith(UNIX_SCHEME)):
+            return self.address(key, allow_zero_port, need_host)
+        self.take(key)
+        try:
+            return UnixPath.parse(text)
+        except AddressError as exc:
+            self.error(key, str(exc))
+            return None
+
+    def socket_mode(self) -> int | None:
+        """``socket_mode = "0660"``: a unix socket's file mode, as octal text."""
+        text = self.string("socket_mode", None)
+        if text is None:
+            return DEFAULT_SOCKET_MODE
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            self.error("socket_mode", f"{text!r}: expected an octal mode such as \"0660\"")
+            return None
+        return int(text, 8)
+
     def path_value(self, key: str) -> Path | None:
         """An optional file path, resolved against the config file's folder."""
         text = self.string(key, None)
@@ -577,6 +613,7 @@ class _Loader:
             max_frame=t.integer("max_frame", _SESSION.max_frame, MIN_MAX_FRAME, _INT32_MAX),
         )
         limits = self.limits(t)
+        socket_mode = t.socket_mode()
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -590,6 +627,7 @@ class _Loader:
         if len(self._found) > mark:
             return None
         assert listen is not None and path is not None and settings is not None  # as above
+        assert socket_mode is not None
         return ServerConfig(
             listen=listen,
             path=path,
@@ -599,6 +637,7 @@ class _Loader:
             clients=tuple(c for c in clients if c is not None),
             settings=settings,
             limits=limits,
+            socket_mode=socket_mode,
         )
 
     def limits(self, t: _Table) -> ServerLimits:
@@ -668,7 +707,8 @@ class _Loader:
             try:
                 mode = Mode(mode_text)
             except ValueError:
-                t.error("mode", f"expected 'connect' or 'listen', got {mode_text!r}")
+                modes = ", ".join(repr(m.value) for m in Mode)
+                t.error("mode", f"expected one of {modes}, got {mode_text!r}")
         server = self.server_url(t)
         token = None
         key = self.one_of(t, "token_file", "token")
@@ -681,8 +721,20 @@ class _Loader:
             else:
                 token = self.check_token(t, "token", value, "")
         # The listener may take port 0 ("any free port"); a dial target needs a real one.
-        listen = t.address("listen", allow_zero_port=True)
-        connect = t.address("connect", allow_zero_port=False, need_host=True)
+        listen = t.socket_address("listen", allow_zero_port=True)
+        connect = None
+        if mode is not None and mode.socks:
+            t.expect("connect")
+            if t.has("connect"):
+                t.error("connect", f"not used in {mode} mode: each SOCKS request names its target")
+        else:
+            connect = t.socket_address("connect", allow_zero_port=False, need_host=True)
+        socket_mode = t.socket_mode()
+        if t.has("socket_mode") and not isinstance(listen, UnixPath):
+            t.error("socket_mode", "only used with a unix socket listen (unix:/path)")
+        elif t.has("socket_mode") and mode is not None and mode.server_listens:
+            t.error("socket_mode", f"not used in {mode} mode: the server owns that socket")
+        allow_connect, socks_username, socks_password = self.socks_keys(t, mode)
         ca_file = t.path_value("ca_file")
         client_cert = t.path_value("client_cert")
         client_key = t.path_value("client_key")
@@ -693,6 +745,9 @@ class _Loader:
                 if t.has(tls_key):
                     t.error(tls_key, "only used with a wss:// server")
         proxy = self.proxy_url(t)
+        proxy_protocol = t.string("proxy_protocol", None)
+        if proxy_protocol is not None and proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            t.error("proxy_protocol", f"expected 'v1' or 'v2', got {proxy_protocol!r}")
         backoff = self.backoff(t)
         settings = self.session_settings(t)
         t.close()
@@ -700,8 +755,9 @@ class _Loader:
             return None
         # Each None was recorded as an error, so there is none left here.
         assert name is not None and mode is not None and server is not None
-        assert token is not None and listen is not None and connect is not None
-        assert backoff is not None and settings is not None
+        assert token is not None and listen is not None
+        assert connect is not None or mode.socks  # the socks modes have no fixed target
+        assert backoff is not None and settings is not None and socket_mode is not None
         return TunnelSpec(
             name=name,
             mode=mode,
@@ -715,7 +771,47 @@ class _Loader:
             proxy=proxy,
             backoff=backoff,
             settings=settings,
+            allow_connect=allow_connect,
+            socks_username=socks_username,
+            socks_password=socks_password,
+            socket_mode=socket_mode,
+            proxy_protocol=proxy_protocol,
         )
+
+    def socks_keys(
+        self, t: _Table, mode: Mode | None
+    ) -> tuple[tuple[AddressRule, ...], str | None, Secret | None]:
+        """allow_connect (reverse-socks5), socks_username and socks_password_file (both
+        SOCKS modes: in reverse-socks5 they go to the server in the upgrade request)."""
+        t.expect("allow_connect", "socks_username", "socks_password_file")
+        allow_connect: tuple[AddressRule, ...] = ()
+        if t.has("allow_connect"):
+            allow_connect = self.rules(t, "allow_connect")
+            if mode is not None and mode is not Mode.REVERSE_SOCKS5:
+                t.error("allow_connect", "only used with mode = 'reverse-socks5'")
+        elif mode is Mode.REVERSE_SOCKS5:
+            t.error(
+                "allow_connect",
+                "required key is missing: what the server's SOCKS clients may reach through "
+                "this host (default deny)",
+            )
+        username = password = None
+        if t.has("socks_username") or t.has("socks_password_file"):
+            if mode is not None and not mode.socks:
+                key = "socks_username" if t.has("socks_username") else "socks_password_file"
+                t.error(key, "only used with mode = 'socks5' or 'reverse-socks5'")
+            self.check_pair(t, "socks_username", "socks_password_file")
+            username = t.string("socks_username", None)
+            if username is not None and not 0 < len(username.encode()) <= 255:
+                t.error("socks_username", "must be 1 to 255 bytes (RFC 1929)")
+            path = t.path_value("socks_password_file")
+            if path is not None:
+                text = self.secret_text(t, "socks_password_file", path)
+                if text is not None and not 0 < len(text.encode()) <= 255:
+                    t.error("socks_password_file", f"{path}: the password must be 1 to 255 bytes")
+                elif text is not None:
+                    password = Secret(text)
+        return allow_connect, username, password
 
     def session_settings(
         self,
@@ -822,25 +918,27 @@ class _Loader:
         path = t.path_value("token_file")
         if path is None:
             return None  # the error is already recorded
-        self.token_files.append(path)
-        try:
-            text = self.read_secret(path)
-        except FileNotFoundError:
-            t.error("token_file", f"{path}: no such file")
-            return None
-        except PermissionError:
-            t.error("token_file", f"{path}: permission denied")
-            return None
-        except IsADirectoryError:
-            t.error("token_file", f"{path}: is a directory")
-            return None
-        except OSError as exc:
-            t.error("token_file", f"{path}: {describe(exc)}")
-            return None
-        except UnicodeDecodeError:
-            t.error("token_file", f"{path}: not UTF-8 text")
+        text = self.secret_text(t, "token_file", path)
+        if text is None:
             return None
         return self.check_token(t, "token_file", text, f"{path}: ")
+
+    def secret_text(self, t: _Table, key: str, path: Path) -> str | None:
+        """A secret file's text (token_file, socks_password_file), or None after an error."""
+        self.token_files.append(path)
+        try:
+            return self.read_secret(path)
+        except FileNotFoundError:
+            t.error(key, f"{path}: no such file")
+        except PermissionError:
+            t.error(key, f"{path}: permission denied")
+        except IsADirectoryError:
+            t.error(key, f"{path}: is a directory")
+        except OSError as exc:
+            t.error(key, f"{path}: {describe(exc)}")
+        except UnicodeDecodeError:
+            t.error(key, f"{path}: not UTF-8 text")
+        return None
 
     def check_token(self, t: _Table, key: str, token: str, where: str) -> str | None:
         # The token travels in an `Authorization: Bearer` header, which the server strips:
@@ -907,18 +1005,22 @@ class _Loader:
         tunnels: list[TunnelSpec | None],
     ) -> None:
         """Two local listeners on one address would fail at start: say so now (best effort)."""
-        binds: list[tuple[KeyPath, Address]] = []
+        binds: list[tuple[KeyPath, SocketAddress]] = []
         if metrics is not None and metrics.enabled:
             binds.append((("metrics", "listen"), metrics.listen))
         if server is not None:
             binds.append((("server", "listen"), server.listen))
         for i, spec in enumerate(tunnels):
             # In LISTEN mode the listener is on the remote server, not here.
-            if spec is not None and spec.mode is Mode.CONNECT:
+            if spec is not None and not spec.mode.server_listens:
                 binds.append((("tunnel", i, "listen"), spec.listen))
         for n, (path, address) in enumerate(binds):
             for other_path, other in binds[:n]:
-                if address.port and _overlap(address, other):
+                if isinstance(address, UnixPath) or isinstance(other, UnixPath):
+                    clash = address == other
+                else:
+                    clash = bool(address.port) and _overlap(address, other)
+                if clash:
                     self.error(path, f"{address} is also used by {_dotted(other_path)} ({other})")
                     break
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .addresses import Address, host_port
+from .audit import config_warnings
 from .config import Config
 from .errors import ConfigError
 from .limits import raise_open_files_limit
@@ -22,7 +23,7 @@ from .logs import setup_logging
 from .notify import Notifier, watchdog_loop, watchdog_period
 from .runtime import data_path, event_loop_runner
 from .supervisor import Supervisor
-from .tls import read_and_check
+from .tls import check_tls, read_and_check
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -184,14 +185,20 @@ class Daemon:
         return counts
 
 
-def run(path: Path) -> int:
+def run(path: Path, config: Config | None = None) -> int:
     """``aiowstunnel run``: read the config, run the daemon in the foreground.
+
+    ``config``: one already loaded (a one-line command's, commands.py), else ``path`` is read.
 
     Returns:
         The process exit code: 0 after a clean stop, 1 when it cannot start.
     """
     try:
-        config, warnings = read_and_check(path)
+        if config is None:
+            config, warnings = read_and_check(path)
+        else:  # no file: nothing of a file's to warn about
+            check_tls(config)
+            warnings = config_warnings(config)
     except ConfigError as exc:
         setup_logging("info")
         for error in exc.errors:

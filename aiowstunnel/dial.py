@@ -15,20 +15,27 @@ from .errors import describe
 
 
 class Dial(Protocol):
-    """Opens the TCP connection for a stream the peer asked for (the dialing side)."""
+    """Opens the connection for a stream the peer asked for (the dialing side).
+
+    ``target`` is the OPEN's own target (``""``: the session's); a dial that may not go
+    there raises PermissionError with the rule set's words (destinations.py).
+    """
 
     def __call__(
-        self, factory: Callable[[], asyncio.BaseProtocol], origin: str
+        self, factory: Callable[[], asyncio.BaseProtocol], origin: str, target: str
     ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]: ...
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
-    """A :class:`Dial` that connects to one fixed TCP target, with a timeout."""
+    """A :class:`Dial` that connects to one fixed TCP target, with a timeout; an OPEN that
+    names a target of its own is refused (destinations.py checks those)."""
     where = host_port(host, port)
 
     async def dial(
-        factory: Callable[[], asyncio.BaseProtocol], origin: str
+        factory: Callable[[], asyncio.BaseProtocol], origin: str, target: str = ""
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if target:
+            raise PermissionError(f"{target}: this side dials only {where}")
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)

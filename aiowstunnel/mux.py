@@ -76,6 +76,7 @@ class StreamMachine:
 class StreamRequested:
     stream_id: int
     origin: str
+    target: str = ""  # the OPEN's own target; "" for the session's
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +243,9 @@ class Mux:
 
     # -- sending -------------------------------------------------------------------
 
-    def open_stream(self, origin: str = "") -> tuple[int, bytes]:
-        """Allocate a stream id and build its OPEN. Returns (stream id, message)."""
+    def open_stream(self, origin: str = "", target: str = "") -> tuple[int, bytes]:
+        """Allocate a stream id and build its OPEN (``target``: see :class:`~wire.Open`).
+        Returns (stream id, message)."""
         if self.goaway_received or self.goaway_sent:
             raise LocalProtocolError("no new streams after GOAWAY")
         if self._next_id > 0xFFFFFFFF:
@@ -251,7 +253,7 @@ class Mux:
         stream_id = self._next_id
         self._next_id += 2
         self._streams[stream_id] = StreamMachine(stream_id, self.window)
-        return stream_id, Open(stream_id, self.window, origin).serialize()
+        return stream_id, Open(stream_id, self.window, origin, target).serialize()
 
     def accept_stream(self, stream_id: int) -> bytes:
         machine = self._streams[stream_id]
@@ -454,4 +456,4 @@ class Mux:
         machine = StreamMachine(sid, self.window)
         machine.send_window = Window(frame.window)
         self._streams[sid] = machine
-        return [StreamRequested(sid, frame.origin)]
+        return [StreamRequested(sid, frame.origin, frame.target)]

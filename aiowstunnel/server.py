@@ -23,8 +23,9 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from . import wire
-from .addresses import Address, ip_or_none
-from .dial import Dial, tcp_dialer
+from .addresses import Address, SocketAddress, UnixPath, ip_or_none
+from .destinations import RuleSet, TargetRefused, check_target, dialer, proxy_protocol
+from .dial import Dial
 from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
@@ -33,8 +34,11 @@ from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .session import Phase, Session
 from .settings import SessionSettings
+from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import LimitStats, ServerStats, TunnelStats
 from .tcp import TcpStream
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -60,7 +64,7 @@ class Grant:
 
     client: ClientPolicy
     request: TunnelRequest
-    target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
+    target: SocketAddress | None = None  # CONNECT: where the server dials (pinned IP if resolved)
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
@@ -90,6 +94,7 @@ class Server:
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
+        socket_mode: the file mode of a unix socket bound for a LISTEN session.
     """
 
     def __init__(
@@ -112,8 +117,10 @@ class Server:
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         self.host = host
+        self.socket_mode = socket_mode
         self.port = port
         self.ssl = ssl
         self.path = path
@@ -267,15 +274,19 @@ class Server:
         if current.token_sha256 != grant.client.token_sha256:
             return f"the token of client {grant.client.name!r} changed"
         request = grant.request
-        if request.mode is Mode.CONNECT:
+        if request.mode is Mode.SOCKS5:
+            if not current.allow_connect:
+                return f"client {current.name!r} may no longer connect anywhere"
+        elif request.mode is Mode.CONNECT:
+            assert request.address is not None
             target = grant.target or request.address
-            ip = ip_or_none(target.host)
-            allowed = current.may_connect(request.address) or (
-                ip is not None and current.may_connect_ip(ip, target.port)
-            )
+            allowed = current.may_connect(request.address)
+            if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
+                ip = ip_or_none(target.host)
+                allowed = ip is not None and current.may_connect_ip(ip, target.port)
             if not allowed:
                 return f"connect to {request.address} is no longer allowed"
-        elif not current.may_listen(request.address):
+        elif request.address is None or not current.may_listen(request.address):
             return f"listen on {request.address} is no longer allowed"
         grant.client = current
         return ""
@@ -362,7 +373,7 @@ class Server:
                 for slot in reserved:
                     slot.release()
                 return
-            if grant.request.mode is Mode.LISTEN:
+            if grant.request.mode.server_listens:
                 await self._bind(session, grant)
         except RequestRefused as refused:
             for slot in reserved:
@@ -413,14 +424,16 @@ class Server:
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
-        dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
+        dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
         session.accept(request, dial, extra_headers=headers)
-        what = (
-            f"connect to {grant.request.address}"
-            if grant.request.mode is Mode.CONNECT
-            else f"listen on {grant.bound}"
-        )
+        mode = grant.request.mode
+        if mode is Mode.CONNECT:
+            what = f"connect to {grant.request.address}"
+        elif mode is Mode.SOCKS5:
+            what = "socks5: each stream's target checked against allow_connect"
+        else:
+            what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
         _session_log(session).info("session opened: %s", what)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
@@ -474,67 +487,69 @@ class Server:
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
         if tunnel.mode is Mode.CONNECT:
+            assert tunnel.address is not None
             grant.target = await self._connect_target(client, tunnel.address)
-        elif not client.may_listen(tunnel.address):
+        elif tunnel.mode is Mode.SOCKS5:
+            if not client.allow_connect:
+                raise RequestRefused(
+                    Refusal.FORBIDDEN,
+                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
+                )
+        elif tunnel.address is None or not client.may_listen(tunnel.address):
             raise RequestRefused(
                 Refusal.FORBIDDEN,
                 f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
             )
         return grant
 
-    async def _connect_target(self, client: ClientPolicy, target: Address) -> Address:
+    async def _connect_target(self, client: ClientPolicy, target: SocketAddress) -> SocketAddress:
         """Where to dial for a CONNECT request, or a 403 refusal.
 
         A name allowed by a name rule is dialed by name. A name allowed only through a
         CIDR rule is resolved here, and the session is pinned to an address that the rule
         allows, so a later DNS answer cannot steer it elsewhere.
         """
-        if client.may_connect(target):
-            return target
-        if client.needs_resolution(target):
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(target.host, target.port, type=1),
-                    self.settings.connect_timeout,
-                )
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise RequestRefused(
-                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {describe(exc)}"
-                ) from None
-            for info in infos:
-                ip = ip_or_none(str(info[4][0]))
-                if ip is not None and client.may_connect_ip(ip, target.port):
-                    return Address(str(ip), target.port)
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not connect to {target}: it resolves to addresses "
-                "outside allow_connect",
-            )
-        raise RequestRefused(
-            Refusal.FORBIDDEN,
-            f"client {client.name!r} may not connect to {target} (not in allow_connect)",
-        )
+        try:
+            return await check_target(_rules(client), target, self.settings.connect_timeout)
+        except TargetRefused as exc:
+            raise RequestRefused(Refusal.FORBIDDEN, str(exc)) from None
 
     def _dialer(self, grant: Grant) -> Dial:
-        target = grant.target or grant.request.address
-        return tcp_dialer(target.host, target.port, self.settings.connect_timeout)
+        """Each stream goes to the session's target, or to its OPEN's own if the client
+        entry's allow_connect allows it (destinations.py): the entry as it is at each
+        stream, so that a reload's narrower rules apply to the next one."""
+        default = grant.target or grant.request.address
+        header = proxy_protocol(grant.request.proxy_protocol)
+        timeout = self.settings.connect_timeout
+        return dialer(default, lambda: _rules(grant.client), timeout, header)
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
+        assert address is not None  # checked by _check: a listening mode names its address
+
+        auth = grant.request.socks_auth
+        credentials = Credentials(*auth) if auth is not None else None
 
         def new_stream() -> TcpStream:
+            if grant.request.mode.socks:
+                return Socks5Stream(session, credentials)
             return session.new_stream()
 
         loop = asyncio.get_running_loop()
         try:
-            grant.listener = await loop.create_server(
-                new_stream, address.bind_host, address.port, backlog=1024
-            )
+            if isinstance(address, UnixPath):
+                grant.listener = await listen_unix(new_stream, address.path, self.socket_mode)
+            else:
+                grant.listener = await loop.create_server(
+                    new_stream, address.bind_host, address.port, backlog=1024
+                )
         except OSError as exc:
             raise RequestRefused(
                 Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
             ) from None
+        if isinstance(address, UnixPath):
+            grant.bound = str(address)
+            return
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
 
@@ -567,6 +582,10 @@ class Server:
 def _session_log(session: Session) -> TunnelLogger:
     """The server's log for one authenticated session: client entry, tunnel and peer."""
     return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
+
+
+def _rules(client: ClientPolicy) -> RuleSet:
+    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -277,7 +277,7 @@ class Session:
         elif isinstance(event, StreamEnded):
             table.peer_ended(event.stream_id)
         elif isinstance(event, StreamRequested):
-            self._stream_requested(event.stream_id, event.origin)
+            self._stream_requested(event.stream_id, event.origin, event.target)
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
@@ -292,7 +292,10 @@ class Session:
                 quote(event.reason),
                 extra=self.log_extra(),
             )
-            table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
+            if stream is not None and stream.refused(event.reason):
+                table.forget(stream, f"refused: {event.reason}")  # its application was told
+            else:
+                table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, StreamViolated):
             self._stream_violation(event.stream_id, event.reason)
             table.cut_id(event.stream_id, Cut.VIOLATION, event.reason)
@@ -351,7 +354,7 @@ class Session:
 
     # -- streams the peer opens (the dialing side) -----------------------------------------
 
-    def _stream_requested(self, stream_id: int, origin: str) -> None:
+    def _stream_requested(self, stream_id: int, origin: str, target: str = "") -> None:
         if self.dial is None or self.phase is not Phase.OPEN:
             reason = "this side does not accept streams" if self.dial is None else "going away"
             self.send(self.mux.refuse_stream(stream_id, reason))
@@ -363,16 +366,18 @@ class Session:
                 self.stats.stream_open_failures["stream_limit"] += 1
                 self.send(self.mux.refuse_stream(stream_id, "server stream limit reached"))
                 return
-        task = self.loop.create_task(self._dial(stream_id, origin, slot))
+        task = self.loop.create_task(self._dial(stream_id, origin, target, slot))
         self._dials.add(task)
         task.add_done_callback(self._dials.discard)
 
-    async def _dial(self, stream_id: int, origin: str, slot: Slot | None = None) -> None:
+    async def _dial(
+        self, stream_id: int, origin: str, target: str = "", slot: Slot | None = None
+    ) -> None:
         assert self.dial is not None
         stream = TcpStream(self.table, stream_id)
         stream.slot = slot
         try:
-            await self.dial(lambda: stream, origin)
+            await self.dial(lambda: stream, origin, target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -382,14 +387,17 @@ class Session:
             # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
             quiet.warning(
                 ("dial", label),
-                "stream %d%s not opened: %s",
+                "stream %d%s%s not opened: %s",
                 stream_id,
                 f" for {quote(origin)}" if origin else "",
+                f" to {quote(target)}" if target else "",
                 reason,
                 extra={**self.log_extra(), "origin": escape(origin)},
             )
             if stream_id in self.mux:
-                self.send(self.mux.refuse_stream(stream_id, reason))
+                # The cause word first (protocol.md, OPEN_FAIL), so that the opener can
+                # tell its application why (a SOCKS reply code) without parsing prose.
+                self.send(self.mux.refuse_stream(stream_id, f"{label}: {reason}"))
                 self.flush()
         finally:
             if self.table.get(stream_id) is not stream and stream.slot is not None:

@@ -112,7 +112,7 @@ class StreamTable:
             self.cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
         if stream.stream_id is None:  # listener side
-            if self.guard is not None:
+            if self.guard is not None and stream.slot is None:  # (socks.py takes it earlier)
                 stream.slot = self.guard.stream_slot(stream.peer)
                 if stream.slot is None:
                     self.stats.stream_open_failures["stream_limit"] += 1
@@ -120,7 +120,7 @@ class StreamTable:
                     stream.transport.abort()
                     return
             try:
-                stream.stream_id, message = self.mux.open_stream(stream.peer)
+                stream.stream_id, message = self.mux.open_stream(stream.peer, stream.target)
             except LocalProtocolError as exc:  # stream ids exhausted (2**31 streams)
                 self.stats.stream_open_failures["tunnel_down"] += 1
                 log.warning(
@@ -246,6 +246,7 @@ class StreamTable:
     def peer_accepted(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is not None:
+            stream.opened()
             self._send_backlog(stream)  # early data or EOF, if any; resumes reading
 
     def peer_ended(self, stream_id: int) -> None:

@@ -18,12 +18,13 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from .addresses import Address, SocketAddress
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
-from .handshake import Mode
 from .logs import tunnel_logger
 from .server import Server
+from .socks5 import Credentials
 from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
 from .tls import server_ssl, tunnel_ssl
 
@@ -47,7 +48,16 @@ def build_server(
         client_stats=client_stats,
         limits=config.limits,
         limit_stats=limit_stats,
+        socket_mode=config.socket_mode,
     )
+
+
+def _host_port(endpoint: SocketAddress | None) -> tuple[str, int]:
+    """The Client's (host, port) for an endpoint: ``("unix:/path", 0)`` for a unix socket,
+    ``("", 0)`` for none (the socks modes)."""
+    if isinstance(endpoint, Address):
+        return endpoint.host, endpoint.port
+    return (str(endpoint), 0) if endpoint is not None else ("", 0)
 
 
 def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
@@ -55,10 +65,8 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         spec.mode,
         spec.server.host,
         spec.server.port,
-        spec.listen.host,
-        spec.listen.port,
-        spec.connect.host,
-        spec.connect.port,
+        *_host_port(spec.listen),
+        *_host_port(spec.connect),
         ssl=tunnel_ssl(spec, index),
         path=spec.server.path,
         token=spec.token.reveal(),
@@ -67,6 +75,14 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        socket_mode=spec.socket_mode,
+        proxy_protocol=spec.proxy_protocol,
+        allow_connect=spec.allow_connect,
+        socks_credentials=(
+            Credentials(spec.socks_username, spec.socks_password.reveal())
+            if spec.socks_username and spec.socks_password
+            else None
+        ),
     )
 
 
@@ -330,7 +346,7 @@ class Supervisor:
 def _hands_over(old: TunnelSpec, new: TunnelSpec) -> bool:
     """Whether a changed tunnel's new instance takes over the old one's listening socket:
     both CONNECT (the listener is ours) on the same address."""
-    return old.mode is new.mode is Mode.CONNECT and old.listen == new.listen
+    return old.mode is new.mode and not new.mode.server_listens and old.listen == new.listen
 
 
 def _streams(n: int) -> str:

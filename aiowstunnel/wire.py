@@ -78,20 +78,34 @@ class Frame:
         return f"{self.type.name}[{self.stream_id}]"
 
 
+#: Between an OPEN's origin and its target (protocol.md, Frames): a NUL never occurs in an
+#: address, and a peer that knows no targets reads it as part of the origin, a log field.
+TARGET_MARK = b"\x00"
+
+
 @dataclass(frozen=True, slots=True)
 class Open(Frame):
-    """Ask the peer to open a stream. ``window``: what the opener may receive at once."""
+    """Ask the peer to open a stream. ``window``: what the opener may receive at once.
+
+    ``target``: where this stream goes (``host:port``, ``[v6]:port``, ``unix:/path``), or
+    ``""`` for the session's own target. The dialing side checks it against its rules.
+    """
 
     window: int = DEFAULT_WINDOW
     origin: str = ""  # the TCP peer that caused this stream, for the other side's logs
+    target: str = ""
 
     type = FrameType.OPEN
 
     def payload(self) -> bytes:
-        return _U32.pack(self.window) + _encode_reason(self.origin)
+        head = _U32.pack(self.window) + _encode_reason(self.origin.replace("\x00", ""))
+        if not self.target:
+            return head
+        return head + TARGET_MARK + _encode_reason(self.target)
 
     def __str__(self) -> str:
-        return f"OPEN[{self.stream_id}] window={self.window} origin={self.origin!r}"
+        target = f" target={self.target!r}" if self.target else ""
+        return f"OPEN[{self.stream_id}] window={self.window} origin={self.origin!r}{target}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +249,17 @@ def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
     if stream_id == 0:
         raise ProtocolViolation(f"{kind.name} on stream 0, which is reserved for the session")
     if kind is FrameType.OPEN:
-        return Open(stream_id, _window(payload, "OPEN"), _reason(payload[4:], "OPEN origin"))
+        window = _window(payload, "OPEN")
+        rest = bytes(payload[4:])
+        origin, mark, target = rest.partition(TARGET_MARK)
+        if mark and not target:
+            raise ProtocolViolation("OPEN with an empty target")
+        return Open(
+            stream_id,
+            window,
+            _reason(origin, "OPEN origin"),
+            _reason(target, "OPEN target") if mark else "",
+        )
     if kind is FrameType.OPEN_OK:
         if len(payload) != 4:
             raise ProtocolViolation(f"OPEN_OK payload is {len(payload)} bytes, expected 4")

@@ -196,6 +196,10 @@ def test_package_installs_user_config_tokens_and_unit(installed: Container) -> N
     assert box.run(["readlink", "/usr/bin/aiowstunnel"]).stdout.strip() == (
         "/opt/aiowstunnel/bin/aiowstunnel"
     )
+    # man aiowstunnel / man aiowstunnel.toml (gzip -9n, as Debian policy asks)
+    for page in ("man8/aiowstunnel.8.gz", "man5/aiowstunnel.toml.5.gz"):
+        assert stat(f"/usr/share/man/{page}").split()[0] == "644", page
+        assert ".TH AIOWSTUNNEL" in box.run(["zcat", f"/usr/share/man/{page}"]).stdout
 
 
 def test_unit_verifies_and_is_hardened(installed: Container) -> None:
