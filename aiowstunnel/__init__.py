@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .handshake import CONNECT, LISTEN, Mode
+from .handshake import CONNECT, LISTEN, REVERSE_SOCKS5, SOCKS5, Mode
 
 __version__ = "1.0.0.dev0"
-__all__ = ["CONNECT", "LISTEN", "Client", "Mode", "Server", "__version__"]
+__all__ = [
+    "CONNECT",
+    "LISTEN",
+    "REVERSE_SOCKS5",
+    "SOCKS5",
+    "Client",
+    "Mode",
+    "Server",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .client import Client

@@ -1,14 +1,18 @@
 """Addresses and address rules, as written in configs and handshakes.
 
 ``host:port`` with IPv6 in brackets (``[::1]:9000``); rules add CIDR hosts and port ranges
-(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``). Pure: no I/O, no DNS.
+(``10.0.0.0/8:22``, ``srv:8000-8100``, ``*:443``). A unix socket is ``unix:/abs/path``,
+anywhere a ``host:port`` may be (a :data:`SocketAddress`) and as a rule (matching that path
+exactly). A tunnel server's ``ws[s]://`` URL is an :class:`Endpoint`. Pure: no I/O, no DNS.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from .errors import AddressError
 
@@ -89,6 +93,124 @@ class Address:
         return self.host or None
 
 
+#: Characters with a meaning in a URL, kept as they are when an IRI's path is encoded.
+_URL_DELIMS = ":/?#[]@!$&'()*+,;="
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A tunnel server's URL, parsed once: ``ws[s]://host[:port][/path][?query]``.
+
+    ``path`` is the request target the upgrade asks for (the path, and ``?query`` if any);
+    ``port`` is always set (80 for ws://, 443 for wss:// when the URL has none).
+    """
+
+    secure: bool
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, text: str, default_path: str) -> Endpoint:
+        """Parse a ``ws://`` or ``wss://`` URL.
+
+        Args:
+            text: the URL as written.
+            default_path: the path when the URL has none.
+
+        Raises:
+            AddressError: with the URL and what is wrong with it.
+        """
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise AddressError(f"{text!r}: {exc}") from None
+        problem = None
+        if parts.scheme not in ("ws", "wss"):
+            problem = "expected a ws:// or wss:// URL"
+        elif not parts.hostname:
+            problem = "the URL has no host"
+        elif port == 0:
+            problem = "port 0 is not a server port"
+        elif parts.username is not None or parts.password is not None:
+            # URLs end up in logs: credentials belong in token_file.
+            problem = "no credentials in the URL: use token_file"
+        elif parts.fragment:
+            problem = "a WebSocket URL has no #fragment"
+        if problem:
+            raise AddressError(f"{text!r}: {problem}")
+        secure = parts.scheme == "wss"
+        host, path, query = parts.hostname, parts.path or default_path, parts.query
+        assert host  # checked above
+        if not text.isascii():
+            # An IRI: made a URI as websockets does (IDNA host, percent-encoded path), so
+            # that the Host header and the request line stay ASCII.
+            try:
+                host = host.encode("idna").decode()
+            except UnicodeError:
+                raise AddressError(f"{text!r}: {host!r} is not a valid host name") from None
+            path, query = quote(path, safe=_URL_DELIMS), quote(query, safe=_URL_DELIMS)
+        target = path + (f"?{query}" if query else "")
+        return cls(secure, host, port or (443 if secure else 80), target)
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.secure else "ws"
+
+    @property
+    def address(self) -> Address:
+        return Address(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """The URL, port included: ``ws://[::1]:9000/aiowstunnel``."""
+        return f"{self.scheme}://{self.address}{self.path}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+UNIX_SCHEME = "unix:"
+#: sun_path holds 108 bytes with its terminating NUL (Linux).
+MAX_UNIX_PATH = 107
+
+
+@dataclass(frozen=True)
+class UnixPath:
+    """A unix stream socket, ``unix:/abs/path``: an endpoint anywhere a TCP one may be."""
+
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> UnixPath:
+        """Parse ``unix:/abs/path``.
+
+        Raises:
+            AddressError: not absolute, too long for a socket address, or holding a NUL.
+        """
+        path = text.strip()[len(UNIX_SCHEME) :]
+        if not path.startswith("/"):
+            raise AddressError(f"{text!r}: a unix socket path must be absolute (unix:/run/x.sock)")
+        if "\x00" in path or len(path.encode("utf-8", "surrogateescape")) > MAX_UNIX_PATH:
+            raise AddressError(f"{text!r}: not a unix socket path (at most {MAX_UNIX_PATH} bytes)")
+        return cls(posixpath.normpath(path))
+
+    def __str__(self) -> str:
+        return UNIX_SCHEME + self.path
+
+
+#: Where a socket listens or connects: ``host:port``, or a unix socket path.
+SocketAddress = Address | UnixPath
+
+
+def parse_socket_address(text: str, allow_zero_port: bool = False) -> SocketAddress:
+    """``unix:/path`` or ``host:port`` (see :meth:`Address.parse`)."""
+    if text.strip().startswith(UNIX_SCHEME):
+        return UnixPath.parse(text)
+    return Address.parse(text, allow_zero_port=allow_zero_port)
+
+
 def ip_or_none(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -109,14 +231,17 @@ class AddressRule:
     network: IPNetwork | None  # set for an IP/CIDR rule
     port_low: int
     port_high: int
+    unix_path: str | None = None  # set for a ``unix:/path`` rule, which matches only it
 
     @classmethod
     def parse(cls, text: str) -> AddressRule:
-        """Parse ``host:port``, ``cidr:port``, ``host:low-high`` or ``*:port``.
+        """Parse ``host:port``, ``cidr:port``, ``host:low-high``, ``*:port`` or ``unix:/path``.
 
         Raises:
             AddressError: naming the rule.
         """
+        if text.strip().startswith(UNIX_SCHEME):
+            return cls(text, None, None, 0, -1, UnixPath.parse(text).path)
         host, ports = _split(text)
         if ports == "*":
             low, high = 0, 65535  # 0 too: a LISTEN on port 0 asks for any free port
@@ -141,7 +266,13 @@ class AddressRule:
 
     @property
     def any_host(self) -> bool:
-        return self.hostname is None and self.network is None
+        return self.hostname is None and self.network is None and self.unix_path is None
+
+    def matches_address(self, endpoint: SocketAddress) -> bool:
+        """:meth:`matches` for TCP; a unix path matches only a rule naming that path."""
+        if isinstance(endpoint, UnixPath):
+            return self.unix_path == endpoint.path
+        return self.matches(endpoint.host, endpoint.port)
 
     def matches(self, host: str, port: int) -> bool:
         """True when ``host:port`` falls under this rule (``host`` as the peer wrote it)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from .addresses import ip_or_none
+from .addresses import Address, ip_or_none
 from .config import Config
+from .handshake import Mode
 
 
 def is_loopback(host: str) -> bool:
@@ -39,11 +39,23 @@ def config_warnings(config: Config, path: str | os.PathLike[str] | None = None) 
             "client names, byte counts and refusals (firewall it, or listen on 127.0.0.1)"
         )
     for index, spec in enumerate(config.tunnels):
-        url = urlsplit(spec.server)
-        if url.scheme == "ws" and not is_loopback(url.hostname or ""):
+        if not spec.server.secure and not is_loopback(spec.server.host):
             warnings.append(
                 f"tunnel[{index}].server: {spec.server} is ws:// to a host that is not "
                 "loopback: the bearer token travels in clear (use wss://)"
+            )
+        listen = spec.listen
+        if (
+            spec.mode.socks
+            and spec.socks_username is None
+            and isinstance(listen, Address)
+            and not is_loopback(listen.host)
+        ):
+            rules = "the server's" if spec.mode is Mode.SOCKS5 else "this tunnel's"
+            warnings.append(
+                f"tunnel[{index}].listen: a SOCKS5 proxy on {listen} without socks_username: "
+                f"anyone who can reach it may use everything {rules} allow_connect allows "
+                "(listen on 127.0.0.1, or set socks_username and socks_password_file)"
             )
     return warnings
 

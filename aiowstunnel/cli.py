@@ -13,7 +13,7 @@ DEFAULT_CONFIG = Path("/etc/aiowstunnel.toml")
 
 
 def version() -> str:
-    """``aiowstunnel 1.0.0 (event loop: uvloop 0.21.0; data path: python)``: what ``run``
+    """``aiowstunnel 1.0.0 (event loop: uvloop 0.21.0; data path: native)``: what ``run``
     would run on, by the same choice (AIOWSTUNNEL_EVENT_LOOP included)."""
     from .runtime import describe
 
@@ -53,18 +53,18 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_CONFIG,
             help=f"the config file (default {DEFAULT_CONFIG})",
         )
+    from .commands import add_commands  # server, client, stdio, token (light to import)
+
+    add_commands(commands)
     return parser
 
 
 def check(path: Path) -> int:
-    from .audit import config_warnings
-    from .config import read_config
     from .errors import ConfigError
-    from .supervisor import check_tls
+    from .tls import read_and_check
 
     try:
-        config = read_config(path)
-        check_tls(config)
+        config, warnings = read_and_check(path)
     except ConfigError as exc:
         for error in exc.errors:
             print(f"{exc.source}: {error}", file=sys.stderr)
@@ -75,7 +75,6 @@ def check(path: Path) -> int:
         if config.server
         else "no server"
     )
-    warnings = config_warnings(config, path)
     for warning in warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     extra = f", {len(warnings)} warning(s)" if warnings else ""
@@ -87,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args.config)
+    from .runtime import data_path
+
+    data_path()  # a forced data path that cannot run: one line, before the daemon's imports
+    from . import commands
+
+    if args.command in commands.NAMES:
+        return commands.run(args)
     from .daemon import run
 
     return run(args.config)

@@ -15,31 +15,46 @@ import os
 import random
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI
 
-from . import wire
-from .addresses import Address, format_peer
+from . import resume, wire
+from .addresses import (
+    UNIX_SCHEME,
+    Address,
+    AddressRule,
+    Endpoint,
+    SocketAddress,
+    UnixPath,
+    format_peer,
+    parse_socket_address,
+)
 from .backoff import Backoff, BackoffPolicy
-from .dial import proxy_tunnel, tcp_dialer
-from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe, os_reason
+from .destinations import RuleSet, dialer, proxy_protocol
+from .dial import proxy_tunnel
+from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .link import Link, ws_log
-from .resets import Cut, reset
-from .resume import HEADER_RESUMABLE, HEADER_RESUME, Credentials, parse_challenge
+from .logs import tunnel_logger
+from .resets import Abortable, Cut, reset
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Phase, Session
+from .settings import SessionSettings
+from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import TunnelStats
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.client")
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
-_REFUSAL_LABELS = {refusal.status: refusal.label for refusal in Refusal}
+_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
 #: At most one "refused a connection" line per this many seconds per tunnel (each says how
 #: many were refused since the last one): a client retrying in a loop must not flood the log.
 REFUSED_LOG_PERIOD = 10.0
@@ -59,16 +74,34 @@ class Client:
         ssl: ``True`` or an ``ssl.SSLContext`` for ``wss://`` (a client certificate in
             the context gives mutual TLS); ``None`` for plain ``ws://``.
         server_hostname: the name to verify the server's certificate against.
-        path: URL path of the server's WebSocket endpoint.
+        path: the request target of the server's WebSocket endpoint (its path, and
+            ``?query`` if any).
         token: this client's bearer token.
         backoff: reconnect delays.
+        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
+            the session's settings (:class:`SessionSettings` says what each does).
+        settings: the session's settings whole (the daemon's), instead of those six.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        allow_connect: the targets a stream the server opens may name (LISTEN and
+            REVERSE_SOCKS5: this side dials them); empty: only ``connect``.
+        socks_credentials: the username/password (RFC 1929) clients of the SOCKS listener
+            must give (SOCKS5: the local one; REVERSE_SOCKS5: the server's, which gets them
+            in the upgrade request); None: no authentication.
+
+        socket_mode: the file mode of a unix socket this side listens on.
+        proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
+            SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
+            with the original client's address.
         resume_timeout: seconds a session whose connection broke is kept (its streams
             open) while the client reconnects to resume it (protocol.md, Resumption);
             0 turns resumption off.
+
+    In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
+    ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
+    is a unix socket, to listen on or to dial.
     """
 
     def __init__(
@@ -86,39 +119,54 @@ class Client:
         path: str = DEFAULT_PATH,
         token: str | None = None,
         backoff: BackoffPolicy | None = None,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        window: int = wire.DEFAULT_WINDOW,
-        max_frame: int = 1024 * 1024 + 64,
-        handshake_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
+        ping_interval: float | None = SessionSettings.ping_interval,
+        ping_timeout: float = SessionSettings.ping_timeout,
+        window: int = SessionSettings.window,
+        max_frame: int = SessionSettings.max_frame,
+        handshake_timeout: float = SessionSettings.handshake_timeout,
+        connect_timeout: float = SessionSettings.connect_timeout,
+        settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        allow_connect: Sequence[AddressRule] = (),
+        socks_credentials: Credentials | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
+        proxy_protocol: str | None = None,
         resume_timeout: float = 60.0,
     ) -> None:
         self.mode = Mode(mode)
-        self.server = Address(tunnel_host, int(tunnel_port))
-        self.listen = Address(listen_host, int(listen_port))
-        self.connect = Address(connect_host, int(connect_port))
+        self.listen: SocketAddress = _socket_address(listen_host, listen_port)
+        self.connect: SocketAddress | None = (
+            None if self.mode.socks else _socket_address(connect_host, connect_port)
+        )
+        self.socket_mode = socket_mode
+        self.proxy_protocol = proxy_protocol or ""
+        self.allow_connect = tuple(allow_connect)
+        self.socks_credentials = socks_credentials
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
+        #: the tunnel server's URL, built once (the daemon's was parsed once, by config)
+        self.endpoint = Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path)
+        self.server = self.endpoint.address
         self.server_hostname = server_hostname
-        self.path = path
         self.token = token
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.window = window
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
+        self.settings = SessionSettings.given(
+            settings,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            window=window,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+        )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         self.session: Session | None = None
-        self.listen_address: Address | None = None  # what is actually bound (either side)
+        self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
         self.proxy = proxy
         self.resume_timeout = resume_timeout
         self._random = random
@@ -127,7 +175,7 @@ class Client:
         #: Set once the local listener was tried (bound, or the error logged); at once
         #: in LISTEN mode, where the listener is the server's. The daemon's READY waits on it.
         self.first_bind = asyncio.Event()
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             self.first_bind.set()
         #: Set once the first connection attempt is over (up, or the failure logged): the
         #: daemon's first status line waits on it, so that it does not say "0/8 up".
@@ -142,7 +190,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
-        self._log = logging.LoggerAdapter(log, {"tunnel": self.name})
+        self._log = tunnel_logger(self.name, log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
@@ -155,8 +203,7 @@ class Client:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.ssl else "ws"
-        return f"{scheme}://{self.server}{self.path}"
+        return self.endpoint.url
 
     @property
     def up(self) -> bool:
@@ -181,11 +228,15 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
+            if (
+                not self.mode.server_listens
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
-                    self._failed("listen_failed", str(exc), logging.ERROR)
+                    self._failed("listen_failed", describe(exc), logging.ERROR)
                     self.first_bind.set()
                     self.first_attempt.set()
                     await self._pause()
@@ -199,7 +250,7 @@ class Client:
                 label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
                 self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
             except ssl_module.SSLError as exc:
-                self._failed("tls", f"TLS failed with {self.url}: {exc}", logging.ERROR)
+                self._failed("tls", f"TLS failed with {self.url}: {describe(exc)}", logging.ERROR)
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
                 hint = ""
@@ -229,11 +280,11 @@ class Client:
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
         self._up.set()
-        where = f", server listening on {self.listen_address}" if self.mode is Mode.LISTEN else ""
+        where = f", server listening on {self.listen_address}" if self.mode.server_listens else ""
         self._log.info(
             "tunnel up: %s %s via %s%s",
             self.mode.value,
-            self.connect if self.mode is Mode.CONNECT else self.listen,
+            self._asked(),
             self.url,
             where,
         )
@@ -362,7 +413,7 @@ class Client:
         try:
             await self._bind(sock)
         except OSError as exc:
-            self._failed("listen_failed", str(exc), logging.ERROR)
+            self._failed("listen_failed", describe(exc), logging.ERROR)
             return False
         finally:
             self.first_bind.set()
@@ -403,28 +454,46 @@ class Client:
     async def _bind(self, sock: socket.socket | None = None) -> None:
         """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
         loop = asyncio.get_running_loop()
+        listen = self.listen
         try:
-            if sock is not None:
+            if sock is not None and isinstance(listen, UnixPath):
+                self._listener = await loop.create_unix_server(self._local_stream, sock=sock)
+            elif sock is not None:
                 self._listener = await loop.create_server(self._local_stream, sock=sock)
+            elif isinstance(listen, UnixPath):
+                self._listener = await listen_unix(
+                    self._local_stream, listen.path, self.socket_mode
+                )
             else:
                 self._listener = await loop.create_server(
-                    self._local_stream, self.listen.bind_host, self.listen.port, backlog=1024
+                    self._local_stream, listen.bind_host, listen.port, backlog=1024
                 )
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.listen}: {os_reason(exc)}") from exc
-        port = self._listener.sockets[0].getsockname()[1]
-        self.listen_address = Address(self.listen.host, port)
+            raise OSError(exc.errno, f"cannot listen on {listen}: {describe(exc)}") from exc
+        if isinstance(listen, UnixPath):
+            self.listen_address = listen
+        else:
+            port = self._listener.sockets[0].getsockname()[1]
+            self.listen_address = Address(listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
+
+    def _asked(self) -> SocketAddress | str | None:
+        """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""
+        if self.mode is Mode.SOCKS5:
+            return f"proxy on {self.listen_address or self.listen}"
+        return self.connect if self.mode is Mode.CONNECT else self.listen
 
     def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or not session.accepting:  # detached: it waits for the resume
             return _Refuse(self)
+        if self.mode is Mode.SOCKS5:
+            return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
 
-    def refused_while_down(self, transport: asyncio.BaseTransport) -> None:
+    def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
         say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
         self.stats.stream_open_failures["tunnel_down"] += 1
@@ -446,6 +515,11 @@ class Client:
             since,
         )
 
+    async def connect_once(self) -> Session:
+        """One session, without the listener or any retry (``aiowstunnel stdio``): the
+        caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
+        return await self._connect()
+
     async def _connect(self, resume_of: Session | None = None) -> Session:
         """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
 
@@ -453,67 +527,86 @@ class Client:
             ResumeRefused: the server cannot resume ``resume_of`` (with the code).
         """
         loop = asyncio.get_running_loop()
+        settings, endpoint = self.settings, self.endpoint
         ws = ClientProtocol(
-            parse_uri(self.url),
+            # The endpoint as websockets takes it: the request target whole in ``path``.
+            WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=self.max_frame,
+            max_size=settings.max_frame,
             logger=ws_log,
         )
         handshake: ResumeHandshake | None = None
         if resume_of is None:
+            # The Session takes its settings one by one until it takes a SessionSettings whole.
             session = Session(
                 ws,
                 self.stats,
-                window=self.window,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
+                window=settings.window,
+                max_streams=settings.max_streams,
+                ping_interval=settings.ping_interval,
+                ping_timeout=settings.ping_timeout,
                 name=self.name,
             )
             link = session.link
-            if self.mode is Mode.LISTEN:
+            if self.mode.server_listens:
                 # Set before the request: the server may open a stream right after the 101.
-                session.dial = tcp_dialer(
-                    self.connect.host, self.connect.port, self.connect_timeout
+                rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
+                header = proxy_protocol(self.proxy_protocol)
+                session.dial = dialer(
+                    self.connect, lambda: rules, settings.connect_timeout, header
                 )
         else:
             session = resume_of
-            pings = (self.ping_interval, self.ping_timeout)
+            pings = (settings.ping_interval, settings.ping_timeout)
             link = Link(ws, Discarded(), pings, max_data=session.mux.max_data)
-            handshake = ResumeHandshake(link, session, None, self.handshake_timeout)
-        tls = {
-            "ssl": self.ssl,
-            "server_hostname": (self.server_hostname or self.server.host) if self.ssl else None,
-            "ssl_handshake_timeout": self.handshake_timeout if self.ssl else None,
-        }
+            handshake = ResumeHandshake(link, session, None, settings.handshake_timeout)
+        ssl = self.ssl
+        server_hostname = (self.server_hostname or self.server.host) if ssl else None
+        tls_timeout = settings.handshake_timeout if ssl else None
         if self.proxy:
             sock = await asyncio.wait_for(
-                proxy_tunnel(self.proxy, self.server), self.connect_timeout
+                proxy_tunnel(self.proxy, self.server), settings.connect_timeout
             )
-            connecting = loop.create_connection(lambda: link, sock=sock, **tls)
+            connecting = loop.create_connection(
+                lambda: link,
+                sock=sock,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
+            )
         else:
             connecting = loop.create_connection(
-                lambda: link, self.server.host, self.server.port, **tls
+                lambda: link,
+                self.server.host,
+                self.server.port,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=tls_timeout,
             )
-        await asyncio.wait_for(connecting, self.connect_timeout)
+        await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
-        target = self.connect if self.mode is Mode.CONNECT else self.listen
-        for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
+        target = self.listen if self.mode.server_listens else self.connect
+        asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
+        creds = self.socks_credentials if self.mode is Mode.REVERSE_SOCKS5 else None
+        auth = (creds.username, creds.password) if creds is not None else None
+        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked, auth)
+        for key, value in tunnel.headers():
             request.headers[key] = value
         if resume_of is not None and resume_of.resumption is not None:
-            request.headers[HEADER_RESUME] = resume_of.resumption.id_hex
+            request.headers[resume.HEADER_RESUME] = resume_of.resumption.id_hex
         elif self.resume_timeout > 0:
-            request.headers[HEADER_RESUMABLE] = "1"
+            request.headers[resume.HEADER_RESUMABLE] = "1"
         link.send_request(request)
         try:
             response = await asyncio.wait_for(
-                asyncio.shield(link.handshake), self.handshake_timeout
+                asyncio.shield(link.handshake), settings.handshake_timeout
             )
             assert isinstance(response, Response)
             if handshake is not None:
-                handshake.start(parse_challenge(response.headers))
-                await asyncio.wait_for(asyncio.shield(handshake.done), self.handshake_timeout)
+                handshake.start(resume.parse_challenge(response.headers))
+                await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
                 return session
-            credentials = Credentials.from_headers(response.headers)
+            credentials = resume.Credentials.from_headers(response.headers)
         except ProtocolViolation as exc:  # a malformed resumption header in the 101
             link.abort("handshake failed")
             raise ConnectionError(f"bad upgrade response: {exc}") from None
@@ -524,10 +617,17 @@ class Client:
             session.resumption = Resumption(
                 credentials.session_id, self.resume_timeout, credentials=credentials
             )
-        if self.mode is Mode.LISTEN:
+        if self.mode.server_listens:
             bound = response.headers.get("X-Aiowstunnel-Bound")
-            self.listen_address = Address.parse(bound, True) if bound else self.listen
+            self.listen_address = parse_socket_address(bound, True) if bound else self.listen
         return session
+
+
+def _socket_address(host: str, port: int | str) -> SocketAddress:
+    """The seed's (host, port) pair, or a unix socket given as host ``unix:/path``."""
+    if host.startswith(UNIX_SCHEME):
+        return UnixPath.parse(host)
+    return Address(host, int(port))
 
 
 class _Refuse(asyncio.Protocol):
@@ -538,7 +638,8 @@ class _Refuse(asyncio.Protocol):
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client.refused_while_down(transport)
+        # A TCP server's transport, which can abort (uvloop's too, though not by class).
+        self.client.refused_while_down(cast(Abortable, transport))
 
 
 def _streams(n: int, what: str) -> str:

@@ -8,28 +8,32 @@ so ``aiowstunnel check``, ``run`` and a SIGHUP reload all see the same result.
 from __future__ import annotations
 
 import difflib
+import enum
 import hmac
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from . import wire
-from .addresses import Address, AddressRule
+from .addresses import UNIX_SCHEME, Address, AddressRule, Endpoint, SocketAddress, UnixPath
 from .backoff import BackoffPolicy
-from .errors import AddressError, ConfigError
-from .handshake import DEFAULT_PATH, Mode
+from .errors import AddressError, ConfigError, describe
+from .handshake import DEFAULT_PATH, PROXY_PROTOCOL_VERSIONS, Mode
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
+from .settings import MIN_MAX_FRAME, SessionSettings
+from .unixsock import DEFAULT_SOCKET_MODE
 
 __all__ = [
     "Config",
@@ -49,15 +53,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Loopback: the metrics name every client and count its bytes; opening them is a choice.
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-DEFAULT_PING_INTERVAL = 20.0
-DEFAULT_PING_TIMEOUT = 20.0
 #: seconds a broken session is kept for resumption (docs/protocol.md, Resumption); 0: off
 DEFAULT_RESUME_TIMEOUT = 60.0
-DEFAULT_MAX_FRAME = 1024 * 1024 + 64
-#: A peer's largest DATA frame (header + payload) must fit in one WebSocket message.
-MIN_MAX_FRAME = wire.DEFAULT_MAX_DATA + wire.HEADER_SIZE
 _INT32_MAX = 2**31 - 1
+#: The defaults of every session setting (settings.py writes them, once).
+_SESSION = SessionSettings()
 #: Names become a metrics label and a journald field value: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
@@ -123,13 +123,11 @@ class ServerConfig:
     tls_key: Path | None
     tls_client_ca: Path | None
     clients: tuple[ClientPolicy, ...]
-    window: int
-    max_streams: int
-    handshake_timeout: float
-    ping_interval: float
-    ping_timeout: float
-    max_frame: int
+    #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout
+    settings: SessionSettings = field(default_factory=SessionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: the file mode of unix sockets bound for LISTEN sessions
+    socket_mode: int = DEFAULT_SOCKET_MODE
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT
 
 
@@ -140,23 +138,31 @@ class TunnelSpec:
 
     name: str
     mode: Mode
-    server: str
+    server: Endpoint
     token: Secret
-    listen: Address
-    connect: Address
+    listen: SocketAddress  # host:port or unix:/path
+    connect: SocketAddress | None  # None in the socks modes: each request names its target
     ca_file: Path | None
     client_cert: Path | None
     client_key: Path | None
     proxy: str | None
     backoff: BackoffPolicy
-    ping_interval: float
-    ping_timeout: float
-    window: int
+    #: window, ping_interval, ping_timeout (the others keep their defaults)
+    settings: SessionSettings = field(default_factory=SessionSettings)
+    #: reverse-socks5: the targets the server's SOCKS clients may reach through this host
+    allow_connect: tuple[AddressRule, ...] = ()
+    #: RFC 1929 username and password the SOCKS listener asks for (either socks mode)
+    socks_username: str | None = None
+    socks_password: Secret | None = None
+    #: the file mode of a unix socket this host listens on (connect, socks5)
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
+    proxy_protocol: str | None = None
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT
 
     @property
     def uses_tls(self) -> bool:
-        return self.server.startswith("wss://")
+        return self.server.secure
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ def read_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror or exc}"], str(path)) from None
+        raise ConfigError([f"cannot read: {describe(exc)}"], str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError(["cannot read: not UTF-8 text"], str(path)) from None
     # absolute(), so that paths stay right whatever the daemon's working directory later is.
@@ -292,7 +298,16 @@ def diff(old: Config, new: Config) -> ConfigDiff:
 # --------------------------------------------------------------------------- loading
 
 KeyPath = tuple[str | int, ...]
-_REQUIRED: Any = object()
+T = TypeVar("T")
+
+
+class _Required(enum.Enum):
+    """The default of a key that must be given."""
+
+    REQUIRED = enum.auto()
+
+
+_REQUIRED = _Required.REQUIRED
 
 
 def _dotted(path: KeyPath) -> str:
@@ -306,12 +321,20 @@ def _dotted(path: KeyPath) -> str:
 
 
 # bool is an int in Python, but `ping_interval = true` is a mistake, not 1 second.
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_string(value: object) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _is_boolean(value: object) -> TypeGuard[bool]:
+    return isinstance(value, bool)
 
 
 def _describe(value: object, secret: bool = False) -> str:
@@ -344,8 +367,9 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def take(self, key: str, default: Any = _REQUIRED) -> Any:
-        """The raw value; ``default`` when absent (an error if there is none)."""
+    def take(self, key: str, default: object = _REQUIRED) -> Any:
+        """The raw value (any TOML value); ``default`` when absent (an error if there is
+        none: then None)."""
         self._taken.add(key)
         if key in self.data:
             return self.data[key]
@@ -366,22 +390,31 @@ class _Table:
 
     # Typed readers: each returns the value, or None after recording an error.
 
-    def _typed(self, key: str, default: Any, check: Callable[[Any], bool], kind: str) -> Any:
+    def _typed(
+        self,
+        key: str,
+        default: T | _Required | None,
+        check: Callable[[object], TypeGuard[T]],
+        kind: str,
+    ) -> T | None:
         if key not in self.data:
-            return self.take(key, default)
+            self.take(key, default)  # marks it read; records the error if it is required
+            return None if isinstance(default, _Required) else default
         value = self.take(key)
         if not check(value):
             self.error(key, f"expected {kind}, got {_describe(value)}")
             return None
         return value
 
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, str), "a string")
+    def string(self, key: str, default: str | _Required | None = _REQUIRED) -> str | None:
+        return self._typed(key, default, _is_string, "a string")
 
-    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false")
+    def boolean(self, key: str, default: bool | _Required = _REQUIRED) -> bool | None:
+        return self._typed(key, default, _is_boolean, "true or false")
 
-    def number(self, key: str, default: float, minimum: float = 0.0, strict: bool = True) -> Any:
+    def number(
+        self, key: str, default: float, minimum: float = 0.0, strict: bool = True
+    ) -> float | None:
         """A float (an integer is accepted); ``strict``: must exceed ``minimum``."""
         value = self._typed(key, default, _is_number, "a number")
         if value is None:
@@ -394,14 +427,17 @@ class _Table:
             return None
         return float(value)
 
-    def integer(self, key: str, default: int, low: int, high: int) -> Any:
+    def integer(self, key: str, default: int | None, low: int, high: int) -> int | None:
+        """An integer in ``low..high``; ``default`` (None: no value) when absent."""
         value = self._typed(key, default, _is_integer, "an integer")
         if value is not None and not low <= value <= high:
             self.error(key, f"must be between {low} and {high}, got {value}")
             return None
         return value
 
-    def address(self, key: str, allow_zero_port: bool, need_host: bool = False) -> Any:
+    def address(
+        self, key: str, allow_zero_port: bool, need_host: bool = False
+    ) -> Address | None:
         text = self.string(key)
         if text is None:
             return None
@@ -415,6 +451,30 @@ class _Table:
             return None
         return address
 
+    def socket_address(
+        self, key: str, allow_zero_port: bool, need_host: bool = False
+    ) -> SocketAddress | None:
+        """:meth:`address`, or a unix socket ``unix:/abs/path``."""
+        text = self.data.get(key)
+        if not (isinstance(text, str) and text.strip().startswith(UNIX_SCHEME)):
+            return self.address(key, allow_zero_port, need_host)
+        self.take(key)
+        try:
+            return UnixPath.parse(text)
+        except AddressError as exc:
+            self.error(key, str(exc))
+            return None
+
+    def socket_mode(self) -> int | None:
+        """``socket_mode = "0660"``: a unix socket's file mode, as octal text."""
+        text = self.string("socket_mode", None)
+        if text is None:
+            return DEFAULT_SOCKET_MODE
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            self.error("socket_mode", f"{text!r}: expected an octal mode such as \"0660\"")
+            return None
+        return int(text, 8)
+
     def path_value(self, key: str) -> Path | None:
         """An optional file path, resolved against the config file's folder."""
         text = self.string(key, None)
@@ -425,7 +485,7 @@ class _Table:
             return None
         return self.loader.base_dir / text
 
-    def name(self) -> Any:
+    def name(self) -> str | None:
         name = self.string("name")
         if name is not None and not _NAME.fullmatch(name):
             self.error("name", f"{name!r}: use only letters, digits, '_', '.' and '-'")
@@ -504,6 +564,7 @@ class _Loader:
         self.check_binds(metrics, server, tunnels)
         if self.errors or metrics is None or log is None or None in tunnels:
             return None
+        assert shutdown_timeout is not None  # else an error was recorded
         return Config(
             metrics=metrics,
             log=log,
@@ -549,11 +610,14 @@ class _Loader:
         self.check_pair(t, "tls_cert", "tls_key")
         if t.has("tls_client_ca") and not t.has("tls_cert"):
             t.error("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key")
-        window, ping_interval, ping_timeout = self.session_settings(t)
-        max_streams = t.integer("max_streams", wire.DEFAULT_MAX_STREAMS, 1, _INT32_MAX)
-        handshake_timeout = t.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-        max_frame = t.integer("max_frame", DEFAULT_MAX_FRAME, MIN_MAX_FRAME, _INT32_MAX)
+        settings = self.session_settings(
+            t,
+            max_streams=t.integer("max_streams", _SESSION.max_streams, 1, _INT32_MAX),
+            handshake_timeout=t.number("handshake_timeout", _SESSION.handshake_timeout),
+            max_frame=t.integer("max_frame", _SESSION.max_frame, MIN_MAX_FRAME, _INT32_MAX),
+        )
         limits = self.limits(t)
+        socket_mode = t.socket_mode()
         resume_timeout = self.resume_timeout(t)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
@@ -567,6 +631,8 @@ class _Loader:
         self.check_unique_tokens(entries, clients)
         if len(self._found) > mark:
             return None
+        assert listen is not None and path is not None and settings is not None  # as above
+        assert socket_mode is not None
         return ServerConfig(
             listen=listen,
             path=path,
@@ -574,13 +640,9 @@ class _Loader:
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             clients=tuple(c for c in clients if c is not None),
-            window=window,
-            max_streams=max_streams,
-            handshake_timeout=handshake_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            max_frame=max_frame,
+            settings=settings,
             limits=limits,
+            socket_mode=socket_mode,
             resume_timeout=resume_timeout,
         )
 
@@ -633,6 +695,7 @@ class _Loader:
         t.close()
         if len(self._found) > mark or digest is None:
             return None
+        assert name is not None and max_sessions is not None  # else an error was recorded
         return ClientPolicy(
             name=name,
             token_sha256=digest,
@@ -650,7 +713,8 @@ class _Loader:
             try:
                 mode = Mode(mode_text)
             except ValueError:
-                t.error("mode", f"expected 'connect' or 'listen', got {mode_text!r}")
+                modes = ", ".join(repr(m.value) for m in Mode)
+                t.error("mode", f"expected one of {modes}, got {mode_text!r}")
         server = self.server_url(t)
         token = None
         key = self.one_of(t, "token_file", "token")
@@ -663,24 +727,44 @@ class _Loader:
             else:
                 token = self.check_token(t, "token", value, "")
         # The listener may take port 0 ("any free port"); a dial target needs a real one.
-        listen = t.address("listen", allow_zero_port=True)
-        connect = t.address("connect", allow_zero_port=False, need_host=True)
+        listen = t.socket_address("listen", allow_zero_port=True)
+        connect = None
+        if mode is not None and mode.socks:
+            t.expect("connect")
+            if t.has("connect"):
+                t.error("connect", f"not used in {mode} mode: each SOCKS request names its target")
+        else:
+            connect = t.socket_address("connect", allow_zero_port=False, need_host=True)
+        socket_mode = t.socket_mode()
+        if t.has("socket_mode") and not isinstance(listen, UnixPath):
+            t.error("socket_mode", "only used with a unix socket listen (unix:/path)")
+        elif t.has("socket_mode") and mode is not None and mode.server_listens:
+            t.error("socket_mode", f"not used in {mode} mode: the server owns that socket")
+        allow_connect, socks_username, socks_password = self.socks_keys(t, mode)
         ca_file = t.path_value("ca_file")
         client_cert = t.path_value("client_cert")
         client_key = t.path_value("client_key")
         self.check_pair(t, "client_cert", "client_key")
-        if server is not None and not server.startswith("wss://"):
+        if server is not None and not server.secure:
             # Silently ignoring a CA file would let an operator believe the link is verified.
             for tls_key in ("ca_file", "client_cert", "client_key"):
                 if t.has(tls_key):
                     t.error(tls_key, "only used with a wss:// server")
         proxy = self.proxy_url(t)
+        proxy_protocol = t.string("proxy_protocol", None)
+        if proxy_protocol is not None and proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            t.error("proxy_protocol", f"expected 'v1' or 'v2', got {proxy_protocol!r}")
         backoff = self.backoff(t)
-        window, ping_interval, ping_timeout = self.session_settings(t)
+        settings = self.session_settings(t)
         resume_timeout = self.resume_timeout(t)
         t.close()
         if len(self._found) > mark:
             return None
+        # Each None was recorded as an error, so there is none left here.
+        assert name is not None and mode is not None and server is not None
+        assert token is not None and listen is not None
+        assert connect is not None or mode.socks  # the socks modes have no fixed target
+        assert backoff is not None and settings is not None and socket_mode is not None
         return TunnelSpec(
             name=name,
             mode=mode,
@@ -693,9 +777,12 @@ class _Loader:
             client_key=client_key,
             proxy=proxy,
             backoff=backoff,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            window=window,
+            settings=settings,
+            allow_connect=allow_connect,
+            socks_username=socks_username,
+            socks_password=socks_password,
+            socket_mode=socket_mode,
+            proxy_protocol=proxy_protocol,
             resume_timeout=resume_timeout,
         )
 
@@ -703,13 +790,72 @@ class _Loader:
         """``resume_timeout``, seconds >= 0 on both ends (0: no resumption)."""
         return t.number("resume_timeout", DEFAULT_RESUME_TIMEOUT, 0.0, strict=False)
 
-    def session_settings(self, t: _Table) -> tuple[int | None, float | None, float | None]:
-        """window, ping_interval, ping_timeout: the settings of a session, which both
-        ends take with the same defaults and bounds."""
-        return (
-            t.integer("window", wire.DEFAULT_WINDOW, 1, wire.MAX_WINDOW),
-            t.number("ping_interval", DEFAULT_PING_INTERVAL),
-            t.number("ping_timeout", DEFAULT_PING_TIMEOUT),
+    def socks_keys(
+        self, t: _Table, mode: Mode | None
+    ) -> tuple[tuple[AddressRule, ...], str | None, Secret | None]:
+        """allow_connect (reverse-socks5), socks_username and socks_password_file (both
+        SOCKS modes: in reverse-socks5 they go to the server in the upgrade request)."""
+        t.expect("allow_connect", "socks_username", "socks_password_file")
+        allow_connect: tuple[AddressRule, ...] = ()
+        if t.has("allow_connect"):
+            allow_connect = self.rules(t, "allow_connect")
+            if mode is not None and mode is not Mode.REVERSE_SOCKS5:
+                t.error("allow_connect", "only used with mode = 'reverse-socks5'")
+        elif mode is Mode.REVERSE_SOCKS5:
+            t.error(
+                "allow_connect",
+                "required key is missing: what the server's SOCKS clients may reach through "
+                "this host (default deny)",
+            )
+        username = password = None
+        if t.has("socks_username") or t.has("socks_password_file"):
+            if mode is not None and not mode.socks:
+                key = "socks_username" if t.has("socks_username") else "socks_password_file"
+                t.error(key, "only used with mode = 'socks5' or 'reverse-socks5'")
+            self.check_pair(t, "socks_username", "socks_password_file")
+            username = t.string("socks_username", None)
+            if username is not None and not 0 < len(username.encode()) <= 255:
+                t.error("socks_username", "must be 1 to 255 bytes (RFC 1929)")
+            path = t.path_value("socks_password_file")
+            if path is not None:
+                text = self.secret_text(t, "socks_password_file", path)
+                if text is not None and not 0 < len(text.encode()) <= 255:
+                    t.error("socks_password_file", f"{path}: the password must be 1 to 255 bytes")
+                elif text is not None:
+                    password = Secret(text)
+        return allow_connect, username, password
+
+    def session_settings(
+        self,
+        t: _Table,
+        max_streams: int | None = _SESSION.max_streams,
+        handshake_timeout: float | None = _SESSION.handshake_timeout,
+        max_frame: int | None = _SESSION.max_frame,
+    ) -> SessionSettings | None:
+        """The session's settings: window, ping_interval and ping_timeout, which both ends
+        take with the same defaults and bounds, and the server's three (read by the caller:
+        None after an error); None after an error (already recorded)."""
+        interval = _SESSION.ping_interval
+        assert interval is not None  # a config always pings; only the library turns it off
+        window = t.integer("window", _SESSION.window, 1, wire.MAX_WINDOW)
+        ping_interval = t.number("ping_interval", interval)
+        ping_timeout = t.number("ping_timeout", _SESSION.ping_timeout)
+        if (
+            window is None
+            or ping_interval is None
+            or ping_timeout is None
+            or max_streams is None
+            or handshake_timeout is None
+            or max_frame is None
+        ):
+            return None
+        return SessionSettings(
+            window=window,
+            max_streams=max_streams,
+            max_frame=max_frame,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            handshake_timeout=handshake_timeout,
         )
 
     def backoff(self, tunnel: _Table) -> BackoffPolicy | None:
@@ -722,7 +868,7 @@ class _Loader:
         factor = t.number("factor", defaults.factor, 1.0, strict=False)
         reset_after = t.number("reset_after", defaults.reset_after, 0.0, strict=False)
         t.close()
-        if None in (initial, maximum, factor, reset_after):
+        if initial is None or maximum is None or factor is None or reset_after is None:
             return None
         if maximum < initial:
             # Name the key the operator wrote: that is the one to fix.
@@ -735,32 +881,15 @@ class _Loader:
 
     # ------------------------------------------------------------------ values
 
-    def server_url(self, t: _Table) -> str | None:
+    def server_url(self, t: _Table) -> Endpoint | None:
         text = t.string("server")
         if text is None:
             return None
         try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            t.error("server", f"{text!r}: {exc}")
+            return Endpoint.parse(text, DEFAULT_PATH)
+        except AddressError as exc:
+            t.error("server", str(exc))
             return None
-        problem = None
-        if parts.scheme not in ("ws", "wss"):
-            problem = "expected a ws:// or wss:// URL"
-        elif not parts.hostname:
-            problem = "the URL has no host"
-        elif port == 0:
-            problem = "port 0 is not a server port"
-        elif parts.username is not None or parts.password is not None:
-            # URLs end up in logs: credentials belong in token_file.
-            problem = "no credentials in the URL: use token_file"
-        elif parts.fragment:
-            problem = "a WebSocket URL has no #fragment"
-        if problem:
-            t.error("server", f"{text!r}: {problem}")
-            return None
-        return parts._replace(path=parts.path or DEFAULT_PATH).geturl()
 
     def proxy_url(self, t: _Table) -> str | None:
         text = t.string("proxy", None)
@@ -801,25 +930,27 @@ class _Loader:
         path = t.path_value("token_file")
         if path is None:
             return None  # the error is already recorded
-        self.token_files.append(path)
-        try:
-            text = self.read_secret(path)
-        except FileNotFoundError:
-            t.error("token_file", f"{path}: no such file")
-            return None
-        except PermissionError:
-            t.error("token_file", f"{path}: permission denied")
-            return None
-        except IsADirectoryError:
-            t.error("token_file", f"{path}: is a directory")
-            return None
-        except OSError as exc:
-            t.error("token_file", f"{path}: {exc.strerror or exc}")
-            return None
-        except UnicodeDecodeError:
-            t.error("token_file", f"{path}: not UTF-8 text")
+        text = self.secret_text(t, "token_file", path)
+        if text is None:
             return None
         return self.check_token(t, "token_file", text, f"{path}: ")
+
+    def secret_text(self, t: _Table, key: str, path: Path) -> str | None:
+        """A secret file's text (token_file, socks_password_file), or None after an error."""
+        self.token_files.append(path)
+        try:
+            return self.read_secret(path)
+        except FileNotFoundError:
+            t.error(key, f"{path}: no such file")
+        except PermissionError:
+            t.error(key, f"{path}: permission denied")
+        except IsADirectoryError:
+            t.error(key, f"{path}: is a directory")
+        except OSError as exc:
+            t.error(key, f"{path}: {describe(exc)}")
+        except UnicodeDecodeError:
+            t.error(key, f"{path}: not UTF-8 text")
+        return None
 
     def check_token(self, t: _Table, key: str, token: str, where: str) -> str | None:
         # The token travels in an `Authorization: Bearer` header, which the server strips:
@@ -886,18 +1017,22 @@ class _Loader:
         tunnels: list[TunnelSpec | None],
     ) -> None:
         """Two local listeners on one address would fail at start: say so now (best effort)."""
-        binds: list[tuple[KeyPath, Address]] = []
+        binds: list[tuple[KeyPath, SocketAddress]] = []
         if metrics is not None and metrics.enabled:
             binds.append((("metrics", "listen"), metrics.listen))
         if server is not None:
             binds.append((("server", "listen"), server.listen))
         for i, spec in enumerate(tunnels):
             # In LISTEN mode the listener is on the remote server, not here.
-            if spec is not None and spec.mode is Mode.CONNECT:
+            if spec is not None and not spec.mode.server_listens:
                 binds.append((("tunnel", i, "listen"), spec.listen))
         for n, (path, address) in enumerate(binds):
             for other_path, other in binds[:n]:
-                if address.port and _overlap(address, other):
+                if isinstance(address, UnixPath) or isinstance(other, UnixPath):
+                    clash = address == other
+                else:
+                    clash = bool(address.port) and _overlap(address, other)
+                if clash:
                     self.error(path, f"{address} is also used by {_dotted(other_path)} ({other})")
                     break
 

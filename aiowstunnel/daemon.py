@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from .addresses import Address, host_port
 from .audit import config_warnings
-from .config import Config, read_config
+from .config import Config
 from .errors import ConfigError
 from .limits import raise_open_files_limit
 from .logs import setup_logging
 from .notify import Notifier, watchdog_loop, watchdog_period
 from .runtime import data_path, event_loop_runner
-from .supervisor import Supervisor, check_tls
+from .supervisor import Supervisor
+from .tls import check_tls, read_and_check
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -108,9 +109,8 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.path)
         try:
-            new = read_config(self.path)
-            check_tls(new)
-            _log_warnings(new, self.path)
+            new, warnings = read_and_check(self.path)
+            _log_warnings(warnings, self.path)
             await self._start_metrics(new)
             await self.supervisor.reload(new)
         except (ConfigError, OSError) as exc:
@@ -185,15 +185,20 @@ class Daemon:
         return counts
 
 
-def run(path: Path) -> int:
+def run(path: Path, config: Config | None = None) -> int:
     """``aiowstunnel run``: read the config, run the daemon in the foreground.
+
+    ``config``: one already loaded (a one-line command's, commands.py), else ``path`` is read.
 
     Returns:
         The process exit code: 0 after a clean stop, 1 when it cannot start.
     """
     try:
-        config = read_config(path)
-        check_tls(config)
+        if config is None:
+            config, warnings = read_and_check(path)
+        else:  # no file: nothing of a file's to warn about
+            check_tls(config)
+            warnings = config_warnings(config)
     except ConfigError as exc:
         setup_logging("info")
         for error in exc.errors:
@@ -208,7 +213,7 @@ def run(path: Path) -> int:
         f" (raised from {before})" if soft != before else "",
         hard,
     )
-    _log_warnings(config, path)
+    _log_warnings(warnings, path)
     runner, loop_name = event_loop_runner()
     log.info("event loop: %s; data path: %s", loop_name, data_path())
     with contextlib.suppress(KeyboardInterrupt):
@@ -216,8 +221,8 @@ def run(path: Path) -> int:
     return 0
 
 
-def _log_warnings(config: Config, path: Path) -> None:
-    for warning in config_warnings(config, path):
+def _log_warnings(warnings: list[str], path: Path) -> None:
+    for warning in warnings:
         log.warning("%s: %s", path, warning)
 
 

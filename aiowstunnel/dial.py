@@ -13,7 +13,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from .addresses import Address, host_port
-from .errors import describe, os_reason
+from .errors import describe
 from .limits import QuietLog, Slot
 from .logs import escape, quote
 from .streams import StreamTable
@@ -24,10 +24,14 @@ quiet = QuietLog(logging.getLogger("aiowstunnel.session"))
 
 
 class Dial(Protocol):
-    """Opens the TCP connection for a stream the peer asked for (the dialing side)."""
+    """Opens the connection for a stream the peer asked for (the dialing side).
+
+    ``target`` is the OPEN's own target (``""``: the session's); a dial that may not go
+    there raises PermissionError with the rule set's words (destinations.py).
+    """
 
     def __call__(
-        self, factory: Callable[[], asyncio.BaseProtocol], origin: str
+        self, factory: Callable[[], asyncio.BaseProtocol], origin: str, target: str
     ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]: ...
 
 
@@ -45,7 +49,7 @@ class Dialer:
         self.dial: Dial | None = None  # None: this side accepts no streams
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def request(self, stream_id: int, origin: str) -> None:
+    def request(self, stream_id: int, origin: str, target: str = "") -> None:
         """The peer's OPEN: dial, or refuse at once (no dialer, going away, a limit)."""
         table, host = self.table, self.table.host
         if self.dial is None or not host.accepting:
@@ -59,7 +63,9 @@ class Dialer:
                 table.stats.stream_open_failures["stream_limit"] += 1
                 host.send(table.mux.refuse_stream(stream_id, "server stream limit reached"))
                 return
-        task = asyncio.get_running_loop().create_task(self._dial(stream_id, origin, slot))
+        task = asyncio.get_running_loop().create_task(
+            self._dial(stream_id, origin, target, slot)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -67,13 +73,13 @@ class Dialer:
         for task in self._tasks:
             task.cancel()
 
-    async def _dial(self, stream_id: int, origin: str, slot: Slot | None) -> None:
+    async def _dial(self, stream_id: int, origin: str, target: str, slot: Slot | None) -> None:
         assert self.dial is not None
         table, host = self.table, self.table.host
         stream = TcpStream(table, stream_id)
         stream.slot = slot
         try:
-            await self.dial(lambda: stream, origin)
+            await self.dial(lambda: stream, origin, target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -83,14 +89,17 @@ class Dialer:
             # The origin is the peer's claim: its own field, escaped; PEER= stays the socket.
             quiet.warning(
                 ("dial", label),
-                "stream %d%s not opened: %s",
+                "stream %d%s%s not opened: %s",
                 stream_id,
                 f" for {quote(origin)}" if origin else "",
+                f" to {quote(target)}" if target else "",
                 reason,
                 extra={**host.log_extra(), "origin": escape(origin)},
             )
             if stream_id in table.mux:
-                host.send(table.mux.refuse_stream(stream_id, reason))
+                # The cause word first (protocol.md, OPEN_FAIL), so that the opener can
+                # tell its application why (a SOCKS reply code) without parsing prose.
+                host.send(table.mux.refuse_stream(stream_id, f"{label}: {reason}"))
                 host.flush()
         finally:
             if table.get(stream_id) is not stream and stream.slot is not None:
@@ -98,12 +107,15 @@ class Dialer:
 
 
 def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
-    """A :class:`Dial` that connects to one fixed TCP target, with a timeout."""
+    """A :class:`Dial` that connects to one fixed TCP target, with a timeout; an OPEN that
+    names a target of its own is refused (destinations.py checks those)."""
     where = host_port(host, port)
 
     async def dial(
-        factory: Callable[[], asyncio.BaseProtocol], origin: str
+        factory: Callable[[], asyncio.BaseProtocol], origin: str, target: str = ""
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if target:
+            raise PermissionError(f"{target}: this side dials only {where}")
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
@@ -111,7 +123,7 @@ def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
             raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
         except OSError as exc:
             # asyncio's own text ("Connect call failed (...)") hides the errno's meaning.
-            raise type(exc)(exc.errno, f"connect to {where} failed: {os_reason(exc)}") from exc
+            raise type(exc)(exc.errno, f"connect to {where} failed: {describe(exc)}") from exc
 
     return dial
 

@@ -1,10 +1,18 @@
-"""One exception root for the package, split by who broke the rules.
+"""One exception root for the package (:class:`TunnelError`), split by who broke the rules.
 
 - :class:`ProtocolViolation`: the peer sent something the protocol forbids. It is answered
   (RST for a stream, close 1002 for the session), logged once, and never reaches the caller.
+- :class:`LocalProtocolError`: this side asked for something the protocol does not allow
+  it now (a stream after GOAWAY, past the last stream id). The peer did nothing wrong, so
+  it is never answered as a violation: the caller decides (h11 splits its errors the same
+  way, into Local- and RemoteProtocolError).
 - :class:`ConfigError`: the configuration is wrong; the message names the key and the file.
-- :class:`HandshakeRefused`: the server said no before the upgrade (401, 403, ...).
-Anything else is our own bug and is left to surface.
+- :class:`AddressError`: an address, rule or URL does not parse.
+- :class:`HandshakeRefused`: the server said no before the upgrade (401, 403, ...), and
+  ``handshake.RequestRefused``: the server's side of it, raised while checking a request.
+- :class:`ResumeRefused`: a session cannot be resumed.
+Anything else is our own bug and is left to surface. :func:`describe` is the one way an
+exception (an OS error above all) is worded in a log line, a reason or a config error.
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ class ProtocolViolation(TunnelError):
     def __init__(self, message: str, stream_id: int | None = None) -> None:
         super().__init__(message)
         self.stream_id = stream_id
+
+
+class LocalProtocolError(TunnelError):
+    """This side broke the wire protocol's rules for itself (docs/protocol.md): opening a
+    stream after GOAWAY, or past the last stream id. Not the peer's fault, never answered
+    with an RST or a close 1002."""
 
 
 class AddressError(TunnelError, ValueError):
@@ -55,36 +69,33 @@ class HandshakeRefused(TunnelError):
         self.reason = reason
 
 
-def os_reason(exc: BaseException) -> str:
-    """The short reason of an OS error ("Address already in use"), for messages.
-
-    asyncio wraps bind and connect errors in its own text ("error while attempting to bind
-    on address ('127.0.0.1', 80): ..."); the errno says the same in three words.
-    """
-    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
-        return os.strerror(exc.errno)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-#: How asyncio words OS errors of its own making; uvloop says only the errno's text. The
-#: errno's text is used instead, so that one failure reads the same on both event loops.
+#: How asyncio words OS errors of its own making; uvloop says only the errno's text, as
+#: libuv words it (lowercase, "address not available"). The errno's text is used instead of
+#: both, so that one failure reads the same on both event loops.
 _ASYNCIO_WORDING = ("Connect call failed", "error while attempting to bind")
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a log or a reason: the error's own words, never a traceback.
+    """One line for a log, a reason or a config error: the error's own words, never a
+    traceback and never ``[Errno N]``.
 
     The same failure reads the same whatever the event loop: "Connection refused", never
-    asyncio's "Connect call failed ('127.0.0.1', 80)".
+    asyncio's "Connect call failed ('127.0.0.1', 80)"; "Address already in use", never
+    asyncio's "error while attempting to bind on address ...". A message we wrote ourselves
+    around an errno ("connect to db:5432 failed: Connection refused") and TLS errors
+    ("[SSL] PEM lib") are kept as they are.
     """
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
-        if exc.errno and exc.errno > 0 and exc.strerror.startswith(_ASYNCIO_WORDING):
+        text = exc.strerror
+        # (TLS errors' words start "[SSL...": never taken for the event loop's.)
+        from_loop = text.startswith(_ASYNCIO_WORDING) or (text.islower() and ":" not in text)
+        if exc.errno and exc.errno > 0 and from_loop:
             return os.strerror(exc.errno)
-        return exc.strerror
+        return text
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
 
 

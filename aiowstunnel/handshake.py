@@ -7,18 +7,25 @@ text reason before any upgrade (protocol.md, Handshake). Pure: headers in, objec
 
 from __future__ import annotations
 
+import base64
 import enum
 import http
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .addresses import Address
-from .errors import AddressError
+from .addresses import SocketAddress, parse_socket_address
+from .errors import AddressError, TunnelError
 
 HEADER_MODE = "X-Aiowstunnel-Mode"
 HEADER_ADDRESS = "X-Aiowstunnel-Address"
 HEADER_TUNNEL = "X-Aiowstunnel-Tunnel"
+#: connect / socks5: the server writes a PROXY protocol header (v1 or v2) to each backend
+HEADER_PROXY_PROTOCOL = "X-Aiowstunnel-Proxy-Protocol"
+PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+#: reverse-socks5: the RFC 1929 username and password the server's SOCKS proxy asks for, as
+#: ``base64(username) base64(password)`` (a secret, like the token: wss:// keeps it)
+HEADER_SOCKS_AUTH = "X-Aiowstunnel-Socks-Auth"
 #: A tunnel's name becomes a metric label and a log field on the server: bounded in length
 #: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
@@ -27,17 +34,36 @@ DEFAULT_PATH = "/aiowstunnel"
 
 class Mode(enum.Enum):
     """CONNECT: the client listens, the server dials. LISTEN: the server listens, the
-    client dials. The side that owns the listener opens the streams."""
+    client dials. The side that owns the listener opens the streams.
+
+    SOCKS5 and REVERSE_SOCKS5 are CONNECT and LISTEN whose listener is a SOCKS5 proxy:
+    each stream's OPEN names its own target, which the dialing side checks (socks.py,
+    destinations.py); the session has no target of its own.
+    """
 
     CONNECT = "connect"
     LISTEN = "listen"
+    SOCKS5 = "socks5"
+    REVERSE_SOCKS5 = "reverse-socks5"
 
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def server_listens(self) -> bool:
+        """The server owns the listener (and the client dials)."""
+        return self in (Mode.LISTEN, Mode.REVERSE_SOCKS5)
+
+    @property
+    def socks(self) -> bool:
+        """The listener is a SOCKS5 proxy: each stream names its target."""
+        return self in (Mode.SOCKS5, Mode.REVERSE_SOCKS5)
+
 
 CONNECT = Mode.CONNECT
 LISTEN = Mode.LISTEN
+SOCKS5 = Mode.SOCKS5
+REVERSE_SOCKS5 = Mode.REVERSE_SOCKS5
 
 
 class Refusal(enum.Enum):
@@ -63,8 +89,9 @@ class Refusal(enum.Enum):
         return self.value[1]
 
 
-class RequestRefused(Exception):
-    """Raised while checking a tunnel request; becomes the HTTP refusal."""
+class RequestRefused(TunnelError):
+    """Raised while checking a tunnel request; becomes the HTTP refusal (the client sees
+    it as :class:`~aiowstunnel.errors.HandshakeRefused`)."""
 
     def __init__(self, refusal: Refusal, reason: str) -> None:
         super().__init__(reason)
@@ -76,18 +103,29 @@ class RequestRefused(Exception):
 class TunnelRequest:
     """What a client asks of the server.
 
-    ``address`` is the target the server dials (CONNECT) or the address it binds (LISTEN).
+    ``address`` is the target the server dials (CONNECT) or the address it binds (LISTEN,
+    REVERSE_SOCKS5); None in SOCKS5, where each stream names its own.
     """
 
     mode: Mode
-    address: Address
+    address: SocketAddress | None  # host:port, or unix:/path
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
+    proxy_protocol: str = ""  # "v1", "v2": the server sends that header to each backend
+    #: reverse-socks5: (username, password) the server's SOCKS listener asks for
+    socks_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     def headers(self) -> list[tuple[str, str]]:
-        headers = [(HEADER_MODE, self.mode.value), (HEADER_ADDRESS, str(self.address))]
+        headers = [(HEADER_MODE, self.mode.value)]
+        if self.address is not None:
+            headers.append((HEADER_ADDRESS, str(self.address)))
         if self.tunnel:
             headers.append((HEADER_TUNNEL, self.tunnel))
+        if self.proxy_protocol:
+            headers.append((HEADER_PROXY_PROTOCOL, self.proxy_protocol))
+        if self.socks_auth is not None:
+            user, password = (base64.b64encode(p.encode()).decode() for p in self.socks_auth)
+            headers.append((HEADER_SOCKS_AUTH, f"{user} {password}"))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -108,16 +146,24 @@ class TunnelRequest:
         try:
             mode = Mode(mode_text.strip().lower())
         except ValueError:
+            modes = ", ".join(repr(m.value) for m in Mode)
             raise RequestRefused(
-                Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not 'connect' or 'listen'"
+                Refusal.BAD_REQUEST, f"{HEADER_MODE}: {mode_text!r} is not one of {modes}"
             ) from None
         address_text = headers.get(HEADER_ADDRESS)
-        if address_text is None:
+        address: SocketAddress | None = None
+        if mode is Mode.SOCKS5:
+            if address_text is not None:
+                raise RequestRefused(
+                    Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: a socks5 session has no target"
+                )
+        elif address_text is None:
             raise RequestRefused(Refusal.BAD_REQUEST, f"missing {HEADER_ADDRESS} header")
-        try:
-            address = Address.parse(address_text, allow_zero_port=mode is Mode.LISTEN)
-        except AddressError as exc:
-            raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
+        else:
+            try:
+                address = parse_socket_address(address_text, allow_zero_port=mode.server_listens)
+            except AddressError as exc:
+                raise RequestRefused(Refusal.BAD_REQUEST, f"{HEADER_ADDRESS}: {exc}") from None
         tunnel = headers.get(HEADER_TUNNEL, "").strip()
         if tunnel and not TUNNEL_NAME.fullmatch(tunnel):
             shown = tunnel if len(tunnel) <= 40 else tunnel[:40] + "..."
@@ -126,7 +172,43 @@ class TunnelRequest:
                 f"{HEADER_TUNNEL}: {shown!r}: use at most 128 letters, digits, "
                 "'_', '.', ':', '[', ']' and '-'",
             )
-        return cls(mode, address, bearer_token(headers.get("Authorization")), tunnel)
+        proxy_protocol = headers.get(HEADER_PROXY_PROTOCOL, "").strip().lower()
+        if proxy_protocol and proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"{HEADER_PROXY_PROTOCOL}: {proxy_protocol[:20]!r} is not 'v1' or 'v2'",
+            )
+        if proxy_protocol and mode.server_listens:
+            raise RequestRefused(
+                Refusal.BAD_REQUEST,
+                f"{HEADER_PROXY_PROTOCOL}: in {mode} mode the client dials and sends it itself",
+            )
+        token = bearer_token(headers.get("Authorization"))
+        socks_auth = _socks_auth(headers.get(HEADER_SOCKS_AUTH), mode)
+        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth)
+
+
+def _socks_auth(value: str | None, mode: Mode) -> tuple[str, str] | None:
+    """The username and password of X-Aiowstunnel-Socks-Auth (never quoted in a reason)."""
+    if value is None:
+        return None
+    if mode is not Mode.REVERSE_SOCKS5:
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: only used in reverse-socks5 mode"
+        )
+    try:
+        user, password = (
+            base64.b64decode(part, validate=True).decode() for part in value.split(" ")
+        )
+    except ValueError:  # wrong count, not base64, not UTF-8
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: expected 'base64(user) base64(password)'"
+        ) from None
+    if not (0 < len(user.encode()) <= 255 and 0 < len(password.encode()) <= 255):
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: each must be 1 to 255 bytes (RFC 1929)"
+        )
+    return user, password
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

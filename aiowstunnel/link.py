@@ -29,7 +29,7 @@ from .errors import HandshakeRefused, ProtocolViolation
 from .keepalive import Keepalive, PingBudget
 from .logs import escape
 from .tcp import no_delay
-from .wire import DEFAULT_MAX_DATA, data_header, split_data
+from .wire import DEFAULT_MAX_DATA, data_frame, split_data
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
 #: matters (docs/operations.md, Logging), so its logger only passes warnings.
@@ -362,7 +362,7 @@ class Link(asyncio.Protocol):
         if len(data) <= self.max_data and not writes and transport is not None:
             # The rtt case: one frame, with no round through the queue and flush.
             key = keys.next() if keys is not None else None
-            _write(transport, wsframe.binary_frame(data_header(stream_id), data, key))
+            _write(transport, data_frame(stream_id, data, key))  # one call on the native path
             return
         for header, chunk in split_data(stream_id, data, self.max_data):
             key = keys.next() if keys is not None else None

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addresses import format_peer
 
@@ -47,13 +47,13 @@ class ContextFormatter(logging.Formatter):
         self.with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
-        record.context = _context(record)
+        context = record.__dict__["context"] = _context(record)  # the format's %(context)s
         text = super().format(record)
         if self.with_time and "\n" in text:
             # On stderr every line of a multi-line record (every error of a reload, a
             # traceback) carries the time, level and context, so grep and sort keep it
             # whole; journald keeps a record's lines together by itself.
-            prefix = f"{record.asctime} {record.levelname} {record.context}"
+            prefix = f"{record.asctime} {record.levelname} {context}"
             first, *rest = text.split("\n")
             text = "\n".join([first, *(prefix + line for line in rest)])
         return text
@@ -93,7 +93,9 @@ def _journal_handler() -> logging.Handler | None:
                 out[name.upper()] = format_peer(value) if name == "peer" else str(value)
         journal.send(message, **out)
 
-    handler = journal.JournalHandler(sender_function=send, SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+    handler: logging.Handler = journal.JournalHandler(
+        sender_function=send, SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER
+    )
     # The fields are also in MESSAGE, so a plain `journalctl -u aiowstunnel` shows them.
     handler.setFormatter(ContextFormatter(with_time=False))
     return handler
@@ -143,25 +145,36 @@ def setup_logging(level: str, journald: bool | None = None) -> logging.Handler:
     return handler
 
 
-class TunnelLogger(logging.LoggerAdapter):
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter takes a type argument from Python 3.11 on
+    _Adapter = logging.LoggerAdapter
+
+
+class TunnelLogger(_Adapter):
     """A LoggerAdapter that adds ``tunnel=`` and merges per-call ``extra=`` (e.g. ``peer``)."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
 
 
-def tunnel_logger(name: str, logger: logging.Logger | None = None) -> TunnelLogger:
-    """A logger whose records all carry ``tunnel=name``.
+def tunnel_logger(
+    name: str | None, logger: logging.Logger | None = None, **context: object
+) -> TunnelLogger:
+    """A logger whose records all carry ``tunnel=name`` (and ``context``'s fields).
 
     Args:
         name: the tunnel's (or server client entry's) name.
         logger: the logger to wrap; defaults to the ``aiowstunnel`` logger.
+        context: more of :data:`CONTEXT_FIELDS` (``client=``, ``peer=``) for every record.
 
     Returns:
         The adapter; call it as ``log.info("connected", extra={"peer": peer})``.
     """
-    extra: Mapping[str, object] = {"tunnel": name}
+    extra: Mapping[str, object] = {"tunnel": name, **context}
     return TunnelLogger(logger or logging.getLogger("aiowstunnel"), extra)
 
 

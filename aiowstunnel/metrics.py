@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .addresses import host_port
-from .errors import os_reason
+from .errors import TunnelError, describe
 from .limits import DEFAULT_METRICS_CONNECTIONS, LIMIT_NAMES, QuietLog
 from .stats import Health, LimitStats, MetricsSnapshot, TunnelStats
 
@@ -31,7 +31,9 @@ REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request head
 
 
 # The per-scrape families: metric type, name after "aiowstunnel_", help, label names.
-_FAMILIES: dict[str, tuple[type[Metric], str, str, tuple[str, ...]]] = {
+_FAMILIES: dict[
+    str, tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, tuple[str, ...]]
+] = {
     "up": (GaugeMetricFamily, "tunnel_up", "1 if the tunnel's session is up.", ("tunnel",)),
     "connects": (CounterMetricFamily, "tunnel_connects", "Sessions established.", ("tunnel",)),
     "connect_failures": (
@@ -281,7 +283,7 @@ class MetricsServer:
         except OSError as exc:
             where = host_port(host or "*", port)
             raise OSError(
-                exc.errno, f"metrics: cannot listen on {where}: {os_reason(exc)}"
+                exc.errno, f"metrics: cannot listen on {where}: {describe(exc)}"
             ) from exc
 
     @property
@@ -362,7 +364,10 @@ class MetricsServer:
                 health = Health(health)
             tunnels = {name: _state(up) for name, up in health.tunnels.items()}
             healthy = all(state == "up" for state in tunnels.values())
-            answer: dict = {"status": "ok" if healthy else "degraded", "tunnels": tunnels}
+            answer: dict[str, object] = {
+                "status": "ok" if healthy else "degraded",
+                "tunnels": tunnels,
+            }
             if health.draining:
                 answer["draining"] = dict(health.draining)
             if health.server is not None:
@@ -382,7 +387,7 @@ def _state(up: bool) -> str:
     return "up" if up else "down"
 
 
-class _RequestTooLarge(Exception):
+class _RequestTooLarge(TunnelError):
     """The request line and headers exceed MAX_REQUEST_HEAD (answered 431, never raised out)."""
 
 

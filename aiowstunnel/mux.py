@@ -13,20 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ProtocolViolation
+from .errors import LocalProtocolError, ProtocolViolation
 from .windows import ReceiveWindow, Window
 from .wire import (
     DEFAULT_MAX_DATA,
     DEFAULT_MAX_STREAMS,
     DEFAULT_WINDOW,
-    HEADER,
     HEADER_SIZE,
     MAX_WINDOW,
     TRANSITIONS,
     Data,
     Fin,
     Frame,
-    FrameType,
     GoAway,
     Move,
     Open,
@@ -35,6 +33,7 @@ from .wire import (
     Rst,
     StreamState,
     WindowUpdate,
+    data_stream,
     parse_frame,
 )
 
@@ -77,6 +76,7 @@ class StreamMachine:
 class StreamRequested:
     stream_id: int
     origin: str
+    target: str = ""  # the OPEN's own target; "" for the session's
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,16 +243,17 @@ class Mux:
 
     # -- sending -------------------------------------------------------------------
 
-    def open_stream(self, origin: str = "") -> tuple[int, bytes]:
-        """Allocate a stream id and build its OPEN. Returns (stream id, message)."""
+    def open_stream(self, origin: str = "", target: str = "") -> tuple[int, bytes]:
+        """Allocate a stream id and build its OPEN (``target``: see :class:`~wire.Open`).
+        Returns (stream id, message)."""
         if self.goaway_received or self.goaway_sent:
-            raise ProtocolViolation("no new streams after GOAWAY")
+            raise LocalProtocolError("no new streams after GOAWAY")
         if self._next_id > 0xFFFFFFFF:
-            raise ProtocolViolation("stream ids exhausted")
+            raise LocalProtocolError("stream ids exhausted")
         stream_id = self._next_id
         self._next_id += 2
         self._streams[stream_id] = StreamMachine(stream_id, self.window)
-        return stream_id, Open(stream_id, self.window, origin).serialize()
+        return stream_id, Open(stream_id, self.window, origin, target).serialize()
 
     def accept_stream(self, stream_id: int) -> bytes:
         machine = self._streams[stream_id]
@@ -340,10 +341,8 @@ class Mux:
         building the frame, the event list and the dispatch (the per-message cost of
         every rtt, docs/performance.md).
         """
-        if len(message) <= HEADER_SIZE:
-            return None
-        code, stream_id = HEADER.unpack_from(message)
-        if code != FrameType.DATA:
+        stream_id = data_stream(message)  # native where built (wsframe.DATA_PATH)
+        if not stream_id:
             return None
         machine = self._streams.get(stream_id)
         if machine is None or machine.state not in _RECEIVES_DATA:
@@ -457,4 +456,4 @@ class Mux:
         machine = StreamMachine(sid, self.window)
         machine.send_window = Window(frame.window)
         self._streams[sid] = machine
-        return [StreamRequested(sid, frame.origin)]
+        return [StreamRequested(sid, frame.origin, frame.target)]

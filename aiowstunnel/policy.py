@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .addresses import Address, AddressRule, IPAddress, ip_or_none
+from .addresses import Address, AddressRule, IPAddress, SocketAddress, UnixPath, ip_or_none
 
 
 def token_digest(token: str | bytes) -> bytes:
@@ -47,28 +47,46 @@ class ClientPolicy:
         if len(self.token_sha256) != 32:
             raise ValueError(f"client {self.name!r}: token_sha256 must be 32 bytes")
 
-    def may_connect(self, target: Address) -> bool:
-        """True when a rule allows the target as written (name or IP literal)."""
-        return any(rule.matches(target.host, target.port) for rule in self.allow_connect)
+    def may_connect(self, target: SocketAddress) -> bool:
+        """True when a rule allows the target as written (name, IP literal, unix path)."""
+        return allows(self.allow_connect, target)
 
     def may_connect_ip(self, ip: IPAddress, port: int) -> bool:
         """True when a resolved address is allowed by an IP/CIDR rule."""
-        return any(rule.matches_ip(ip, port) for rule in self.allow_connect)
+        return allows_ip(self.allow_connect, ip, port)
 
-    def may_listen(self, address: Address) -> bool:
+    def may_listen(self, address: SocketAddress) -> bool:
+        if isinstance(address, UnixPath):
+            return any(rule.matches_address(address) for rule in self.allow_listen)
         host = address.host or "0.0.0.0"
         return any(rule.matches(host, address.port) for rule in self.allow_listen)
 
-    def needs_resolution(self, target: Address) -> bool:
+    def needs_resolution(self, target: SocketAddress) -> bool:
         """True when the target is a name that no name rule allows but a CIDR rule might."""
-        return (
-            ip_or_none(target.host) is None
-            and not self.may_connect(target)
-            and any(
-                r.network is not None and r.port_low <= target.port <= r.port_high
-                for r in self.allow_connect
-            )
-        )
+        return isinstance(target, Address) and needs_resolution(self.allow_connect, target)
+
+
+# The decisions over one rule list, shared by a client entry's allow_connect and a
+# tunnel's own (reverse-socks5: the client decides what its streams may reach).
+
+
+def allows(rules: Iterable[AddressRule], target: SocketAddress) -> bool:
+    """True when a rule allows the target as written (name, IP literal, unix path)."""
+    return any(rule.matches_address(target) for rule in rules)
+
+
+def allows_ip(rules: Iterable[AddressRule], ip: IPAddress, port: int) -> bool:
+    """True when a resolved address is allowed by an IP/CIDR (or any-host) rule."""
+    return any(rule.matches_ip(ip, port) for rule in rules)
+
+
+def needs_resolution(rules: Sequence[AddressRule], target: Address) -> bool:
+    """True when the target is a name that no name rule allows but a CIDR rule might."""
+    return (
+        ip_or_none(target.host) is None
+        and not allows(rules, target)
+        and any(r.network is not None and r.port_low <= target.port <= r.port_high for r in rules)
+    )
 
 
 #: The policy of a ``Server`` created without one: anyone, anything (the seed's behaviour).

@@ -10,11 +10,11 @@ expose the socket (uvloop as a pseudo-socket that passes ``setsockopt`` through)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import socket
 import struct
+from typing import Any, Protocol
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -38,7 +38,16 @@ class Cut(enum.Enum):
         return self.value
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+class Abortable(Protocol):
+    """A transport that can be reset: asyncio's and uvloop's TCP transports (uvloop's are
+    not asyncio.Transport subclasses, so this is a structural type)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+    def abort(self) -> None: ...
+
+
+def reset(transport: Abortable) -> None:
     """Close ``transport``'s socket with an RST (SO_LINGER 0), dropping what is buffered."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -44,12 +44,18 @@ def event_loop_runner(
 
 
 def data_path() -> str:
-    """The implementation that moves DATA through a session: ``python`` (session.py with
-    wire.py and wsframe.py) is the only one today. A compiled path answers here when it
-    exists, so that ``--version`` and the start log line always name the one in use."""
-    return "python"
+    """The implementation that moves DATA through a session: ``native`` (the compiled
+    ``aiowstunnel._datapath`` behind wsframe's and wire's per-message functions) where it
+    loads, else ``python`` (wsframe.py and wire.py themselves, the specification).
+    ``AIOWSTUNNEL_DATA_PATH=python`` or ``=native`` forces either; a forced path that cannot
+    run is a one-line error naming why, like a forced event loop."""
+    try:
+        from .wsframe import DATA_PATH
+    except ImportError as exc:  # wsframe.DataPathError: the message says what and why
+        raise SystemExit(str(exc)) from None
+    return DATA_PATH
 
 
 def describe() -> str:
-    """``event loop: uvloop 0.21.0; data path: python``, for ``--version`` and the log."""
+    """``event loop: uvloop 0.21.0; data path: native``, for ``--version`` and the log."""
     return f"event loop: {event_loop_runner()[1]}; data path: {data_path()}"

@@ -23,13 +23,14 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from . import wire
-from .addresses import Address, ip_or_none
-from .dial import Dial, tcp_dialer
-from .errors import ProtocolViolation, ResumeRefused, os_reason
+from .addresses import Address, SocketAddress, UnixPath, ip_or_none
+from .destinations import RuleSet, TargetRefused, check_target, dialer, proxy_protocol
+from .dial import Dial
+from .errors import ProtocolViolation, ResumeRefused, describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
-from .logs import escape
+from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .resets import Cut
 from .resume import (
@@ -43,8 +44,12 @@ from .resume import (
 )
 from .resumption import Resumption
 from .session import Phase, Session
+from .settings import SessionSettings
+from .socks import Socks5Stream
+from .socks5 import Credentials
 from .stats import LimitStats, ServerStats, TunnelStats
 from .tcp import TcpStream
+from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -57,7 +62,6 @@ _HANDSHAKE_LIMITS = {
     "handshake_bytes": "handshake_too_large",
 }
 
-DEFAULT_MAX_FRAME = 1024 * 1024 + 64
 DEFAULT_RESUME_TIMEOUT = 60.0
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
@@ -72,7 +76,7 @@ class Grant:
 
     client: ClientPolicy
     request: TunnelRequest
-    target: Address | None = None  # CONNECT: where the server dials (pinned IP if resolved)
+    target: SocketAddress | None = None  # CONNECT: where the server dials (pinned IP if resolved)
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
@@ -94,12 +98,15 @@ class Server:
         handshake_timeout: seconds a connection has to complete TLS and the upgrade.
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
+        settings: the session's settings whole (the daemon's), instead of the seven above
+            (:class:`SessionSettings`).
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
             that replaces this one, so that Prometheus counters never go backwards);
             ``client_stats`` is keyed by (client entry name, tunnel name).
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
+        socket_mode: the file mode of a unix socket bound for a LISTEN session.
         resume_timeout: seconds a session whose connection broke is kept for its client to
             resume it (protocol.md, Resumption); 0 turns resumption off.
     """
@@ -112,30 +119,36 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         path: str = DEFAULT_PATH,
         clients: Iterable[ClientPolicy] | None = None,
-        window: int = wire.DEFAULT_WINDOW,
-        max_streams: int = wire.DEFAULT_MAX_STREAMS,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        handshake_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
+        window: int = SessionSettings.window,
+        max_streams: int = SessionSettings.max_streams,
+        max_frame: int = SessionSettings.max_frame,
+        handshake_timeout: float = SessionSettings.handshake_timeout,
+        connect_timeout: float = SessionSettings.connect_timeout,
+        ping_interval: float | None = SessionSettings.ping_interval,
+        ping_timeout: float = SessionSettings.ping_timeout,
+        settings: SessionSettings | None = None,
         stats: ServerStats | None = None,
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
         resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
         self.host = host
+        self.socket_mode = socket_mode
         self.port = port
         self.ssl = ssl
         self.path = path
-        self.window = window
-        self.max_streams = max_streams
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.settings = SessionSettings.given(
+            settings,
+            window=window,
+            max_streams=max_streams,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
         self.stats = stats if stats is not None else ServerStats()
         self.client_stats = client_stats if client_stats is not None else {}
         self.limits = (limits or ServerLimits()).resolve()
@@ -178,20 +191,28 @@ class Server:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        where: dict = {"host": self.host or None, "port": self.port}
-        if sock is not None:
-            where = {"sock": sock}
+        tls_timeout = self.settings.handshake_timeout if self.ssl else None
         try:
-            self._server = await loop.create_server(
-                self._new_session,
-                ssl=self.ssl,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-                backlog=1024,
-                **where,
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    sock=sock,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
+            else:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    self.host or None,
+                    self.port,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=tls_timeout,
+                    backlog=1024,
+                )
         except OSError as exc:
-            where = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {where}: {os_reason(exc)}") from exc
+            address = Address(self.host, self.port)
+            raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -258,11 +279,7 @@ class Server:
         for session, grant in list(self.sessions.items()):
             reason = self._still_allowed(grant)
             if reason:
-                log.warning(
-                    "closing the session: %s",
-                    reason,
-                    extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
-                )
+                _session_log(session).warning("closing the session: %s", reason)
                 session.close(CloseCode.POLICY_VIOLATION, reason)
 
     def _still_allowed(self, grant: Grant) -> str:
@@ -276,15 +293,19 @@ class Server:
         if current.token_sha256 != grant.client.token_sha256:
             return f"the token of client {grant.client.name!r} changed"
         request = grant.request
-        if request.mode is Mode.CONNECT:
+        if request.mode is Mode.SOCKS5:
+            if not current.allow_connect:
+                return f"client {current.name!r} may no longer connect anywhere"
+        elif request.mode is Mode.CONNECT:
+            assert request.address is not None
             target = grant.target or request.address
-            ip = ip_or_none(target.host)
-            allowed = current.may_connect(request.address) or (
-                ip is not None and current.may_connect_ip(ip, target.port)
-            )
+            allowed = current.may_connect(request.address)
+            if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
+                ip = ip_or_none(target.host)
+                allowed = ip is not None and current.may_connect_ip(ip, target.port)
             if not allowed:
                 return f"connect to {request.address} is no longer allowed"
-        elif not current.may_listen(request.address):
+        elif request.address is None or not current.may_listen(request.address):
             return f"listen on {request.address} is no longer allowed"
         grant.client = current
         return ""
@@ -292,9 +313,10 @@ class Server:
     # -- sessions --------------------------------------------------------------------
 
     def _new_session(self) -> Link:
+        settings = self.settings
         ws = ServerProtocol(
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=self.max_frame,
+            max_size=settings.max_frame,
             logger=ws_log,
         )
         guard = SessionGuard(
@@ -305,19 +327,20 @@ class Server:
             self._client_streams,
             self._limit_hit,
         )
+        # The Session takes its settings one by one until it takes a SessionSettings whole.
         session = Session(
             ws,
             TunnelStats("unauthenticated"),
-            window=self.window,
-            max_streams=self.max_streams,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            window=settings.window,
+            max_streams=settings.max_streams,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
             on_request=self._on_request,
             name="server",
             guard=guard,
         )
         loop = asyncio.get_running_loop()
-        loop.call_later(self.handshake_timeout, self._handshake_deadline, session)
+        loop.call_later(settings.handshake_timeout, self._handshake_deadline, session)
         return session.link
 
     def _limit_hit(self, limit: str, peer: str) -> None:
@@ -342,10 +365,10 @@ class Server:
             quiet.warning(
                 "handshake_timeout",
                 "dropping the connection: no complete handshake within %g s",
-                self.handshake_timeout,
+                self.settings.handshake_timeout,
                 extra={"peer": session.peer},
             )
-            session.abort(f"handshake timeout ({self.handshake_timeout:g} s)")
+            session.abort(f"handshake timeout ({self.settings.handshake_timeout:g} s)")
 
     def _on_request(self, session: Session, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(self._authorize(session, request))
@@ -377,7 +400,7 @@ class Server:
                 for slot in reserved:
                     slot.release()
                 return
-            if grant.request.mode is Mode.LISTEN:
+            if grant.request.mode.server_listens:
                 await self._bind(session, grant)
         except RequestRefused as refused:
             for slot in reserved:
@@ -428,7 +451,7 @@ class Server:
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
-        dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
+        dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
         if resumable and self.resume_timeout > 0:
             credentials = new_session_credentials()
@@ -442,16 +465,14 @@ class Server:
             session.on_detach.append(self._session_detached)
             session.on_resume.append(self._session_resumed)
         session.accept(request, dial, extra_headers=headers)
-        what = (
-            f"connect to {grant.request.address}"
-            if grant.request.mode is Mode.CONNECT
-            else f"listen on {grant.bound}"
-        )
-        log.info(
-            "session opened: %s",
-            what,
-            extra={"client": entry, "tunnel": tunnel, "peer": session.peer},
-        )
+        mode = grant.request.mode
+        if mode is Mode.CONNECT:
+            what = f"connect to {grant.request.address}"
+        elif mode is Mode.SOCKS5:
+            what = "socks5: each stream's target checked against allow_connect"
+        else:
+            what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
+        _session_log(session).info("session opened: %s", what)
 
     def _resume(self, session: Session, request: Request, resume_id: bytes) -> None:
         """A resume request: full authentication again, then the session it names, which
@@ -486,7 +507,7 @@ class Server:
             return
         assert target.resumption is not None
         handshake = session.accept_resume(
-            request, target, new_challenge(), self.handshake_timeout
+            request, target, new_challenge(), self.settings.handshake_timeout
         )
 
         def finished(done: asyncio.Future[None]) -> None:
@@ -595,66 +616,69 @@ class Server:
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
         if tunnel.mode is Mode.CONNECT:
+            assert tunnel.address is not None
             grant.target = await self._connect_target(client, tunnel.address)
-        elif not client.may_listen(tunnel.address):
+        elif tunnel.mode is Mode.SOCKS5:
+            if not client.allow_connect:
+                raise RequestRefused(
+                    Refusal.FORBIDDEN,
+                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
+                )
+        elif tunnel.address is None or not client.may_listen(tunnel.address):
             raise RequestRefused(
                 Refusal.FORBIDDEN,
                 f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
             )
         return grant
 
-    async def _connect_target(self, client: ClientPolicy, target: Address) -> Address:
+    async def _connect_target(self, client: ClientPolicy, target: SocketAddress) -> SocketAddress:
         """Where to dial for a CONNECT request, or a 403 refusal.
 
         A name allowed by a name rule is dialed by name. A name allowed only through a
         CIDR rule is resolved here, and the session is pinned to an address that the rule
         allows, so a later DNS answer cannot steer it elsewhere.
         """
-        if client.may_connect(target):
-            return target
-        if client.needs_resolution(target):
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(target.host, target.port, type=1), self.connect_timeout
-                )
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise RequestRefused(
-                    Refusal.FORBIDDEN, f"cannot resolve {target.host}: {exc}"
-                ) from None
-            for info in infos:
-                ip = ip_or_none(str(info[4][0]))
-                if ip is not None and client.may_connect_ip(ip, target.port):
-                    return Address(str(ip), target.port)
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not connect to {target}: it resolves to addresses "
-                "outside allow_connect",
-            )
-        raise RequestRefused(
-            Refusal.FORBIDDEN,
-            f"client {client.name!r} may not connect to {target} (not in allow_connect)",
-        )
+        try:
+            return await check_target(_rules(client), target, self.settings.connect_timeout)
+        except TargetRefused as exc:
+            raise RequestRefused(Refusal.FORBIDDEN, str(exc)) from None
 
     def _dialer(self, grant: Grant) -> Dial:
-        target = grant.target or grant.request.address
-        return tcp_dialer(target.host, target.port, self.connect_timeout)
+        """Each stream goes to the session's target, or to its OPEN's own if the client
+        entry's allow_connect allows it (destinations.py): the entry as it is at each
+        stream, so that a reload's narrower rules apply to the next one."""
+        default = grant.target or grant.request.address
+        header = proxy_protocol(grant.request.proxy_protocol)
+        timeout = self.settings.connect_timeout
+        return dialer(default, lambda: _rules(grant.client), timeout, header)
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
+        assert address is not None  # checked by _check: a listening mode names its address
+
+        auth = grant.request.socks_auth
+        credentials = Credentials(*auth) if auth is not None else None
 
         def new_stream() -> TcpStream:
+            if grant.request.mode.socks:
+                return Socks5Stream(session, credentials)
             return session.new_stream()
 
         loop = asyncio.get_running_loop()
         try:
-            grant.listener = await loop.create_server(
-                new_stream, address.bind_host, address.port, backlog=1024
-            )
+            if isinstance(address, UnixPath):
+                grant.listener = await listen_unix(new_stream, address.path, self.socket_mode)
+            else:
+                grant.listener = await loop.create_server(
+                    new_stream, address.bind_host, address.port, backlog=1024
+                )
         except OSError as exc:
             raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {os_reason(exc)}"
+                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
             ) from None
+        if isinstance(address, UnixPath):
+            grant.bound = str(address)
+            return
         port = grant.listener.sockets[0].getsockname()[1]
         grant.bound = str(Address(address.host, port))
 
@@ -681,11 +705,10 @@ class Server:
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0
         cut = session.cut_streams
-        log.info(
+        _session_log(session).info(
             "session ended: %s; %s",
             escape(session.close_reason),
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
-            extra={"client": session.client, "tunnel": session.name, "peer": session.peer},
         )
 
 
@@ -702,6 +725,15 @@ def _same_tunnel(grant: Grant, client: ClientPolicy, tunnel: TunnelRequest) -> b
 
 def _streams(n: int) -> str:
     return f"{n} stream{'' if n == 1 else 's'}"
+
+
+def _session_log(session: Session) -> TunnelLogger:
+    """The server's log for one authenticated session: client entry, tunnel and peer."""
+    return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
+
+
+def _rules(client: ClientPolicy) -> RuleSet:
+    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

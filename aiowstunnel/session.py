@@ -432,7 +432,7 @@ class Session:
         elif isinstance(event, StreamEnded):
             table.peer_ended(event.stream_id)
         elif isinstance(event, StreamRequested):
-            self.dialer.request(event.stream_id, event.origin)
+            self.dialer.request(event.stream_id, event.origin, event.target)
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
@@ -447,7 +447,10 @@ class Session:
                 quote(event.reason),
                 extra=self.log_extra(),
             )
-            table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
+            if stream is not None and stream.refused(event.reason):
+                table.forget(stream, f"refused: {event.reason}")  # its application was told
+            else:
+                table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
         elif isinstance(event, StreamViolated):
             self.faults.stream_violation(event.stream_id, event.reason)
             table.cut_id(event.stream_id, Cut.VIOLATION, event.reason)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import ProtocolViolation, describe
+from .errors import LocalProtocolError, describe
 from .limits import SessionGuard
 from .mux import Mux
 from .resets import Cut, reset
@@ -115,7 +115,7 @@ class StreamTable:
             self.cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
         if stream.stream_id is None:  # listener side
-            if self.guard is not None:
+            if self.guard is not None and stream.slot is None:  # (socks.py takes it earlier)
                 stream.slot = self.guard.stream_slot(stream.peer)
                 if stream.slot is None:
                     self.stats.stream_open_failures["stream_limit"] += 1
@@ -123,8 +123,8 @@ class StreamTable:
                     stream.transport.abort()
                     return
             try:
-                stream.stream_id, message = self.mux.open_stream(stream.peer)
-            except ProtocolViolation as exc:  # stream ids exhausted (2**31 streams)
+                stream.stream_id, message = self.mux.open_stream(stream.peer, stream.target)
+            except LocalProtocolError as exc:  # stream ids exhausted (2**31 streams)
                 self.stats.stream_open_failures["tunnel_down"] += 1
                 log.warning(
                     "cannot open a stream for %s: %s; starting a new session",
@@ -249,6 +249,7 @@ class StreamTable:
     def peer_accepted(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is not None:
+            stream.opened()
             self._send_backlog(stream)  # early data or EOF, if any; resumes reading
 
     def peer_ended(self, stream_id: int) -> None:

@@ -15,75 +15,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import ssl
-from urllib.parse import urlsplit
+from collections.abc import Coroutine
+from typing import Any
 
+from .addresses import Address, SocketAddress
 from .client import Client
 from .config import Config, ConfigDiff, ServerConfig, TunnelSpec, diff
 from .errors import ConfigError
-from .handshake import Mode
+from .logs import tunnel_logger
 from .server import Server
+from .socks5 import Credentials
 from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
+from .tls import server_ssl, tunnel_ssl
 
 log = logging.getLogger("aiowstunnel.supervisor")
-
-
-def server_ssl(config: ServerConfig) -> ssl.SSLContext | None:
-    """The server's TLS context, or None for plain ws://.
-
-    Raises:
-        ConfigError: a certificate, key or CA file cannot be loaded (names the key).
-    """
-    if config.tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    _load(context.load_cert_chain, "server.tls_cert/tls_key", config.tls_cert, config.tls_key)
-    if config.tls_client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        _load(context.load_verify_locations, "server.tls_client_ca", config.tls_client_ca)
-    return context
-
-
-def tunnel_ssl(spec: TunnelSpec, index: int) -> ssl.SSLContext | None:
-    """The tunnel's TLS context (system store or ``ca_file``; client cert for mTLS)."""
-    if not spec.uses_tls:
-        return None
-    where = f"tunnel[{index}]"
-    try:
-        context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{where}.ca_file: {spec.ca_file}: {exc}"]) from None
-    if spec.client_cert is not None:
-        _load(context.load_cert_chain, f"{where}.client_cert", spec.client_cert, spec.client_key)
-    return context
-
-
-def _load(method, key: str, *paths) -> None:
-    try:
-        method(*(str(p) for p in paths if p is not None))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{key}: {', '.join(str(p) for p in paths if p)}: {exc}"]) from None
-
-
-def check_tls(config: Config) -> None:
-    """Load every certificate, key and CA the config names (``aiowstunnel check``).
-
-    Raises:
-        ConfigError: with every file that cannot be loaded.
-    """
-    errors: list[str] = []
-    if config.server is not None:
-        try:
-            server_ssl(config.server)
-        except ConfigError as exc:
-            errors += exc.errors
-    for index, spec in enumerate(config.tunnels):
-        try:
-            tunnel_ssl(spec, index)
-        except ConfigError as exc:
-            errors += exc.errors
-    if errors:
-        raise ConfigError(errors, config.source)
 
 
 def build_server(
@@ -98,43 +43,47 @@ def build_server(
         ssl=server_ssl(config),
         path=config.path,
         clients=config.clients,
-        window=config.window,
-        max_streams=config.max_streams,
-        max_frame=config.max_frame,
-        handshake_timeout=config.handshake_timeout,
-        ping_interval=config.ping_interval,
-        ping_timeout=config.ping_timeout,
+        settings=config.settings,
         stats=stats,  # the same counters across a rebind: Prometheus counters never go back
         client_stats=client_stats,
         limits=config.limits,
         limit_stats=limit_stats,
+        socket_mode=config.socket_mode,
         resume_timeout=config.resume_timeout,
     )
 
 
+def _host_port(endpoint: SocketAddress | None) -> tuple[str, int]:
+    """The Client's (host, port) for an endpoint: ``("unix:/path", 0)`` for a unix socket,
+    ``("", 0)`` for none (the socks modes)."""
+    if isinstance(endpoint, Address):
+        return endpoint.host, endpoint.port
+    return (str(endpoint), 0) if endpoint is not None else ("", 0)
+
+
 def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
-    url = urlsplit(spec.server)
-    secure = url.scheme == "wss"
-    host = url.hostname or ""
-    port = url.port or (443 if secure else 80)
     return Client(
         spec.mode,
-        host,
-        port,
-        spec.listen.host,
-        spec.listen.port,
-        spec.connect.host,
-        spec.connect.port,
+        spec.server.host,
+        spec.server.port,
+        *_host_port(spec.listen),
+        *_host_port(spec.connect),
         ssl=tunnel_ssl(spec, index),
-        path=url.path or "/",
+        path=spec.server.path,
         token=spec.token.reveal(),
         backoff=spec.backoff,
-        ping_interval=spec.ping_interval,
-        ping_timeout=spec.ping_timeout,
-        window=spec.window,
+        settings=spec.settings,
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        socket_mode=spec.socket_mode,
+        proxy_protocol=spec.proxy_protocol,
+        allow_connect=spec.allow_connect,
+        socks_credentials=(
+            Credentials(spec.socks_username, spec.socks_password.reveal())
+            if spec.socks_username and spec.socks_password
+            else None
+        ),
         resume_timeout=spec.resume_timeout,
     )
 
@@ -154,7 +103,7 @@ class Supervisor:
         self.reload_timestamp: float | None = None
         #: instances a reload replaced or removed, draining in the background: task -> name
         #: and the instance (a Client, or the Server under the name "server")
-        self.draining: dict[asyncio.Task[None], tuple[str, Client | Server]] = {}
+        self.draining: dict[asyncio.Task[object], tuple[str, Client | Server]] = {}
 
     async def start(self) -> None:
         """Bind the server (if any) and start every tunnel.
@@ -192,7 +141,7 @@ class Supervisor:
         try:
             client = build_client(spec, index, stats)
         except ConfigError as exc:  # checked at load; a file may vanish before reload
-            log.error("tunnel %s not started: %s", spec.name, exc, extra={"tunnel": spec.name})
+            tunnel_logger(spec.name, log).error("tunnel %s not started: %s", spec.name, exc)
             return None
         client.predecessor = predecessor
         self.tunnels[spec.name] = client
@@ -216,24 +165,25 @@ class Supervisor:
             streams = client.streams_active
             cut = await client.close(timeout)
             if streams:
-                log.info(
+                tunnel_logger(name, log).info(
                     "previous instance stopped: %s open when replaced, %d finished, "
                     "%d reset at the %g s drain timeout",
                     _streams(streams),
                     streams - cut,
                     cut,
                     timeout,
-                    extra={"tunnel": name},
                 )
 
         self._background(name, client, drain())
 
-    def _background(self, name: str, instance: Client | Server, work) -> None:
+    def _background(
+        self, name: str, instance: Client | Server, work: Coroutine[Any, Any, object]
+    ) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.draining[task] = (name, instance)
         task.add_done_callback(self._drained)
 
-    def _drained(self, task: asyncio.Task[None]) -> None:
+    def _drained(self, task: asyncio.Task[object]) -> None:
         self.draining.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("draining a previous instance failed: %r", task.exception())
@@ -351,7 +301,7 @@ class Supervisor:
         return out
 
     def health(self) -> Health:
-        server = None
+        server: dict[str, dict[str, bool]] | None = None
         if self.server is not None:
             server = {}
             for (entry, tunnel), stats in self.client_stats.items():
@@ -404,7 +354,7 @@ class Supervisor:
 def _hands_over(old: TunnelSpec, new: TunnelSpec) -> bool:
     """Whether a changed tunnel's new instance takes over the old one's listening socket:
     both CONNECT (the listener is ours) on the same address."""
-    return old.mode is new.mode is Mode.CONNECT and old.listen == new.listen
+    return old.mode is new.mode and not new.mode.server_listens and old.listen == new.listen
 
 
 def _streams(n: int) -> str:

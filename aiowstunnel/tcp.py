@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from .addresses import format_peer
@@ -75,6 +76,21 @@ class TcpStream(asyncio.BufferedProtocol):
         self.received = 0
         self.opened_at = 0.0
 
+    #: listener side: the target its OPEN carries ("" = the session's); a subclass that
+    #: learns it from its application (socks.py) sets it before connection_made reports
+    target = ""
+    #: dialing side: called with the new socket before anything is tunneled (a PROXY
+    #: protocol header, destinations.dialer); None for nothing
+    before_open: Callable[[asyncio.BaseTransport], None] | None = None
+
+    def opened(self) -> None:
+        """Listener side: the peer dialed (OPEN_OK). A hook for subclasses (socks.py)."""
+
+    def refused(self, reason: str) -> bool:
+        """Listener side: the peer could not dial (OPEN_FAIL). True when the subclass has
+        answered its application and closed the socket itself (no reset is needed)."""
+        return False
+
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,6 +99,8 @@ class TcpStream(asyncio.BufferedProtocol):
         self.transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)
         no_delay(transport)
         self.peer = format_peer(transport.get_extra_info("peername"))
+        if self.before_open is not None:
+            self.before_open(transport)
         self.table.connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -11,9 +11,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from . import wsframe
 from .errors import ProtocolViolation
 
-VERSION = 1
 SUBPROTOCOL = "aiowstunnel.v1"
 
 #: "type (1 byte) | stream id (4 bytes, big-endian) | payload" (protocol.md, Frames)
@@ -54,7 +54,7 @@ def _encode_reason(reason: str) -> bytes:
 def _window(payload: bytes | memoryview, what: str) -> int:
     if len(payload) < 4:
         raise ProtocolViolation(f"{what} frame too short for its window")
-    (value,) = _U32.unpack_from(payload)
+    value: int = _U32.unpack_from(payload)[0]
     if not 0 < value <= MAX_WINDOW:
         raise ProtocolViolation(f"{what} window {value} out of range 1..{MAX_WINDOW}")
     return value
@@ -78,20 +78,34 @@ class Frame:
         return f"{self.type.name}[{self.stream_id}]"
 
 
+#: Between an OPEN's origin and its target (protocol.md, Frames): a NUL never occurs in an
+#: address, and a peer that knows no targets reads it as part of the origin, a log field.
+TARGET_MARK = b"\x00"
+
+
 @dataclass(frozen=True, slots=True)
 class Open(Frame):
-    """Ask the peer to open a stream. ``window``: what the opener may receive at once."""
+    """Ask the peer to open a stream. ``window``: what the opener may receive at once.
+
+    ``target``: where this stream goes (``host:port``, ``[v6]:port``, ``unix:/path``), or
+    ``""`` for the session's own target. The dialing side checks it against its rules.
+    """
 
     window: int = DEFAULT_WINDOW
     origin: str = ""  # the TCP peer that caused this stream, for the other side's logs
+    target: str = ""
 
     type = FrameType.OPEN
 
     def payload(self) -> bytes:
-        return _U32.pack(self.window) + _encode_reason(self.origin)
+        head = _U32.pack(self.window) + _encode_reason(self.origin.replace("\x00", ""))
+        if not self.target:
+            return head
+        return head + TARGET_MARK + _encode_reason(self.target)
 
     def __str__(self) -> str:
-        return f"OPEN[{self.stream_id}] window={self.window} origin={self.origin!r}"
+        target = f" target={self.target!r}" if self.target else ""
+        return f"OPEN[{self.stream_id}] window={self.window} origin={self.origin!r}{target}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +199,32 @@ def split_data(
     return [(header, data[i : i + max_data]) for i in range(0, len(data), max_data)]
 
 
+def data_frame(stream_id: int, payload: bytes | memoryview, mask_key: bytes | None) -> list[bytes]:
+    """One WebSocket BINARY frame carrying the DATA message ``data_header(stream_id) +
+    payload``, as :func:`wsframe.binary_frame` builds it (a client passes a fresh mask
+    key, a server None): on the native data path one call, the header included."""
+    return wsframe.python_binary_frame(HEADER.pack(FrameType.DATA, stream_id), payload, mask_key)
+
+
+def data_stream(message: bytes | bytearray | memoryview) -> int:
+    """The stream id of a DATA message with a payload, else 0 (any other message; stream 0
+    carries no DATA): the one header parse of :meth:`Mux.receive_data`."""
+    if len(message) <= HEADER_SIZE:
+        return 0
+    code, stream_id = HEADER.unpack_from(message)
+    return stream_id if code == FrameType.DATA else 0
+
+
+#: the pure implementations, whichever data path runs (wsframe chooses; wsframe.DATA_PATH)
+python_data_header = data_header
+python_data_frame = data_frame
+python_data_stream = data_stream
+if wsframe.native is not None:
+    data_header = wsframe.native.data_header
+    data_frame = wsframe.native.data_frame
+    data_stream = wsframe.native.data_stream
+
+
 def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
     """Decode one WebSocket message into a frame.
 
@@ -209,7 +249,17 @@ def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
     if stream_id == 0:
         raise ProtocolViolation(f"{kind.name} on stream 0, which is reserved for the session")
     if kind is FrameType.OPEN:
-        return Open(stream_id, _window(payload, "OPEN"), _reason(payload[4:], "OPEN origin"))
+        window = _window(payload, "OPEN")
+        rest = bytes(payload[4:])
+        origin, mark, target = rest.partition(TARGET_MARK)
+        if mark and not target:
+            raise ProtocolViolation("OPEN with an empty target")
+        return Open(
+            stream_id,
+            window,
+            _reason(origin, "OPEN origin"),
+            _reason(target, "OPEN target") if mark else "",
+        )
     if kind is FrameType.OPEN_OK:
         if len(payload) != 4:
             raise ProtocolViolation(f"OPEN_OK payload is {len(payload)} bytes, expected 4")

@@ -11,12 +11,21 @@ receiving daemon's CPU):
   frame, untouched, back to websockets: control frames one by one, and at the first frame
   it does not take (close, text, fragments, reserved bits, wrong masking, oversize), the
   rest of the connection for good, so websockets' error handling stays the only one.
+
+Both, and :class:`MaskKeys`, have a compiled twin in ``aiowstunnel._datapath`` (with wire's
+DATA header functions), the *native data path*: used where the extension loads, unless
+``AIOWSTUNNEL_DATA_PATH`` says otherwise (:data:`DATA_PATH` holds the choice;
+docs/architecture.md). The pure code here stays the specification and the fallback:
+``python_binary_frame``, ``PythonBinarySplitter`` and ``PythonMaskKeys`` are it whichever
+path runs, and the tests hold the native one to it byte for byte.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
+from types import ModuleType
 
 try:  # websockets' C extension; the pure-Python fallback is 100x slower on large frames
     from websockets.speedups import apply_mask
@@ -178,9 +187,51 @@ class BinarySplitter:
                 out.append((False, bytes(view[pos:frame_end])))
             elif masked:
                 at = pos + head
-                out.append((True, apply_mask(view[at:frame_end], view[at - 4 : at])))
+                # websockets types the mask as bytes; its apply_mask takes any buffer.
+                mask = view[at - 4 : at]
+                out.append((True, apply_mask(view[at:frame_end], mask)))  # type: ignore[arg-type]
             else:
                 out.append((True, view[pos + head : frame_end]))
             pos = frame_end
         if pos < end_of_data:
             self._pending += view[pos:]
+
+
+#: The environment variable that chooses the data path: ``auto`` (native where the
+#: extension loads, else python), ``python`` or ``native``.
+DATA_PATH_ENV = "AIOWSTUNNEL_DATA_PATH"
+
+
+class DataPathError(ImportError):
+    """``AIOWSTUNNEL_DATA_PATH`` asks for a data path that cannot run: an unknown value, or
+    ``native`` where the extension does not load (raised when this module is imported)."""
+
+
+def _choose(choice: str) -> tuple[ModuleType | None, str]:
+    """The native module (or None) and the data path's name, by ``AIOWSTUNNEL_DATA_PATH``."""
+    if choice not in ("auto", "python", "native"):
+        raise DataPathError(f"{DATA_PATH_ENV}={choice!r}: expected auto, python or native")
+    if choice == "python":
+        return None, "python"
+    try:
+        module = importlib.import_module(f"{__package__}._datapath")
+    except ImportError as exc:  # not built (no compiler), or built for another Python
+        if choice == "native":
+            raise DataPathError(
+                f"{DATA_PATH_ENV}=native, but the native data path (aiowstunnel._datapath) does"
+                f" not load: {exc}. pip builds it where a C compiler and Python's headers are"
+                f" installed; {DATA_PATH_ENV}=python runs without it"
+            ) from exc
+        return None, "python"
+    return module, "native"
+
+
+native, DATA_PATH = _choose(os.environ.get(DATA_PATH_ENV) or "auto")
+#: the pure implementations, whichever path runs: the specification and the fallback
+python_binary_frame = binary_frame
+PythonBinarySplitter = BinarySplitter
+PythonMaskKeys = MaskKeys
+if native is not None:
+    binary_frame = native.binary_frame
+    BinarySplitter = native.BinarySplitter  # type: ignore[misc]
+    MaskKeys = native.MaskKeys  # type: ignore[misc]

@@ -9,14 +9,21 @@
 
 Setups (each one started, measured, stopped in turn; one table at the end):
 
-    direct          client -> backend, no tunnel (the upper bound; ratios are to this)
+    direct          client -> backend, no tunnel (the upper bound)
     socat           socat TCP-LISTEN fork relay                          (if installed)
+    socat2          two chained socat relays: the floor of any two-ended tunnel; the
+                    report's ratios are to this one when it ran, else to direct
+    socat-tls       socat TCP-LISTEN -> OPENSSL, OPENSSL-LISTEN -> TCP (a TLS pair)
     ssh-L           ssh -L against a private throwaway sshd on loopback  (if installed)
     websocat        websocat ws-l server + tcp-l client, binary          (if found)
     connect         two aiowstunnel daemons: [server] + a CONNECT [[tunnel]]
     listen          two aiowstunnel daemons: [server] + a LISTEN [[tunnel]]
+    connect-wss     as connect, wss://: TLS terminated by the server daemon (openssl CLI
+                    makes a throwaway certificate for 127.0.0.1)
     connect-asyncio as connect, both daemons on asyncio (AIOWSTUNNEL_EVENT_LOOP=asyncio, only
                     with --asyncio): what a Python without uvloop gets
+    connect-python  as connect, both daemons on the pure-Python data path
+                    (AIOWSTUNNEL_DATA_PATH=python, only when named in --setups)
 
 Scenarios, each in its own client process, against a backend in its own process:
 
@@ -713,12 +720,19 @@ connect = "127.0.0.1:{backend}"
 WINDOW: int | None = None
 
 
-def aiowstunnel_setup(mode: str, uvloop: bool = False):
+def aiowstunnel_setup(mode: str, uvloop: bool = False, tls: bool = False):
     def start(workdir: Path, ports: Ports, backend: int, target: int):
         ws = ports.get()
         values = {"ws": ws, "backend": backend, "target": target, "workdir": workdir, "mode": mode}
         (workdir / "token").write_text("bench-token-not-secret\n")
+        (workdir / "token").chmod(0o600)
         server, client = SERVER_TOML.format(**values), CLIENT_TOML.format(**values)
+        if tls:
+            cert, key = self_signed(workdir)
+            server = server.replace(
+                "\n[[server", f'tls_cert = "{cert}"\ntls_key = "{key}"\n\n[[server', 1
+            )
+            client = client.replace("ws://", "wss://") + f'ca_file = "{cert}"\n'
         if WINDOW:
             server = server.replace("\n[[server", f"window = {WINDOW}\n\n[[server", 1)
             client += f"window = {WINDOW}\n"
@@ -785,7 +799,12 @@ def ssh_start(workdir: Path, ports: Ports, backend: int, target: int):
 
 def websocat_path() -> str | None:
     home = os.environ.get("TUNNELBENCH_HOME", "/var/tmp/tunnelbench")
-    return _which("websocat", os.environ.get("WEBSOCAT", ""), f"{home}/venv-tools/bin/websocat")
+    return _which(
+        "websocat",
+        os.environ.get("WEBSOCAT", ""),
+        str(ROOT / ".bench-tools" / "bin" / "websocat"),  # benchmarks/setup puts it there
+        f"{home}/venv-tools/bin/websocat",
+    )
 
 
 def websocat_start(workdir: Path, ports: Ports, backend: int, target: int):
@@ -802,6 +821,43 @@ def socat_start(workdir: Path, ports: Ports, backend: int, target: int):
     return [(["socat", listen, f"TCP:127.0.0.1:{backend}"], None)]
 
 
+def socat2_start(workdir: Path, ports: Ports, backend: int, target: int):
+    """Two chained relays: the plain-TCP shape of a two-ended tunnel (the floor)."""
+    mid = ports.get()
+    opts = "fork,reuseaddr,backlog=1024"
+    return [
+        (["socat", f"TCP-LISTEN:{mid},bind=127.0.0.1,{opts}", f"TCP:127.0.0.1:{backend}"], mid),
+        (["socat", f"TCP-LISTEN:{target},bind=127.0.0.1,{opts}", f"TCP:127.0.0.1:{mid}"], None),
+    ]
+
+
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (and localhost), made by the openssl CLI."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    return cert, key
+
+
+def socat_tls_start(workdir: Path, ports: Ports, backend: int, target: int):
+    """A TLS socat pair: the plain-TCP shape of a two-ended tunnel with TLS between the ends."""
+    mid = ports.get()
+    cert, key = self_signed(workdir)
+    opts = "fork,reuseaddr,backlog=1024"
+    return [
+        (["socat", f"OPENSSL-LISTEN:{mid},bind=127.0.0.1,{opts},cert={cert},key={key},verify=0",
+          f"TCP:127.0.0.1:{backend}"], mid),
+        (["socat", f"TCP-LISTEN:{target},bind=127.0.0.1,{opts}",
+          f"OPENSSL:127.0.0.1:{mid},cafile={cert},commonname=127.0.0.1"], None),
+    ]  # fmt: skip
+
+
 def all_setups() -> list[Setup]:
     def missing(*names):
         gone = [n for n in names if not _which(n)]
@@ -814,6 +870,11 @@ def all_setups() -> list[Setup]:
         Setup("direct", "no tunnel", None, start=None),
         Setup("socat", "socat TCP-LISTEN fork relay", missing("socat"), idle_ok=False,
               start=socat_start),
+        Setup("socat2", "two chained socat relays (the floor: a two-ended tunnel's shape)",
+              missing("socat"), idle_ok=False, roles=["far", "near"], start=socat2_start),
+        Setup("socat-tls", "socat TCP-LISTEN -> OPENSSL ... OPENSSL-LISTEN -> TCP",
+              missing("socat", "openssl"), idle_ok=False, roles=["far", "near"],
+              start=socat_tls_start),
         Setup("ssh-L", "ssh -L against a private sshd", ssh_missing, roles=["sshd", "ssh"],
               start=ssh_start),
         Setup("websocat", "websocat ws-l + tcp-l, binary",
@@ -823,9 +884,15 @@ def all_setups() -> list[Setup]:
               roles=["server", "client"], start=aiowstunnel_setup("connect"), daemon=True),
         Setup("listen", "aiowstunnel daemons: server + LISTEN tunnel", None, profile=True,
               roles=["server", "client"], start=aiowstunnel_setup("listen"), daemon=True),
+        Setup("connect-wss", "as connect, wss:// (TLS in the server daemon)",
+              missing("openssl"), profile=True, roles=["server", "client"],
+              start=aiowstunnel_setup("connect", tls=True), daemon=True),
         Setup("connect-asyncio", "as connect, both daemons on asyncio", None, profile=True,
               roles=["server", "client"], start=aiowstunnel_setup("connect"), daemon=True,
               env={"AIOWSTUNNEL_EVENT_LOOP": "asyncio"}),
+        Setup("connect-python", "as connect, both daemons on the python data path", None,
+              profile=True, roles=["server", "client"], start=aiowstunnel_setup("connect"),
+              daemon=True, env={"AIOWSTUNNEL_DATA_PATH": "python"}),
     ]  # fmt: skip
 
 
@@ -887,7 +954,11 @@ class Profiler:
         self.outdir = outdir
         self.rate = rate
         self.native = native
-        self.exe = _which("py-spy", str(Path(sys.executable).parent / "py-spy"))
+        self.exe = _which(
+            "py-spy",
+            str(Path(sys.executable).parent / "py-spy"),
+            str(ROOT / ".bench-tools" / "bin" / "py-spy"),
+        )
         self.running: list[subprocess.Popen] = []
 
     def start(self, setup: Setup, procs: list[Proc], scenario: str) -> None:
@@ -1104,7 +1175,11 @@ def _ratio(x, d, digits=2):
 
 
 def report(results, cfg, argv, elapsed) -> str:
-    d = next((r["scenarios"] for r in results if r["name"] == "direct"), {})
+    # Ratios are to the two-relay floor when it ran (what any two-process tunnel costs at
+    # least on this machine), else to direct TCP.
+    floor = next((r["scenarios"] for r in results if r["name"] == "socat2" and r["scenarios"]), {})
+    d = floor or next((r["scenarios"] for r in results if r["name"] == "direct"), {})
+    base = "floor" if floor else "direct"
 
     def g(sc, *keys):
         for k in keys:
@@ -1144,9 +1219,9 @@ def report(results, cfg, argv, elapsed) -> str:
         f"x 64 B, {cfg.conc} x {cfg.conc_bytes // 1024} KiB echo, {cfg.connects} connects, "
         f"{cfg.idle} idle streams. Took {elapsed / 60:.1f} min.",
         "",
-        "| setup | up MB/s | x direct | down MB/s | x direct | rtt p50 us | rtt p99 us "
-        f"| p50 x direct | {cfg.conc}x{cfg.conc_bytes // 1024}KiB s | errors | x direct "
-        f"| conn/s | x direct | {cfg.idle} idle: peak RSS MB | KiB/stream | idle errors "
+        f"| setup | up MB/s | x {base} | down MB/s | x {base} | rtt p50 us | rtt p99 us "
+        f"| p50 x {base} | {cfg.conc}x{cfg.conc_bytes // 1024}KiB s | errors | x {base} "
+        f"| conn/s | x {base} | {cfg.idle} idle: peak RSS MB | KiB/stream | idle errors "
         "| CPU s/GiB up | CPU s/GiB down | peak RSS MB under load |",
         "|---" * 19 + "|",
     ]
@@ -1213,9 +1288,15 @@ def report(results, cfg, argv, elapsed) -> str:
         lines.append(f"- **{r['name']}** ({r['description']}): {r['status']}{tail}")
     lines += [
         "",
-        "MB = 10^6 bytes. x direct: throughput and conn/s as a fraction of direct, rtt and "
-        "200x1MiB time as a multiple of direct. peak RSS = sum of VmHWM of the tunnel's "
-        "processes (fresh processes, idle test only); KiB/stream = (sum VmRSS with all "
+        f"MB = 10^6 bytes. x {base}: throughput and conn/s as a fraction of {base}"
+        + (
+            " (socat2, two chained socat relays: the plain-TCP shape of a two-ended tunnel)"
+            if floor
+            else ""
+        )
+        + f", rtt and 200x1MiB time as a multiple of {base}. "
+        "peak RSS = sum of VmHWM of the tunnel's processes (fresh processes, idle test "
+        "only); KiB/stream = (sum VmRSS with all "
         "streams open - before) / streams. CPU s/GiB = utime+stime of the tunnel's processes "
         "per GiB of bulk. peak RSS under load = the same sum of VmHWM over the up, down, rtt, "
         "concurrent and connect scenarios (restarted processes). socat forks a process per "
@@ -1294,7 +1375,8 @@ def main(argv: list[str] | None = None) -> int:
         if "direct" not in want:
             want.insert(0, "direct")
     else:
-        want = [s.name for s in setups if s.name != "connect-asyncio" or a.asyncio]
+        optional = {"connect-python"} | (set() if a.asyncio else {"connect-asyncio"})
+        want = [s.name for s in setups if s.name not in optional]
     if a.asyncio and "connect-asyncio" not in want:
         want.append("connect-asyncio")
     chosen = [next(s for s in setups if s.name == w) for w in want]

@@ -105,7 +105,7 @@ def check(headers: dict[str, str]) -> None:
     except RequestRefused:
         return
     client = POLICY.authenticate(request.token)
-    if client is not None:
+    if client is not None and request.address is not None:  # None: socks5, no target
         client.may_connect(request.address)
         client.may_listen(request.address)
         client.needs_resolution(request.address)

@@ -114,7 +114,9 @@ def seed_frame(target: Target, rng: random.Random) -> bytes:
     kind = rng.randrange(8)
     if kind == 0:
         window = rng.choice((1, 5, 1000, DEFAULT_WINDOW, MAX_WINDOW))
-        return Open(peer_next(target), window, "198.51.100.7:4242").serialize()
+        # most name a target of their own (per-stream targets, after a NUL)
+        own = rng.choice(("", "10.0.0.1:22", "unix:/run/app.sock", "db.internal:5432"))
+        return Open(peer_next(target), window, "198.51.100.7:4242", own).serialize()
     if kind == 1:
         return OpenOk(sid or 1, rng.choice((1, 1000, MAX_WINDOW))).serialize()
     if kind == 2:

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from aiowstunnel.addresses import Address, AddressRule, ip_or_none
+from aiowstunnel.addresses import Address, AddressRule, Endpoint, ip_or_none
 from aiowstunnel.errors import AddressError, TunnelError
 
 # -- Address.parse ----------------------------------------------------------------------------
@@ -247,3 +247,51 @@ def test_rule_matches(rule: str, host: str, port: int, expected: bool) -> None:
 )
 def test_rule_matches_ip(rule: str, ip: str, port: int, expected: bool) -> None:
     assert AddressRule.parse(rule).matches_ip(ipaddress.ip_address(ip), port) is expected
+
+
+# -- Endpoint.parse: a tunnel server's URL, parsed once ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secure", "host", "port", "path", "url"),
+    [
+        ("ws://[::1]:9000", False, "::1", 9000, "/dflt", "ws://[::1]:9000/dflt"),
+        ("wss://Host2/tunnels/x", True, "host2", 443, "/tunnels/x", "wss://host2:443/tunnels/x"),
+        ("ws://h", False, "h", 80, "/dflt", "ws://h:80/dflt"),
+        ("ws://h:81/p?k=v", False, "h", 81, "/p?k=v", "ws://h:81/p?k=v"),  # the query is sent
+        ("ws://h:81?k=v", False, "h", 81, "/dflt?k=v", "ws://h:81/dflt?k=v"),
+        # an IRI becomes a URI, as websockets makes it: IDNA host, percent-encoded path
+        ("wss://bücher.example/tü", True, "xn--bcher-kva.example", 443, "/t%C3%BC",
+         "wss://xn--bcher-kva.example:443/t%C3%BC"),
+    ],
+)
+def test_endpoint_parses_once_into_its_parts(
+    text: str, secure: bool, host: str, port: int, path: str, url: str
+) -> None:
+    endpoint = Endpoint.parse(text, "/dflt")
+    assert (endpoint.secure, endpoint.host, endpoint.port, endpoint.path) == (
+        secure,
+        host,
+        port,
+        path,
+    )
+    assert endpoint.url == str(endpoint) == url
+    assert endpoint.address == Address(host, port)
+    assert endpoint.scheme == ("wss" if secure else "ws")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http://h:1", "'http://h:1': expected a ws:// or wss:// URL"),
+        ("wss://:9000/x", "'wss://:9000/x': the URL has no host"),
+        ("ws://h:99999", "'ws://h:99999': Port out of range"),
+        ("ws://h:0", "'ws://h:0': port 0 is not a server port"),
+        ("wss://u:p@h/", "'wss://u:p@h/': no credentials in the URL: use token_file"),
+        ("ws://h/#frag", "'ws://h/#frag': a WebSocket URL has no #fragment"),
+    ],
+)
+def test_endpoint_refuses_what_is_not_a_tunnel_server(text: str, message: str) -> None:
+    with pytest.raises(AddressError) as info:
+        Endpoint.parse(text, "/dflt")
+    assert str(info.value).startswith(message)

@@ -63,3 +63,21 @@ def test_a_symlinked_token_file_is_named(tmp_path: Path):
 def test_loopback():
     assert all(map(is_loopback, ["127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback, ["", "0.0.0.0", "10.0.0.1", "example.org", "::"]))
+
+
+def test_an_open_socks_proxy_off_loopback_is_named(tmp_path: Path):
+    path = write(tmp_path)
+    text = path.read_text().replace('mode = "connect"', 'mode = "socks5"')
+    text = text.replace(
+        'listen = "127.0.0.1:5678"\nconnect = "127.0.0.1:22"\n', 'listen = ":1080"\n'
+    )
+    path.write_text(text)
+    warnings = config_warnings(read_config(path), path)
+    assert any(
+        w.startswith("tunnel[0].listen: a SOCKS5 proxy on :1080 without socks_username")
+        for w in warnings
+    ), warnings
+    (tmp_path / "pw").write_text("pw\n")
+    (tmp_path / "pw").chmod(0o600)
+    path.write_text(text + 'socks_username = "u"\nsocks_password_file = "pw"\n')
+    assert not any("SOCKS5" in w for w in config_warnings(read_config(path), path))

@@ -85,7 +85,11 @@ BROKEN = [
     ("listen port range", tunnel(listen='"h:70000"'), "tunnel[0].listen: 'h:70000': port"),
     ("missing name", tunnel(name=None), "tunnel[0].name: required key is missing"),
     ("name with space", tunnel(name='"my app"'), "tunnel[0].name: 'my app': use only"),
-    ("bad mode", tunnel(mode='"both"'), "tunnel[0].mode: expected 'connect' or 'listen'"),
+    (
+        "bad mode",
+        tunnel(mode='"both"'),
+        "tunnel[0].mode: expected one of 'connect', 'listen', 'socks5', 'reverse-socks5'",
+    ),
     ("mode not a string", tunnel(mode="1"), "tunnel[0].mode: expected a string, got 1"),
     ("http server", tunnel(server='"http://h:1"'), "tunnel[0].server: 'http://h:1': expected"),
     ("server no host", tunnel(server='"wss://:9000/x"'), "tunnel[0].server: 'wss://:9000/x'"),
@@ -323,12 +327,17 @@ def test_example_loads_with_defaults_filled() -> None:
     assert srv is not None
     assert srv.listen == Address("0.0.0.0", 9000)
     assert srv.tls_client_ca == Path("/etc/aiowstunnel/clients-ca.crt")
-    assert (srv.window, srv.max_streams, srv.max_frame) == (
+    assert (srv.settings.window, srv.settings.max_streams, srv.settings.max_frame) == (
         DEFAULT_WINDOW,
         DEFAULT_MAX_STREAMS,
         1024 * 1024 + 64,
     )
-    assert (srv.handshake_timeout, srv.ping_interval, srv.ping_timeout) == (10.0, 20.0, 20.0)
+    session = srv.settings
+    assert (session.handshake_timeout, session.ping_interval, session.ping_timeout) == (
+        10.0,
+        20.0,
+        20.0,
+    )
     # The clients are ready for the server's Policy: the token file authenticates.
     policy = Policy(srv.clients)
     branch = policy.authenticate("token-a")
@@ -345,9 +354,9 @@ def test_example_loads_with_defaults_filled() -> None:
     assert app.backoff == BackoffPolicy(1.0, 60.0, 2.0, 30.0)
     assert app.proxy == "http://proxy:3128"
     assert reverse.mode is Mode.LISTEN and not reverse.uses_tls
-    assert reverse.server == "ws://[::1]:9000/aiowstunnel"  # default path filled in
-    assert reverse.window == DEFAULT_WINDOW
-    assert (reverse.ping_interval, reverse.ping_timeout) == (20.0, 20.0)
+    assert reverse.server.url == "ws://[::1]:9000/aiowstunnel"  # default path filled in
+    assert reverse.settings.window == DEFAULT_WINDOW
+    assert (reverse.settings.ping_interval, reverse.settings.ping_timeout) == (20.0, 20.0)
 
 
 def test_empty_file_is_a_valid_config_with_defaults() -> None:
@@ -517,5 +526,99 @@ def test_documented_example_loads() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("```toml\n")[-1].split("```")[0]
     config = load_config(example, Path("/etc/aiowstunnel"), read_secret=lambda path: "t0ken")
-    assert [t.name for t in config.tunnels] == ["app", "reverse-ssh"]
+    assert [t.name for t in config.tunnels] == ["app", "reverse-ssh", "proxy", "web-socket"]
     assert config.server.tls_cert == Path("/etc/aiowstunnel/tls/server.crt")
+
+
+def test_socks_tunnels() -> None:
+    config = load(
+        tunnel(
+            mode='"socks5"',
+            connect=None,
+            socks_username='"alice"',
+            socks_password_file='"socks.pw"',
+        )
+        + tunnel(
+            name='"rs"',
+            mode='"reverse-socks5"',
+            connect=None,
+            allow_connect='["127.0.0.1:22", "10.0.0.0/8:*"]',
+            listen='"127.0.0.1:1080"',
+        ),
+        {"/etc/socks.pw": "pw1"},
+    )
+    socks, reverse = config.tunnels
+    assert socks.mode is Mode.SOCKS5 and socks.connect is None
+    assert socks.socks_username == "alice" and socks.socks_password == Secret("pw1")
+    assert reverse.mode is Mode.REVERSE_SOCKS5
+    assert [str(r) for r in reverse.allow_connect] == ["127.0.0.1:22", "10.0.0.0/8:*"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (tunnel(mode='"socks5"'), "tunnel[0].connect: not used in socks5 mode"),
+        (tunnel(mode='"reverse-socks5"', connect=None), "tunnel[0].allow_connect: required"),
+        (
+            tunnel(allow_connect='["a:1"]'),
+            "tunnel[0].allow_connect: only used with mode = 'reverse-socks5'",
+        ),
+        (
+            tunnel(mode='"socks5"', connect=None, socks_username='"a"'),
+            "tunnel[0].socks_username: needs socks_password_file too",
+        ),
+        (
+            tunnel(socks_username='"a"', socks_password_file='"p"'),
+            "tunnel[0].socks_username: only used with mode = 'socks5'",
+        ),
+        (
+            tunnel(mode='"reverse-socks5"', connect=None, allow_connect='["nope"]'),
+            "tunnel[0].allow_connect[0]: 'nope': expected 'host:port'",
+        ),
+    ],
+)
+def test_socks_tunnel_errors(text: str, message: str) -> None:
+    assert any(e.startswith(message) for e in errors_of(text, {"/etc/p": "x"})), errors_of(
+        text, {"/etc/p": "x"}
+    )
+
+
+def test_unix_socket_endpoints_and_rules() -> None:
+    from aiowstunnel.addresses import UnixPath
+
+    config = load(
+        tunnel(listen='"unix:/run/app/tunnel.sock"', connect='"unix:/run/app.sock"',
+               socket_mode='"0600"')
+        + server(client={"allow_connect": '["unix:/run/app.sock"]',
+                         "allow_listen": '["unix:/run/in.sock"]'}, socket_mode='"0666"'),
+    )  # fmt: skip
+    spec = config.tunnels[0]
+    assert spec.listen == UnixPath("/run/app/tunnel.sock")
+    assert spec.connect == UnixPath("/run/app.sock") and spec.socket_mode == 0o600
+    assert config.server.socket_mode == 0o666
+    client = config.server.clients[0]
+    assert client.may_connect(UnixPath("/run/app.sock"))
+    assert not client.may_connect(UnixPath("/run/other.sock"))
+    assert client.may_listen(UnixPath("/run/in.sock"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (tunnel(connect='"unix:run/app.sock"'), "tunnel[0].connect: 'unix:run/app.sock': a unix"),
+        (tunnel(socket_mode='"0600"'), "tunnel[0].socket_mode: only used with a unix socket"),
+        (tunnel(listen='"unix:/x.sock"', socket_mode='"rw"'), "tunnel[0].socket_mode: 'rw'"),
+        (tunnel(listen='"unix:/a.sock"') + tunnel(name='"b"', listen='"unix:/a.sock"'),
+         "tunnel[1].listen: unix:/a.sock is also used by tunnel[0].listen"),
+    ],
+)  # fmt: skip
+def test_unix_socket_errors(text: str, message: str) -> None:
+    errors = errors_of(text)
+    assert any(e.startswith(message) for e in errors), errors
+
+
+def test_proxy_protocol_key() -> None:
+    assert load(tunnel(proxy_protocol='"v2"')).tunnels[0].proxy_protocol == "v2"
+    assert load(tunnel()).tunnels[0].proxy_protocol is None
+    errors = errors_of(tunnel(proxy_protocol='"v3"'))
+    assert errors[0].startswith("tunnel[0].proxy_protocol: expected 'v1' or 'v2', got 'v3'")

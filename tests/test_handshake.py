@@ -191,3 +191,35 @@ def test_a_tunnel_name_that_cannot_be_a_label_is_a_bad_request(name: str) -> Non
     refused = refusal_of(headers)
     assert refused.refusal is Refusal.BAD_REQUEST
     assert HEADER_TUNNEL in refused.reason and "128" in refused.reason
+
+
+def test_proxy_protocol_request_header() -> None:
+    from aiowstunnel.handshake import HEADER_PROXY_PROTOCOL, LISTEN, RequestRefused
+
+    request = TunnelRequest(CONNECT, Address("db", 5432), "t", "", "v2")
+    headers = dict(request.headers())
+    assert headers[HEADER_PROXY_PROTOCOL] == "v2"
+    assert TunnelRequest.from_headers(headers).proxy_protocol == "v2"
+    with pytest.raises(RequestRefused, match="'v9' is not 'v1' or 'v2'"):
+        TunnelRequest.from_headers({**headers, HEADER_PROXY_PROTOCOL: "v9"})
+    listen = dict(TunnelRequest(LISTEN, Address("", 80), "t").headers())
+    with pytest.raises(RequestRefused, match="the client dials and sends it itself"):
+        TunnelRequest.from_headers({**listen, HEADER_PROXY_PROTOCOL: "v1"})
+
+
+def test_socks_auth_travels_only_for_reverse_socks5() -> None:
+    from aiowstunnel.handshake import HEADER_SOCKS_AUTH, REVERSE_SOCKS5, RequestRefused
+
+    request = TunnelRequest(REVERSE_SOCKS5, Address("", 1080), "t", "", "", ("bob", "p:w é"))
+    headers = dict(request.headers())
+    assert "p:w" not in headers[HEADER_SOCKS_AUTH]  # base64: any bytes, no separator trouble
+    assert TunnelRequest.from_headers(headers).socks_auth == ("bob", "p:w é")
+    assert "p:w" not in repr(TunnelRequest.from_headers(headers))
+    for bad in ("bm9wZQ==", "!! !!", "Ym9i "):
+        with pytest.raises(
+            RequestRefused, match=r"expected 'base64\(user\) base64\(password\)'|1 to 255"
+        ):
+            TunnelRequest.from_headers({**headers, HEADER_SOCKS_AUTH: bad})
+    connect = dict(TunnelRequest(CONNECT, Address("db", 1), "t").headers())
+    with pytest.raises(RequestRefused, match="only used in reverse-socks5 mode"):
+        TunnelRequest.from_headers({**connect, HEADER_SOCKS_AUTH: headers[HEADER_SOCKS_AUTH]})

@@ -115,6 +115,18 @@ def test_under_journal_matches_stderr_device_and_inode(
     assert not under_journal()
 
 
+def test_session_context_on_every_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # The server's session lines: client entry, tunnel and peer, set once for the session.
+    setup_logging("info", journald=False)
+    log = tunnel_logger("db", client="branch", peer=("10.0.0.7", 4242))
+    log.info("session opened: %s", "connect to db:5432")
+    log.info("session ended", extra={"peer": ("10.0.0.8", 1)})  # a per-call field wins
+    assert lines(capsys) == [
+        "INFO client=branch tunnel=db peer=10.0.0.7:4242 session opened: connect to db:5432",
+        "INFO client=branch tunnel=db peer=10.0.0.8:1 session ended",
+    ]
+
+
 def test_journald_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     journal = pytest.importorskip("systemd.journal")
     sent: list[tuple[str, dict[str, Any]]] = []

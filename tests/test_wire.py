@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiowstunnel.errors import ProtocolViolation
+from aiowstunnel.errors import LocalProtocolError, ProtocolViolation
 from aiowstunnel.mux import (
     CreditGranted,
     DataReceived,
@@ -415,7 +415,7 @@ def test_stream_ids_run_out_at_2_32(client_side: bool) -> None:
     mux._next_id = U32_MAX - (0 if client_side else 1)  # skip 2**31 opens
     sid, message = mux.open_stream()
     assert parse_frame(message).stream_id == sid
-    with pytest.raises(ProtocolViolation, match="stream ids exhausted"):
+    with pytest.raises(LocalProtocolError, match="stream ids exhausted"):
         mux.open_stream()
 
 
@@ -662,7 +662,7 @@ def test_goaway_received_stops_new_streams_but_not_old_ones() -> None:
     client, server = pair()
     sid = open_stream(client, server)
     assert client.receive(server.goaway("restarting")) == [GoAwayReceived("restarting")]
-    with pytest.raises(ProtocolViolation, match="no new streams after GOAWAY"):
+    with pytest.raises(LocalProtocolError, match="no new streams after GOAWAY"):
         client.open_stream()
     sent, n = send_data(client, sid, b"still flowing")
     assert n == 13
@@ -673,7 +673,7 @@ def test_goaway_sent_refuses_the_peer_s_new_streams() -> None:
     client, server = pair()
     sid, message = client.open_stream()  # crosses the GOAWAY
     goaway = server.goaway("restarting")
-    with pytest.raises(ProtocolViolation, match="no new streams after GOAWAY"):
+    with pytest.raises(LocalProtocolError, match="no new streams after GOAWAY"):
         server.open_stream()
     events = server.receive(message)
     assert [e for e in events if not isinstance(e, Reply)] == []

@@ -196,6 +196,10 @@ def test_package_installs_user_config_tokens_and_unit(installed: Container) -> N
     assert box.run(["readlink", "/usr/bin/aiowstunnel"]).stdout.strip() == (
         "/opt/aiowstunnel/bin/aiowstunnel"
     )
+    # man aiowstunnel / man aiowstunnel.toml (gzip -9n, as Debian policy asks)
+    for page in ("man8/aiowstunnel.8.gz", "man5/aiowstunnel.toml.5.gz"):
+        assert stat(f"/usr/share/man/{page}").split()[0] == "644", page
+        assert ".TH AIOWSTUNNEL" in box.run(["zcat", f"/usr/share/man/{page}"]).stdout
 
 
 def test_unit_verifies_and_is_hardened(installed: Container) -> None:
@@ -252,9 +256,10 @@ def test_cli_version_and_check(daemon: Container) -> None:
     import aiowstunnel
 
     out = daemon.run(["aiowstunnel", "--version"])
-    # Debian's python3 (3.11 in bookworm, 3.13 in trixie) loads the uvloop the package carries.
+    # Debian's python3 (3.11 in bookworm, 3.13 in trixie) loads the uvloop the package carries,
+    # and its one native data path (_datapath.abi3.so, the stable ABI of 3.11).
     line = f"aiowstunnel {aiowstunnel.__version__} (event loop: uvloop "
-    assert out.stdout.startswith(line) and out.stdout.endswith("; data path: python)\n"), out
+    assert out.stdout.startswith(line) and out.stdout.endswith("; data path: native)\n"), out
     daemon.run(["aiowstunnel", "check", "-c", CONFIG])
     daemon.write_file("/root/bad.toml", "[[tunnel]]\nconect = 1\n")
     bad = daemon.run(["aiowstunnel", "check", "-c", "/root/bad.toml"], check=False)
@@ -268,8 +273,9 @@ def test_start_is_ready_with_status_and_journal_fields(daemon: Container) -> Non
     assert show(box, "StatusText")["StatusText"], "no STATUS= line sent"
     status = box.run(["systemctl", "status", UNIT, "--no-pager"], check=False).stdout
     assert "Status: " in status
-    # The service itself, not just the command line, runs on the vendored uvloop.
-    assert re.search(r"event loop: uvloop \S+; data path: python", journal(box)), journal(box)
+    # The service itself, not just the command line, runs on the vendored uvloop and the
+    # native data path.
+    assert re.search(r"event loop: uvloop \S+; data path: native", journal(box)), journal(box)
     # Structured fields reach journald (python3-systemd is installed by the rootfs).
     wait_for(
         lambda: "TUNNEL=" in journal(box, "-o", "verbose"),
