@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from aiowstunnel import config as config_module
+from aiowstunnel import configtable
+from aiowstunnel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN8 = ROOT / "man" / "aiowstunnel.8"
@@ -47,16 +49,16 @@ SECTIONS = {
 def accepted_keys(monkeypatch) -> dict[str, set[str]]:
     """The keys the loader takes, by table: recorded as each table is closed."""
     seen: dict[str, set[str]] = {}
-    close = config_module._Table.close
+    close = configtable.Table.close
 
     def recording(table) -> None:
         shape = ".".join(p for p in table.path if isinstance(p, str))
         seen.setdefault(shape, set()).update(table._taken)
         close(table)
 
-    monkeypatch.setattr(config_module._Table, "close", recording)
+    monkeypatch.setattr(configtable.Table, "close", recording)
     # Required keys are missing, so it raises: every table was read all the same.
-    with contextlib.suppress(config_module.ConfigError):
+    with contextlib.suppress(ConfigError):
         config_module.load_config(EVERY_TABLE, Path("/"), "keys", lambda path: "token")
     seen.pop("", None)  # the root's keys are the tables themselves
     return seen
