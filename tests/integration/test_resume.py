@@ -577,3 +577,32 @@ async def test_a_resume_replaces_the_link_of_a_session_the_server_still_holds(ec
         writer.close()
     finally:
         await tunnel.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_token_revoked_during_the_detach_means_no_resume(echo_backend):
+    target = f"{LOCAL}:{echo_backend.port}"
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"clients": [_policy("owner", "owner-token", target)]},
+        client_kw={"token": "owner-token"},
+    )
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        tunnel.proxy.refuse = True
+        tunnel.proxy.cut()
+        await _until(lambda: tunnel.client.detached, 5)
+        tunnel.server.set_clients([_policy("other", "other-token", target)])  # revoked
+        assert not tunnel.server.sessions  # its detached session ended with its entry
+        tunnel.proxy.refuse = False
+        with pytest.raises(ConnectionResetError):  # no resume: the stream is reset
+            await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert tunnel.client.stats.stream_resets["resume_refused"] == 1
+        assert tunnel.client.stats.connect_failures["bad_token"] >= 1
+        assert not tunnel.client.up
+    finally:
+        await tunnel.close()
