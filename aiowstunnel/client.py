@@ -228,11 +228,7 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if (
-                not self.mode.server_listens
-                and self._listener is None
-                and self.predecessor is None
-            ):
+            if not self.mode.server_listens and self._listener is None and self.predecessor is None:
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -340,8 +336,11 @@ class Client:
                 return False
             except HandshakeRefused as exc:
                 if exc.status in (401, 403):  # token revoked or rule narrowed: never resumes
-                    self._failed("bad_token" if exc.status == 401 else "forbidden",
-                                 f"server refused the resume: {exc}", logging.ERROR)
+                    self._failed(
+                        "bad_token" if exc.status == 401 else "forbidden",
+                        f"server refused the resume: {exc}",
+                        logging.ERROR,
+                    )
                     session.expire(Cut.RESUME_REFUSED, f"resume refused: {exc}")
                     return False
                 self.last_error = f"resume failed: {exc}"
@@ -537,28 +536,16 @@ class Client:
         )
         handshake: ResumeHandshake | None = None
         if resume_of is None:
-            # The Session takes its settings one by one until it takes a SessionSettings whole.
-            session = Session(
-                ws,
-                self.stats,
-                window=settings.window,
-                max_streams=settings.max_streams,
-                ping_interval=settings.ping_interval,
-                ping_timeout=settings.ping_timeout,
-                name=self.name,
-            )
+            session = Session(ws, self.stats, settings=settings, name=self.name)
             link = session.link
             if self.mode.server_listens:
                 # Set before the request: the server may open a stream right after the 101.
                 rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
                 header = proxy_protocol(self.proxy_protocol)
-                session.dial = dialer(
-                    self.connect, lambda: rules, settings.connect_timeout, header
-                )
+                session.dial = dialer(self.connect, lambda: rules, settings.connect_timeout, header)
         else:
             session = resume_of
-            pings = (settings.ping_interval, settings.ping_timeout)
-            link = Link(ws, Discarded(), pings, max_data=session.mux.max_data)
+            link = Link(ws, Discarded(), settings, max_data=session.mux.max_data)
             handshake = ResumeHandshake(link, session, None, settings.handshake_timeout)
         ssl = self.ssl
         server_hostname = (self.server_hostname or self.server.host) if ssl else None

@@ -28,6 +28,7 @@ from .addresses import format_peer
 from .errors import HandshakeRefused, ProtocolViolation
 from .keepalive import Keepalive, PingBudget
 from .logs import escape
+from .settings import SessionSettings
 from .tcp import no_delay
 from .wire import DEFAULT_MAX_DATA, data_frame, split_data
 
@@ -42,6 +43,10 @@ WS_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 5.0
 
 Message = bytes | bytearray | memoryview
+
+
+#: the settings of a link built without any (tests, the library's defaults)
+DEFAULT_SETTINGS = SessionSettings()
 
 
 class LinkOwner(Protocol):
@@ -88,7 +93,8 @@ class Link(asyncio.Protocol):
     Args:
         ws: websockets' sans-I/O protocol, ClientProtocol or ServerProtocol, CONNECTING.
         owner: who the link's messages and events go to (can change: :attr:`owner`).
-        pings: the keepalive's interval and timeout; a peer silent for their sum is dead.
+        settings: the session's settings; the link takes its keepalive (``ping_interval``,
+            ``ping_timeout``: a peer silent for their sum is dead).
         max_data: the largest DATA payload in one frame.
     """
 
@@ -96,7 +102,7 @@ class Link(asyncio.Protocol):
         self,
         ws: ClientProtocol | ServerProtocol,
         owner: LinkOwner,
-        pings: tuple[float | None, float] = (20.0, 20.0),
+        settings: SessionSettings = DEFAULT_SETTINGS,
         *,
         max_data: int = DEFAULT_MAX_DATA,
     ) -> None:
@@ -116,7 +122,9 @@ class Link(asyncio.Protocol):
         self.ended = False  # the peer's close arrived, or the connection is gone
         self.lost = False  # connection_lost came
         self._holding = False  # ServerLink, until the upgrade is answered
-        self.keepalive = Keepalive(self.loop, *pings, self._send_ping, self.abort)
+        self.keepalive = Keepalive(
+            self.loop, settings.ping_interval, settings.ping_timeout, self._send_ping, self.abort
+        )
         self._ping_budget = PingBudget()
         self._fragments: list[Message] | None = None
         # The data path: after the handshake, BINARY frames are cut and built here
@@ -200,7 +208,6 @@ class Link(asyncio.Protocol):
 
     def _check_send_buffer(self) -> None:
         pass  # ServerLink drops a peer that lets too much pile up
-
 
     # -- the client's side of the handshake ---------------------------------------------
 

@@ -327,14 +327,10 @@ class Server:
             self._client_streams,
             self._limit_hit,
         )
-        # The Session takes its settings one by one until it takes a SessionSettings whole.
         session = Session(
             ws,
             TunnelStats("unauthenticated"),
-            window=settings.window,
-            max_streams=settings.max_streams,
-            ping_interval=settings.ping_interval,
-            ping_timeout=settings.ping_timeout,
+            settings=settings,
             on_request=self._on_request,
             name="server",
             guard=guard,
@@ -486,11 +482,13 @@ class Server:
         grant = self.sessions.get(target) if target is not None else None
         try:
             if target is None or grant is None or target.closed.done():
-                raise ResumeRefused("unknown_session", "no such session here: it expired, "
-                                    "or the server restarted")
+                raise ResumeRefused(
+                    "unknown_session", "no such session here: it expired, or the server restarted"
+                )
             if not _same_tunnel(grant, client, tunnel):
-                raise ResumeRefused("wrong_client", "the session is another client's or "
-                                    "another tunnel's")
+                raise ResumeRefused(
+                    "wrong_client", "the session is another client's or another tunnel's"
+                )
             reason = self._still_allowed(grant)
             if reason:
                 raise ResumeRefused("wrong_client", reason)

@@ -14,7 +14,8 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from .limits import SessionGuard
-from .link import Link, LinkOwner
+from .link import DEFAULT_SETTINGS, Link, LinkOwner
+from .settings import SessionSettings
 from .wire import DEFAULT_MAX_DATA
 
 
@@ -31,12 +32,12 @@ class ServerLink(Link):
         self,
         ws: ServerProtocol,
         owner: LinkOwner,
-        pings: tuple[float | None, float] = (20.0, 20.0),
+        settings: SessionSettings = DEFAULT_SETTINGS,
         *,
         guard: SessionGuard | None = None,
         max_data: int = DEFAULT_MAX_DATA,
     ) -> None:
-        super().__init__(ws, owner, pings, max_data=max_data)
+        super().__init__(ws, owner, settings, max_data=max_data)
         self.guard = guard
         # Until the upgrade is answered: the request head as it arrives, then what came
         # after it, held unread (websockets would answer pings before the 101).
@@ -143,9 +144,7 @@ class ServerLink(Link):
         self.flush()
         return False
 
-    def reject(
-        self, status: int, reason: str, extra_headers: dict[str, str] | None = None
-    ) -> None:
+    def reject(self, status: int, reason: str, extra_headers: dict[str, str] | None = None) -> None:
         """Refuse the upgrade with an HTTP status and a plain-text reason."""
         assert isinstance(self.ws, ServerProtocol)
         response = self.ws.reject(status, reason + "\n")

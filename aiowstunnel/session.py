@@ -25,7 +25,7 @@ from .dial import Dial, Dialer
 from .errors import ProtocolViolation, ResumeRefused
 from .faults import PeerFaults
 from .limits import QuietLog, SessionGuard
-from .link import CLOSE_TIMEOUT, Link, Message
+from .link import CLOSE_TIMEOUT, DEFAULT_SETTINGS, Link, Message
 from .logs import escape, quote
 from .mux import (
     CreditGranted,
@@ -46,10 +46,10 @@ from .resets import Cut
 from .resume import HEADER_CHALLENGE, encode_resumed
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .serverlink import ServerLink
+from .settings import SessionSettings
 from .stats import TunnelStats
 from .streams import StreamTable
 from .tcp import TcpStream
-from .wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW
 
 log = logging.getLogger("aiowstunnel.session")
 #: Lines a peer can cause (its refusals, resets, violations) go through here: a flood of
@@ -77,9 +77,8 @@ class Session:
             the session's first link is built around it (:attr:`link`, the asyncio
             protocol to give the connection).
         stats: the counters of the tunnel (or the server's client entry) this belongs to.
-        window: our receive window per stream.
-        max_streams: streams the peer may open at once.
-        ping_interval, ping_timeout: keepalive; a peer silent for their sum is dead.
+        settings: the session's knobs, whole: the Mux takes window and max_streams, the
+            link the keepalive (a peer silent for ping_interval + ping_timeout is dead).
         on_request: server side: called with the upgrade request; the server answers
             later with :meth:`accept` or :meth:`reject`.
         name: for logs (tunnel or client name).
@@ -92,10 +91,7 @@ class Session:
         ws: ClientProtocol | ServerProtocol,
         stats: TunnelStats,
         *,
-        window: int = DEFAULT_WINDOW,
-        max_streams: int = DEFAULT_MAX_STREAMS,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
+        settings: SessionSettings = DEFAULT_SETTINGS,
         on_request: Callable[[Session, Request], None] | None = None,
         name: str = "",
         guard: SessionGuard | None = None,
@@ -103,7 +99,8 @@ class Session:
         self.guard = guard
         self.faults = PeerFaults(self, guard, lambda: self.link.can_send)
         self.client_side = isinstance(ws, ClientProtocol)
-        self.mux = Mux(self.client_side, window=window, max_streams=max_streams)
+        self.settings = settings
+        self.mux = Mux(self.client_side, window=settings.window, max_streams=settings.max_streams)
         self.table = StreamTable(self.mux, self, stats, guard)
         self.on_request = on_request
         self.name = name
@@ -131,12 +128,11 @@ class Session:
         self._before_detach = Phase.OPEN
         self._expiry: asyncio.TimerHandle | None = None
         self._detached = asyncio.Event()  # set while detached, and once ended
-        pings = (ping_interval, ping_timeout)
         self.link: Link
         if isinstance(ws, ServerProtocol):
-            self.link = ServerLink(ws, self, pings, guard=guard, max_data=self.mux.max_data)
+            self.link = ServerLink(ws, self, settings, guard=guard, max_data=self.mux.max_data)
         else:
-            self.link = Link(ws, self, pings, max_data=self.mux.max_data)
+            self.link = Link(ws, self, settings, max_data=self.mux.max_data)
 
     @property
     def dial(self) -> Dial | None:
@@ -205,9 +201,7 @@ class Session:
         sent). Called before anything is granted (a session, a LISTEN port)."""
         return self._server_link().check_upgrade(request)
 
-    def reject(
-        self, status: int, reason: str, extra_headers: dict[str, str] | None = None
-    ) -> None:
+    def reject(self, status: int, reason: str, extra_headers: dict[str, str] | None = None) -> None:
         """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
         self._server_link().reject(status, reason, extra_headers)
 

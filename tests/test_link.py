@@ -19,6 +19,7 @@ from aiowstunnel.errors import ProtocolViolation
 from aiowstunnel.limits import ServerLimits, SessionGuard, Slots
 from aiowstunnel.link import Link, Message
 from aiowstunnel.serverlink import ServerLink
+from aiowstunnel.settings import SessionSettings
 from aiowstunnel.wire import SUBPROTOCOL, data_header
 
 from .fakes import FakeTransport, pump
@@ -98,11 +99,12 @@ def make_pair(
     client_owner, server_owner = Owner(), Owner(accept=accept)
     uri = parse_uri("ws://127.0.0.1/aiowstunnel")
     ws = ClientProtocol(uri, subprotocols=PROTOCOLS)
-    client = Link(ws, client_owner, pings, max_data=max_data)
+    settings = SessionSettings(ping_interval=pings[0], ping_timeout=pings[1])
+    client = Link(ws, client_owner, settings, max_data=max_data)
     server = ServerLink(
         ServerProtocol(subprotocols=PROTOCOLS),
         server_owner,
-        pings,
+        settings,
         guard=server_guard,
         max_data=max_data,
     )
