@@ -23,7 +23,7 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
 
-from . import resume, wire
+from . import resumeauth, wire
 from .addresses import (
     UNIX_SCHEME,
     Address,
@@ -593,9 +593,9 @@ class Client:
         for key, value in tunnel.headers():
             request.headers[key] = value
         if resume_of is not None and resume_of.resumption is not None:
-            request.headers[resume.HEADER_RESUME] = resume_of.resumption.id_hex
+            request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
         elif self.resume_timeout > 0:
-            request.headers[resume.HEADER_RESUMABLE] = "1"
+            request.headers[resumeauth.HEADER_RESUMABLE] = "1"
         link.send_request(request)
         try:
             response = await asyncio.wait_for(
@@ -603,10 +603,10 @@ class Client:
             )
             assert isinstance(response, Response)
             if handshake is not None:
-                handshake.start(resume.parse_challenge(response.headers))
+                handshake.start(resumeauth.parse_challenge(response.headers))
                 await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
                 return session
-            credentials = resume.Credentials.from_headers(response.headers)
+            credentials = resumeauth.Credentials.from_headers(response.headers)
         except ProtocolViolation as exc:  # a malformed resumption header in the 101
             link.abort("handshake failed")
             raise ConnectionError(f"bad upgrade response: {exc}") from None

@@ -33,7 +33,7 @@ from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .resets import Cut
-from .resume import (
+from .resumeauth import (
     HEADER_REFUSED,
     HEADER_RESUMABLE,
     ServerSecret,
