@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl as ssl_module
 from collections.abc import Iterable
@@ -22,10 +21,10 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from . import wire
-from .addresses import Address, UnixPath
+from .addresses import Address
 from .destinations import dialer, proxy_protocol
 from .dial import Dial
-from .errors import ProtocolViolation, describe
+from .errors import ProtocolViolation
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
@@ -45,14 +44,12 @@ from .serveraccess import (
     same_tunnel,
     still_allowed,
 )
+from .serverlisten import bind_session_listener, hand_over, listen_endpoint
 from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
-from .socks import Socks5Stream
-from .socks5 import Credentials
 from .stats import LimitStats, ServerStats, TunnelStats
-from .tcp import TcpStream
-from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
+from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -181,29 +178,10 @@ class Server:
         """
         if self._server is not None:
             return
-        loop = asyncio.get_running_loop()
         tls_timeout = self.settings.handshake_timeout if self.ssl else None
-        try:
-            if sock is not None:
-                self._server = await loop.create_server(
-                    self._new_session,
-                    sock=sock,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=tls_timeout,
-                    backlog=1024,
-                )
-            else:
-                self._server = await loop.create_server(
-                    self._new_session,
-                    self.host or None,
-                    self.port,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=tls_timeout,
-                    backlog=1024,
-                )
-        except OSError as exc:
-            address = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
+        self._server = await listen_endpoint(
+            self._new_session, self.host, self.port, self.ssl, tls_timeout, sock
+        )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -218,10 +196,7 @@ class Server:
         server, self._server = self._server, None
         if server is None:
             return None
-        sockets = list(server.sockets)
-        sock = socket.socket(fileno=os.dup(sockets[0].fileno())) if len(sockets) == 1 else None
-        server.close()
-        return sock
+        return hand_over(server)
 
     @property
     def streams_active(self) -> int:
@@ -368,7 +343,7 @@ class Server:
                     slot.release()
                 return
             if grant.request.mode.server_listens:
-                await self._bind(session, grant)
+                await bind_session_listener(session, grant, self.socket_mode)
         except RequestRefused as refused:
             for slot in reserved:
                 slot.release()
@@ -492,36 +467,6 @@ class Server:
         header = proxy_protocol(grant.request.proxy_protocol)
         timeout = self.settings.connect_timeout
         return dialer(default, lambda: client_rules(grant.client), timeout, header)
-
-    async def _bind(self, session: Session, grant: Grant) -> None:
-        address = grant.request.address
-        assert address is not None  # checked by _check: a listening mode names its address
-
-        auth = grant.request.socks_auth
-        credentials = Credentials(*auth) if auth is not None else None
-
-        def new_stream() -> TcpStream:
-            if grant.request.mode.socks:
-                return Socks5Stream(session, credentials)
-            return session.new_stream()
-
-        loop = asyncio.get_running_loop()
-        try:
-            if isinstance(address, UnixPath):
-                grant.listener = await listen_unix(new_stream, address.path, self.socket_mode)
-            else:
-                grant.listener = await loop.create_server(
-                    new_stream, address.bind_host, address.port, backlog=1024
-                )
-        except OSError as exc:
-            raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
-            ) from None
-        if isinstance(address, UnixPath):
-            grant.bound = str(address)
-            return
-        port = grant.listener.sockets[0].getsockname()[1]
-        grant.bound = str(Address(address.host, port))
 
     def _peer_going_away(self, session: Session) -> None:
         """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
