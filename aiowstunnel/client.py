@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
-from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
@@ -31,33 +29,30 @@ from .addresses import (
     Endpoint,
     SocketAddress,
     UnixPath,
-    format_peer,
     parse_socket_address,
 )
 from .backoff import Backoff, BackoffPolicy
+from .clientlisten import DownRefusals, Refuse, bind_local, hand_over
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
 from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
 from .link import Link, ws_log
 from .logs import tunnel_logger
-from .resets import Abortable, Cut, reset
+from .resets import Abortable, Cut
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Phase, Session
 from .settings import SessionSettings
 from .socks import Socks5Stream
 from .socks5 import Credentials
 from .stats import TunnelStats
-from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
+from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.client")
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
 _REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
-#: At most one "refused a connection" line per this many seconds per tunnel (each says how
-#: many were refused since the last one): a client retrying in a loop must not flood the log.
-REFUSED_LOG_PERIOD = 10.0
 
 
 class Client:
@@ -184,13 +179,12 @@ class Client:
         #: socket is taken over once this one's first attempt is over (see _take_over).
         self.predecessor: Client | None = None
         self._replaced = False  # handed its listener to a successor: it only drains now
-        self._refused = 0  # connections refused while down since the last such log line
-        self._refused_logged_at: float | None = None
         self._listener: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
         self._log = tunnel_logger(self.name, log)
+        self._down = DownRefusals(self.stats, self._log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
@@ -398,12 +392,7 @@ class Client:
         listener, self._listener = self._listener, None
         if listener is None:
             return None
-        sockets = list(listener.sockets)
-        sock = None
-        if len(sockets) == 1:
-            sock = socket.socket(fileno=os.dup(sockets[0].fileno()))
-        listener.close()
-        return sock
+        return hand_over(listener)
 
     async def _take_over(self) -> bool:
         """Take the predecessor's listening socket (or bind afresh); False if that failed."""
@@ -453,30 +442,9 @@ class Client:
 
     async def _bind(self, sock: socket.socket | None = None) -> None:
         """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
-        loop = asyncio.get_running_loop()
-        listen = self.listen
-        try:
-            if sock is not None and isinstance(listen, UnixPath):
-                self._listener = await loop.create_unix_server(self._local_stream, sock=sock)
-            elif sock is not None:
-                self._listener = await loop.create_server(self._local_stream, sock=sock)
-            elif isinstance(listen, UnixPath):
-                self._listener = await listen_unix(
-                    self._local_stream, listen.path, self.socket_mode
-                )
-            else:
-                self._listener = await loop.create_server(
-                    self._local_stream, listen.bind_host, listen.port, backlog=1024
-                )
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            raise OSError(exc.errno, f"cannot listen on {listen}: {describe(exc)}") from exc
-        if isinstance(listen, UnixPath):
-            self.listen_address = listen
-        else:
-            port = self._listener.sockets[0].getsockname()[1]
-            self.listen_address = Address(listen.host, port)
+        self._listener, self.listen_address = await bind_local(
+            self._local_stream, self.listen, self.socket_mode, sock
+        )
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
     def _asked(self) -> SocketAddress | str | None:
@@ -488,7 +456,7 @@ class Client:
     def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or not session.accepting:  # detached: it waits for the resume
-            return _Refuse(self)
+            return Refuse(self.refused_while_down)
         if self.mode is Mode.SOCKS5:
             return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
@@ -496,24 +464,7 @@ class Client:
     def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
         say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
-        self.stats.stream_open_failures["tunnel_down"] += 1
-        self.stats.stream_resets[Cut.TUNNEL_DOWN.value] += 1
-        peer = format_peer(transport.get_extra_info("peername"))
-        reset(transport)
-        self._refused += 1
-        now = asyncio.get_running_loop().time()
-        last = self._refused_logged_at
-        if last is not None and now - last < REFUSED_LOG_PERIOD:
-            return
-        count, self._refused, self._refused_logged_at = self._refused, 0, now
-        since = "" if last is None else f" ({count} since the last such line)"
-        why = self.last_error or "not connected yet"
-        self._log.warning(
-            "refused a connection from %s: the tunnel is down (%s)%s",
-            peer,
-            why,
-            since,
-        )
+        self._down.refuse(transport, self.last_error or "not connected yet")
 
     async def connect_once(self) -> Session:
         """One session, without the listener or any retry (``aiowstunnel stdio``): the
@@ -628,18 +579,6 @@ def _socket_address(host: str, port: int | str) -> SocketAddress:
     if host.startswith(UNIX_SCHEME):
         return UnixPath.parse(host)
     return Address(host, int(port))
-
-
-class _Refuse(asyncio.Protocol):
-    """A local connection accepted while the tunnel is down: reset at once (see
-    Client.refused_while_down)."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A TCP server's transport, which can abort (uvloop's too, though not by class).
-        self.client.refused_while_down(cast(Abortable, transport))
 
 
 def _streams(n: int, what: str) -> str:
