@@ -16,12 +16,6 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
 
-from websockets.client import ClientProtocol
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import WebSocketURI
-
-from . import resumeauth, wire
 from .addresses import (
     UNIX_SCHEME,
     Address,
@@ -29,18 +23,14 @@ from .addresses import (
     Endpoint,
     SocketAddress,
     UnixPath,
-    parse_socket_address,
 )
 from .backoff import Backoff, BackoffPolicy
+from .clientconnect import open_session
 from .clientlisten import DownRefusals, Refuse, bind_local, hand_over
-from .destinations import RuleSet, dialer, proxy_protocol
-from .dial import proxy_tunnel
-from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
-from .link import Link, ws_log
+from .errors import HandshakeRefused, ResumeRefused, describe
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal
 from .logs import tunnel_logger
 from .resets import Abortable, Cut
-from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Phase, Session
 from .settings import SessionSettings
 from .socks import Socks5Stream
@@ -187,8 +177,8 @@ class Client:
         self._down = DownRefusals(self.stats, self._log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
-        self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
-        if not self._sent_name:
+        self.sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
+        if not self.sent_name:
             self._log.warning(
                 "tunnel name %r is not sent to the server (it must be 1-128 letters, digits, "
                 "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
@@ -239,7 +229,7 @@ class Client:
             started = loop.time()
             session: Session | None = None
             try:
-                session = await self._connect()
+                session = await open_session(self)
             except HandshakeRefused as exc:
                 label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
                 self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
@@ -321,7 +311,7 @@ class Client:
         backoff = Backoff(BackoffPolicy(initial=min(0.1, cap), max=cap), self._random)
         while session.phase is Phase.DETACHED and not self._closing:
             try:
-                await self._connect(resume_of=session)
+                await open_session(self, resume_of=session)
             except ResumeRefused as refused:
                 self.stats.resumes[refused.code] += 1
                 self._log.warning(
@@ -469,109 +459,7 @@ class Client:
     async def connect_once(self) -> Session:
         """One session, without the listener or any retry (``aiowstunnel stdio``): the
         caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
-        return await self._connect()
-
-    async def _connect(self, resume_of: Session | None = None) -> Session:
-        """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
-
-        Raises:
-            ResumeRefused: the server cannot resume ``resume_of`` (with the code).
-        """
-        loop = asyncio.get_running_loop()
-        settings, endpoint = self.settings, self.endpoint
-        ws = ClientProtocol(
-            # The endpoint as websockets takes it: the request target whole in ``path``.
-            WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
-            subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=settings.max_frame,
-            logger=ws_log,
-        )
-        handshake: ResumeHandshake | None = None
-        if resume_of is None:
-            # The Session takes its settings one by one until it takes a SessionSettings whole.
-            session = Session(
-                ws,
-                self.stats,
-                window=settings.window,
-                max_streams=settings.max_streams,
-                ping_interval=settings.ping_interval,
-                ping_timeout=settings.ping_timeout,
-                name=self.name,
-            )
-            link = session.link
-            if self.mode.server_listens:
-                # Set before the request: the server may open a stream right after the 101.
-                rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
-                header = proxy_protocol(self.proxy_protocol)
-                session.dial = dialer(
-                    self.connect, lambda: rules, settings.connect_timeout, header
-                )
-        else:
-            session = resume_of
-            pings = (settings.ping_interval, settings.ping_timeout)
-            link = Link(ws, Discarded(), pings, max_data=session.mux.max_data)
-            handshake = ResumeHandshake(link, session, None, settings.handshake_timeout)
-        ssl = self.ssl
-        server_hostname = (self.server_hostname or self.server.host) if ssl else None
-        tls_timeout = settings.handshake_timeout if ssl else None
-        if self.proxy:
-            sock = await asyncio.wait_for(
-                proxy_tunnel(self.proxy, self.server), settings.connect_timeout
-            )
-            connecting = loop.create_connection(
-                lambda: link,
-                sock=sock,
-                ssl=ssl,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=tls_timeout,
-            )
-        else:
-            connecting = loop.create_connection(
-                lambda: link,
-                self.server.host,
-                self.server.port,
-                ssl=ssl,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=tls_timeout,
-            )
-        await asyncio.wait_for(connecting, settings.connect_timeout)
-        request = ws.connect()
-        target = self.listen if self.mode.server_listens else self.connect
-        asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
-        creds = self.socks_credentials if self.mode is Mode.REVERSE_SOCKS5 else None
-        auth = (creds.username, creds.password) if creds is not None else None
-        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked, auth)
-        for key, value in tunnel.headers():
-            request.headers[key] = value
-        if resume_of is not None and resume_of.resumption is not None:
-            request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
-        elif self.resume_timeout > 0:
-            request.headers[resumeauth.HEADER_RESUMABLE] = "1"
-        link.send_request(request)
-        try:
-            response = await asyncio.wait_for(
-                asyncio.shield(link.handshake), settings.handshake_timeout
-            )
-            assert isinstance(response, Response)
-            if handshake is not None:
-                handshake.start(resumeauth.parse_challenge(response.headers))
-                await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
-                return session
-            credentials = resumeauth.Credentials.from_headers(response.headers)
-        except ProtocolViolation as exc:  # a malformed resumption header in the 101
-            link.abort("handshake failed")
-            raise ConnectionError(f"bad upgrade response: {exc}") from None
-        except BaseException:
-            link.abort("handshake failed")
-            raise
-        if credentials is not None and self.resume_timeout > 0:
-            session.resumption = Resumption(
-                credentials.session_id, self.resume_timeout, credentials=credentials
-            )
-        if self.mode.server_listens:
-            bound = response.headers.get("X-Aiowstunnel-Bound")
-            self.listen_address = parse_socket_address(bound, True) if bound else self.listen
-        return session
+        return await open_session(self)
 
 
 def _socket_address(host: str, port: int | str) -> SocketAddress:
