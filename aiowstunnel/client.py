@@ -11,19 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
-from typing import cast
 
-from websockets.client import ClientProtocol
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import WebSocketURI
-
-from . import resume, wire
 from .addresses import (
     UNIX_SCHEME,
     Address,
@@ -31,33 +23,26 @@ from .addresses import (
     Endpoint,
     SocketAddress,
     UnixPath,
-    format_peer,
-    parse_socket_address,
 )
 from .backoff import Backoff, BackoffPolicy
-from .destinations import RuleSet, dialer, proxy_protocol
-from .dial import proxy_tunnel
-from .errors import HandshakeRefused, ProtocolViolation, ResumeRefused, describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
-from .link import Link, ws_log
+from .clientconnect import open_session
+from .clientlisten import DownRefusals, Refuse, bind_local, hand_over
+from .errors import HandshakeRefused, ResumeRefused, describe
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal
 from .logs import tunnel_logger
-from .resets import Abortable, Cut, reset
-from .resumption import Discarded, ResumeHandshake, Resumption
+from .resets import Abortable, Cut
 from .session import Phase, Session
 from .settings import SessionSettings
 from .socks import Socks5Stream
 from .socks5 import Credentials
 from .stats import TunnelStats
-from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
+from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.client")
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
 _REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
-#: At most one "refused a connection" line per this many seconds per tunnel (each says how
-#: many were refused since the last one): a client retrying in a loop must not flood the log.
-REFUSED_LOG_PERIOD = 10.0
 
 
 class Client:
@@ -184,17 +169,16 @@ class Client:
         #: socket is taken over once this one's first attempt is over (see _take_over).
         self.predecessor: Client | None = None
         self._replaced = False  # handed its listener to a successor: it only drains now
-        self._refused = 0  # connections refused while down since the last such log line
-        self._refused_logged_at: float | None = None
         self._listener: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
         self._log = tunnel_logger(self.name, log)
+        self._down = DownRefusals(self.stats, self._log)
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
-        self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
-        if not self._sent_name:
+        self.sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
+        if not self.sent_name:
             self._log.warning(
                 "tunnel name %r is not sent to the server (it must be 1-128 letters, digits, "
                 "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
@@ -228,7 +212,11 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if not self.mode.server_listens and self._listener is None and self.predecessor is None:
+            if (
+                not self.mode.server_listens
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -241,7 +229,7 @@ class Client:
             started = loop.time()
             session: Session | None = None
             try:
-                session = await self._connect()
+                session = await open_session(self)
             except HandshakeRefused as exc:
                 label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
                 self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
@@ -323,7 +311,7 @@ class Client:
         backoff = Backoff(BackoffPolicy(initial=min(0.1, cap), max=cap), self._random)
         while session.phase is Phase.DETACHED and not self._closing:
             try:
-                await self._connect(resume_of=session)
+                await open_session(self, resume_of=session)
             except ResumeRefused as refused:
                 self.stats.resumes[refused.code] += 1
                 self._log.warning(
@@ -336,11 +324,8 @@ class Client:
                 return False
             except HandshakeRefused as exc:
                 if exc.status in (401, 403):  # token revoked or rule narrowed: never resumes
-                    self._failed(
-                        "bad_token" if exc.status == 401 else "forbidden",
-                        f"server refused the resume: {exc}",
-                        logging.ERROR,
-                    )
+                    self._failed("bad_token" if exc.status == 401 else "forbidden",
+                                 f"server refused the resume: {exc}", logging.ERROR)
                     session.expire(Cut.RESUME_REFUSED, f"resume refused: {exc}")
                     return False
                 self.last_error = f"resume failed: {exc}"
@@ -397,12 +382,7 @@ class Client:
         listener, self._listener = self._listener, None
         if listener is None:
             return None
-        sockets = list(listener.sockets)
-        sock = None
-        if len(sockets) == 1:
-            sock = socket.socket(fileno=os.dup(sockets[0].fileno()))
-        listener.close()
-        return sock
+        return hand_over(listener)
 
     async def _take_over(self) -> bool:
         """Take the predecessor's listening socket (or bind afresh); False if that failed."""
@@ -452,30 +432,9 @@ class Client:
 
     async def _bind(self, sock: socket.socket | None = None) -> None:
         """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
-        loop = asyncio.get_running_loop()
-        listen = self.listen
-        try:
-            if sock is not None and isinstance(listen, UnixPath):
-                self._listener = await loop.create_unix_server(self._local_stream, sock=sock)
-            elif sock is not None:
-                self._listener = await loop.create_server(self._local_stream, sock=sock)
-            elif isinstance(listen, UnixPath):
-                self._listener = await listen_unix(
-                    self._local_stream, listen.path, self.socket_mode
-                )
-            else:
-                self._listener = await loop.create_server(
-                    self._local_stream, listen.bind_host, listen.port, backlog=1024
-                )
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            raise OSError(exc.errno, f"cannot listen on {listen}: {describe(exc)}") from exc
-        if isinstance(listen, UnixPath):
-            self.listen_address = listen
-        else:
-            port = self._listener.sockets[0].getsockname()[1]
-            self.listen_address = Address(listen.host, port)
+        self._listener, self.listen_address = await bind_local(
+            self._local_stream, self.listen, self.socket_mode, sock
+        )
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
     def _asked(self) -> SocketAddress | str | None:
@@ -487,7 +446,7 @@ class Client:
     def _local_stream(self) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or not session.accepting:  # detached: it waits for the resume
-            return _Refuse(self)
+            return Refuse(self.refused_while_down)
         if self.mode is Mode.SOCKS5:
             return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
@@ -495,119 +454,12 @@ class Client:
     def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
         say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
-        self.stats.stream_open_failures["tunnel_down"] += 1
-        self.stats.stream_resets[Cut.TUNNEL_DOWN.value] += 1
-        peer = format_peer(transport.get_extra_info("peername"))
-        reset(transport)
-        self._refused += 1
-        now = asyncio.get_running_loop().time()
-        last = self._refused_logged_at
-        if last is not None and now - last < REFUSED_LOG_PERIOD:
-            return
-        count, self._refused, self._refused_logged_at = self._refused, 0, now
-        since = "" if last is None else f" ({count} since the last such line)"
-        why = self.last_error or "not connected yet"
-        self._log.warning(
-            "refused a connection from %s: the tunnel is down (%s)%s",
-            peer,
-            why,
-            since,
-        )
+        self._down.refuse(transport, self.last_error or "not connected yet")
 
     async def connect_once(self) -> Session:
         """One session, without the listener or any retry (``aiowstunnel stdio``): the
         caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
-        return await self._connect()
-
-    async def _connect(self, resume_of: Session | None = None) -> Session:
-        """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
-
-        Raises:
-            ResumeRefused: the server cannot resume ``resume_of`` (with the code).
-        """
-        loop = asyncio.get_running_loop()
-        settings, endpoint = self.settings, self.endpoint
-        ws = ClientProtocol(
-            # The endpoint as websockets takes it: the request target whole in ``path``.
-            WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
-            subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
-            max_size=settings.max_frame,
-            logger=ws_log,
-        )
-        handshake: ResumeHandshake | None = None
-        if resume_of is None:
-            session = Session(ws, self.stats, settings=settings, name=self.name)
-            link = session.link
-            if self.mode.server_listens:
-                # Set before the request: the server may open a stream right after the 101.
-                rules = RuleSet(f"tunnel {self.name!r}", "allow_connect", self.allow_connect)
-                header = proxy_protocol(self.proxy_protocol)
-                session.dial = dialer(self.connect, lambda: rules, settings.connect_timeout, header)
-        else:
-            session = resume_of
-            link = Link(ws, Discarded(), settings, max_data=session.mux.max_data)
-            handshake = ResumeHandshake(link, session, None, settings.handshake_timeout)
-        ssl = self.ssl
-        server_hostname = (self.server_hostname or self.server.host) if ssl else None
-        tls_timeout = settings.handshake_timeout if ssl else None
-        if self.proxy:
-            sock = await asyncio.wait_for(
-                proxy_tunnel(self.proxy, self.server), settings.connect_timeout
-            )
-            connecting = loop.create_connection(
-                lambda: link,
-                sock=sock,
-                ssl=ssl,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=tls_timeout,
-            )
-        else:
-            connecting = loop.create_connection(
-                lambda: link,
-                self.server.host,
-                self.server.port,
-                ssl=ssl,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=tls_timeout,
-            )
-        await asyncio.wait_for(connecting, settings.connect_timeout)
-        request = ws.connect()
-        target = self.listen if self.mode.server_listens else self.connect
-        asked = "" if self.mode.server_listens else self.proxy_protocol  # else we send it
-        creds = self.socks_credentials if self.mode is Mode.REVERSE_SOCKS5 else None
-        auth = (creds.username, creds.password) if creds is not None else None
-        tunnel = TunnelRequest(self.mode, target, self.token, self._sent_name, asked, auth)
-        for key, value in tunnel.headers():
-            request.headers[key] = value
-        if resume_of is not None and resume_of.resumption is not None:
-            request.headers[resume.HEADER_RESUME] = resume_of.resumption.id_hex
-        elif self.resume_timeout > 0:
-            request.headers[resume.HEADER_RESUMABLE] = "1"
-        link.send_request(request)
-        try:
-            response = await asyncio.wait_for(
-                asyncio.shield(link.handshake), settings.handshake_timeout
-            )
-            assert isinstance(response, Response)
-            if handshake is not None:
-                handshake.start(resume.parse_challenge(response.headers))
-                await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
-                return session
-            credentials = resume.Credentials.from_headers(response.headers)
-        except ProtocolViolation as exc:  # a malformed resumption header in the 101
-            link.abort("handshake failed")
-            raise ConnectionError(f"bad upgrade response: {exc}") from None
-        except BaseException:
-            link.abort("handshake failed")
-            raise
-        if credentials is not None and self.resume_timeout > 0:
-            session.resumption = Resumption(
-                credentials.session_id, self.resume_timeout, credentials=credentials
-            )
-        if self.mode.server_listens:
-            bound = response.headers.get("X-Aiowstunnel-Bound")
-            self.listen_address = parse_socket_address(bound, True) if bound else self.listen
-        return session
+        return await open_session(self)
 
 
 def _socket_address(host: str, port: int | str) -> SocketAddress:
@@ -615,18 +467,6 @@ def _socket_address(host: str, port: int | str) -> SocketAddress:
     if host.startswith(UNIX_SCHEME):
         return UnixPath.parse(host)
     return Address(host, int(port))
-
-
-class _Refuse(asyncio.Protocol):
-    """A local connection accepted while the tunnel is down: reset at once (see
-    Client.refused_while_down)."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A TCP server's transport, which can abort (uvloop's too, though not by class).
-        self.client.refused_while_down(cast(Abortable, transport))
 
 
 def _streams(n: int, what: str) -> str:

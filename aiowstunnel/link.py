@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from . import resume, wsframe
+from . import resumeauth, wsframe
 from .addresses import format_peer
 from .errors import HandshakeRefused, ProtocolViolation
 from .keepalive import Keepalive, PingBudget
@@ -223,7 +223,7 @@ class Link(asyncio.Protocol):
             self._open()
             self.handshake.set_result(response)
             return
-        refused = response.headers.get(resume.HEADER_REFUSED)
+        refused = response.headers.get(resumeauth.HEADER_REFUSED)
         if response.status_code != 101:
             body = (response.body or b"").decode("utf-8", "replace").strip()
             error: Exception = HandshakeRefused(
@@ -231,7 +231,9 @@ class Link(asyncio.Protocol):
             )
             if refused is not None:  # a resume refused before the upgrade, with its code
                 try:
-                    error = resume.refusal_from_header(refused, body.removeprefix(f"{refused}: "))
+                    error = resumeauth.refusal_from_header(
+                        refused, body.removeprefix(f"{refused}: ")
+                    )
                 except ProtocolViolation as bad:
                     error = HandshakeRefused(response.status_code, str(bad))
         else:

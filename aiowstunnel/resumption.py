@@ -19,7 +19,7 @@ from typing import Protocol
 
 from websockets.http11 import Request
 
-from . import resume
+from . import resume, resumeauth
 from .errors import ProtocolViolation, ResumeRefused
 from .link import Link, Message
 from .wire import HEADER_SIZE, FrameType, split_data
@@ -36,7 +36,7 @@ class Resumption:
         session_id: issued by the server in the fresh session's 101.
         timeout: seconds the session is kept once its link is lost (resume_timeout).
         credentials: the client's (session id and secret, rotated at each resume).
-        secret: the server's (:class:`~resume.ServerSecret`).
+        secret: the server's (:class:`~resumeauth.ServerSecret`).
     """
 
     def __init__(
@@ -44,8 +44,8 @@ class Resumption:
         session_id: bytes,
         timeout: float,
         *,
-        credentials: resume.Credentials | None = None,
-        secret: resume.ServerSecret | None = None,
+        credentials: resumeauth.Credentials | None = None,
+        secret: resumeauth.ServerSecret | None = None,
     ) -> None:
         self.session_id = session_id
         self.timeout = timeout
@@ -130,14 +130,14 @@ class Resumption:
     def resume_message(self, challenge: bytes) -> bytes:
         """The client's RESUME for a resume answered with ``challenge``."""
         assert self.credentials is not None
-        return resume.resume_message(self.credentials, challenge, self.counter.state())
+        return resumeauth.resume_message(self.credentials, challenge, self.counter.state())
 
     def check_resume(self, message: Message, challenge: bytes) -> int:
         """The server's check of a RESUME; returns the client's received count. The
-        secret's rotation is pending (:class:`~resume.ServerSecret`) until :meth:`resumed`
+        secret's rotation is pending (:class:`~resumeauth.ServerSecret`) until :meth:`resumed`
         and the client's next message."""
         assert self.secret is not None
-        return resume.check_resume(message, self.secret, self.session_id, challenge)
+        return resumeauth.check_resume(message, self.secret, self.session_id, challenge)
 
     def resumed(self, challenge: bytes) -> None:
         """The resume succeeded. Client: rotate the secret, as the server did. Server: the
@@ -235,7 +235,7 @@ class ResumeHandshake:
             raise ProtocolViolation("message before the resume was answered")
         try:
             if self.link.client_side:
-                claimed = resume.check_resumed(message)
+                claimed = resumeauth.check_resumed(message)
             else:
                 claimed = resumption.check_resume(message, self.challenge)
             self.target.resume(self.link, claimed)  # the link is the session's from here

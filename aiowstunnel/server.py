@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl as ssl_module
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from websockets.frames import CloseCode
 from websockets.http11 import Request
@@ -23,33 +21,35 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from . import wire
-from .addresses import Address, SocketAddress, UnixPath, ip_or_none
-from .destinations import RuleSet, TargetRefused, check_target, dialer, proxy_protocol
+from .addresses import Address
+from .destinations import dialer, proxy_protocol
 from .dial import Dial
-from .errors import ProtocolViolation, ResumeRefused, describe
-from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
+from .errors import ProtocolViolation
+from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .resets import Cut
-from .resume import (
-    HEADER_REFUSED,
+from .resumeauth import (
     HEADER_RESUMABLE,
-    ServerSecret,
-    new_challenge,
-    new_session_credentials,
     parse_resumable,
     parse_resume_request,
 )
-from .resumption import Resumption
+from .serveraccess import (
+    Grant,
+    authenticate,
+    client_rules,
+    connect_target,
+    same_tunnel,
+    still_allowed,
+)
+from .serverlisten import bind_session_listener, hand_over, listen_endpoint
+from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
-from .socks import Socks5Stream
-from .socks5 import Credentials
 from .stats import LimitStats, ServerStats, TunnelStats
-from .tcp import TcpStream
-from .unixsock import DEFAULT_SOCKET_MODE, listen_unix
+from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -68,18 +68,6 @@ DEFAULT_RESUME_TIMEOUT = 60.0
 MAX_TUNNEL_NAMES = 32
 OTHER_TUNNELS = "(other)"  # parentheses: no valid tunnel name can collide with these
 UNNAMED_TUNNEL = "(unnamed)"  # a client that sent no X-Aiowstunnel-Tunnel
-
-
-@dataclass(eq=False)
-class Grant:
-    """What one accepted session was allowed: kept to re-check it when rules change."""
-
-    client: ClientPolicy
-    request: TunnelRequest
-    target: SocketAddress | None = None  # CONNECT: where the server dials (pinned IP if resolved)
-    listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
-    bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
-    slot: Slot | None = None  # its place in max_sessions and max_sessions_total
 
 
 class Server:
@@ -164,9 +152,9 @@ class Server:
         self._client_streams = Slots(lim.max_client_streams)
         self.sessions: dict[Session, Grant] = {}
         self.resume_timeout = resume_timeout
-        #: resumable sessions by session id, attached or detached (each still holds its
-        #: place in max_sessions and max_sessions_total: that bounds them)
-        self.resumable: dict[bytes, Session] = {}
+        self.resumable = ResumeRegistry(
+            resume_timeout, self.stats, self.settings.handshake_timeout
+        )
         self.policy = Policy(None)
         self.set_clients(clients)
         self._server: asyncio.Server | None = None
@@ -190,29 +178,10 @@ class Server:
         """
         if self._server is not None:
             return
-        loop = asyncio.get_running_loop()
         tls_timeout = self.settings.handshake_timeout if self.ssl else None
-        try:
-            if sock is not None:
-                self._server = await loop.create_server(
-                    self._new_session,
-                    sock=sock,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=tls_timeout,
-                    backlog=1024,
-                )
-            else:
-                self._server = await loop.create_server(
-                    self._new_session,
-                    self.host or None,
-                    self.port,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=tls_timeout,
-                    backlog=1024,
-                )
-        except OSError as exc:
-            address = Address(self.host, self.port)
-            raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
+        self._server = await listen_endpoint(
+            self._new_session, self.host, self.port, self.ssl, tls_timeout, sock
+        )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -227,10 +196,7 @@ class Server:
         server, self._server = self._server, None
         if server is None:
             return None
-        sockets = list(server.sockets)
-        sock = socket.socket(fileno=os.dup(sockets[0].fileno())) if len(sockets) == 1 else None
-        server.close()
-        return sock
+        return hand_over(server)
 
     @property
     def streams_active(self) -> int:
@@ -277,38 +243,10 @@ class Server:
                 "anywhere through it and listen on any port; give it clients= to restrict it"
             )
         for session, grant in list(self.sessions.items()):
-            reason = self._still_allowed(grant)
+            reason = still_allowed(self.policy, grant)
             if reason:
                 _session_log(session).warning("closing the session: %s", reason)
                 session.close(CloseCode.POLICY_VIOLATION, reason)
-
-    def _still_allowed(self, grant: Grant) -> str:
-        """Why a granted session is no longer allowed, or ``""`` (and then the session
-        adopts its client's new entry, e.g. a raised max_sessions)."""
-        if self.policy.open_relay:
-            return ""
-        current = next((c for c in self.policy.clients if c.name == grant.client.name), None)
-        if current is None:
-            return f"client entry {grant.client.name!r} was removed"
-        if current.token_sha256 != grant.client.token_sha256:
-            return f"the token of client {grant.client.name!r} changed"
-        request = grant.request
-        if request.mode is Mode.SOCKS5:
-            if not current.allow_connect:
-                return f"client {current.name!r} may no longer connect anywhere"
-        elif request.mode is Mode.CONNECT:
-            assert request.address is not None
-            target = grant.target or request.address
-            allowed = current.may_connect(request.address)
-            if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
-                ip = ip_or_none(target.host)
-                allowed = ip is not None and current.may_connect_ip(ip, target.port)
-            if not allowed:
-                return f"connect to {request.address} is no longer allowed"
-        elif request.address is None or not current.may_listen(request.address):
-            return f"listen on {request.address} is no longer allowed"
-        grant.client = current
-        return ""
 
     # -- sessions --------------------------------------------------------------------
 
@@ -381,7 +319,11 @@ class Server:
             except ProtocolViolation as exc:
                 raise RequestRefused(Refusal.BAD_REQUEST, str(exc)) from None
             if resume_id is not None:
-                self._resume(session, request, resume_id)
+                # full authentication again, as a fresh request's
+                asker, asked = authenticate(request, self.path, self.policy, closing=self._closing)
+                self.resumable.resume(
+                    session, request, resume_id, asker, asked, self.sessions, self.policy
+                )
                 return
             grant = await self._check(request, reserved)
             if not session.check_upgrade(request):  # websockets' own 400, sent
@@ -397,7 +339,7 @@ class Server:
                     slot.release()
                 return
             if grant.request.mode.server_listens:
-                await self._bind(session, grant)
+                await bind_session_listener(session, grant, self.socket_mode)
         except RequestRefused as refused:
             for slot in reserved:
                 slot.release()
@@ -450,16 +392,7 @@ class Server:
         dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
         if resumable and self.resume_timeout > 0:
-            credentials = new_session_credentials()
-            headers.update(credentials.headers())
-            session.resumption = Resumption(
-                credentials.session_id,
-                self.resume_timeout,
-                secret=ServerSecret(credentials.secret),
-            )
-            self.resumable[credentials.session_id] = session
-            session.on_detach.append(self._session_detached)
-            session.on_resume.append(self._session_resumed)
+            self.resumable.offer(session, headers)
         session.accept(request, dial, extra_headers=headers)
         mode = grant.request.mode
         if mode is Mode.CONNECT:
@@ -470,88 +403,6 @@ class Server:
             what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
         _session_log(session).info("session opened: %s", what)
 
-    def _resume(self, session: Session, request: Request, resume_id: bytes) -> None:
-        """A resume request: full authentication again, then the session it names, which
-        must be this client entry's and the same tunnel; the 101 carries a challenge.
-
-        Raises:
-            RequestRefused: as a fresh request would be refused (401, 403, ...).
-        """
-        client, tunnel = self._authenticate(request)
-        target = self.resumable.get(resume_id)
-        grant = self.sessions.get(target) if target is not None else None
-        try:
-            if target is None or grant is None or target.closed.done():
-                raise ResumeRefused(
-                    "unknown_session", "no such session here: it expired, or the server restarted"
-                )
-            if not _same_tunnel(grant, client, tunnel):
-                raise ResumeRefused(
-                    "wrong_client", "the session is another client's or another tunnel's"
-                )
-            reason = self._still_allowed(grant)
-            if reason:
-                raise ResumeRefused("wrong_client", reason)
-        except ResumeRefused as refused:
-            self._resume_refused(session.peer, client.name, refused)
-            session.reject(
-                Refusal.RESUME_REFUSED.status,
-                str(refused),
-                {HEADER_REFUSED: refused.code},
-            )
-            return
-        if not session.check_upgrade(request):
-            self.stats.rejected["bad_upgrade"] += 1
-            return
-        assert target.resumption is not None
-        handshake = session.accept_resume(
-            request, target, new_challenge(), self.settings.handshake_timeout
-        )
-
-        def finished(done: asyncio.Future[None]) -> None:
-            error = None if done.cancelled() else done.exception()
-            if isinstance(error, ResumeRefused):
-                self._resume_refused(session.peer, client.name, error)
-            elif error is not None:
-                target.stats.resumes["failed"] += 1
-
-        handshake.done.add_done_callback(finished)
-
-    def _resume_refused(self, peer: str, entry: str, refused: ResumeRefused) -> None:
-        self.stats.resumes[refused.code] += 1
-        quiet.warning(
-            ("resume-refused", refused.code),
-            "refused to resume a session: %s",
-            escape(str(refused)),
-            extra={"peer": peer, "client": entry or None},
-        )
-
-    def _session_detached(self, session: Session) -> None:
-        assert session.resumption is not None
-        session.stats.sessions_detached += 1
-        log.info(
-            "session detached: %s; %s kept for %g s",
-            escape(session.detach_reason),
-            _streams(len(session.streams)),
-            session.resumption.timeout,
-            extra=session.log_extra(),
-        )
-
-    def _session_resumed(self, session: Session) -> None:
-        stats = session.stats
-        if not session.resumed_attached:  # (one still attached here was never counted)
-            stats.sessions_detached -= 1
-        stats.resumes["ok"] += 1
-        stats.replayed_bytes += session.last_replayed
-        self.stats.resumes["ok"] += 1
-        log.info(
-            "session resumed after %.1f s: %d bytes replayed; %s",
-            session.loop.time() - session.detached_at,
-            session.last_replayed,
-            _streams(len(session.streams)),
-            extra=session.log_extra(),
-        )
-
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
         has fewer than MAX_TUNNEL_NAMES, else OTHER_TUNNELS (bounded cardinality)."""
@@ -561,43 +412,16 @@ class Server:
         known = sum(1 for c, t in self.client_stats if c == entry and t != OTHER_TUNNELS)
         return name if known < MAX_TUNNEL_NAMES else OTHER_TUNNELS
 
-    def _authenticate(self, request: Request) -> tuple[ClientPolicy, TunnelRequest]:
-        """Who asks for what (path, subprotocol, token), or the refusal."""
-        if self._closing:
-            raise RequestRefused(Refusal.SHUTTING_DOWN, "server is shutting down")
-        # The request target is a path (origin-form), never split as a URL: urlsplit
-        # would read "//evil/aiowstunnel" as host "evil" and path "/aiowstunnel".
-        path = request.path.partition("?")[0]
-        if path != self.path:
-            raise RequestRefused(Refusal.NOT_FOUND, f"no tunnel endpoint at {path}")
-        offered = [
-            p.strip()
-            for value in request.headers.get_all("Sec-WebSocket-Protocol")
-            for p in value.split(",")
-        ]
-        if wire.SUBPROTOCOL not in offered:
-            raise RequestRefused(
-                Refusal.BAD_REQUEST,
-                f"this server speaks the subprotocol {wire.SUBPROTOCOL}; "
-                f"offered: {', '.join(offered) or 'none'}",
-            )
-        tunnel = TunnelRequest.from_headers(request.headers)
-        client = self.policy.authenticate(tunnel.token)
-        if client is None:
-            reason = "missing bearer token" if tunnel.token is None else "invalid token"
-            raise RequestRefused(Refusal.BAD_TOKEN, reason)
-        return client, tunnel
-
     async def _check(self, request: Request, reserved: list[Slot]) -> Grant:
         """The grant for a request, or the refusal. The session's place is taken into
         ``reserved`` before the first await, so concurrent requests count each other."""
-        client, tunnel = self._authenticate(request)
+        client, tunnel = authenticate(request, self.path, self.policy, closing=self._closing)
         grant = Grant(client, tunnel)
         # A fresh session of a tunnel that has one detached: its client restarted, or gave
         # up resuming. The detached one will not come back: it makes room (its LISTEN
         # port too) instead of holding a session slot until it expires.
         for old, old_grant in list(self.sessions.items()):
-            if old.phase is Phase.DETACHED and _same_tunnel(old_grant, client, tunnel):
+            if old.phase is Phase.DETACHED and same_tunnel(old_grant, client, tunnel):
                 old.expire(Cut.EXPIRED, "replaced by a fresh session of the same tunnel")
         if self._client_sessions.full(client.name, client.max_sessions):
             active = self._client_sessions.by_key.get(client.name, 0)
@@ -615,7 +439,9 @@ class Server:
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
         if tunnel.mode is Mode.CONNECT:
             assert tunnel.address is not None
-            grant.target = await self._connect_target(client, tunnel.address)
+            grant.target = await connect_target(
+                client, tunnel.address, self.settings.connect_timeout
+            )
         elif tunnel.mode is Mode.SOCKS5:
             if not client.allow_connect:
                 raise RequestRefused(
@@ -629,18 +455,6 @@ class Server:
             )
         return grant
 
-    async def _connect_target(self, client: ClientPolicy, target: SocketAddress) -> SocketAddress:
-        """Where to dial for a CONNECT request, or a 403 refusal.
-
-        A name allowed by a name rule is dialed by name. A name allowed only through a
-        CIDR rule is resolved here, and the session is pinned to an address that the rule
-        allows, so a later DNS answer cannot steer it elsewhere.
-        """
-        try:
-            return await check_target(_rules(client), target, self.settings.connect_timeout)
-        except TargetRefused as exc:
-            raise RequestRefused(Refusal.FORBIDDEN, str(exc)) from None
-
     def _dialer(self, grant: Grant) -> Dial:
         """Each stream goes to the session's target, or to its OPEN's own if the client
         entry's allow_connect allows it (destinations.py): the entry as it is at each
@@ -648,37 +462,7 @@ class Server:
         default = grant.target or grant.request.address
         header = proxy_protocol(grant.request.proxy_protocol)
         timeout = self.settings.connect_timeout
-        return dialer(default, lambda: _rules(grant.client), timeout, header)
-
-    async def _bind(self, session: Session, grant: Grant) -> None:
-        address = grant.request.address
-        assert address is not None  # checked by _check: a listening mode names its address
-
-        auth = grant.request.socks_auth
-        credentials = Credentials(*auth) if auth is not None else None
-
-        def new_stream() -> TcpStream:
-            if grant.request.mode.socks:
-                return Socks5Stream(session, credentials)
-            return session.new_stream()
-
-        loop = asyncio.get_running_loop()
-        try:
-            if isinstance(address, UnixPath):
-                grant.listener = await listen_unix(new_stream, address.path, self.socket_mode)
-            else:
-                grant.listener = await loop.create_server(
-                    new_stream, address.bind_host, address.port, backlog=1024
-                )
-        except OSError as exc:
-            raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
-            ) from None
-        if isinstance(address, UnixPath):
-            grant.bound = str(address)
-            return
-        port = grant.listener.sockets[0].getsockname()[1]
-        grant.bound = str(Address(address.host, port))
+        return dialer(default, lambda: client_rules(grant.client), timeout, header)
 
     def _peer_going_away(self, session: Session) -> None:
         """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
@@ -691,8 +475,7 @@ class Server:
         grant = self.sessions.pop(session, None)
         if grant is None:
             return
-        if session.resumption is not None:
-            self.resumable.pop(session.resumption.session_id, None)
+        self.resumable.forget(session)
         if session.ended_detached:
             session.stats.sessions_detached -= 1
         if grant.slot is not None:
@@ -710,28 +493,9 @@ class Server:
         )
 
 
-def _same_tunnel(grant: Grant, client: ClientPolicy, tunnel: TunnelRequest) -> bool:
-    """The same client entry (name and token) asking for the same tunnel."""
-    request = grant.request
-    return (
-        grant.client.name == client.name
-        and grant.client.token_sha256 == client.token_sha256
-        and (request.mode, request.address, request.tunnel)
-        == (tunnel.mode, tunnel.address, tunnel.tunnel)
-    )
-
-
-def _streams(n: int) -> str:
-    return f"{n} stream{'' if n == 1 else 's'}"
-
-
 def _session_log(session: Session) -> TunnelLogger:
     """The server's log for one authenticated session: client entry, tunnel and peer."""
     return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
-
-
-def _rules(client: ClientPolicy) -> RuleSet:
-    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -43,7 +43,8 @@ from .mux import (
     StreamViolated,
 )
 from .resets import Cut
-from .resume import HEADER_CHALLENGE, encode_resumed
+from .resume import encode_resumed
+from .resumeauth import HEADER_CHALLENGE
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .serverlink import ServerLink
 from .settings import SessionSettings

@@ -26,28 +26,30 @@ from dataclasses import dataclass
 
 from aiowstunnel.errors import ProtocolViolation, ResumeRefused
 from aiowstunnel.resume import (
+    Ack,
+    ReplayLog,
+    Resume,
+    Resumed,
+    encode_ack,
+    encode_resume,
+    encode_resumed,
+    encode_window,
+    parse_resume_frame,
+    parse_window,
+)
+from aiowstunnel.resumeauth import (
     HEADER_CHALLENGE,
     HEADER_RESUMABLE,
     HEADER_RESUME,
     HEADER_SECRET,
     HEADER_SESSION,
-    Ack,
     Credentials,
-    ReplayLog,
-    Resume,
-    Resumed,
     ServerSecret,
     check_resume,
     check_resumed,
-    encode_ack,
-    encode_resume,
-    encode_resumed,
-    encode_window,
     parse_challenge,
     parse_resumable,
-    parse_resume_frame,
     parse_resume_request,
-    parse_window,
     resume_message,
 )
 

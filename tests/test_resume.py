@@ -16,47 +16,49 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiowstunnel import mux as muxes
-from aiowstunnel import resume, wire
+from aiowstunnel import resume, resumeauth, wire
 from aiowstunnel.errors import ProtocolViolation, ResumeRefused
 from aiowstunnel.resume import (
     ACK_BYTES,
     ACK_EVERY,
-    CHALLENGE_SIZE,
     CLOSE_CODES,
+    MAX_COUNT,
+    Ack,
+    ReceiveCounter,
+    ReplayLog,
+    Resume,
+    Resumed,
+    ResumeFrameType,
+    encode_ack,
+    encode_resume,
+    encode_resumed,
+    encode_window,
+    is_sequenced,
+    parse_resume_frame,
+    parse_window,
+    refusal_from_close,
+)
+from aiowstunnel.resumeauth import (
+    CHALLENGE_SIZE,
     HEADER_CHALLENGE,
     HEADER_REFUSED,
     HEADER_RESUMABLE,
     HEADER_RESUME,
     HEADER_SECRET,
     HEADER_SESSION,
-    MAX_COUNT,
     SECRET_SIZE,
     SESSION_ID_SIZE,
-    Ack,
     Credentials,
-    ReceiveCounter,
-    ReplayLog,
-    Resume,
-    Resumed,
-    ResumeFrameType,
     ServerSecret,
     check_resume,
     check_resumed,
-    encode_ack,
-    encode_resume,
-    encode_resumed,
-    encode_window,
-    is_sequenced,
     new_challenge,
     new_session_credentials,
     parse_challenge,
     parse_hex,
     parse_resumable,
-    parse_resume_frame,
     parse_resume_request,
-    parse_window,
     proof,
-    refusal_from_close,
     refusal_from_header,
     resume_message,
     rotate,
@@ -510,7 +512,7 @@ def test_verify_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> No
         calls.append((a, b))
         return a == b
 
-    monkeypatch.setattr(resume.hmac, "compare_digest", compare_digest)
+    monkeypatch.setattr(resumeauth.hmac, "compare_digest", compare_digest)
     good = proof(SECRET, SID, CHALLENGE, 5)
     assert check_resume(encode_resume(good, 5), ServerSecret(SECRET), SID, CHALLENGE) == 5
     assert calls == [(good, good)]

@@ -21,14 +21,8 @@ from aiowstunnel.client import Client
 from aiowstunnel.handshake import HEADER_TUNNEL
 from aiowstunnel.metrics import TunnelCollector
 from aiowstunnel.policy import ClientPolicy, token_digest
-from aiowstunnel.resume import (
-    CLOSE_CODES,
-    HEADER_REFUSED,
-    HEADER_RESUME,
-    encode_resume,
-    parse_challenge,
-    resume_message,
-)
+from aiowstunnel.resume import CLOSE_CODES, encode_resume
+from aiowstunnel.resumeauth import HEADER_REFUSED, HEADER_RESUME, parse_challenge, resume_message
 from aiowstunnel.server import Server
 from aiowstunnel.stats import MetricsSnapshot
 

@@ -1,0 +1,146 @@
+"""One connection attempt of a client: the TCP (or proxied) and TLS connection to the
+tunnel server, the upgrade request (the tunnel request, and the resumption headers), and
+its answer: a fresh session (resumable if the server issued credentials), or a detached
+session resumed on the new link. Reads the client through :class:`TunnelSide`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from typing import Protocol
+
+from websockets.client import ClientProtocol
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import WebSocketURI
+
+from . import resumeauth, wire
+from .addresses import Address, AddressRule, Endpoint, SocketAddress, parse_socket_address
+from .destinations import RuleSet, dialer, proxy_protocol
+from .dial import proxy_tunnel
+from .errors import ProtocolViolation
+from .handshake import Mode, TunnelRequest
+from .link import Link, ws_log
+from .resumption import Discarded, ResumeHandshake, Resumption
+from .session import Session
+from .settings import SessionSettings
+from .socks5 import Credentials
+from .stats import TunnelStats
+
+
+class TunnelSide(Protocol):
+    """What a connection attempt reads of its client (a :class:`~client.Client`); it sets
+    ``listen_address`` (LISTEN: what the server bound)."""
+
+    mode: Mode
+    listen: SocketAddress
+    connect: SocketAddress | None
+    proxy_protocol: str
+    allow_connect: tuple[AddressRule, ...]
+    socks_credentials: Credentials | None
+    ssl: ssl_module.SSLContext | None
+    endpoint: Endpoint
+    server: Address
+    server_hostname: str | None
+    token: str | None
+    settings: SessionSettings
+    name: str
+    stats: TunnelStats
+    proxy: str | None
+    resume_timeout: float
+    listen_address: SocketAddress | None
+    sent_name: str
+
+
+async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Session:
+    """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
+
+    Raises:
+        ResumeRefused: the server cannot resume ``resume_of`` (with the code).
+    """
+    loop = asyncio.get_running_loop()
+    settings, endpoint = side.settings, side.endpoint
+    ws = ClientProtocol(
+        # The endpoint as websockets takes it: the request target whole in ``path``.
+        WebSocketURI(endpoint.secure, endpoint.host, endpoint.port, endpoint.path, ""),
+        subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
+        max_size=settings.max_frame,
+        logger=ws_log,
+    )
+    handshake: ResumeHandshake | None = None
+    if resume_of is None:
+        session = Session(ws, side.stats, settings=settings, name=side.name)
+        link = session.link
+        if side.mode.server_listens:
+            # Set before the request: the server may open a stream right after the 101.
+            rules = RuleSet(f"tunnel {side.name!r}", "allow_connect", side.allow_connect)
+            header = proxy_protocol(side.proxy_protocol)
+            session.dial = dialer(
+                side.connect, lambda: rules, settings.connect_timeout, header
+            )
+    else:
+        session = resume_of
+        link = Link(ws, Discarded(), settings, max_data=session.mux.max_data)
+        handshake = ResumeHandshake(link, session, None, settings.handshake_timeout)
+    ssl = side.ssl
+    server_hostname = (side.server_hostname or side.server.host) if ssl else None
+    tls_timeout = settings.handshake_timeout if ssl else None
+    if side.proxy:
+        sock = await asyncio.wait_for(
+            proxy_tunnel(side.proxy, side.server), settings.connect_timeout
+        )
+        connecting = loop.create_connection(
+            lambda: link,
+            sock=sock,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=tls_timeout,
+        )
+    else:
+        connecting = loop.create_connection(
+            lambda: link,
+            side.server.host,
+            side.server.port,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=tls_timeout,
+        )
+    await asyncio.wait_for(connecting, settings.connect_timeout)
+    request = ws.connect()
+    target = side.listen if side.mode.server_listens else side.connect
+    asked = "" if side.mode.server_listens else side.proxy_protocol  # else we send it
+    creds = side.socks_credentials if side.mode is Mode.REVERSE_SOCKS5 else None
+    auth = (creds.username, creds.password) if creds is not None else None
+    tunnel = TunnelRequest(side.mode, target, side.token, side.sent_name, asked, auth)
+    for key, value in tunnel.headers():
+        request.headers[key] = value
+    if resume_of is not None and resume_of.resumption is not None:
+        request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
+    elif side.resume_timeout > 0:
+        request.headers[resumeauth.HEADER_RESUMABLE] = "1"
+    link.send_request(request)
+    try:
+        response = await asyncio.wait_for(
+            asyncio.shield(link.handshake), settings.handshake_timeout
+        )
+        assert isinstance(response, Response)
+        if handshake is not None:
+            handshake.start(resumeauth.parse_challenge(response.headers))
+            await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
+            return session
+        credentials = resumeauth.Credentials.from_headers(response.headers)
+    except ProtocolViolation as exc:  # a malformed resumption header in the 101
+        link.abort("handshake failed")
+        raise ConnectionError(f"bad upgrade response: {exc}") from None
+    except BaseException:
+        link.abort("handshake failed")
+        raise
+    if credentials is not None and side.resume_timeout > 0:
+        session.resumption = Resumption(
+            credentials.session_id, side.resume_timeout, credentials=credentials
+        )
+    if side.mode.server_listens:
+        bound = response.headers.get("X-Aiowstunnel-Bound")
+        side.listen_address = parse_socket_address(bound, True) if bound else side.listen
+    return session

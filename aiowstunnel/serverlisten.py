@@ -1,0 +1,102 @@
+"""The server's listening sockets: the tunnel endpoint (bound, or a predecessor's socket
+served) and its handover to a successor, and the listener a LISTEN-mode session binds
+(TCP or unix, plain or SOCKS5 streams). Each bind error names the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl as ssl_module
+from collections.abc import Callable
+
+from .addresses import Address, UnixPath
+from .errors import describe
+from .handshake import Refusal, RequestRefused
+from .link import Link
+from .serveraccess import Grant
+from .session import Session
+from .socks import Socks5Stream
+from .socks5 import Credentials
+from .tcp import TcpStream
+from .unixsock import listen_unix
+
+
+async def listen_endpoint(
+    new_link: Callable[[], Link],
+    host: str,
+    port: int,
+    ssl: ssl_module.SSLContext | None,
+    tls_timeout: float | None,
+    sock: socket.socket | None = None,
+) -> asyncio.Server:
+    """The tunnel endpoint: ``host``:``port`` bound, or ``sock`` (handed over) served.
+
+    Raises:
+        OSError: the address cannot be bound; the message names it.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        if sock is not None:
+            return await loop.create_server(
+                new_link,
+                sock=sock,
+                ssl=ssl,
+                ssl_handshake_timeout=tls_timeout,
+                backlog=1024,
+            )
+        else:
+            return await loop.create_server(
+                new_link,
+                host or None,
+                port,
+                ssl=ssl,
+                ssl_handshake_timeout=tls_timeout,
+                backlog=1024,
+            )
+    except OSError as exc:
+        address = Address(host, port)
+        raise OSError(exc.errno, f"cannot listen on {address}: {describe(exc)}") from exc
+
+
+def hand_over(server: asyncio.Server) -> socket.socket | None:
+    """Stop accepting on ``server`` and return its listening socket (a duplicate, still
+    listening) for a successor; None if there is no single socket."""
+    sockets = list(server.sockets)
+    sock = socket.socket(fileno=os.dup(sockets[0].fileno())) if len(sockets) == 1 else None
+    server.close()
+    return sock
+
+
+async def bind_session_listener(session: Session, grant: Grant, socket_mode: int) -> None:
+    """Bind the listener of a LISTEN-mode session (TCP or unix; plain or SOCKS5 streams)
+    into ``grant``, with the address bound, or the refusal naming why not."""
+    address = grant.request.address
+    assert address is not None  # checked by _check: a listening mode names its address
+
+    auth = grant.request.socks_auth
+    credentials = Credentials(*auth) if auth is not None else None
+
+    def new_stream() -> TcpStream:
+        if grant.request.mode.socks:
+            return Socks5Stream(session, credentials)
+        return session.new_stream()
+
+    loop = asyncio.get_running_loop()
+    try:
+        if isinstance(address, UnixPath):
+            grant.listener = await listen_unix(new_stream, address.path, socket_mode)
+        else:
+            grant.listener = await loop.create_server(
+                new_stream, address.bind_host, address.port, backlog=1024
+            )
+    except OSError as exc:
+        raise RequestRefused(
+            Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
+        ) from None
+    if isinstance(address, UnixPath):
+        grant.bound = str(address)
+        return
+    port = grant.listener.sockets[0].getsockname()[1]
+    grant.bound = str(Address(address.host, port))
