@@ -693,6 +693,9 @@ SERVER_TOML = (
     + """
 [server]
 listen = "127.0.0.1:{ws}"
+# the idle scenario's 10,000 streams come from one client entry: above the default per-entry
+# share of the fd-derived stream budget (docs/configuration.md, max_client_streams)
+max_client_streams = 12000
 
 [[server.client]]
 name = "bench"
