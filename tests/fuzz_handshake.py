@@ -12,11 +12,10 @@ side of this is tests/integration/test_abuse.py.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import time
-import traceback
+
+from fuzzing import cli, count_unhandled  # tests/fuzzing.py
 
 from aiowstunnel.addresses import AddressRule
 from aiowstunnel.handshake import HEADER_ADDRESS, HEADER_MODE, RequestRefused, TunnelRequest
@@ -113,27 +112,11 @@ def check(headers: dict[str, str]) -> None:
 
 def run(count: int, seed: int) -> int:
     rng = random.Random(seed)
-    unhandled = 0
-    for _ in range(count):
-        headers = one_input(rng)
-        try:
-            check(headers)
-        except Exception:
-            unhandled += 1
-            if unhandled <= 5:
-                print(f"unhandled for {headers!r}:\n{traceback.format_exc()}", file=sys.stderr)
-    return unhandled
+    return count_unhandled((one_input(rng) for _ in range(count)), check)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    unhandled = run(args.count, args.seed)
-    print(f"inputs={args.count} unhandled={unhandled} seconds={time.monotonic() - started:.1f}")
-    return 1 if unhandled else 0
+    return cli(__doc__, run, argv)
 
 
 if __name__ == "__main__":

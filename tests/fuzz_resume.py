@@ -17,12 +17,13 @@ log. The run prints ``inputs=N unhandled=U seconds=S`` and exits 1 if U > 0.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from fuzzing import Failure, cli, printer  # tests/fuzzing.py
 
 from aiowstunnel.errors import ProtocolViolation, ResumeRefused
 from aiowstunnel.resume import (
@@ -74,12 +75,6 @@ HEADER_PIECES = (
     "-",
     "_",
 )
-
-
-@dataclass
-class Failure:
-    what: str
-    message: bytes
 
 
 @dataclass
@@ -297,20 +292,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000, help="inputs to feed")
-    parser.add_argument("--seed", type=int, default=0, help="seed (the run is deterministic)")
-    args = parser.parse_args(argv)
-    shown: list[Failure] = []
-
-    def report(failure: Failure) -> None:
-        if len(shown) < 10:
-            shown.append(failure)
-            print(f"UNHANDLED {failure.what}\n  input: {failure.message.hex()}", file=sys.stderr)
-
-    inputs, unhandled, seconds = run(args.count, args.seed, report)
-    print(f"inputs={inputs} unhandled={unhandled} seconds={seconds:.1f}")
-    return 1 if unhandled else 0
+    return cli(__doc__, lambda count, seed: run(count, seed, printer())[1], argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ valid address, or answers with bytes that are not a SOCKS5/RFC 1929 message. The
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import time
-import traceback
+
+from fuzzing import cli, count_unhandled  # tests/fuzzing.py
 
 from aiowstunnel.addresses import Address
 from aiowstunnel.socks5 import Credentials, Socks5Server, SocksError, client_request
@@ -69,27 +68,12 @@ def check(data: bytes, auth: bool, rng: random.Random) -> None:
 
 def run(count: int, seed: int) -> int:
     rng = random.Random(seed)
-    unhandled = 0
-    for _ in range(count):
-        data, auth = one_input(rng)
-        try:
-            check(data, auth, rng)
-        except Exception:
-            unhandled += 1
-            if unhandled <= 5:
-                print(f"unhandled for {data!r}:\n{traceback.format_exc()}", file=sys.stderr)
-    return unhandled
+    inputs = (one_input(rng) for _ in range(count))
+    return count_unhandled(inputs, lambda item: check(*item, rng))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    unhandled = run(args.count, args.seed)
-    print(f"inputs={args.count} unhandled={unhandled} seconds={time.monotonic() - started:.1f}")
-    return 1 if unhandled else 0
+    return cli(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ does not itself parse. The run prints ``inputs=N unhandled=U seconds=S`` and exi
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from fuzzing import Failure, cli, printer  # tests/fuzzing.py
 
 from aiowstunnel.errors import ProtocolViolation
 from aiowstunnel.mux import DataReceived, Event, Mux, Reply, StreamViolated
@@ -49,12 +50,6 @@ INTERESTING_BYTES = (0, 1, 0x7F, 0x80, 0xFE, 0xFF)
 INTERESTING_LENGTHS = (0, 1, 3, 4, 5, MAX_REASON - 1, MAX_REASON, MAX_REASON + 1)
 SEND_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 RECEIVE_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
-
-
-@dataclass
-class Failure:
-    what: str
-    message: bytes
 
 
 @dataclass
@@ -295,20 +290,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000, help="inputs to feed")
-    parser.add_argument("--seed", type=int, default=0, help="seed (the run is deterministic)")
-    args = parser.parse_args(argv)
-    shown: list[Failure] = []
-
-    def report(failure: Failure) -> None:
-        if len(shown) < 10:
-            shown.append(failure)
-            print(f"UNHANDLED {failure.what}\n  input: {failure.message.hex()}", file=sys.stderr)
-
-    inputs, unhandled, seconds = run(args.count, args.seed, report)
-    print(f"inputs={inputs} unhandled={unhandled} seconds={seconds:.1f}")
-    return 1 if unhandled else 0
+    return cli(__doc__, lambda count, seed: run(count, seed, printer())[1], argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from aiowstunnel.handshake import (
     bearer_token,
 )
 
+from . import fuzzing
+
 
 def refusal_of(headers: dict[str, str]) -> RequestRefused:
     with pytest.raises(RequestRefused) as info:
@@ -166,14 +168,7 @@ def test_header_names_are_case_insensitive_in_websockets_headers() -> None:
 
 def test_fuzz_handshake_short_run() -> None:
     """A short run of tests/fuzz_handshake.py (the long run is documented in reliability.md)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).with_name("fuzz_handshake.py")
-    spec = importlib.util.spec_from_file_location("fuzz_handshake", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.run(20_000, seed=1) == 0
+    assert fuzzing.load_fuzzer("fuzz_handshake").run(20_000, seed=1) == 0
 
 
 def test_tunnel_name_travels_in_its_header() -> None:

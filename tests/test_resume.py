@@ -5,11 +5,8 @@ no sockets); and a simulation of two real Muxes that resume across cuts."""
 from __future__ import annotations
 
 import hmac
-import importlib.util
-import sys
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -64,6 +61,8 @@ from aiowstunnel.resumeauth import (
     rotate,
     verify,
 )
+
+from . import fuzzing
 
 SID = bytes(range(16))
 SECRET = bytes(range(32, 64))
@@ -794,13 +793,7 @@ def test_property_muxes_resume_across_cuts_with_every_byte_once_in_order(steps) 
 
 
 def load_fuzzer():
-    """tests/fuzz_resume.py, a script rather than a test module, imported by its path."""
-    path = Path(__file__).with_name("fuzz_resume.py")
-    spec = importlib.util.spec_from_file_location("fuzz_resume", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_resume"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return fuzzing.load_fuzzer("fuzz_resume")
 
 
 def test_fuzzer_finds_no_unhandled_input() -> None:

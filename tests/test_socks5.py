@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from aiowstunnel.addresses import Address
@@ -17,6 +14,8 @@ from aiowstunnel.socks5 import (
     reply,
     reply_for,
 )
+
+from . import fuzzing
 
 
 @pytest.mark.parametrize(
@@ -107,8 +106,4 @@ def test_open_fail_causes_become_replies(reason: str, code: int) -> None:
 
 def test_fuzz_socks5_short_run() -> None:
     """A short run of tests/fuzz_socks5.py (documented in docs/reliability.md)."""
-    path = Path(__file__).with_name("fuzz_socks5.py")
-    spec = importlib.util.spec_from_file_location("fuzz_socks5", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.run(20_000, seed=1) == 0
+    assert fuzzing.load_fuzzer("fuzz_socks5").run(20_000, seed=1) == 0

@@ -3,12 +3,8 @@ and the Mux, all with plain byte strings (no asyncio, no sockets)."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import itertools
-import sys
 from collections import defaultdict, deque
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -54,6 +50,8 @@ from aiowstunnel.wire import (
     parse_frame,
     split_data,
 )
+
+from . import fuzzing
 
 U32_MAX = 0xFFFFFFFF
 S = StreamState
@@ -1036,15 +1034,8 @@ def test_property_two_muxes_back_to_back_keep_every_byte_in_order(
 # -- the standalone fuzzer, run in-process -------------------------------------------------------
 
 
-@functools.cache
 def load_fuzzer():
-    """tests/fuzz_wire.py, a script rather than a test module, imported by its path."""
-    path = Path(__file__).with_name("fuzz_wire.py")
-    spec = importlib.util.spec_from_file_location("fuzz_wire", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_wire"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return fuzzing.load_fuzzer("fuzz_wire")
 
 
 def test_fuzzer_finds_no_unhandled_input() -> None:
