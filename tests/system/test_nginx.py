@@ -114,24 +114,29 @@ class Nginx:
             self.proc.wait(10)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN], ids=str)
-async def test_both_modes_through_nginx_with_tls_on_a_path_prefix(nginx, mode):
-    port, server, context, _ = nginx
-    backend = await start_backend()
-    client = Client(
+def through_nginx(mode, port: int, context, backend_port: int) -> Client:
+    """A client to nginx's TLS port on its path prefix, the target the backend."""
+    return Client(
         mode,
         LOCAL,
         port,
         LOCAL,
         0,
         LOCAL,
-        backend.port,
+        backend_port,
         ssl=context,
         server_hostname="localhost",
         path="/tunnels/aiowstunnel",
         backoff=FAST_BACKOFF,
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN], ids=str)
+async def test_both_modes_through_nginx_with_tls_on_a_path_prefix(nginx, mode):
+    port, server, context, _ = nginx
+    backend = await start_backend()
+    client = through_nginx(mode, port, context, backend.port)
     client.start()
     try:
         await client.wait_up(10)
@@ -152,19 +157,7 @@ async def test_streams_survive_an_nginx_reload_and_restart(nginx):
     (1 s here), a stop closes them all: with resumption the streams only pause."""
     port, server, context, proxy = nginx
     backend = await start_backend()
-    client = Client(
-        aiowstunnel.CONNECT,
-        LOCAL,
-        port,
-        LOCAL,
-        0,
-        LOCAL,
-        backend.port,
-        ssl=context,
-        server_hostname="localhost",
-        path="/tunnels/aiowstunnel",
-        backoff=FAST_BACKOFF,
-    )
+    client = through_nginx(aiowstunnel.CONNECT, port, context, backend.port)
     client.start()
     try:
         await client.wait_up(10)
