@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiowstunnel.addresses import Address
+from aiowstunnel.addresses import Address, AddressRule
 from aiowstunnel.backoff import BackoffPolicy
+from aiowstunnel.policy import ClientPolicy, token_digest
 from aiowstunnel.resets import reset
 
 LOCAL = "127.0.0.1"
@@ -252,3 +254,16 @@ async def run_tool(*argv: str, timeout: float = 30.0, stdin: bytes | None = None
         await proc.wait()
         raise
     return proc.returncode, out, err
+
+
+def app_entry(connect: Iterable[str] = (), listen: Iterable[str] = ()) -> list[ClientPolicy]:
+    """The one client entry "app" (token "s3cret") with these allow_connect / allow_listen
+    rules, as a Server's ``clients``."""
+    return [
+        ClientPolicy(
+            "app",
+            token_digest("s3cret"),
+            tuple(AddressRule.parse(r) for r in connect),
+            tuple(AddressRule.parse(r) for r in listen),
+        )
+    ]

@@ -11,27 +11,15 @@ import stat
 import pytest
 
 import aiowstunnel
-from aiowstunnel.addresses import AddressRule
 from aiowstunnel.client import Client
-from aiowstunnel.policy import ClientPolicy, token_digest
 from aiowstunnel.server import Server
 from aiowstunnel.unixsock import clear_stale
 
+from ..helpers import app_entry as entry
 from ..helpers import http_handler, run_tool
 from .conftest import FAST_BACKOFF, LOCAL, start_backend, wait_for_count
 
 BODY = os.urandom(200_000)
-
-
-def entry(connect=(), listen=()) -> list[ClientPolicy]:
-    return [
-        ClientPolicy(
-            "app",
-            token_digest("s3cret"),
-            tuple(AddressRule.parse(r) for r in connect),
-            tuple(AddressRule.parse(r) for r in listen),
-        )
-    ]
 
 
 async def curl(*args: str) -> tuple[int, bytes, str]:
