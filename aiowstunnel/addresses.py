@@ -315,3 +315,36 @@ def _is_hostname(host: str) -> bool:
         and not label.startswith("-")
         for label in labels
     )
+
+
+#: the port of an ``http://host`` proxy URL that names none
+DEFAULT_PROXY_PORT = 3128
+
+
+def parse_proxy_url(text: str) -> Address:
+    """An HTTP proxy's ``http://host[:port]`` (the tunnel's ``proxy``), as the address to
+    reach it at; the one parse of it, for the config's check and the client alike.
+
+    Raises:
+        AddressError: not an http://host:port URL (names what is wrong).
+    """
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise AddressError(f"{text!r}: {exc}") from None
+    problem = None
+    if parts.scheme != "http":
+        problem = "expected an http://host:port URL"
+    elif not parts.hostname:
+        problem = "the URL has no host"
+    elif port == 0:
+        problem = "port 0 is not a proxy port"
+    elif parts.username is not None or parts.password is not None:
+        problem = "proxy credentials are not supported"
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        problem = "expected http://host:port, with no path"
+    if problem:
+        raise AddressError(f"{text!r}: {problem}")
+    assert parts.hostname is not None
+    return Address(parts.hostname, port or DEFAULT_PROXY_PORT)

@@ -23,6 +23,7 @@ from .addresses import (
     Endpoint,
     SocketAddress,
     UnixPath,
+    parse_proxy_url,
 )
 from .backoff import Backoff, BackoffPolicy
 from .clientconnect import open_session
@@ -152,7 +153,8 @@ class Client:
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         self.session: Session | None = None
         self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
-        self.proxy = proxy
+        #: parsed here, once (AddressError for a bad URL, as config reports it)
+        self.proxy = parse_proxy_url(proxy) if proxy else None
         self.resume_timeout = resume_timeout
         self._random = random
         self._fresh_now = False  # a resume was refused: open a fresh session at once

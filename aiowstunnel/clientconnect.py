@@ -47,7 +47,7 @@ class TunnelSide(Protocol):
     settings: SessionSettings
     name: str
     stats: TunnelStats
-    proxy: str | None
+    proxy: Address | None
     resume_timeout: float
     listen_address: SocketAddress | None
     sent_name: str

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import wire
-from .addresses import AddressRule, Endpoint
+from .addresses import AddressRule, Endpoint, parse_proxy_url
 from .backoff import BackoffPolicy
 from .configmodel import DEFAULT_RESUME_TIMEOUT, SESSION_DEFAULTS
 from .configtable import Document, Table
@@ -95,24 +94,9 @@ class ValueReader(Document):
         if text is None:
             return None
         try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            t.error("proxy", f"{text!r}: {exc}")
-            return None
-        problem = None
-        if parts.scheme != "http":
-            problem = "expected an http://host:port URL"
-        elif not parts.hostname:
-            problem = "the URL has no host"
-        elif port == 0:
-            problem = "port 0 is not a proxy port"
-        elif parts.username is not None or parts.password is not None:
-            problem = "proxy credentials are not supported"
-        elif parts.path not in ("", "/") or parts.query or parts.fragment:
-            problem = "expected http://host:port, with no path"
-        if problem:
-            t.error("proxy", f"{text!r}: {problem}")
+            parse_proxy_url(text)
+        except AddressError as exc:
+            t.error("proxy", str(exc))
             return None
         return text
 

@@ -10,7 +10,6 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from .addresses import Address, host_port
 from .errors import describe
@@ -143,15 +142,14 @@ def failure_label(exc: BaseException) -> str:
     return "error"
 
 
-async def proxy_tunnel(proxy: str, target: Address) -> socket.socket:
+async def proxy_tunnel(proxy: Address, target: Address) -> socket.socket:
     """A socket connected to ``target`` through an HTTP proxy's CONNECT method.
 
     Raises:
         ConnectionError: the proxy refused (its status line is in the message).
         OSError: the proxy cannot be reached.
     """
-    url = urlsplit(proxy)
-    host, port = url.hostname or "", url.port or 3128
+    host, port = proxy.host, proxy.port
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, kind, proto, _, address = infos[0]

@@ -295,3 +295,18 @@ def test_endpoint_refuses_what_is_not_a_tunnel_server(text: str, message: str) -
     with pytest.raises(AddressError) as info:
         Endpoint.parse(text, "/dflt")
     assert str(info.value).startswith(message)
+
+
+def test_a_proxy_url_is_parsed_once_into_the_address_to_reach() -> None:
+    from aiowstunnel.addresses import parse_proxy_url
+
+    assert parse_proxy_url("http://proxy.example:8080") == Address("proxy.example", 8080)
+    assert parse_proxy_url("http://[::1]") == Address("::1", 3128)  # the default port
+    for bad, why in [
+        ("socks5://p:1080", "expected an http://host:port URL"),
+        ("http://u:pw@p:3128", "proxy credentials are not supported"),
+        ("http://p:3128/x", "with no path"),
+        ("http://p:0", "port 0 is not a proxy port"),
+    ]:
+        with pytest.raises(AddressError, match=why):
+            parse_proxy_url(bad)
