@@ -11,7 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .addresses import Address, host_port
+from .addresses import Address
 from .errors import describe
 from .limits import QuietLog, Slot
 from .logs import escape, quote
@@ -103,28 +103,6 @@ class Dialer:
         finally:
             if table.get(stream_id) is not stream and stream.slot is not None:
                 stream.slot.release()  # never registered: forget() will not see it
-
-
-def tcp_dialer(host: str, port: int, timeout: float) -> Dial:
-    """A :class:`Dial` that connects to one fixed TCP target, with a timeout; an OPEN that
-    names a target of its own is refused (destinations.py checks those)."""
-    where = host_port(host, port)
-
-    async def dial(
-        factory: Callable[[], asyncio.BaseProtocol], origin: str, target: str = ""
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
-        if target:
-            raise PermissionError(f"{target}: this side dials only {where}")
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"connect to {where} timed out after {timeout:g} s") from None
-        except OSError as exc:
-            # asyncio's own text ("Connect call failed (...)") hides the errno's meaning.
-            raise type(exc)(exc.errno, f"connect to {where} failed: {describe(exc)}") from exc
-
-    return dial
 
 
 def failure_label(exc: BaseException) -> str:
