@@ -64,9 +64,10 @@ class Client:
             ``?query`` if any).
         token: this client's bearer token.
         backoff: reconnect delays.
-        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
-            the session's settings (:class:`SessionSettings` says what each does).
-        settings: the session's settings whole (the daemon's), instead of those six.
+        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout,
+        resume_timeout: the session's settings (:class:`SessionSettings` says what each
+            does; resume_timeout 0 turns resumption off).
+        settings: the session's settings whole (the daemon's), instead of those seven.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
@@ -76,14 +77,10 @@ class Client:
         socks_credentials: the username/password (RFC 1929) clients of the SOCKS listener
             must give (SOCKS5: the local one; REVERSE_SOCKS5: the server's, which gets them
             in the upgrade request); None: no authentication.
-
         socket_mode: the file mode of a unix socket this side listens on.
         proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
             SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
             with the original client's address.
-        resume_timeout: seconds a session whose connection broke is kept (its streams
-            open) while the client reconnects to resume it (protocol.md, Resumption);
-            0 turns resumption off.
 
     In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
     ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
@@ -111,6 +108,7 @@ class Client:
         max_frame: int = SessionSettings.max_frame,
         handshake_timeout: float = SessionSettings.handshake_timeout,
         connect_timeout: float = SessionSettings.connect_timeout,
+        resume_timeout: float = SessionSettings.resume_timeout,
         settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
@@ -120,7 +118,6 @@ class Client:
         socks_credentials: Credentials | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         proxy_protocol: str | None = None,
-        resume_timeout: float = 60.0,
     ) -> None:
         self.mode = Mode(mode)
         self.listen: SocketAddress = _socket_address(listen_host, listen_port)
@@ -147,6 +144,7 @@ class Client:
             max_frame=max_frame,
             handshake_timeout=handshake_timeout,
             connect_timeout=connect_timeout,
+            resume_timeout=resume_timeout,
         )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
@@ -155,7 +153,6 @@ class Client:
         self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
         #: parsed here, once (AddressError for a bad URL, as config reports it)
         self.proxy = parse_proxy_url(proxy) if proxy else None
-        self.resume_timeout = resume_timeout
         self._random = random
         self._fresh_now = False  # a resume was refused: open a fresh session at once
         self.last_error = ""

@@ -48,7 +48,6 @@ class TunnelSide(Protocol):
     name: str
     stats: TunnelStats
     proxy: Address | None
-    resume_timeout: float
     listen_address: SocketAddress | None
     sent_name: str
 
@@ -117,7 +116,7 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
         request.headers[key] = value
     if resume_of is not None and resume_of.resumption is not None:
         request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
-    elif side.resume_timeout > 0:
+    elif settings.resume_timeout > 0:
         request.headers[resumeauth.HEADER_RESUMABLE] = "1"
     link.send_request(request)
     try:
@@ -136,9 +135,9 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
     except BaseException:
         link.abort("handshake failed")
         raise
-    if credentials is not None and side.resume_timeout > 0:
+    if credentials is not None and settings.resume_timeout > 0:
         session.resumption = Resumption(
-            credentials.session_id, side.resume_timeout, credentials=credentials
+            credentials.session_id, settings.resume_timeout, credentials=credentials
         )
     if side.mode.server_listens:
         bound = response.headers.get("X-Aiowstunnel-Bound")

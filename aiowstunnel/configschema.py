@@ -103,7 +103,6 @@ class Loader(ValueReader):
         )
         limits = self.limits(t)
         socket_mode = t.socket_mode()
-        resume_timeout = self.resume_timeout(t)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -128,7 +127,6 @@ class Loader(ValueReader):
             settings=settings,
             limits=limits,
             socket_mode=socket_mode,
-            resume_timeout=resume_timeout,
         )
 
     def limits(self, t: Table) -> ServerLimits:
@@ -151,6 +149,15 @@ class Loader(ValueReader):
                 "max_send_buffer", d.max_send_buffer, 2 * 1024 * 1024, INT32_MAX
             ),
             "max_violations": t.integer("max_violations", d.max_violations, 1, INT32_MAX),
+            "max_detached_sessions": t.integer(
+                "max_detached_sessions", d.max_detached_sessions, 1, INT32_MAX
+            ),
+            "max_detached_per_client": t.integer(
+                "max_detached_per_client", d.max_detached_per_client, 1, INT32_MAX
+            ),
+            "max_detached_bytes": t.integer(
+                "max_detached_bytes", d.max_detached_bytes, 1, 2**62
+            ),
         }
         # an error is already recorded for a None that had a default
         return ServerLimits(**{k: v for k, v in values.items() if v is not None})
@@ -241,7 +248,6 @@ class Loader(ValueReader):
             t.error("proxy_protocol", f"expected 'v1' or 'v2', got {proxy_protocol!r}")
         backoff = self.backoff(t)
         settings = self.session_settings(t)
-        resume_timeout = self.resume_timeout(t)
         t.close()
         if len(self._found) > mark:
             return None
@@ -268,7 +274,6 @@ class Loader(ValueReader):
             socks_password=socks_password,
             socket_mode=socket_mode,
             proxy_protocol=proxy_protocol,
-            resume_timeout=resume_timeout,
         )
 
     def socks_keys(

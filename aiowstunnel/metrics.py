@@ -88,6 +88,12 @@ _FAMILIES: dict[
         "Sessions kept without a connection, waiting for their client to resume them.",
         ("client", "tunnel"),
     ),
+    "detached_bytes": (
+        GaugeMetricFamily,
+        "server_detached_bytes",
+        "Bytes the detached sessions keep for replay (bounded by max_detached_bytes).",
+        ("client", "tunnel"),
+    ),
     "resumes": (
         CounterMetricFamily,
         "resumes",
@@ -170,6 +176,7 @@ class TunnelCollector(Collector):
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)
             add("sessions_detached", who, c.sessions_detached)
+            add("detached_bytes", who, c.detached_bytes)
             add_streams(c, who)
         if snapshot.server is not None:
             for reason, count in snapshot.server.rejected.items():

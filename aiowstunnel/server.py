@@ -62,7 +62,6 @@ _HANDSHAKE_LIMITS = {
     "handshake_bytes": "handshake_too_large",
 }
 
-DEFAULT_RESUME_TIMEOUT = 60.0
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
 MAX_TUNNEL_NAMES = 32
@@ -86,7 +85,9 @@ class Server:
         handshake_timeout: seconds a connection has to complete TLS and the upgrade.
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
-        settings: the session's settings whole (the daemon's), instead of the seven above
+        resume_timeout: seconds a session whose connection broke is kept for its client to
+            resume it (protocol.md, Resumption); 0 turns resumption off.
+        settings: the session's settings whole (the daemon's), instead of the eight above
             (:class:`SessionSettings`).
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
             that replaces this one, so that Prometheus counters never go backwards);
@@ -95,8 +96,6 @@ class Server:
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
         socket_mode: the file mode of a unix socket bound for a LISTEN session.
-        resume_timeout: seconds a session whose connection broke is kept for its client to
-            resume it (protocol.md, Resumption); 0 turns resumption off.
     """
 
     def __init__(
@@ -114,13 +113,13 @@ class Server:
         connect_timeout: float = SessionSettings.connect_timeout,
         ping_interval: float | None = SessionSettings.ping_interval,
         ping_timeout: float = SessionSettings.ping_timeout,
+        resume_timeout: float = SessionSettings.resume_timeout,
         settings: SessionSettings | None = None,
         stats: ServerStats | None = None,
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
-        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
     ) -> None:
         self.host = host
         self.socket_mode = socket_mode
@@ -136,6 +135,7 @@ class Server:
             connect_timeout=connect_timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            resume_timeout=resume_timeout,
         )
         self.stats = stats if stats is not None else ServerStats()
         self.client_stats = client_stats if client_stats is not None else {}
@@ -151,10 +151,7 @@ class Server:
         self._streams_total = Slots(lim.max_streams_total)
         self._client_streams = Slots(lim.max_client_streams)
         self.sessions: dict[Session, Grant] = {}
-        self.resume_timeout = resume_timeout
-        self.resumable = ResumeRegistry(
-            resume_timeout, self.stats, self.settings.handshake_timeout
-        )
+        self.resumable = ResumeRegistry(self.settings, self.stats, lim, self.limit_stats)
         self.policy = Policy(None)
         self.set_clients(clients)
         self._server: asyncio.Server | None = None
@@ -391,7 +388,7 @@ class Server:
         session.on_goaway.append(self._peer_going_away)
         dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
-        if resumable and self.resume_timeout > 0:
+        if resumable and self.settings.resume_timeout > 0:
             self.resumable.offer(session, headers)
         session.accept(request, dial, extra_headers=headers)
         mode = grant.request.mode

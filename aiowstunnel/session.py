@@ -283,7 +283,7 @@ class Session:
         self.dialer.cancel()
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
-        self.cut_streams = self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
+        self.cut_streams += self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
         self._detached.set()
         self.closed.set_result(self.close_reason)
         if not self.link.lost:  # an expiry during a resume attempt

@@ -30,6 +30,8 @@ class SessionSettings:
         ping_timeout: seconds a peer may stay silent after a ping before it is dead.
         handshake_timeout: seconds for TLS and the WebSocket upgrade.
         connect_timeout: seconds to dial a target (or the tunnel server).
+        resume_timeout: seconds a session whose connection broke is kept, its streams open,
+            for a resume (docs/protocol.md, Resumption); 0 turns resumption off.
     """
 
     window: int = wire.DEFAULT_WINDOW
@@ -39,6 +41,7 @@ class SessionSettings:
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    resume_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # The config reports these with the key's name first; this is for library callers.
@@ -54,6 +57,10 @@ class SessionSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.resume_timeout) and self.resume_timeout >= 0):
+            raise ValueError(
+                f"resume_timeout must be a finite number >= 0, got {self.resume_timeout}"
+            )
 
     @classmethod
     def given(cls, settings: SessionSettings | None, **values: object) -> SessionSettings:

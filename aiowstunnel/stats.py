@@ -31,6 +31,7 @@ class TunnelStats:
     detached: bool = False  # client side: the tunnel's session is detached, resuming
     resumes: Counter[str] = field(default_factory=Counter)  # by result: ok or a refusal code
     replayed_bytes: int = 0  # resent by resumes
+    detached_bytes: int = 0  # server side: held for replay by the detached sessions
 
 
 @dataclass

@@ -49,7 +49,6 @@ def build_server(
         limits=config.limits,
         limit_stats=limit_stats,
         socket_mode=config.socket_mode,
-        resume_timeout=config.resume_timeout,
     )
 
 
@@ -84,7 +83,6 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
             if spec.socks_username and spec.socks_password
             else None
         ),
-        resume_timeout=spec.resume_timeout,
     )
 
 

@@ -106,6 +106,7 @@ BROKEN = [
     ("ping bool", tunnel(ping_timeout="true"), "tunnel[0].ping_timeout: expected a number, got"),
     ("ping zero", tunnel(ping_interval="0"), "tunnel[0].ping_interval: must be > 0, got 0"),
     ("ping inf", tunnel(ping_interval="inf"), "tunnel[0].ping_interval: expected a finite"),
+    ("resume < 0", tunnel(resume_timeout="-1"), "tunnel[0].resume_timeout: must be >= 0, got -1"),
     ("backoff initial", tunnel(backoff="{ initial = 0 }"), "tunnel[0].backoff.initial: must be"),
     ("backoff factor", tunnel(backoff="{ factor = 0.5 }"), "tunnel[0].backoff.factor: must be"),
     (
@@ -156,6 +157,27 @@ BROKEN = [
     ("mtls no tls", server(tls_client_ca='"ca.crt"'), "server.tls_client_ca: client certif"),
     ("tiny max_frame", server(max_frame="100"), "server.max_frame: must be between"),
     ("bad timeout", server(handshake_timeout="-1"), "server.handshake_timeout: must be > 0"),
+    ("resume word", server(resume_timeout='"1m"'), "server.resume_timeout: expected a number"),
+    (
+        "no detached",
+        server(max_detached_sessions="0"),
+        "server.max_detached_sessions: must be between 1 and",
+    ),
+    (
+        "detached per client",
+        server(max_detached_per_client="-2"),
+        "server.max_detached_per_client: must be between 1 and",
+    ),
+    (
+        "detached bytes word",
+        server(max_detached_bytes='"256M"'),
+        "server.max_detached_bytes: expected an integer",
+    ),
+    (
+        "detached bytes float",
+        server(max_detached_bytes="1.5"),
+        "server.max_detached_bytes: expected an integer",
+    ),
     (
         "short hash",
         server(client={"token_sha256": '"abc"'}),
