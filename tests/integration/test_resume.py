@@ -89,8 +89,9 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
-async def transfer(entry, size: int) -> tuple[bytes, bytes]:
-    """Send ``size`` random bytes through an echo, read them back: both digests."""
+async def transfer(entry, size: int, progress: list[int] | None = None) -> tuple[bytes, bytes]:
+    """Send ``size`` random bytes through an echo, read them back: both digests
+    (``progress[0]``: the bytes back so far)."""
     reader, writer = await asyncio.open_connection(entry.host, entry.port)
     sent = hashlib.sha256()
     got = hashlib.sha256()
@@ -111,6 +112,8 @@ async def transfer(entry, size: int) -> tuple[bytes, bytes]:
         while data := await reader.read(256 * 1024):
             got.update(data)
             received += len(data)
+            if progress is not None:
+                progress[0] = received
 
     await asyncio.gather(send(), read())
     writer.close()
@@ -118,21 +121,27 @@ async def transfer(entry, size: int) -> tuple[bytes, bytes]:
     return sent.digest(), got.digest()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", MODES, ids=str)
 async def test_one_stream_survives_cuts_intact(mode):
+    """256 MiB each way on one stream, cut (both sides, RST) five times, spread over the
+    transfer: every byte back, by digest, and the local socket never sees EOF or reset
+    early (``transfer`` reads until the echo's FIN and counts)."""
+    size = 256 * MiB
     backend = await start_backend(echo)
     tunnel = await Tunnel.start(mode, backend.port)
     try:
-        task = asyncio.ensure_future(transfer(tunnel.entry, 64 * MiB))
+        progress = [0]
+        task = asyncio.ensure_future(transfer(tunnel.entry, size, progress))
         cuts = 0
         while cuts < 5 and not task.done():
-            await asyncio.sleep(0.05)
-            await tunnel.cut()
-            cuts += 1
-        sent, got = await asyncio.wait_for(task, 90)
+            await asyncio.sleep(0.005)
+            if progress[0] >= (cuts + 1) * size // 6:  # at 1/6, 2/6, ... 5/6 of the way
+                await tunnel.cut()
+                cuts += 1
+        sent, got = await asyncio.wait_for(task, 200)
         assert sent == got
-        assert cuts >= 3
+        assert cuts == 5
         assert tunnel.client.stats.resumes["ok"] == cuts
         assert sum(tunnel.client.stats.stream_resets.values()) == 0
         # what was in flight at the cuts was resent (counted, and in the metrics)
