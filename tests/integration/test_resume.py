@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
 import time
@@ -169,7 +170,10 @@ async def test_200_echo_streams_survive_three_cuts(echo_backend):
 
 
 @pytest.mark.timeout(60)
-async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(echo_backend):
+async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(
+    echo_backend, caplog
+):
+    caplog.set_level(logging.INFO, logger="aiowstunnel")
     tunnel = await Tunnel.start(
         aiowstunnel.CONNECT,
         echo_backend.port,
@@ -177,17 +181,24 @@ async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(e
         client_kw={"resume_timeout": 0.6},
     )
     try:
-        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
-        writer.write(b"ping")
-        assert await reader.readexactly(4) == b"ping"
+        streams = [
+            await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port) for _ in range(3)
+        ]
+        for reader, writer in streams:
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
         tunnel.proxy.refuse = True  # the path stays down: every resume attempt fails
         tunnel.proxy.cut()
-        with pytest.raises(ConnectionResetError):  # an RST, never a clean EOF
-            await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        assert tunnel.client.stats.stream_resets["expired"] == 1
+        for reader, writer in streams:
+            with pytest.raises(ConnectionResetError):  # an RST, never a clean EOF
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        assert tunnel.client.stats.stream_resets["expired"] == 3
         server_stats = next(iter(tunnel.server.client_stats.values()))
-        await wait_for_count(server_stats.stream_resets, "expired", 1, 5)
+        await wait_for_count(server_stats.stream_resets, "expired", 3, 5)
+        logged = [r.getMessage() for r in caplog.records]
+        # the reason, on both sides: the client's tunnel line and the server's session line
+        assert sum("not resumed within 0.6 s; 3 streams reset" in m for m in logged) == 2, logged
         assert server_stats.sessions_detached == 0 and not tunnel.server.sessions
         tunnel.proxy.refuse = False  # the path heals: a fresh session, new streams work
         await tunnel.client.wait_up(10)
@@ -226,6 +237,13 @@ async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resum
         assert await reader.readexactly(6) == b"before"
         resumption = tunnel.client.session.resumption
         resume_header = [(HEADER_RESUME, resumption.id_hex), (HEADER_TUNNEL, "t1")]
+        # The owner's path goes down: its session is detached on the server, and every
+        # forgery below goes straight to the server while the owner cannot resume.
+        tunnel.proxy.refuse = True
+        tunnel.proxy.cut()
+        [held] = tunnel.server.sessions
+        await _until(lambda: held.phase.value == "detached", 5)
+        log_before = (held.resumption.log.sent, held.resumption.log.bytes_held)
 
         # Another client entry's valid token: refused before the upgrade.
         other = await RawSession.open(
@@ -257,13 +275,19 @@ async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resum
         assert (refused["wrong_client"], refused["unknown_session"]) == (1, 1)
         assert (refused["bad_proof"], refused["bad_claim"]) == (2, 1)
 
-        # The session was never touched: still up, and its owner resumes it after a cut.
+        # The detached session was never touched: still detached, its stream and its
+        # replay log as they were, and its owner resumes it once the path heals.
+        assert tunnel.server.sessions.keys() == {held} and held.phase.value == "detached"
+        assert len(held.streams) == 1
+        assert (held.resumption.log.sent, held.resumption.log.bytes_held) == log_before
         writer.write(b"during")
-        assert await reader.readexactly(6) == b"during"
-        await tunnel.cut()
+        tunnel.proxy.refuse = False
+        assert await asyncio.wait_for(reader.readexactly(6), 10) == b"during"
+        await _until(lambda: held.phase.value == "open", 5)
         writer.write(b"after")
         assert await reader.readexactly(5) == b"after"
         assert tunnel.client.stats.resumes["ok"] == 1
+        assert tunnel.server.stats.resumes["ok"] == 1
         writer.close()
     finally:
         await tunnel.close()
