@@ -123,6 +123,7 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
         response = await asyncio.wait_for(
             asyncio.shield(link.handshake), settings.handshake_timeout
         )
+        _still_wanted()
         assert isinstance(response, Response)
         if handshake is not None:
             handshake.start(resumeauth.parse_challenge(response.headers))
@@ -143,3 +144,13 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
         bound = response.headers.get("X-Aiowstunnel-Bound")
         side.listen_address = parse_socket_address(bound, True) if bound else side.listen
     return session
+
+
+def _still_wanted() -> None:
+    """Raise the cancellation that Python 3.11's wait_for drops when the awaited result and
+    the cancel come in the same loop iteration (fixed in 3.12): a client whose close()
+    cancelled it meanwhile must not be handed a session that nobody will close (close()
+    would then wait for its task forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -153,8 +153,8 @@ async def test_past_max_detached_bytes_a_detached_session_expires_at_once(echo_b
         reader, _ = tunnels.streams["a1"]
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(reader.read(), 10)
-        client = tunnels.clients["a1"]
-        assert client.stats.resumes["limit"] == 1
-        await _until(lambda: client.up and client.stats.connects == 2, 10)  # a fresh one
+        # and then closed at once, while its fresh session is being opened: close() must
+        # not hang (Python 3.11's wait_for could drop its cancellation: clientconnect)
+        assert tunnels.clients["a1"].stats.resumes["limit"] == 1
     finally:
         await tunnels.close()
