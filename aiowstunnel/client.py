@@ -27,13 +27,23 @@ from .addresses import Address, Endpoint, format_peer
 from .backoff import Backoff, BackoffPolicy
 from .dial import proxy_tunnel, tcp_dialer
 from .errors import HandshakeRefused, describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
+from .handshake import (
+    DEFAULT_PATH,
+    DEFAULT_UDP_IDLE,
+    HEADER_PROTOCOL,
+    TUNNEL_NAME,
+    Mode,
+    Refusal,
+    TunnelProtocol,
+    TunnelRequest,
+)
 from .link import ws_log
 from .logs import tunnel_logger
 from .resets import Abortable, Cut, reset
 from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import TunnelStats
+from .udp import FlowTable, UdpEndpoint, bind_endpoint, udp_dialer
 
 log = logging.getLogger("aiowstunnel.client")
 
@@ -70,6 +80,9 @@ class Client:
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        protocol: what the tunnel carries: ``"tcp"`` (the default), ``"udp"`` (datagram
+            flows: each UDP source a flow) or ``"tcp+udp"`` (both, on one port).
+        udp_idle_timeout: seconds after which a silent UDP flow ends; 0 = never.
     """
 
     def __init__(
@@ -98,8 +111,16 @@ class Client:
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        protocol: TunnelProtocol | str = TunnelProtocol.TCP,
+        udp_idle_timeout: float = DEFAULT_UDP_IDLE,
     ) -> None:
         self.mode = Mode(mode)
+        self.protocol = TunnelProtocol(protocol)
+        self.udp_idle_timeout = udp_idle_timeout
+        #: CONNECT mode with UDP: the local UDP socket, kept across sessions
+        self._udp: UdpEndpoint | None = None
+        #: a UDP socket handed to a successor (detach_listener), until it takes it
+        self.udp_handover: socket.socket | None = None
         self.listen = Address(listen_host, int(listen_port))
         self.connect = Address(connect_host, int(connect_port))
         if ssl is True:
@@ -177,7 +198,7 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
+            if self.mode is Mode.CONNECT and not self._bound and self.predecessor is None:
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -261,6 +282,8 @@ class Client:
         self._replaced = True
         if self._listener is not None:
             self._listener.close()
+        if self._udp is not None:
+            self._udp.close()
         if self.session is not None:
             self.session.goaway("tunnel removed or replaced")
 
@@ -275,6 +298,13 @@ class Client:
         self._replaced = True
         if self.session is not None:
             self.session.goaway("tunnel replaced")
+        udp, self._udp = self._udp, None
+        if udp is not None and udp.transport is not None:
+            # The UDP socket too: datagrams that come meanwhile wait in its buffer.
+            udp_sock = udp.transport.get_extra_info("socket")
+            if udp_sock is not None:
+                self.udp_handover = socket.socket(fileno=os.dup(udp_sock.fileno()))
+            udp.close()
         listener, self._listener = self._listener, None
         if listener is None:
             return None
@@ -290,8 +320,9 @@ class Client:
         old, self.predecessor = self.predecessor, None
         assert old is not None
         sock = old.detach_listener()
+        udp_sock, old.udp_handover = old.udp_handover, None
         try:
-            await self._bind(sock)
+            await self._bind(sock, udp_sock)
         except OSError as exc:
             self._failed("listen_failed", describe(exc), logging.ERROR)
             return False
@@ -313,6 +344,9 @@ class Client:
         self.first_bind.set()  # nobody waits for a take-over that will not come
         if self._listener is not None:
             self._listener.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         cut = 0
         if self.session is not None:
             session = self.session
@@ -331,8 +365,42 @@ class Client:
 
     # -- connecting -----------------------------------------------------------------
 
-    async def _bind(self, sock: socket.socket | None = None) -> None:
-        """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
+    @property
+    def _bound(self) -> bool:
+        return self._listener is not None or self._udp is not None
+
+    def _flows(self) -> FlowTable | None:
+        """Where the local UDP socket's datagrams go: the session's flows, if one is up."""
+        return self.session.flows if self.session is not None else None
+
+    async def _bind(
+        self, sock: socket.socket | None = None, udp_sock: socket.socket | None = None
+    ) -> None:
+        """Listen on :attr:`listen`, or serve ``sock`` (and ``udp_sock``), handed over."""
+        if not self.protocol.tcp:
+            if sock is not None:
+                sock.close()  # the predecessor carried TCP; this one does not
+            await self._bind_udp(self.listen.port, udp_sock)
+            return
+        await self._bind_tcp(sock)
+        if self.protocol.udp:
+            assert self.listen_address is not None
+            try:
+                # tcp+udp: the UDP socket takes the TCP listener's port (DNS: one port).
+                await self._bind_udp(self.listen_address.port, udp_sock)
+            except OSError:
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                raise
+
+    async def _bind_udp(self, port: int, sock: socket.socket | None) -> None:
+        self._udp = await bind_endpoint(self.listen.bind_host, port, self._flows, self.stats, sock)
+        self.listen_address = Address(self.listen.host, self._udp.address[1])
+        how = "taking over" if sock else "listening on"
+        self._log.info("%s udp %s", how, self.listen_address)
+
+    async def _bind_tcp(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         try:
             if sock is not None:
@@ -397,11 +465,17 @@ class Client:
             ping_timeout=settings.ping_timeout,
             name=self.name,
         )
+        session.flows.idle_timeout = self.udp_idle_timeout
         if self.mode is Mode.LISTEN:
             # Set before the request: the server may open a stream right after the 101.
-            session.dial = tcp_dialer(
-                self.connect.host, self.connect.port, settings.connect_timeout
-            )
+            if self.protocol.tcp:
+                session.dial = tcp_dialer(
+                    self.connect.host, self.connect.port, settings.connect_timeout
+                )
+            if self.protocol.udp:
+                session.flows.dial = udp_dialer(
+                    self.connect.host, self.connect.port, settings.connect_timeout
+                )
         ssl = self.ssl
         server_hostname = (self.server_hostname or self.server.host) if ssl else None
         tls_timeout = settings.handshake_timeout if ssl else None
@@ -428,7 +502,15 @@ class Client:
         await asyncio.wait_for(connecting, settings.connect_timeout)
         request = ws.connect()
         target = self.connect if self.mode is Mode.CONNECT else self.listen
-        for key, value in TunnelRequest(self.mode, target, self.token, self._sent_name).headers():
+        tunnel = TunnelRequest(
+            self.mode,
+            target,
+            self.token,
+            self._sent_name,
+            self.protocol,
+            self.udp_idle_timeout,
+        )
+        for key, value in tunnel.headers():
             request.headers[key] = value
         session.send_request(request)
         try:
@@ -438,6 +520,15 @@ class Client:
         except BaseException:
             session.abort("handshake failed")
             raise
+        confirmed = response.headers.get(HEADER_PROTOCOL, TunnelProtocol.TCP.value)
+        if confirmed != self.protocol.value:
+            # A server of an older version ignores the header and would carry TCP only.
+            session.abort("the server does not carry this protocol")
+            raise HandshakeRefused(
+                400,
+                f"the server did not confirm {HEADER_PROTOCOL}: {self.protocol} (it answered "
+                f"{confirmed!r}): it does not carry UDP tunnels; upgrade it",
+            )
         if self.mode is Mode.LISTEN:
             bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen

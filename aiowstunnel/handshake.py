@@ -19,6 +19,17 @@ from .errors import AddressError, TunnelError
 HEADER_MODE = "X-Aiowstunnel-Mode"
 HEADER_ADDRESS = "X-Aiowstunnel-Address"
 HEADER_TUNNEL = "X-Aiowstunnel-Tunnel"
+#: What the session carries (protocol.md, Handshake): absent means "tcp", so a client of
+#: an older version asks for what it always did. The 101 repeats it when it is not "tcp";
+#: a server that does not know the header would not, and the client stops there.
+HEADER_PROTOCOL = "X-Aiowstunnel-Protocol"
+#: LISTEN with UDP: the server opens the flows, and ends each after this many idle seconds
+#: (the tunnel's udp_idle_timeout; 0 = never).
+HEADER_UDP_IDLE = "X-Aiowstunnel-Udp-Idle-Timeout"
+#: The longest idle timeout a client may ask for (a day); 0 (never) is allowed too: the
+#: flows are bounded by the stream limits either way.
+MAX_UDP_IDLE = 86_400.0
+DEFAULT_UDP_IDLE = 60.0
 #: A tunnel's name becomes a metric label and a log field on the server: bounded in length
 #: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
@@ -38,6 +49,31 @@ class Mode(enum.Enum):
 
 CONNECT = Mode.CONNECT
 LISTEN = Mode.LISTEN
+
+
+class TunnelProtocol(enum.Enum):
+    """What a tunnel carries: TCP streams, UDP datagram flows, or both on one address
+    (DNS: the same port over UDP and TCP)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    BOTH = "tcp+udp"
+
+    @property
+    def tcp(self) -> bool:
+        return self is not TunnelProtocol.UDP
+
+    @property
+    def udp(self) -> bool:
+        return self is not TunnelProtocol.TCP
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The protocols one by one: ("tcp",), ("udp",) or ("tcp", "udp")."""
+        return tuple(name for name in ("tcp", "udp") if getattr(self, name))
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Refusal(enum.Enum):
@@ -82,11 +118,18 @@ class TunnelRequest:
     address: Address
     token: str | None = field(default=None, repr=False)
     tunnel: str = ""  # the client's name for the tunnel ("" when it sent none)
+    protocol: TunnelProtocol = TunnelProtocol.TCP
+    #: LISTEN with UDP: how long the server keeps an idle flow (0 = never)
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value), (HEADER_ADDRESS, str(self.address))]
         if self.tunnel:
             headers.append((HEADER_TUNNEL, self.tunnel))
+        if self.protocol is not TunnelProtocol.TCP:
+            headers.append((HEADER_PROTOCOL, self.protocol.value))
+            if self.mode is Mode.LISTEN:
+                headers.append((HEADER_UDP_IDLE, f"{self.udp_idle_timeout:g}"))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -98,7 +141,8 @@ class TunnelRequest:
         Raises:
             RequestRefused: 400 with what is missing or malformed.
         """
-        for name in (HEADER_MODE, HEADER_ADDRESS, "Authorization"):
+        once = (HEADER_MODE, HEADER_ADDRESS, HEADER_PROTOCOL, HEADER_UDP_IDLE, "Authorization")
+        for name in once:
             if len(_all(headers, name)) > 1:
                 raise RequestRefused(Refusal.BAD_REQUEST, f"duplicate {name} header")
         mode_text = headers.get(HEADER_MODE)
@@ -125,7 +169,44 @@ class TunnelRequest:
                 f"{HEADER_TUNNEL}: {shown!r}: use at most 128 letters, digits, "
                 "'_', '.', ':', '[', ']' and '-'",
             )
-        return cls(mode, address, bearer_token(headers.get("Authorization")), tunnel)
+        protocol, idle = _protocol(headers)
+        token = bearer_token(headers.get("Authorization"))
+        return cls(mode, address, token, tunnel, protocol, idle)
+
+
+def _protocol(headers: Mapping[str, str]) -> tuple[TunnelProtocol, float]:
+    """The request's protocol and UDP idle timeout (defaults when absent).
+
+    Raises:
+        RequestRefused: 400 naming the header that is malformed.
+    """
+    text = headers.get(HEADER_PROTOCOL, "tcp").strip().lower()
+    try:
+        protocol = TunnelProtocol(text)
+    except ValueError:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_PROTOCOL}: {shown!r} is not 'tcp', 'udp' or 'tcp+udp'"
+        ) from None
+    idle_text = headers.get(HEADER_UDP_IDLE)
+    if idle_text is None:
+        return protocol, DEFAULT_UDP_IDLE
+    idle_text = idle_text.strip()
+    try:
+        # ASCII digits and one dot only: float() would also take "nan", "1e400" or the
+        # digits of other scripts.
+        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", idle_text):
+            raise ValueError
+        idle = float(idle_text)
+        if idle > MAX_UDP_IDLE:
+            raise ValueError
+    except ValueError:
+        shown = idle_text if len(idle_text) <= 20 else idle_text[:20] + "..."
+        raise RequestRefused(
+            Refusal.BAD_REQUEST,
+            f"{HEADER_UDP_IDLE}: {shown!r} is not a number of seconds 0..{MAX_UDP_IDLE:g}",
+        ) from None
+    return protocol, idle
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

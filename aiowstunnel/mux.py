@@ -24,7 +24,9 @@ from .wire import (
     MAX_WINDOW,
     TRANSITIONS,
     Data,
+    Datagram,
     Fin,
+    FlowOpen,
     Frame,
     FrameType,
     GoAway,
@@ -35,6 +37,7 @@ from .wire import (
     Rst,
     StreamState,
     WindowUpdate,
+    datagram_header,
     parse_frame,
 )
 
@@ -52,13 +55,19 @@ _FIN_UNSENT = frozenset((StreamState.OPENING, StreamState.OPEN, StreamState.HALF
 class StreamMachine:
     """The protocol state of one stream: its state and both credit windows."""
 
-    __slots__ = ("recv_window", "send_window", "state", "stream_id")
+    __slots__ = ("datagram", "recv_window", "send_window", "state", "stream_id")
 
-    def __init__(self, stream_id: int, window: int) -> None:
+    def __init__(self, stream_id: int, window: int, datagram: bool = False) -> None:
         self.stream_id = stream_id
         self.state = StreamState.OPENING
         self.recv_window = ReceiveWindow(window)  # what the peer may still send us
         self.send_window = Window(0)  # what we may still send; set by OPEN / OPEN_OK
+        #: a datagram flow (FLOW_OPEN): DATAGRAM frames only, outside the windows
+        self.datagram = datagram
+        if datagram:
+            # No DATA is legal on a flow: with no credit, receive_data's fast path never
+            # takes one, and the dispatch names the violation.
+            self.recv_window.available = 0
 
     def move(self, move: Move, by_peer: bool) -> None:
         new = TRANSITIONS.get((self.state, move))
@@ -132,6 +141,20 @@ class StreamLimited:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowRequested:
+    """The peer opened a datagram flow (FLOW_OPEN): dial it, then accept or refuse."""
+
+    stream_id: int
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived:
+    stream_id: int
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
 class GoAwayReceived:
     reason: str
 
@@ -156,6 +179,8 @@ Event = (
     | StreamLimited
     | GoAwayReceived
     | Reply
+    | FlowRequested
+    | DatagramReceived
 )
 
 
@@ -253,6 +278,34 @@ class Mux:
         self._next_id += 2
         self._streams[stream_id] = StreamMachine(stream_id, self.window)
         return stream_id, Open(stream_id, self.window, origin).serialize()
+
+    def open_flow(self, origin: str = "") -> tuple[int, bytes]:
+        """Allocate a stream id for a datagram flow and build its FLOW_OPEN.
+        Returns (stream id, message)."""
+        stream_id, _ = self.open_stream(origin)
+        self._streams[stream_id] = StreamMachine(stream_id, self.window, datagram=True)
+        return stream_id, FlowOpen(stream_id, origin).serialize()
+
+    def datagram(self, stream_id: int, payload: bytes | memoryview) -> bytes | None:
+        """The DATAGRAM message carrying ``payload`` on a flow, or None when the flow is
+        gone (closed, refused) or may not send yet.
+
+        protocol.md, Datagram flows: the opener may send right after FLOW_OPEN, without
+        waiting for OPEN_OK (no round trip before a DNS query); the dialing side sends
+        once it accepted. No credit is taken: datagrams are dropped, never queued.
+        """
+        machine = self._streams.get(stream_id)
+        if machine is None or not machine.datagram:
+            return None
+        if machine.state is not StreamState.OPEN and not (
+            machine.state is StreamState.OPENING and self._ours(stream_id)
+        ):
+            return None
+        return datagram_header(stream_id) + payload
+
+    def is_flow(self, stream_id: int) -> bool:
+        machine = self._streams.get(stream_id)
+        return machine is not None and machine.datagram
 
     def accept_stream(self, stream_id: int) -> bytes:
         machine = self._streams[stream_id]
@@ -379,10 +432,14 @@ class Mux:
 
     def _dispatch(self, frame: Frame) -> list[Event]:
         sid = frame.stream_id
+        if isinstance(frame, Datagram):
+            return self._receive_datagram(frame)
         if isinstance(frame, Data):
             machine = self._known(sid, frame)
             if machine is None:
                 return []
+            if machine.datagram:
+                raise ProtocolViolation("DATA on a datagram flow", sid)
             machine.move(Move.RECV_DATA, by_peer=True)
             try:
                 machine.recv_window.consume(len(frame.data))
@@ -395,12 +452,14 @@ class Mux:
                 return []
             if machine.state is StreamState.OPENING:
                 raise ProtocolViolation("WINDOW before the stream is open", sid)
+            if machine.datagram:
+                raise ProtocolViolation("WINDOW on a datagram flow", sid)
             try:
                 machine.send_window.grant(frame.increment)
             except ProtocolViolation as exc:
                 raise ProtocolViolation(str(exc), sid) from None
             return [CreditGranted(sid)]
-        if isinstance(frame, Open):
+        if isinstance(frame, Open | FlowOpen):
             return self._receive_open(frame)
         if isinstance(frame, OpenOk):
             machine = self._known(sid, frame)
@@ -415,6 +474,8 @@ class Mux:
             machine = self._known(sid, frame)
             if machine is None:
                 return []
+            if machine.datagram:
+                raise ProtocolViolation("FIN on a datagram flow (a flow ends with RST)", sid)
             machine.move(Move.RECV_FIN, by_peer=True)
             self._end(machine)
             return [StreamEnded(sid)]
@@ -442,7 +503,19 @@ class Mux:
             return None
         raise ProtocolViolation(f"{frame.type.name} for unknown stream {sid}", sid)
 
-    def _receive_open(self, frame: Open) -> list[Event]:
+    def _receive_datagram(self, frame: Datagram) -> list[Event]:
+        sid = frame.stream_id
+        machine = self._known(sid, frame)
+        if machine is None:
+            return []  # crossed our RST: dropped, as any late frame
+        if not machine.datagram:
+            raise ProtocolViolation("DATAGRAM on a byte stream", sid)
+        # The opener may send from FLOW_OPEN on; the dialing side only after its OPEN_OK.
+        if machine.state is StreamState.OPENING and self._ours(sid):
+            raise ProtocolViolation("DATAGRAM before OPEN_OK", sid)
+        return [DatagramReceived(sid, frame.data)]  # type: ignore[arg-type]
+
+    def _receive_open(self, frame: Open | FlowOpen) -> list[Event]:
         sid = frame.stream_id
         if self._ours(sid):
             raise ProtocolViolation(f"OPEN with stream id {sid} of our parity")
@@ -454,6 +527,9 @@ class Mux:
         if len(self._streams) >= self.max_streams:
             reason = f"too many streams (max {self.max_streams})"
             return [StreamLimited(sid, reason), Reply(OpenFail(sid, reason).serialize())]
+        if isinstance(frame, FlowOpen):
+            self._streams[sid] = StreamMachine(sid, self.window, datagram=True)
+            return [FlowRequested(sid, frame.origin)]
         machine = StreamMachine(sid, self.window)
         machine.send_window = Window(frame.window)
         self._streams[sid] = machine

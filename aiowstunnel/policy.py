@@ -47,25 +47,38 @@ class ClientPolicy:
         if len(self.token_sha256) != 32:
             raise ValueError(f"client {self.name!r}: token_sha256 must be 32 bytes")
 
-    def may_connect(self, target: Address) -> bool:
+    # ``protocol``: "tcp" or "udp"; only the rules of that protocol count (a TCP rule
+    # never grants UDP, and the other way round).
+
+    def may_connect(self, target: Address, protocol: str = "tcp") -> bool:
         """True when a rule allows the target as written (name or IP literal)."""
-        return any(rule.matches(target.host, target.port) for rule in self.allow_connect)
+        return any(
+            rule.protocol == protocol and rule.matches(target.host, target.port)
+            for rule in self.allow_connect
+        )
 
-    def may_connect_ip(self, ip: IPAddress, port: int) -> bool:
+    def may_connect_ip(self, ip: IPAddress, port: int, protocol: str = "tcp") -> bool:
         """True when a resolved address is allowed by an IP/CIDR rule."""
-        return any(rule.matches_ip(ip, port) for rule in self.allow_connect)
+        return any(
+            rule.protocol == protocol and rule.matches_ip(ip, port) for rule in self.allow_connect
+        )
 
-    def may_listen(self, address: Address) -> bool:
+    def may_listen(self, address: Address, protocol: str = "tcp") -> bool:
         host = address.host or "0.0.0.0"
-        return any(rule.matches(host, address.port) for rule in self.allow_listen)
+        return any(
+            rule.protocol == protocol and rule.matches(host, address.port)
+            for rule in self.allow_listen
+        )
 
-    def needs_resolution(self, target: Address) -> bool:
+    def needs_resolution(self, target: Address, protocol: str = "tcp") -> bool:
         """True when the target is a name that no name rule allows but a CIDR rule might."""
         return (
             ip_or_none(target.host) is None
-            and not self.may_connect(target)
+            and not self.may_connect(target, protocol)
             and any(
-                r.network is not None and r.port_low <= target.port <= r.port_high
+                r.protocol == protocol
+                and r.network is not None
+                and r.port_low <= target.port <= r.port_high
                 for r in self.allow_connect
             )
         )
@@ -75,8 +88,8 @@ class ClientPolicy:
 OPEN_RELAY = ClientPolicy(
     "anonymous",
     token_digest(b""),
-    (AddressRule.parse("*:*"),),
-    (AddressRule.parse("*:*"),),
+    (AddressRule.parse("*:*"), AddressRule.parse("udp:*:*")),
+    (AddressRule.parse("*:*"), AddressRule.parse("udp:*:*")),
     max_sessions=1_000_000,
 )
 

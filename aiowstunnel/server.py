@@ -26,7 +26,15 @@ from . import wire
 from .addresses import Address, ip_or_none
 from .dial import Dial, tcp_dialer
 from .errors import describe
-from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
+from .handshake import (
+    DEFAULT_PATH,
+    HEADER_PROTOCOL,
+    Mode,
+    Refusal,
+    RequestRefused,
+    TunnelProtocol,
+    TunnelRequest,
+)
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
@@ -35,6 +43,7 @@ from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import LimitStats, ServerStats, TunnelStats
 from .tcp import TcpStream
+from .udp import UdpEndpoint, bind_endpoint, udp_dialer
 
 log = logging.getLogger("aiowstunnel.server")
 #: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
@@ -64,6 +73,17 @@ class Grant:
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
+    #: UDP: CONNECT: where the flows' sockets send (pinned IP if resolved, as ``target``);
+    #: LISTEN: the UDP socket bound for this session
+    udp_target: Address | None = None
+    udp_endpoint: UdpEndpoint | None = None
+
+    def close_listeners(self) -> None:
+        """Stop taking new connections and datagrams for the session (LISTEN mode)."""
+        if self.listener is not None:
+            self.listener.close()
+        if self.udp_endpoint is not None:
+            self.udp_endpoint.close()
 
 
 class Server:
@@ -225,8 +245,7 @@ class Server:
         for task in list(self._pending):
             task.cancel()
         for grant in self.sessions.values():
-            if grant.listener is not None:
-                grant.listener.close()  # no new streams: stop accepting on LISTEN ports
+            grant.close_listeners()  # no new streams: stop accepting on LISTEN ports
         sessions = list(self.sessions)
         before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
         await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
@@ -267,16 +286,19 @@ class Server:
         if current.token_sha256 != grant.client.token_sha256:
             return f"the token of client {grant.client.name!r} changed"
         request = grant.request
-        if request.mode is Mode.CONNECT:
-            target = grant.target or request.address
-            ip = ip_or_none(target.host)
-            allowed = current.may_connect(request.address) or (
-                ip is not None and current.may_connect_ip(ip, target.port)
-            )
-            if not allowed:
-                return f"connect to {request.address} is no longer allowed"
-        elif not current.may_listen(request.address):
-            return f"listen on {request.address} is no longer allowed"
+        for protocol in request.protocol.names:  # each one: a TCP rule never grants UDP
+            shown = _shown(request.address, protocol)
+            if request.mode is Mode.CONNECT:
+                pinned = grant.udp_target if protocol == "udp" else grant.target
+                target = pinned or request.address
+                ip = ip_or_none(target.host)
+                allowed = current.may_connect(request.address, protocol) or (
+                    ip is not None and current.may_connect_ip(ip, target.port, protocol)
+                )
+                if not allowed:
+                    return f"connect to {shown} is no longer allowed"
+            elif not current.may_listen(request.address, protocol):
+                return f"listen on {shown} is no longer allowed"
         grant.client = current
         return ""
 
@@ -394,8 +416,7 @@ class Server:
         if session.closed.done():  # the client went away while we checked
             for slot in reserved:
                 slot.release()
-            if grant.listener is not None:
-                grant.listener.close()
+            grant.close_listeners()
             return
         grant.slot = reserved[0] if reserved else None
         session.guard.client = grant.client.name  # type: ignore[union-attr]
@@ -405,6 +426,8 @@ class Server:
         if stats is None:
             stats = self.client_stats[entry, tunnel] = TunnelStats(tunnel, client=entry)
         session.stats = stats
+        if grant.udp_endpoint is not None:
+            grant.udp_endpoint.stats = stats
         session.name = tunnel
         session.client = entry
         stats.sessions_active += 1
@@ -413,14 +436,27 @@ class Server:
         self.sessions[session] = grant
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
-        dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
-        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
-        session.accept(request, dial, extra_headers=headers)
+        protocol = grant.request.protocol
+        connect = grant.request.mode is Mode.CONNECT
+        dial = self._dialer(grant) if connect and protocol.tcp else None
+        if connect and protocol.udp:
+            udp_target = grant.udp_target or grant.request.address
+            session.flows.dial = udp_dialer(
+                udp_target.host, udp_target.port, self.settings.connect_timeout
+            )
+        # LISTEN: this side opens the flows and ends them by the client's idle timeout.
+        session.flows.idle_timeout = grant.request.udp_idle_timeout
+        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
+        if protocol is not TunnelProtocol.TCP:
+            headers[HEADER_PROTOCOL] = protocol.value  # the client checks that it is known
+        session.accept(request, dial, extra_headers=headers or None)
         what = (
             f"connect to {grant.request.address}"
             if grant.request.mode is Mode.CONNECT
             else f"listen on {grant.bound}"
         )
+        if protocol is not TunnelProtocol.TCP:
+            what += f" ({protocol})"
         _session_log(session).info("session opened: %s", what)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
@@ -473,25 +509,34 @@ class Server:
             )
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
-        if tunnel.mode is Mode.CONNECT:
-            grant.target = await self._connect_target(client, tunnel.address)
-        elif not client.may_listen(tunnel.address):
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
-            )
+        for protocol in tunnel.protocol.names:  # each one: a TCP rule never grants UDP
+            if tunnel.mode is Mode.CONNECT:
+                target = await self._connect_target(client, tunnel.address, protocol)
+                if protocol == "udp":
+                    grant.udp_target = target
+                else:
+                    grant.target = target
+            elif not client.may_listen(tunnel.address, protocol):
+                raise RequestRefused(
+                    Refusal.FORBIDDEN,
+                    f"client {client.name!r} may not listen on "
+                    f"{_shown(tunnel.address, protocol)} (not in allow_listen)",
+                )
         return grant
 
-    async def _connect_target(self, client: ClientPolicy, target: Address) -> Address:
+    async def _connect_target(
+        self, client: ClientPolicy, target: Address, protocol: str = "tcp"
+    ) -> Address:
         """Where to dial for a CONNECT request, or a 403 refusal.
 
         A name allowed by a name rule is dialed by name. A name allowed only through a
         CIDR rule is resolved here, and the session is pinned to an address that the rule
         allows, so a later DNS answer cannot steer it elsewhere.
         """
-        if client.may_connect(target):
+        shown = _shown(target, protocol)
+        if client.may_connect(target, protocol):
             return target
-        if client.needs_resolution(target):
+        if client.needs_resolution(target, protocol):
             loop = asyncio.get_running_loop()
             try:
                 infos = await asyncio.wait_for(
@@ -504,16 +549,16 @@ class Server:
                 ) from None
             for info in infos:
                 ip = ip_or_none(str(info[4][0]))
-                if ip is not None and client.may_connect_ip(ip, target.port):
+                if ip is not None and client.may_connect_ip(ip, target.port, protocol):
                     return Address(str(ip), target.port)
             raise RequestRefused(
                 Refusal.FORBIDDEN,
-                f"client {client.name!r} may not connect to {target}: it resolves to addresses "
+                f"client {client.name!r} may not connect to {shown}: it resolves to addresses "
                 "outside allow_connect",
             )
         raise RequestRefused(
             Refusal.FORBIDDEN,
-            f"client {client.name!r} may not connect to {target} (not in allow_connect)",
+            f"client {client.name!r} may not connect to {shown} (not in allow_connect)",
         )
 
     def _dialer(self, grant: Grant) -> Dial:
@@ -522,28 +567,41 @@ class Server:
 
     async def _bind(self, session: Session, grant: Grant) -> None:
         address = grant.request.address
+        protocol = grant.request.protocol
 
         def new_stream() -> TcpStream:
             return session.new_stream()
 
         loop = asyncio.get_running_loop()
-        try:
-            grant.listener = await loop.create_server(
-                new_stream, address.bind_host, address.port, backlog=1024
-            )
-        except OSError as exc:
-            raise RequestRefused(
-                Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
-            ) from None
-        port = grant.listener.sockets[0].getsockname()[1]
+        port = address.port
+        if protocol.tcp:
+            try:
+                grant.listener = await loop.create_server(
+                    new_stream, address.bind_host, address.port, backlog=1024
+                )
+            except OSError as exc:
+                raise RequestRefused(
+                    Refusal.LISTEN_FAILED, f"cannot listen on {address}: {describe(exc)}"
+                ) from None
+            port = grant.listener.sockets[0].getsockname()[1]
+        if protocol.udp:
+            # tcp+udp: the UDP socket takes the port the TCP listener got (DNS: one port).
+            try:
+                grant.udp_endpoint = await bind_endpoint(
+                    address.bind_host, port, lambda: session.flows, session.stats
+                )
+            except OSError as exc:
+                grant.close_listeners()
+                raise RequestRefused(Refusal.LISTEN_FAILED, str(exc)) from None
+            port = grant.udp_endpoint.address[1]
         grant.bound = str(Address(address.host, port))
 
     def _peer_going_away(self, session: Session) -> None:
         """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
         opened for it, so its LISTEN port is released now, for its successor to bind."""
         grant = self.sessions.get(session)
-        if grant is not None and grant.listener is not None:
-            grant.listener.close()
+        if grant is not None:
+            grant.close_listeners()
 
     def _session_closed(self, session: Session) -> None:
         grant = self.sessions.pop(session, None)
@@ -551,8 +609,7 @@ class Server:
             return
         if grant.slot is not None:
             grant.slot.release()
-        if grant.listener is not None:
-            grant.listener.close()  # at once: the client must be able to bind it again
+        grant.close_listeners()  # at once: the client must be able to bind it again
         stats = session.stats
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0
@@ -562,6 +619,12 @@ class Server:
             escape(session.close_reason),
             f"{cut} stream{'' if cut == 1 else 's'} reset" if cut else "no stream open",
         )
+
+
+def _shown(address: Address, protocol: str) -> str:
+    """An address in a refusal: ``udp:`` before it when the protocol is UDP, as the rule
+    that would allow it is written."""
+    return f"udp:{address}" if protocol == "udp" else str(address)
 
 
 def _session_log(session: Session) -> TunnelLogger:

@@ -28,8 +28,10 @@ from .link import CLOSE_TIMEOUT, Link, Message
 from .logs import escape, quote
 from .mux import (
     CreditGranted,
+    DatagramReceived,
     DataReceived,
     Event,
+    FlowRequested,
     GoAwayReceived,
     Mux,
     Reply,
@@ -46,6 +48,7 @@ from .serverlink import ServerLink
 from .stats import TunnelStats
 from .streams import StreamTable
 from .tcp import TcpStream
+from .udp import FlowTable
 from .wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW
 
 log = logging.getLogger("aiowstunnel.session")
@@ -98,6 +101,8 @@ class Session:
         self.client_side = isinstance(ws, ClientProtocol)
         self.mux = Mux(self.client_side, window=window, max_streams=max_streams)
         self.table = StreamTable(self.mux, self, stats, guard)
+        #: the session's UDP datagram flows (udp.py); ``flows.dial`` set on the dialing side
+        self.flows = FlowTable(self.mux, self, stats, guard)
         self.on_request = on_request
         self.name = name
         #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
@@ -133,6 +138,7 @@ class Session:
     @stats.setter
     def stats(self, stats: TunnelStats) -> None:  # the server's, once authenticated
         self.table.stats = stats
+        self.flows.stats = stats
 
     @property
     def streams(self) -> StreamTable:
@@ -145,6 +151,12 @@ class Session:
     @property
     def transport(self) -> asyncio.Transport | None:
         return self.link.transport
+
+    @property
+    def output_buffered(self) -> int:
+        """Bytes waiting in the link's write buffer (datagrams are dropped above a mark)."""
+        transport = self.link.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     @property
     def handshake(self) -> asyncio.Future[Response | Request]:
@@ -229,6 +241,7 @@ class Session:
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
         self.cut_streams = self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
+        self.flows.close_all()
         if not self.closed.done():
             self.closed.set_result(self.close_reason)
         for callback in self.on_close:
@@ -268,7 +281,16 @@ class Session:
 
     def _event(self, event: Event) -> None:
         table = self.table
-        if isinstance(event, DataReceived):
+        if isinstance(event, DatagramReceived):
+            self.flows.deliver(event.stream_id, event.data)
+        elif isinstance(event, FlowRequested):
+            self.flows.requested(event.stream_id, event.origin)
+        elif (
+            isinstance(event, StreamAccepted | StreamRefused | StreamReset | StreamViolated)
+            and event.stream_id in self.flows
+        ):
+            self._flow_event(event)
+        elif isinstance(event, DataReceived):
             table.deliver(event.stream_id, event.data)
         elif isinstance(event, CreditGranted):
             table.credit_granted(event.stream_id)
@@ -305,6 +327,19 @@ class Session:
             )
         elif isinstance(event, GoAwayReceived):
             self._goaway_received(event.reason)
+
+    def _flow_event(
+        self, event: StreamAccepted | StreamRefused | StreamReset | StreamViolated
+    ) -> None:
+        """The peer's answer about a datagram flow (udp.py): accepted (nothing to do: the
+        opener sends from FLOW_OPEN on), refused, ended, or broken."""
+        if isinstance(event, StreamRefused):
+            self.flows.refused(event.stream_id, event.reason)
+        elif isinstance(event, StreamViolated):
+            self._stream_violation(event.stream_id, event.reason)
+            self.flows.ended(event.stream_id)
+        elif isinstance(event, StreamReset):
+            self.flows.ended(event.stream_id)
 
     def _goaway_received(self, reason: str) -> None:
         if self.phase is Phase.DRAINING:

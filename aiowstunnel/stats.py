@@ -27,6 +27,13 @@ class TunnelStats:
     sent_bytes: int = 0
     received_bytes: int = 0
     sessions_active: int = 0
+    # UDP tunnels (udp.py): datagrams each way, drops by reason (udp.DROP_REASONS), flows
+    datagrams_sent: int = 0  # into the tunnel, toward the other side
+    datagrams_received: int = 0  # out of the tunnel, written to a UDP socket
+    datagram_drops: Counter[str] = field(default_factory=Counter)
+    flows_active: int = 0
+    flows_opened: int = 0
+    flows_expired: int = 0  # ended by udp_idle_timeout
 
 
 @dataclass

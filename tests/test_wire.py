@@ -39,7 +39,9 @@ from aiowstunnel.wire import (
     MAX_WINDOW,
     TRANSITIONS,
     Data,
+    Datagram,
     Fin,
+    FlowOpen,
     Frame,
     FrameType,
     GoAway,
@@ -134,6 +136,10 @@ EXAMPLES = [
     Rst(9, "x" * MAX_REASON),
     GoAway(0, ""),
     GoAway(0, "server shutting down"),
+    FlowOpen(1, ""),
+    FlowOpen(4, "127.0.0.1:5353"),
+    Datagram(1, b""),
+    Datagram(U32_MAX, bytes(range(256)) * 4),
 ]
 
 
