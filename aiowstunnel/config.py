@@ -29,7 +29,7 @@ from . import wire
 from .addresses import Address, AddressRule, Endpoint
 from .backoff import BackoffPolicy
 from .errors import AddressError, ConfigError, describe
-from .handshake import DEFAULT_PATH, Mode
+from .handshake import DEFAULT_PATH, DEFAULT_UDP_IDLE, MAX_UDP_IDLE, Mode, TunnelProtocol
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
 from .settings import MIN_MAX_FRAME, SessionSettings
@@ -143,6 +143,9 @@ class TunnelSpec:
     backoff: BackoffPolicy
     #: window, ping_interval, ping_timeout (the others keep their defaults)
     settings: SessionSettings = field(default_factory=SessionSettings)
+    #: what the tunnel carries: TCP streams, UDP datagram flows, or both on one port
+    protocol: TunnelProtocol = TunnelProtocol.TCP
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE  # seconds; 0 = never
 
     @property
     def uses_tls(self) -> bool:
@@ -695,6 +698,7 @@ class _Loader:
         proxy = self.proxy_url(t)
         backoff = self.backoff(t)
         settings = self.session_settings(t)
+        protocol, udp_idle_timeout = self.protocol(t)
         t.close()
         if len(self._found) > mark:
             return None
@@ -715,7 +719,26 @@ class _Loader:
             proxy=proxy,
             backoff=backoff,
             settings=settings,
+            protocol=protocol,
+            udp_idle_timeout=udp_idle_timeout,
         )
+
+    def protocol(self, t: _Table) -> tuple[TunnelProtocol, float]:
+        """``protocol`` and ``udp_idle_timeout`` (errors recorded; defaults after one)."""
+        text = t.string("protocol", TunnelProtocol.TCP.value)
+        protocol = TunnelProtocol.TCP
+        if text is not None:
+            try:
+                protocol = TunnelProtocol(text)
+            except ValueError:
+                t.error("protocol", f"expected 'tcp', 'udp' or 'tcp+udp', got {text!r}")
+        idle = t.number("udp_idle_timeout", DEFAULT_UDP_IDLE, 0.0, strict=False)
+        if idle is not None and idle > MAX_UDP_IDLE:
+            t.error("udp_idle_timeout", f"must be <= {MAX_UDP_IDLE:g} (or 0: never), got {idle:g}")
+        if t.has("udp_idle_timeout") and not protocol.udp and text is not None:
+            # Silently ignoring it would let an operator believe flows end by it.
+            t.error("udp_idle_timeout", "only used with protocol = \"udp\" or \"tcp+udp\"")
+        return protocol, DEFAULT_UDP_IDLE if idle is None else idle
 
     def session_settings(
         self,
@@ -907,18 +930,20 @@ class _Loader:
         tunnels: list[TunnelSpec | None],
     ) -> None:
         """Two local listeners on one address would fail at start: say so now (best effort)."""
-        binds: list[tuple[KeyPath, Address]] = []
+        binds: list[tuple[KeyPath, Address, tuple[str, ...]]] = []
         if metrics is not None and metrics.enabled:
-            binds.append((("metrics", "listen"), metrics.listen))
+            binds.append((("metrics", "listen"), metrics.listen, ("tcp",)))
         if server is not None:
-            binds.append((("server", "listen"), server.listen))
+            binds.append((("server", "listen"), server.listen, ("tcp",)))
         for i, spec in enumerate(tunnels):
             # In LISTEN mode the listener is on the remote server, not here.
             if spec is not None and spec.mode is Mode.CONNECT:
-                binds.append((("tunnel", i, "listen"), spec.listen))
-        for n, (path, address) in enumerate(binds):
-            for other_path, other in binds[:n]:
-                if address.port and _overlap(address, other):
+                binds.append((("tunnel", i, "listen"), spec.listen, spec.protocol.names))
+        for n, (path, address, protocols) in enumerate(binds):
+            for other_path, other, other_protocols in binds[:n]:
+                # A TCP and a UDP socket may share a port: only one protocol conflicts.
+                shared = set(protocols) & set(other_protocols)
+                if address.port and shared and _overlap(address, other):
                     self.error(path, f"{address} is also used by {_dotted(other_path)} ({other})")
                     break
 

@@ -67,6 +67,8 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
         name=spec.name,
         stats=stats,
         proxy=spec.proxy,
+        protocol=spec.protocol,
+        udp_idle_timeout=spec.udp_idle_timeout,
     )
 
 
