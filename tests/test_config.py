@@ -548,7 +548,7 @@ def test_udp_tunnel_loads_with_its_idle_timeout(protocol: str) -> None:
     ("changes", "expected"),
     [
         ({"protocol": '"sctp"'}, "tunnel[0].protocol: expected 'tcp', 'udp' or 'tcp+udp'"),
-        ({"protocol": '"udp"', "udp_idle_timeout": "-1"}, "tunnel[0].udp_idle_timeout: must be >= 0"),
+        ({"protocol": '"udp"', "udp_idle_timeout": "-1"}, "udp_idle_timeout: must be >= 0"),
         ({"protocol": '"udp"', "udp_idle_timeout": "100000"}, "must be <= 86400"),
         ({"udp_idle_timeout": "5"}, "tunnel[0].udp_idle_timeout: only used with protocol"),
     ],
