@@ -13,6 +13,7 @@ flood of UDP neither grows memory nor stalls the session's TCP streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -51,6 +52,11 @@ PENDING_DATAGRAMS = 32
 #: How often idle flows are looked for, as a share of the idle timeout: a flow ends
 #: between udp_idle_timeout and 1.25 times that after its last datagram.
 SWEEP_SHARE = 0.25
+#: The socket buffers every UDP socket here asks for, each way: a burst (a WireGuard
+#: handshake's window, 50 DNS clients at once) that lands while the loop is busy waits in
+#: the kernel instead of being dropped there. The kernel caps it at net.core.rmem_max and
+#: wmem_max (212,992 bytes on a stock Linux; docs/operations.md, UDP).
+SOCKET_BUFFER = 2 * 1024 * 1024
 MIN_SWEEP = 0.05
 
 SourceAddress = tuple[str, int] | tuple[str, int, int, int]
@@ -452,6 +458,9 @@ class FlowSocket(asyncio.DatagramProtocol):
         self.table = table
         self.flow = flow
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ask_for_buffers(transport)
+
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.table.from_target(self.flow, data)
 
@@ -476,6 +485,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        ask_for_buffers(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         table = self.flows()
@@ -543,6 +553,16 @@ async def bind_endpoint(
         where = host_port(host or "", port)
         raise OSError(exc.errno, f"cannot listen on udp {where}: {describe(exc)}") from exc
     return protocol
+
+
+def ask_for_buffers(transport: asyncio.BaseTransport) -> None:
+    """SOCKET_BUFFER each way on a UDP socket, as much of it as the kernel grants."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
 def _buffered(transport: asyncio.DatagramTransport) -> int:
