@@ -186,3 +186,31 @@ async def test_a_tcp_only_tunnel_refuses_flows_and_a_udp_one_refuses_streams(
         await wait_until(lambda: sid not in session.mux)
     finally:
         echo_transport.close()
+
+
+async def test_a_reload_hands_the_udp_port_to_the_new_instance(make_tunnel) -> None:
+    echo_transport, _, port = await udp_server(UdpEcho)
+    try:
+        tunnel = await make_tunnel(aiowstunnel.CONNECT, port, client_kw={"protocol": "tcp+udp"})
+        old = tunnel.client
+        entry = old.listen_address
+        assert entry is not None
+        (before,) = await exchange(entry.host, entry.port, 1, 20)
+        assert before.intact == 20
+        new = aiowstunnel.Client(
+            aiowstunnel.CONNECT, LOCAL, tunnel.server.port, LOCAL, entry.port, LOCAL, port,
+            protocol="tcp+udp", backoff=FAST_BACKOFF,
+        )  # fmt: skip
+        new.predecessor = old  # as the supervisor does for a changed tunnel
+        new.start()
+        try:
+            await new.wait_up(10)
+            await new.first_bind.wait()
+            assert new.listen_address == entry
+            await old.close(1)
+            (after,) = await exchange(entry.host, entry.port, 1, 20)
+            assert after.intact == 20 and new.stats.flows_opened == 1
+        finally:
+            await new.close(1)
+    finally:
+        echo_transport.close()
