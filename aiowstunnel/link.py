@@ -362,6 +362,23 @@ class Link(asyncio.Protocol):
             key = keys.next() if keys is not None else None
             writes.extend(wsframe.binary_frame(header, chunk, key))
 
+    def send_frame(self, header: bytes, payload: bytes | memoryview) -> None:
+        """One message, ``header + payload``, framed here as DATA is (the datagram path:
+        one DATAGRAM per message): straight to the transport when nothing is queued
+        before it, else behind what is, so order with pings and the close is kept."""
+        if self.ws.state is not State.OPEN:
+            return
+        if not self._own_framing:
+            self.ws.send_binary(header + bytes(payload))
+            return
+        keys = self._mask_keys
+        frame = wsframe.binary_frame(header, payload, keys.next() if keys is not None else None)
+        writes = self.ws.writes
+        if not writes and self.transport is not None:
+            _write(self.transport, frame)
+        else:
+            writes.extend(frame)
+
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
         transport = self.transport

@@ -21,6 +21,7 @@ from .wire import (
     DEFAULT_WINDOW,
     HEADER,
     HEADER_SIZE,
+    MAX_DATAGRAM,
     MAX_WINDOW,
     TRANSITIONS,
     Data,
@@ -302,6 +303,37 @@ class Mux:
         ):
             return None
         return datagram_header(stream_id) + payload
+
+    def may_send_datagram(self, stream_id: int) -> bool:
+        """:meth:`datagram` without building the message: the flow is open for us to send
+        (the session then frames ``wire.datagram_header`` and the payload itself)."""
+        machine = self._streams.get(stream_id)
+        if machine is None or not machine.datagram:
+            return False
+        state = machine.state
+        return state is StreamState.OPEN or (
+            state is StreamState.OPENING and self._ours(stream_id)
+        )
+
+    def receive_datagram(
+        self, message: bytes | bytearray | memoryview
+    ) -> tuple[int, memoryview] | None:
+        """:meth:`receive` for a DATAGRAM on a flow that may carry it, as
+        :meth:`receive_data` is for DATA: (stream id, payload), or None for anything else,
+        which must then go through :meth:`receive` (nothing was changed)."""
+        if len(message) < HEADER_SIZE or len(message) > HEADER_SIZE + MAX_DATAGRAM:
+            return None
+        code, stream_id = HEADER.unpack_from(message)
+        if code != FrameType.DATAGRAM:
+            return None
+        machine = self._streams.get(stream_id)
+        if machine is None or not machine.datagram:
+            return None
+        if machine.state is not StreamState.OPEN and (
+            machine.state is not StreamState.OPENING or self._ours(stream_id)
+        ):
+            return None
+        return stream_id, memoryview(message)[HEADER_SIZE:]
 
     def is_flow(self, stream_id: int) -> bool:
         machine = self._streams.get(stream_id)

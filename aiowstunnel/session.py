@@ -49,7 +49,7 @@ from .stats import TunnelStats
 from .streams import StreamTable
 from .tcp import TcpStream
 from .udp import FlowTable
-from .wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW
+from .wire import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, datagram_header
 
 log = logging.getLogger("aiowstunnel.session")
 #: Lines a peer can cause (its refusals, resets, violations) go through here: a flood of
@@ -217,6 +217,10 @@ class Session:
         if data is not None:
             self.table.deliver(*data)
             return
+        datagram = self.mux.receive_datagram(message)
+        if datagram is not None:
+            self.flows.deliver(*datagram)
+            return
         for event in self.mux.receive(message):
             self._event(event)
 
@@ -266,6 +270,9 @@ class Session:
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
         self.link.send_data(stream_id, data)
+
+    def send_datagram(self, stream_id: int, data: bytes) -> None:  # FlowHost
+        self.link.send_frame(datagram_header(stream_id), data)
 
     def flush(self) -> None:
         self.link.flush()

@@ -76,6 +76,8 @@ class FlowHost(Protocol):
 
     def send(self, message: bytes) -> None: ...
 
+    def send_datagram(self, stream_id: int, data: bytes) -> None: ...  # one DATAGRAM
+
     def flush(self) -> None: ...
 
     def log_extra(self) -> dict[str, str | None]: ...
@@ -308,12 +310,11 @@ class FlowTable:
         if host.output_buffered > DATAGRAM_MARK or not host.sending:
             self.drop("queue_full" if host.sending else "no_session")
             return
-        message = self.mux.datagram(flow.stream_id, data)
-        if message is None:  # the flow closed under it (it crossed our RST)
+        if not self.mux.may_send_datagram(flow.stream_id):  # it crossed our RST
             self.drop("no_session")
             return
-        host.send(message)
-        host.flush()
+        host.send_datagram(flow.stream_id, data)
+        host.flush()  # what the FLOW_OPEN left queued, if anything
         flow.last = self.loop.time()
         flow.sent += 1
         stats = self.stats
