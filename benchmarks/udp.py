@@ -29,11 +29,13 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,18 +68,47 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def processes(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in commands]
+    # Each in a process group of its own: socat's fork leaves children that outlive their
+    # parent, and the group (whose id is the pid we started) takes them along.
+    procs = [
+        subprocess.Popen(
+            c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        for c in commands
+    ]
     try:
         yield procs
     finally:
-        for proc in procs:  # each by its own pid
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+#: the client daemon's /metrics, while an aiowstunnel relay runs (its drops, per run)
+METRICS: dict[str, int] = {}
+
+
+def tunnel_drops() -> float | None:
+    """Datagrams the client daemon dropped so far (all reasons), or None for no tunnel."""
+    port = METRICS.get("port")
+    if port is None:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{LOCAL}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "aiowstunnel_datagrams_dropped_total"
+    )
 
 
 @contextlib.contextmanager
@@ -98,7 +129,7 @@ def relay_socat(target: int) -> Iterator[int]:
 
 @contextlib.contextmanager
 def relay_aiowstunnel(target: int) -> Iterator[int]:
-    entry, ws = free_port(), free_port()
+    entry, ws, metrics = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
         for side in ("s", "c"):
@@ -112,7 +143,7 @@ def relay_aiowstunnel(target: int) -> Iterator[int]:
             f'token_file = "token"\nallow_connect = ["{LOCAL}:{target}", "udp:{LOCAL}:{target}"]\n'
         )
         (base / "c" / "aiowstunnel.toml").write_text(
-            '[metrics]\nenabled = false\n[log]\nlevel = "warning"\n'
+            f'[metrics]\nlisten = "{LOCAL}:{metrics}"\n[log]\nlevel = "warning"\n'
             '[[tunnel]]\nname = "bench"\nmode = "connect"\nprotocol = "tcp+udp"\n'
             f'server = "ws://{LOCAL}:{ws}/aiowstunnel"\ntoken_file = "token"\n'
             f'listen = "{LOCAL}:{entry}"\nconnect = "{LOCAL}:{target}"\n'
@@ -124,7 +155,11 @@ def relay_aiowstunnel(target: int) -> Iterator[int]:
         ):
             wait_port(entry)
             time.sleep(1.0)  # the tunnel's session: the entry listens before it is up
-            yield entry
+            METRICS["port"] = metrics
+            try:
+                yield entry
+            finally:
+                METRICS.clear()
 
 
 def wait_bound(port: int, timeout: float = 10.0) -> None:
@@ -148,6 +183,7 @@ def iperf(entry: int, target: int, rate: str, seconds: float, length: int) -> di
     """One iperf3 -u run through ``entry``; the server's view of what arrived."""
     with processes(["iperf3", "-s", "-1", "-B", LOCAL, "-p", str(target)]):
         wait_bound(target)
+        before = tunnel_drops()
         out = subprocess.run(
             ["iperf3", "-c", LOCAL, "-p", str(entry), "-u", "-b", rate, "-l", str(length),
              "-t", str(seconds), "-J"],
@@ -156,6 +192,7 @@ def iperf(entry: int, target: int, rate: str, seconds: float, length: int) -> di
     result = json.loads(out.stdout)
     if "error" in result:
         raise RuntimeError(result["error"])
+    after = tunnel_drops()
     sent = result["end"]["sum_sent"]  # the client's: what it sent
     server_end = result["end"]["sum_received"]  # the server's, as it reported it back
     packets, lost = server_end["packets"], server_end["lost_packets"]
@@ -165,6 +202,7 @@ def iperf(entry: int, target: int, rate: str, seconds: float, length: int) -> di
         "loss": 100.0 * lost / packets if packets else 100.0,
         "jitter_ms": server_end["jitter_ms"],
         "packets": packets,
+        "drops": (after - before) if after is not None and before is not None else -1,
     }
 
 
@@ -192,8 +230,9 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, Linux {platform.release()}; {version}"
         + (f"; **{args.label}**" if args.label else ""),
         "",
-        "| setup | rate asked | sender Mbit/s | datagrams/s received | loss % | jitter ms |",
-        "|---|---|---|---|---|---|",
+        "| setup | rate asked | sender Mbit/s | datagrams/s received | loss % | "
+        "dropped by the tunnel | jitter ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for setup in args.setups.split(","):
@@ -202,12 +241,13 @@ def main() -> None:
             try:
                 with RELAYS[setup](target) as entry:
                     r = iperf(entry, target, rate, args.seconds, args.length)
+                drops = f"{r['drops']:,.0f}" if r["drops"] >= 0 else ""
                 row = (
                     f"| {setup} | {rate} | {r['sent_mbps']:.0f} | {r['dps']:,.0f} | "
-                    f"{r['loss']:.2f} | {r['jitter_ms']:.3f} |"
+                    f"{r['loss']:.2f} | {drops} | {r['jitter_ms']:.3f} |"
                 )
             except (RuntimeError, subprocess.SubprocessError, KeyError, ValueError) as exc:
-                row = f"| {setup} | {rate} | failed: {exc} | | | |"
+                row = f"| {setup} | {rate} | failed: {exc} | | | | |"
             lines.append(row)
             print(row, flush=True)
     if args.out:
