@@ -12,6 +12,7 @@ import pytest
 
 import aiowstunnel
 from aiowstunnel.addresses import AddressRule
+from aiowstunnel.limits import ServerLimits
 from aiowstunnel.policy import ClientPolicy, token_digest
 
 from ..helpers import FAST_BACKOFF, LOCAL
@@ -212,5 +213,32 @@ async def test_a_reload_hands_the_udp_port_to_the_new_instance(make_tunnel) -> N
             assert after.intact == 20 and new.stats.flows_opened == 1
         finally:
             await new.close(1)
+    finally:
+        echo_transport.close()
+
+
+@pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN])
+async def test_flows_past_the_server_s_stream_limit_are_refused_and_counted(
+    make_tunnel, mode
+) -> None:
+    echo_transport, _, port = await udp_server(UdpEcho)
+    try:
+        tunnel = await make_tunnel(
+            mode,
+            port,
+            server_kw={"limits": ServerLimits(max_client_streams=3)},
+            client_kw={"protocol": "udp"},
+        )
+        entry = tunnel.entry
+        results = await exchange(entry.host, entry.port, 6, 5, timeout=0.3)
+        served = [r for r in results if r.intact == 5]
+        assert len(served) == 3  # three flows got through whole; the rest got nothing
+        assert all(r.intact == 0 for r in results if r not in served)
+        (server_stats,) = tunnel.server.client_stats.values()
+        assert server_stats.stream_open_failures["stream_limit"] >= 3
+        if mode is aiowstunnel.LISTEN:  # the server opens the flows: it drops and counts
+            assert server_stats.datagram_drops["too_many_flows"] >= 3
+        else:  # the server refuses the flows: the client counts each refusal
+            assert tunnel.client.stats.stream_open_failures["peer_refused"] >= 3
     finally:
         echo_transport.close()
