@@ -44,7 +44,8 @@ async def test_100k_datagrams_over_50_flows_come_back_whole_and_in_order(
         started = loop.time()
         # 2,000 per flow, every 1,000th of them 65,507 bytes: 100 of the largest datagrams.
         results = await exchange(
-            entry.host, entry.port, FLOWS, DATAGRAMS // FLOWS, big_every=1000, window=4
+            entry.host, entry.port, FLOWS, DATAGRAMS // FLOWS, big_every=1000, window=4,
+            timeout=5.0,  # a busy machine may stall the loop; late is not lost
         )
         elapsed = loop.time() - started
         errors = [e for r in results for e in r.errors]
@@ -90,6 +91,20 @@ async def test_dig_over_udp_and_tcp_on_one_session(make_tunnel, tmp_path) -> Non
         stderr=subprocess.PIPE,
     )
     try:
+        # Ready once it accepts on TCP (it binds UDP first): before that, a query would meet
+        # a closed port (an ICMP error), not a slow server.
+        async def accepting() -> None:
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(LOCAL, port)
+                except OSError:
+                    assert dnsmasq.poll() is None, dnsmasq.stderr.read() if dnsmasq.stderr else ""
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                return
+
+        await asyncio.wait_for(accepting(), 10)
         tunnel = await make_tunnel(aiowstunnel.CONNECT, port, client_kw={"protocol": "tcp+udp"})
         entry = tunnel.entry
 
