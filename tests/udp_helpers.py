@@ -138,6 +138,9 @@ class _Flow(asyncio.DatagramProtocol):
         self.result.lost += at
         self.result.intact += 1
         del self.inflight[: at + 1]
+        # Anything older than this reply should have come before it: from now on one of
+        # those would be out of order, an error, not a late arrival.
+        self.expired.clear()
         self._fill()
 
     def error_received(self, exc: Exception) -> None:
