@@ -24,7 +24,9 @@ MiB = 1024 * 1024
 FLOOD_BOUND = 24 * MiB
 FLOOD_SECONDS = 60.0  # the flooder's own bound; it is stopped once the transfer is done
 
-#: Sends 1,200-byte datagrams from 16 source ports as fast as it can, until killed, for at
+#: Sends 16,000-byte datagrams (more bytes a second than one loop frames into the
+#: WebSocket, so that the tunnel's own drops are sure to show, not only the kernel's) from
+#: 16 source ports as fast as it can, until killed, for at
 #: most argv[2] seconds or 20 million datagrams; prints how many it sent.
 FLOODER = """
 import socket, sys, time
@@ -32,7 +34,7 @@ port, seconds = int(sys.argv[1]), float(sys.argv[2])
 socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
 for s in socks:
     s.setblocking(False)
-payload, sent, end = b"f" * 1200, 0, time.monotonic() + seconds
+payload, sent, end = b"f" * 16000, 0, time.monotonic() + seconds
 while sent < 20_000_000 and time.monotonic() < end:
     for s in socks:
         try:
