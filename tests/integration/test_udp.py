@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -69,42 +70,61 @@ async def test_100k_datagrams_over_50_flows_come_back_whole_and_in_order(
         echo_transport.close()
 
 
+def free_tcp_and_udp_port() -> int:
+    while True:
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind((LOCAL, 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind((LOCAL, port))
+            except OSError:
+                continue
+            return port
+
+
+async def accepting(dnsmasq: subprocess.Popen, port: int) -> bool:
+    """Ready once it accepts on TCP (it binds UDP first): before that, a query would meet
+    a closed port (an ICMP error), not a slow server. False if it exited (port taken)."""
+    for _ in range(200):  # 10 s
+        if dnsmasq.poll() is not None:
+            return False
+        try:
+            _, writer = await asyncio.open_connection(LOCAL, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return True
+    return False
+
+
 @pytest.mark.skipif(not shutil.which("dnsmasq") or not shutil.which("dig"), reason="no dnsmasq")
 async def test_dig_over_udp_and_tcp_on_one_session(make_tunnel, tmp_path) -> None:
-    # dnsmasq on a port of its own; the tunnel's TCP and UDP sides share its number.
-    probe_transport, _, port = await udp_server(UdpSink)
-    probe_transport.close()
-    dnsmasq = subprocess.Popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            f"--port={port}",
-            "--address=/tunnel.test/192.0.2.18",
-            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
-            "--user=root",
-        ],
-        stderr=subprocess.PIPE,
-    )
+    # dnsmasq on a port of its own, free for TCP and UDP alike (the tunnel's TCP and UDP
+    # sides share its number); another test may take it meanwhile: then another port.
+    dnsmasq = None
+    for _ in range(5):
+        port = free_tcp_and_udp_port()
+        dnsmasq = subprocess.Popen(
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                f"--port={port}",
+                "--address=/tunnel.test/192.0.2.18",
+                f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+                "--user=root",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        if await accepting(dnsmasq, port):
+            break
+    assert dnsmasq is not None and dnsmasq.poll() is None, "dnsmasq did not start"
     try:
-        # Ready once it accepts on TCP (it binds UDP first): before that, a query would meet
-        # a closed port (an ICMP error), not a slow server.
-        async def accepting() -> None:
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection(LOCAL, port)
-                except OSError:
-                    assert dnsmasq.poll() is None, dnsmasq.stderr.read() if dnsmasq.stderr else ""
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                return
-
-        await asyncio.wait_for(accepting(), 10)
         tunnel = await make_tunnel(aiowstunnel.CONNECT, port, client_kw={"protocol": "tcp+udp"})
         entry = tunnel.entry
 
