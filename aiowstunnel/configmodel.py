@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .addresses import Address, AddressRule, Endpoint, SocketAddress
 from .backoff import BackoffPolicy
-from .handshake import Mode
+from .handshake import Mode, TunnelProtocol
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy
 from .settings import SessionSettings
@@ -117,6 +117,8 @@ class TunnelSpec:
     #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
     proxy_protocol: str | None = None
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT
+    #: what the tunnel carries: TCP streams, UDP datagram flows, or both on one port
+    protocol: TunnelProtocol = TunnelProtocol.TCP
 
     @property
     def uses_tls(self) -> bool:

@@ -85,6 +85,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
             else None
         ),
         resume_timeout=spec.resume_timeout,
+        protocol=spec.protocol,
     )
 
 
