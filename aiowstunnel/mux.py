@@ -406,9 +406,12 @@ class Mux:
             return []  # crossed our RST: dropped, as any late frame
         if not machine.datagram:
             raise ProtocolViolation("DATAGRAM on a byte stream", sid)
-        # The opener may send from FLOW_OPEN on; the dialing side only after its OPEN_OK.
-        if machine.state is StreamState.OPENING and self._ours(sid):
-            raise ProtocolViolation("DATAGRAM before OPEN_OK", sid)
+        # The opener may send from FLOW_OPEN on; the dialing side only after its OPEN_OK
+        # (the check of udp.FlowTable's fast path, so both take the same datagrams).
+        if not self.datagram_ok(sid, outgoing=False):
+            state = machine.state
+            where = "before OPEN_OK" if state is StreamState.OPENING else f"in {state.name}"
+            raise ProtocolViolation(f"DATAGRAM {where}", sid)
         return [DatagramReceived(sid, frame.data)]  # type: ignore[arg-type]
 
     def _receive_open(self, frame: Open | FlowOpen) -> list[Event]:
