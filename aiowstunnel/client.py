@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
 
@@ -27,9 +26,9 @@ from .addresses import (
 )
 from .backoff import Backoff, BackoffPolicy
 from .clientconnect import open_session
-from .clientlisten import DownRefusals, Refuse, bind_local, hand_over
+from .clientlisten import DownRefusals, LocalListener, Refuse, Sockets, bind_local, hand_over
 from .errors import HandshakeRefused, ResumeRefused, describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelProtocol
 from .logs import tunnel_logger
 from .resets import Abortable, Cut
 from .session import Phase, Session
@@ -65,9 +64,9 @@ class Client:
         token: this client's bearer token.
         backoff: reconnect delays.
         ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout,
-        resume_timeout: the session's settings (:class:`SessionSettings` says what each
-            does; resume_timeout 0 turns resumption off).
-        settings: the session's settings whole (the daemon's), instead of those seven.
+        resume_timeout, udp_idle_timeout: the session's settings (:class:`SessionSettings`
+            says what each does; resume_timeout 0 turns resumption off).
+        settings: the session's settings whole (the daemon's), instead of those eight.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
@@ -81,6 +80,8 @@ class Client:
         proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
             SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
             with the original client's address.
+        protocol: ``"tcp"``, ``"udp"`` (each UDP source a datagram flow) or ``"tcp+udp"``
+            (both, on one port: DNS), in the connect and listen modes.
 
     In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
     ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
@@ -109,6 +110,7 @@ class Client:
         handshake_timeout: float = SessionSettings.handshake_timeout,
         connect_timeout: float = SessionSettings.connect_timeout,
         resume_timeout: float = SessionSettings.resume_timeout,
+        udp_idle_timeout: float = SessionSettings.udp_idle_timeout,
         settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
@@ -118,8 +120,10 @@ class Client:
         socks_credentials: Credentials | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         proxy_protocol: str | None = None,
+        protocol: TunnelProtocol | str = TunnelProtocol.TCP,
     ) -> None:
         self.mode = Mode(mode)
+        self.protocol = TunnelProtocol(protocol)
         self.listen: SocketAddress = _socket_address(listen_host, listen_port)
         self.connect: SocketAddress | None = (
             None if self.mode.socks else _socket_address(connect_host, connect_port)
@@ -145,6 +149,7 @@ class Client:
             handshake_timeout=handshake_timeout,
             connect_timeout=connect_timeout,
             resume_timeout=resume_timeout,
+            udp_idle_timeout=udp_idle_timeout,
         )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
@@ -168,7 +173,7 @@ class Client:
         #: socket is taken over once this one's first attempt is over (see _take_over).
         self.predecessor: Client | None = None
         self._replaced = False  # handed its listener to a successor: it only drains now
-        self._listener: asyncio.Server | None = None
+        self._listener: LocalListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
@@ -211,11 +216,7 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if (
-                not self.mode.server_listens
-                and self._listener is None
-                and self.predecessor is None
-            ):
+            if not self.mode.server_listens and self._listener is None and self.predecessor is None:
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -367,12 +368,12 @@ class Client:
         if self.session is not None:
             self.session.goaway("tunnel removed or replaced")
 
-    def detach_listener(self) -> socket.socket | None:
-        """Stop accepting here and hand the listening socket over to a successor.
+    def detach_listener(self) -> Sockets | None:
+        """Stop accepting here and hand the listening sockets over to a successor.
 
-        The socket stays open and listening: connections that arrive meanwhile wait in its
-        queue for the successor, none is refused. This instance then only drains its open
-        streams (:meth:`close`). None when there is no single socket to hand over.
+        They stay open and listening: connections (and datagrams) that arrive meanwhile wait
+        in their queues for the successor, none is refused. This instance then only drains
+        its open streams (:meth:`close`). None when there is no listener to hand over.
         """
         self._closing = True
         self._replaced = True
@@ -429,12 +430,11 @@ class Client:
 
     # -- connecting -----------------------------------------------------------------
 
-    async def _bind(self, sock: socket.socket | None = None) -> None:
-        """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
-        self._listener, self.listen_address = await bind_local(
-            self._local_stream, self.listen, self.socket_mode, sock
-        )
-        self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
+    async def _bind(self, sock: Sockets | None = None) -> None:
+        """Listen on :attr:`listen` (TCP, UDP or both), or serve ``sock``, handed over."""
+        self._listener, self.listen_address = await bind_local(self._local_stream, self, sock)
+        how = "taking over" if sock else "listening on"
+        self._log.info("%s %s%s", how, self.listen_address, self.protocol.note)
 
     def _asked(self) -> SocketAddress | str | None:
         """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""

@@ -19,14 +19,15 @@ from . import resumeauth, wire
 from .addresses import Address, AddressRule, Endpoint, SocketAddress, parse_socket_address
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
-from .errors import ProtocolViolation
-from .handshake import Mode, TunnelRequest
+from .errors import HandshakeRefused, ProtocolViolation
+from .handshake import HEADER_PROTOCOL, Mode, TunnelProtocol, TunnelRequest
 from .link import Link, ws_log
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Session
 from .settings import SessionSettings
 from .socks5 import Credentials
 from .stats import TunnelStats
+from .udpsocket import udp_dialer
 
 
 class TunnelSide(Protocol):
@@ -34,6 +35,7 @@ class TunnelSide(Protocol):
     ``listen_address`` (LISTEN: what the server bound)."""
 
     mode: Mode
+    protocol: TunnelProtocol
     listen: SocketAddress
     connect: SocketAddress | None
     proxy_protocol: str
@@ -75,9 +77,15 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
             # Set before the request: the server may open a stream right after the 101.
             rules = RuleSet(f"tunnel {side.name!r}", "allow_connect", side.allow_connect)
             header = proxy_protocol(side.proxy_protocol)
-            session.dial = dialer(
-                side.connect, lambda: rules, settings.connect_timeout, header
-            )
+            if side.protocol.tcp:
+                session.dial = dialer(
+                    side.connect, lambda: rules, settings.connect_timeout, header
+                )
+            if side.protocol.udp and isinstance(side.connect, Address):
+                connect = side.connect
+                session.flows.dial = udp_dialer(
+                    connect.host, connect.port, settings.connect_timeout
+                )
     else:
         session = resume_of
         link = Link(ws, Discarded(), settings, max_data=session.mux.max_data)
@@ -111,7 +119,16 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
     asked = "" if side.mode.server_listens else side.proxy_protocol  # else we send it
     creds = side.socks_credentials if side.mode is Mode.REVERSE_SOCKS5 else None
     auth = (creds.username, creds.password) if creds is not None else None
-    tunnel = TunnelRequest(side.mode, target, side.token, side.sent_name, asked, auth)
+    tunnel = TunnelRequest(
+        side.mode,
+        target,
+        side.token,
+        side.sent_name,
+        asked,
+        auth,
+        side.protocol,
+        settings.udp_idle_timeout,
+    )
     for key, value in tunnel.headers():
         request.headers[key] = value
     if resume_of is not None and resume_of.resumption is not None:
@@ -130,6 +147,14 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
             await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
             return session
         credentials = resumeauth.Credentials.from_headers(response.headers)
+        confirmed = response.headers.get(HEADER_PROTOCOL, TunnelProtocol.TCP.value)
+        if confirmed != side.protocol.value:
+            # A server of an older version ignores the header and would carry TCP only.
+            raise HandshakeRefused(
+                400,
+                f"the server did not confirm {HEADER_PROTOCOL}: {side.protocol} (it answered "
+                f"{confirmed[:20]!r}): it does not carry UDP tunnels; upgrade it",
+            )
     except ProtocolViolation as exc:  # a malformed resumption header in the 101
         link.abort("handshake failed")
         raise ConnectionError(f"bad upgrade response: {exc}") from None

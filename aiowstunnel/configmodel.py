@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .addresses import Address, AddressRule, Endpoint, SocketAddress
 from .backoff import BackoffPolicy
-from .handshake import Mode
+from .handshake import Mode, TunnelProtocol
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy
 from .settings import SessionSettings
@@ -114,6 +114,8 @@ class TunnelSpec:
     socket_mode: int = DEFAULT_SOCKET_MODE
     #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
     proxy_protocol: str | None = None
+    #: what the tunnel carries: TCP streams, UDP datagram flows, or both on one port
+    protocol: TunnelProtocol = TunnelProtocol.TCP
 
     @property
     def uses_tls(self) -> bool:

@@ -39,12 +39,12 @@ from .resumeauth import (
 from .serveraccess import (
     Grant,
     authenticate,
+    check_grant,
     client_rules,
-    connect_target,
     same_tunnel,
     still_allowed,
 )
-from .serverlisten import bind_session_listener, hand_over, listen_endpoint
+from .serverlisten import bind_session_listener, hand_over, listen_endpoint, serve_flows
 from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
@@ -214,8 +214,7 @@ class Server:
         for task in list(self._pending):
             task.cancel()
         for grant in self.sessions.values():
-            if grant.listener is not None:
-                grant.listener.close()  # no new streams: stop accepting on LISTEN ports
+            grant.close_listeners()  # no new streams: stop accepting on LISTEN ports
         sessions = list(self.sessions)
         before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
         await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
@@ -367,8 +366,7 @@ class Server:
         if session.closed.done():  # the client went away while we checked
             for slot in reserved:
                 slot.release()
-            if grant.listener is not None:
-                grant.listener.close()
+            grant.close_listeners()
             return
         grant.slot = reserved[0] if reserved else None
         session.guard.client = grant.client.name  # type: ignore[union-attr]
@@ -388,6 +386,7 @@ class Server:
         session.on_goaway.append(self._peer_going_away)
         dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
+        dial = serve_flows(session, grant, dial, headers, self.settings.connect_timeout)
         if resumable and self.settings.resume_timeout > 0:
             self.resumable.offer(session, headers)
         session.accept(request, dial, extra_headers=headers)
@@ -398,7 +397,7 @@ class Server:
             what = "socks5: each stream's target checked against allow_connect"
         else:
             what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
-        _session_log(session).info("session opened: %s", what)
+        _session_log(session).info("session opened: %s%s", what, grant.request.protocol.note)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
@@ -434,22 +433,7 @@ class Server:
             )
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
-        if tunnel.mode is Mode.CONNECT:
-            assert tunnel.address is not None
-            grant.target = await connect_target(
-                client, tunnel.address, self.settings.connect_timeout
-            )
-        elif tunnel.mode is Mode.SOCKS5:
-            if not client.allow_connect:
-                raise RequestRefused(
-                    Refusal.FORBIDDEN,
-                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
-                )
-        elif tunnel.address is None or not client.may_listen(tunnel.address):
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
-            )
+        await check_grant(grant, self.settings.connect_timeout)
         return grant
 
     def _dialer(self, grant: Grant) -> Dial:
@@ -465,8 +449,8 @@ class Server:
         """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
         opened for it, so its LISTEN port is released now, for its successor to bind."""
         grant = self.sessions.get(session)
-        if grant is not None and grant.listener is not None:
-            grant.listener.close()
+        if grant is not None:
+            grant.close_listeners()
 
     def _session_closed(self, session: Session) -> None:
         grant = self.sessions.pop(session, None)
@@ -477,8 +461,7 @@ class Server:
             session.stats.sessions_detached -= 1
         if grant.slot is not None:
             grant.slot.release()
-        if grant.listener is not None:
-            grant.listener.close()  # at once: the client must be able to bind it again
+        grant.close_listeners()  # at once: the client must be able to bind it again
         stats = session.stats
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0

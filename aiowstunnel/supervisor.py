@@ -83,6 +83,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
             if spec.socks_username and spec.socks_password
             else None
         ),
+        protocol=spec.protocol,
     )
 
 

@@ -12,7 +12,9 @@ Mux gets what it passes on. An input is *unhandled* when anything raises but
 those with an RST), when a stream fault comes back without its RST / OPEN_FAIL queued, when an
 RST is answered, when a message the Mux queued does not itself parse, or when a count confirms
 what was never sent, changes the replay log when refused, or does not confirm exactly what it
-says. The run prints ``inputs=N unhandled=U seconds=S`` and exits 1 if U > 0.
+says, or when a DATAGRAM the fast path's check (``Mux.datagram_ok``, what
+udp.FlowTable.receive takes without ``receive()``) passes is anything but one delivered datagram
+in ``receive()``. The run prints ``inputs=N unhandled=U seconds=S`` and exits 1 if U > 0.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 from fuzzing import Failure, cli, printer  # tests/fuzzing.py
 
 from aiowstunnel.errors import ProtocolViolation
-from aiowstunnel.mux import DataReceived, Event, Mux, Reply, StreamViolated
+from aiowstunnel.events import DatagramReceived, DataReceived, Event, Reply, StreamViolated
+from aiowstunnel.mux import Mux
 from aiowstunnel.resume import (
     encode_ack,
     encode_resume,
@@ -38,10 +41,14 @@ from aiowstunnel.resumption import Resumption
 from aiowstunnel.wire import (
     DEFAULT_WINDOW,
     HEADER,
+    MAX_DATAGRAM,
     MAX_REASON,
     MAX_WINDOW,
     Data,
+    Datagram,
     Fin,
+    FlowOpen,
+    FrameType,
     GoAway,
     Open,
     OpenFail,
@@ -148,7 +155,12 @@ def seed_frame(target: Target, rng: random.Random) -> bytes:
         if kind == 2:
             return encode_resume(rng.randbytes(32), count(target, rng))
         return encode_resumed(count(target, rng))
-    kind = rng.randrange(8)
+    kind = rng.randrange(10)
+    if kind == 8:  # a datagram flow (protocol.md, Datagram flows)
+        return FlowOpen(peer_next(target), "198.51.100.7:53").serialize()
+    if kind == 9:
+        size = rng.choice((0, 1, 1400, MAX_DATAGRAM, MAX_DATAGRAM + 1))
+        return Datagram(sid, rng.randbytes(size)).serialize()
     if kind == 0:
         window = rng.choice((1, 5, 1000, DEFAULT_WINDOW, MAX_WINDOW))
         # most name a target of their own (per-stream targets, after a NUL)
@@ -183,7 +195,7 @@ def mutate(message: bytes, target: Target, rng: random.Random) -> bytes:
         elif op == 3:  # extension
             data += rng.randbytes(rng.choice((1, 2, 4, MAX_REASON, MAX_REASON + 1)))
         elif op == 4 and data:  # frame type
-            data[0] = rng.choice((0, *range(1, 10), 0xFF))
+            data[0] = rng.choice((0, *range(1, 14), 0xFF))
         elif op == 5 and len(data) >= HEADER.size:  # stream id
             data[1:5] = stream_ids(target, rng).to_bytes(4, "big")
         elif op == 6 and len(data) >= HEADER.size + 4:  # the window / increment field
@@ -215,7 +227,10 @@ def local_step(target: Target, rng: random.Random) -> None:
     roll = rng.random()
     if roll < 0.25:
         if not (mux.goaway_sent or mux.goaway_received) and len(streams) < 32:
-            mux.open_stream("192.0.2.1:1")
+            if rng.random() < 0.3:
+                mux.open_flow("192.0.2.1:53")
+            else:
+                mux.open_stream("192.0.2.1:1")
         return
     if not streams:
         return
@@ -274,14 +289,25 @@ def feed(target: Target, message: bytes) -> list[Event]:
         if given is None:
             return []
         message = bytes(given)
+    fast_datagram = (
+        len(message) >= HEADER.size
+        and len(message) <= HEADER.size + MAX_DATAGRAM
+        and message[0] == FrameType.DATAGRAM
+        and mux.datagram_ok(HEADER.unpack_from(message)[1], outgoing=False)
+    )
     data = mux.receive_data(message) if target.fast else None
     if data is not None:
         events: list[Event] = [DataReceived(*data)]
     else:
         events = mux.receive(message)  # a session-level ProtocolViolation propagates
+    delivered = [event for event in events if isinstance(event, DatagramReceived)]
+    # the fast path takes exactly the datagrams receive() delivers
+    assert fast_datagram == (len(events) == len(delivered) == 1), (
+        f"fast path {'takes' if fast_datagram else 'leaves'} a DATAGRAM: receive() {events!r}"
+    )
     answers = [event.message for event in events if isinstance(event, Reply)]
     frame = parse_frame(message)
-    if isinstance(frame, Open):
+    if isinstance(frame, Open | FlowOpen):
         target.peer_last = max(target.peer_last, frame.stream_id)
     if isinstance(frame, Rst | OpenFail):
         assert not answers, f"{frame} was answered: {answers!r}"
@@ -319,6 +345,9 @@ def resume_step(resumption: Resumption, message: bytes) -> bytes | None:
         assert resumption.counter.count == received
         assert log.confirmed == max(before[1], frame.received)
         return None
+    if message[:1] == bytes((FrameType.DATAGRAM,)):  # lossy by contract: never counted
+        assert resumption.counter.count == received and given is message
+        return given
     assert resumption.counter.count == received + 1
     if message[:1] == b"\x05":  # a WINDOW: the Mux gets it without its count
         assert len(given) == HEADER.size + 4 and given[:9] == message[:9]

@@ -644,3 +644,67 @@ def test_proxy_protocol_key() -> None:
     assert load(tunnel()).tunnels[0].proxy_protocol is None
     errors = errors_of(tunnel(proxy_protocol='"v3"'))
     assert errors[0].startswith("tunnel[0].proxy_protocol: expected 'v1' or 'v2', got 'v3'")
+# -- UDP tunnels (issue 18) ----------------------------------------------------------------
+
+
+def tunnel_toml(**changes: str | None) -> str:
+    return toml_table("[[tunnel]]", TUNNEL, changes)
+
+
+def test_protocol_defaults_to_tcp_with_a_60_s_idle_timeout() -> None:
+    (spec,) = load(tunnel_toml()).tunnels
+    assert spec.protocol.value == "tcp" and spec.settings.udp_idle_timeout == 60.0
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp+udp"])
+def test_udp_tunnel_loads_with_its_idle_timeout(protocol: str) -> None:
+    (spec,) = load(tunnel_toml(protocol=f'"{protocol}"', udp_idle_timeout="0")).tunnels
+    assert spec.protocol.value == protocol and spec.settings.udp_idle_timeout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"protocol": '"sctp"'}, "tunnel[0].protocol: expected 'tcp', 'udp' or 'tcp+udp'"),
+        ({"protocol": '"udp"', "udp_idle_timeout": "-1"}, "udp_idle_timeout: must be >= 0"),
+        ({"protocol": '"udp"', "udp_idle_timeout": "100000"}, "must be <= 86400"),
+        ({"udp_idle_timeout": "5"}, "tunnel[0].udp_idle_timeout: only used with protocol"),
+        (
+            {"protocol": '"udp"', "mode": '"socks5"', "connect": None},
+            "tunnel[0].protocol: UDP is carried in the connect and listen modes, not socks5",
+        ),
+        (
+            {"protocol": '"tcp+udp"', "listen": '"unix:/run/dns.sock"'},
+            "tunnel[0].listen: protocol = 'tcp+udp' needs a host:port, not a unix socket",
+        ),
+    ],
+)
+def test_bad_udp_keys_name_the_key(changes: dict[str, str], expected: str) -> None:
+    assert any(expected in e for e in errors_of(tunnel_toml(**changes)))
+
+
+def test_a_tcp_and_a_udp_tunnel_may_share_a_port_two_udp_ones_may_not() -> None:
+    base = {**TUNNEL, "listen": '"127.0.0.1:5353"'}
+    tcp = toml_table("[[tunnel]]", base, {"name": '"a"'})
+    udp = toml_table("[[tunnel]]", base, {"name": '"b"', "protocol": '"udp"'})
+    both = toml_table("[[tunnel]]", base, {"name": '"c"', "protocol": '"tcp+udp"'})
+    assert len(load(tcp + udp).tunnels) == 2
+    assert any("also used by tunnel[0].listen" in e for e in errors_of(udp + both))
+
+
+def test_udp_rules_load_with_their_protocol() -> None:
+    text = f"""
+[server]
+listen = "127.0.0.1:0"
+[[server.client]]
+name = "c"
+token_sha256 = "{HASH_A}"
+allow_connect = ["udp:127.0.0.1:53", "127.0.0.1:53"]
+allow_listen = ["udp:0.0.0.0:51820"]
+"""
+    server = load(text).server
+    assert server is not None
+    (entry,) = server.clients
+    assert [r.protocol for r in entry.allow_connect] == ["udp", "tcp"]
+    assert entry.may_listen(Address("0.0.0.0", 51820), "udp")
+    assert not entry.may_listen(Address("0.0.0.0", 51820))

@@ -28,6 +28,7 @@ from aiowstunnel.server import Server
 from aiowstunnel.stats import MetricsSnapshot
 
 from ..attackers import RawSession
+from ..udp_helpers import UdpEcho, udp_server
 from .conftest import (
     FAST_BACKOFF,
     LOCAL,
@@ -633,3 +634,74 @@ async def test_a_token_revoked_during_the_detach_means_no_resume(echo_backend):
         assert not tunnel.client.up
     finally:
         await tunnel.close()
+
+
+class _UdpPeer(asyncio.DatagramProtocol):
+    """A UDP application at the tunnel's entry: one source address, its replies queued."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sent = 0  # by _ask
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.replies.put_nowait(data)
+
+
+async def _ask(transport: asyncio.DatagramTransport, peer: _UdpPeer, data: bytes) -> bytes:
+    """Send ``data`` until its echo comes back (UDP may lose one; each try waits 1 s)."""
+    for _ in range(5):
+        transport.sendto(data)
+        peer.sent += 1
+        try:
+            while (reply := await asyncio.wait_for(peer.replies.get(), 1)) != data:
+                pass  # a late echo of an earlier try
+            return reply
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError(f"no echo of {data!r}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_a_udp_flow_survives_cuts_and_its_datagrams_meanwhile_are_dropped(mode):
+    """protocol.md, Resumption, "Datagrams and resumption": after each cut the flow goes
+    on, on the same stream and the same socket toward the target (one source address
+    there, one flow opened), and the datagrams sent while detached are dropped and
+    counted as ``detached``, never replayed."""
+    echo_transport, echo, port = await udp_server(UdpEcho)
+    tunnel = await Tunnel.start(mode, port, client_kw={"protocol": "udp"})
+    loop = asyncio.get_running_loop()
+    entry = tunnel.entry
+    app, peer = await loop.create_datagram_endpoint(_UdpPeer, remote_addr=(entry.host, entry.port))
+    try:
+        assert await _ask(app, peer, b"before") == b"before"
+        for n in range(3):
+            await tunnel.cut()
+            assert await _ask(app, peer, b"after cut %d" % n) == b"after cut %d" % n
+        # The listening side counts its flows and drops: the client in CONNECT mode, the
+        # server in LISTEN mode.
+        (server_stats,) = tunnel.server.client_stats.values()
+        listening = server_stats if mode is aiowstunnel.LISTEN else tunnel.client.stats
+        assert tunnel.client.stats.resumes["ok"] == 3
+        assert listening.flows_opened == 1 and listening.flows_active == 1
+        assert len(echo.sources) == 1  # the target saw one source port: the same flow
+
+        tunnel.proxy.refuse = True  # the path stays down: the session waits, detached
+        tunnel.proxy.cut()
+        await _until(lambda: tunnel.client.detached and server_stats.sessions_detached, 5)
+        echoed, asked = echo.count, peer.sent
+        for _ in range(10):
+            app.sendto(b"while detached")
+        await _until(lambda: listening.datagram_drops["detached"] == 10, 5)
+        tunnel.proxy.refuse = False
+        await _until(lambda: tunnel.client.up, 10)
+        assert await _ask(app, peer, b"resumed") == b"resumed"
+        # none of the ten was replayed to the target: it got only what _ask sent since
+        await _until(lambda: echo.count >= echoed + peer.sent - asked, 5)
+        assert echo.count == echoed + peer.sent - asked
+        assert listening.flows_opened == 1 and len(echo.sources) == 1
+        assert scrape(tunnel, "datagrams_dropped_total", reason="detached") == 10
+    finally:
+        app.close()
+        await tunnel.close()
+        echo_transport.close()

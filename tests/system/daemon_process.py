@@ -67,8 +67,11 @@ class Daemon:
         config: str,
         env: dict[str, str] | None = None,
         open_files: int | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the daemon, if set
+        #: run under this command (``("ip", "netns", "exec", "ns1")``: in a namespace)
+        self.prefix = prefix
         self.folder = folder
         self.config_path = folder / "aiowstunnel.toml"
         self.config_path.write_text(config)
@@ -82,6 +85,7 @@ class Daemon:
         env.pop("JOURNAL_STREAM", None)
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             "-m",
             "aiowstunnel",
