@@ -1,6 +1,7 @@
 # ruff: noqa: B007, E501, SIM115  (experiment script: benchmarks/README.md, docs/performance.md)
 """A/B helper: start a backend and a daemon pair from one copy of the package (VARIANT_PATH first on PYTHONPATH, - for the checkout), run scenarios, print MB/s, CPU/GiB, rtt. Run from the checkout root with the venv's python.
-usage: pair.py VARIANT_PATH|- [--uvloop] [--mode connect|listen] [--runs N] [--mib M] [--strace] [--perf DIR] [--scen up,down,rtt,conc]
+usage: pair.py VARIANT_PATH|- [--uvloop] [--mode connect|listen] [--runs N] [--mib M] [--strace] [--perf DIR] [--scen up,down,rtt,conc,connect] [--resume-timeout S]
+The last line is the peak RSS (VmHWM) of each daemon over all scenarios.
 """
 
 import argparse
@@ -28,6 +29,7 @@ ap.add_argument("--strace", action="store_true")
 ap.add_argument("--perf")
 ap.add_argument("--window", type=int, default=0)
 ap.add_argument("--port-base", type=int, default=25000)
+ap.add_argument("--resume-timeout", type=float, help="resume_timeout of both daemons (0: off)")
 a = ap.parse_args()
 env = dict(os.environ)
 if a.variant != "-":
@@ -63,6 +65,11 @@ with tempfile.TemporaryDirectory() as tmp:
                 else:
                     t = t + f"window = {a.window}\n"
                 (tmp / f).write_text(t)
+        if a.resume_timeout is not None:  # both daemons: [server] and the [[tunnel]]
+            line = f"resume_timeout = {a.resume_timeout:g}\n"
+            t = (tmp / "server.toml").read_text()
+            (tmp / "server.toml").write_text(t.replace("[[server.client]]", line + "\n[[server.client]]"))
+            (tmp / "client.toml").write_text((tmp / "client.toml").read_text() + line)
         for i, (argv, wp) in enumerate(cmds):
             p = subprocess.Popen(
                 argv,
@@ -171,6 +178,8 @@ with tempfile.TemporaryDirectory() as tmp:
                     f"connect: /s {[round(r.get('per_s', 0)) for r in res]} err {[r.get('errors') for r in res]}",
                     flush=True,
                 )
+        hwm = [R.mem_kb(pid).get("VmHWM", 0) / 1024 for pid in pids]  # as run.py
+        print(f"rss: peak MB server {hwm[0]:.1f} client {hwm[1]:.1f} sum {sum(hwm):.1f}", flush=True)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
