@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
@@ -115,7 +115,7 @@ class Link(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[Response | Request] = self.loop.create_future()
         # A failed handshake nobody awaits any more (timed out) is not an error to report.
-        self.handshake.add_done_callback(_retrieve)
+        self.handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.close_reason = ""
         self.opened = False  # the upgrade is done
         self.paused = False  # the write buffer is over WS_HIGH_WATER
@@ -352,30 +352,35 @@ class Link(asyncio.Protocol):
             self.ws.send_binary(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
-        """All of ``data`` as DATA messages of at most :attr:`max_data`, framed here.
+        """All of ``data`` as DATA messages of at most :attr:`max_data`, framed here."""
+        self.send_frames(self.frame_data(stream_id, data))
 
-        The frames join websockets' own queue (``ws.writes``), so they keep their order
-        with pings and the close; a single frame with nothing queued before it goes
-        straight to the transport, which keeps that order too. Once the WebSocket is
-        closing nothing is sent.
-        """
+    def frame_data(self, stream_id: int, data: memoryview) -> list[list[bytes]]:
+        """``data`` as DATA messages of at most :attr:`max_data`, each a BINARY frame
+        (masked on the client side) as the chunks to write; none refers to ``data``, so a
+        resumable session logs the frames it sends as they are, copied once."""
+        keys = self._mask_keys
+        if len(data) <= self.max_data:  # the rtt case: one call on the native path
+            return [data_frame(stream_id, data, keys.next() if keys is not None else None)]
+        frame, split = wsframe.binary_frame, split_data(stream_id, data, self.max_data)
+        return [frame(h, chunk, keys.next() if keys is not None else None) for h, chunk in split]
+
+    def send_frames(self, frames: list[list[bytes]]) -> None:
+        """Send frames of :meth:`frame_data`, unless closing: into websockets' own queue
+        (``ws.writes``), in order with pings and the close, or, one frame with nothing
+        queued before it, straight to the transport, which keeps that order too."""
         if self.ws.state is not State.OPEN:
             return
-        keys = self._mask_keys
-        if not self._own_framing:
-            for header, chunk in split_data(stream_id, data, self.max_data):
-                self.ws.send_binary(header + chunk)
+        if not self._own_framing:  # websockets frames every message (its internals moved)
+            for frame in frames:
+                self.ws.send_binary(wsframe.frame_message(frame))
             return
         writes = self.ws.writes
-        transport = self.transport
-        if len(data) <= self.max_data and not writes and transport is not None:
-            # The rtt case: one frame, with no round through the queue and flush.
-            key = keys.next() if keys is not None else None
-            _write(transport, data_frame(stream_id, data, key))  # one call on the native path
+        if len(frames) == 1 and not writes and self.transport is not None:
+            _write(self.transport, frames[0])  # no round through the queue and flush
             return
-        for header, chunk in split_data(stream_id, data, self.max_data):
-            key = keys.next() if keys is not None else None
-            writes.extend(wsframe.binary_frame(header, chunk, key))
+        for frame in frames:
+            writes.extend(frame)
 
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
@@ -449,8 +454,3 @@ def _max_size(ws: ClientProtocol | ServerProtocol) -> int | None:
     """The largest message the WebSocket accepts (the attribute's name changed in 16)."""
     size = getattr(ws, "max_message_size", getattr(ws, "max_size", None))
     return size if isinstance(size, int) else None
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -218,7 +218,7 @@ class ReceiveCounter:
     RESUMED); :attr:`ack_due` says that enough has arrived since to send an ACK now.
     """
 
-    __slots__ = ("_bytes", "_messages", "ack_bytes", "ack_every", "count")
+    __slots__ = ("_bytes", "_messages", "ack_bytes", "ack_due", "ack_every", "count")
 
     def __init__(self, ack_every: int = ACK_EVERY, ack_bytes: int = ACK_BYTES) -> None:
         if ack_every < 1 or ack_bytes < 1:
@@ -228,17 +228,16 @@ class ReceiveCounter:
         self.ack_bytes = ack_bytes
         self._messages = 0  # received since the count was last stated
         self._bytes = 0
+        #: enough arrived since the count was last stated: send an ACK now
+        self.ack_due = False
 
     def received(self, size: int) -> bool:
         """Count one message of ``size`` bytes; returns :attr:`ack_due`."""
         self.count += 1
         self._messages += 1
         self._bytes += size
-        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
-
-    @property
-    def ack_due(self) -> bool:
-        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+        due = self.ack_due = self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+        return due
 
     @property
     def unstated(self) -> int:
@@ -248,6 +247,7 @@ class ReceiveCounter:
     def state(self) -> int:
         """The count, for a frame about to be sent; the peer will know it from then on."""
         self._messages = self._bytes = 0
+        self.ack_due = False
         return self.count
 
     def ack(self) -> bytes:
