@@ -76,8 +76,12 @@ ACK_EVERY = 32
 ACK_BYTES = 512 * 1024
 #: a log holding this many bytes or messages is full: the session stops reading its local
 #: sockets until confirmations arrive (as when the WebSocket's write buffer is full), so an
-#: honest session is slowed, never closed
-DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
+#: honest session is slowed, never closed. 8 MiB is twice what Linux lets one TCP
+#: connection keep unacknowledged by default (tcp_wmem's 4 MiB): room for what is in
+#: flight and for the count's way back, so the WebSocket is not slowed. A larger log only
+#: holds what waits in buffers on loopback: 64 MiB cost 40 MB of peak RSS under load
+#: (docs/performance.md).
+DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_LOG_MESSAGES = 65_536
 
 

@@ -18,6 +18,13 @@ from pathlib import Path
 
 import run as R
 
+
+def minflt(pid: int) -> int:
+    """Minor page faults of a process so far (/proc/PID/stat field 10)."""
+    fields = R._stat_fields(pid)
+    return int(fields[7]) if fields else 0
+
+
 ap = argparse.ArgumentParser()
 ap.add_argument("variant")
 ap.add_argument("--uvloop", action="store_true")
@@ -134,6 +141,7 @@ with tempfile.TemporaryDirectory() as tmp:
                         )
                     time.sleep(0.5)
                 c0 = [R.cpu_seconds([p]) for p in pids]
+                f0 = [minflt(p) for p in pids]
                 if sc in ("up", "down"):
                     r = R.run_client(sc, target, ["--bytes", a.mib * R.MiB, "--limit", 60], 120)
                 elif sc == "rtt":
@@ -148,19 +156,22 @@ with tempfile.TemporaryDirectory() as tmp:
                 elif sc == "connect":
                     r = R.run_client("connect", target, ["--count", 2000, "--limit", 60], 90)
                 c1 = [R.cpu_seconds([p]) for p in pids]
+                f1 = [minflt(p) for p in pids]
                 for t in tracers:
                     t.send_signal(signal.SIGINT)
                 for t in tracers:
                     t.wait(30)
                 r["cpu"] = [round(y - x, 3) for x, y in zip(c0, c1, strict=False)]
+                r["faults"] = [y - x for x, y in zip(f0, f1, strict=False)]
                 res.append(r)
             if sc in ("up", "down"):
                 mbps = [r.get("MBps", 0) for r in res]
                 cpg = [sum(r["cpu"]) * R.GiB / r["bytes"] for r in res if "bytes" in r]
                 srv = [r["cpu"][0] * R.GiB / r["bytes"] for r in res if "bytes" in r]
                 cli = [r["cpu"][1] * R.GiB / r["bytes"] for r in res if "bytes" in r]
+                flt = [[f * R.GiB // r["bytes"] for f in r["faults"]] for r in res if "bytes" in r]
                 print(
-                    f"{sc}: MB/s {[round(x) for x in mbps]} med {statistics.median(mbps):.0f} | CPU s/GiB med {statistics.median(cpg):.3f} (server {statistics.median(srv):.3f} client {statistics.median(cli):.3f}) {res[0].get('error', '')}",
+                    f"{sc}: MB/s {[round(x) for x in mbps]} med {statistics.median(mbps):.0f} | CPU s/GiB med {statistics.median(cpg):.3f} (server {statistics.median(srv):.3f} client {statistics.median(cli):.3f}) | page faults/GiB {flt} {res[0].get('error', '')}",
                     flush=True,
                 )
             elif sc == "rtt":
