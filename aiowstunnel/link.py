@@ -30,7 +30,7 @@ from .keepalive import Keepalive, PingBudget
 from .logs import escape
 from .settings import SessionSettings
 from .tcp import no_delay
-from .wire import DEFAULT_MAX_DATA, data_frame, split_data
+from .wire import DEFAULT_MAX_DATA, data_frames
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
 #: matters (docs/operations.md, Logging), so its logger only passes warnings.
@@ -348,7 +348,12 @@ class Link(asyncio.Protocol):
 
     def send_message(self, message: bytes) -> None:
         """Queue one binary message (sent at the next :meth:`flush`), unless closing."""
-        if self.ws.state is State.OPEN:
+        if self.ws.state is not State.OPEN:
+            return
+        if self._own_framing:  # framed as DATA is: no Frame object, no getrandom() each
+            keys = self._mask_keys
+            self.ws.writes.extend(wsframe.binary_frame(message, b"", keys.next() if keys else None))
+        else:
             self.ws.send_binary(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
@@ -359,11 +364,7 @@ class Link(asyncio.Protocol):
         """``data`` as DATA messages of at most :attr:`max_data`, each a BINARY frame
         (masked on the client side) as the chunks to write; none refers to ``data``, so a
         resumable session logs the frames it sends as they are, copied once."""
-        keys = self._mask_keys
-        if len(data) <= self.max_data:  # the rtt case: one call on the native path
-            return [data_frame(stream_id, data, keys.next() if keys is not None else None)]
-        frame, split = wsframe.binary_frame, split_data(stream_id, data, self.max_data)
-        return [frame(h, chunk, keys.next() if keys is not None else None) for h, chunk in split]
+        return data_frames(stream_id, data, self.max_data, self._mask_keys)
 
     def send_frames(self, frames: list[list[bytes]]) -> None:
         """Send frames of :meth:`frame_data`, unless closing: into websockets' own queue
@@ -393,8 +394,7 @@ class Link(asyncio.Protocol):
         eof = chunks[-1] == b""  # websockets' SEND_EOF comes last, if at all
         if eof:
             chunks.pop()
-        if chunks:
-            _write(transport, chunks)
+        _write(transport, chunks)  # nothing, after a bare EOF
         if eof:
             if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
@@ -442,7 +442,7 @@ def _write(transport: asyncio.Transport, chunks: list[bytes]) -> None:
     """Write ``chunks`` in one call, unless the transport is closing. One write per flush,
     not one per frame: a burst of WINDOW frames would otherwise cost a send() each
     (writelines uses sendmsg() from Python 3.12)."""
-    if transport.is_closing():
+    if transport.is_closing() or not chunks:
         return
     if len(chunks) == 1:
         transport.write(chunks[0])
