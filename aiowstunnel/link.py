@@ -1,13 +1,13 @@
 """The WebSocket link: one TCP (or TLS) connection carrying a session's messages.
 
 A :class:`Link` is the asyncio protocol of the connection. It drives websockets' sans-I/O
-protocol for the handshake, pings, the close and every framing error, and frames the data
-path itself (``wsframe``): BINARY messages are cut out of the received bytes and DATA is
-built straight into frames that join websockets' own send queue. It is the only module
-that knows websockets' internals (its send queue ``writes`` and its reader's ``buffer``).
-It also keeps the connection alive (protocol.md, Keepalive) and bounds what a peer may do
-to it before and after the upgrade. Everything about streams is its owner's, reached
-through :class:`LinkOwner`, so that a session can outlive one link and attach another.
+protocol for the handshake, pings, the close and every framing error; the data path's
+BINARY frames are its :class:`~linkframes.Framer`'s, which cuts them out of the received
+bytes and builds them into websockets' own send queue (and alone knows websockets'
+internals); the link says when it starts and stops. It also keeps the connection alive
+(protocol.md, Keepalive) and bounds what a peer may do to it before and after the upgrade.
+Everything about streams is its owner's, reached through :class:`LinkOwner`, so that a
+session can outlive one link and attach another.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from . import resumeauth, wsframe
+from . import resumeauth
 from .addresses import format_peer
 from .errors import HandshakeRefused, ProtocolViolation
 from .keepalive import Keepalive, PingBudget
+from .linkframes import Framer, write_chunks
 from .logs import escape
 from .settings import SessionSettings
 from .tcp import no_delay
-from .wire import DEFAULT_MAX_DATA, data_frames
+from .wire import DEFAULT_MAX_DATA
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
 #: matters (docs/operations.md, Logging), so its logger only passes warnings.
@@ -109,7 +110,6 @@ class Link(asyncio.Protocol):
         self.ws = ws
         self.owner = owner
         self.client_side = isinstance(ws, ClientProtocol)
-        self.max_data = max_data
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.loop = asyncio.get_running_loop()
@@ -127,16 +127,9 @@ class Link(asyncio.Protocol):
         )
         self._ping_budget = PingBudget()
         self._fragments: list[Message] | None = None
-        # The data path: after the handshake, BINARY frames are cut and built here
-        # (wsframe), everything else still goes through websockets.
-        self._splitter: wsframe.BinarySplitter | None = None
-        self._mask_keys = wsframe.MaskKeys() if self.client_side else None
-        # Both parts of the data path lean on two attributes of websockets' sans-I/O
-        # protocol (its send queue and its reader's buffer); should a release rename them,
-        # every frame simply goes through websockets, as before the data path existed.
-        self._own_framing = isinstance(getattr(ws, "writes", None), list) and isinstance(
-            getattr(getattr(ws, "reader", None), "buffer", None), bytearray
-        )
+        # The data path: after the handshake, BINARY frames are cut and built by the
+        # framer (wsframe), everything else still goes through websockets.
+        self.framer = Framer(ws, max_data=max_data)
         self._close_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -149,12 +142,13 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         self.transport.set_write_buffer_limits(high=WS_HIGH_WATER)
+        self.framer.transport = self.transport
         no_delay(transport)
         self.peer = format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
         self.keepalive.last_rx = self.loop.time()
-        splitter = self._splitter
+        splitter = self.framer.splitter
         if splitter is None:
             if self._holding:
                 data = self._hold(data)
@@ -271,23 +265,15 @@ class Link(asyncio.Protocol):
     # -- incoming frames ------------------------------------------------------------------
 
     def _start_data_path(self) -> None:
-        # Only at a frame boundary: websockets must have nothing half-read.
+        # Only at a message boundary (the framer checks that websockets has no frame
+        # half-read).
         if (
-            self._own_framing
-            and self.opened
+            self.opened
             and not self.ended
             and self.ws.state is State.OPEN
             and self._fragments is None
-            and not self.ws.reader.buffer
         ):
-            self._splitter = wsframe.BinarySplitter(
-                expect_mask=not self.client_side, max_size=_max_size(self.ws)
-            )
-
-    def _stop_data_path(self) -> None:
-        # Closing: websockets takes the rest (after fail() it discards every frame).
-        if self._splitter is not None:
-            self._splitter.stop()
+            self.framer.start()
 
     def _process(self) -> None:
         try:
@@ -346,60 +332,33 @@ class Link(asyncio.Protocol):
 
     # -- outgoing ---------------------------------------------------------------------------
 
+    # Sending is the framer's (linkframes); these are what the session and resumption call.
+
     def send_message(self, message: bytes) -> None:
         """Queue one binary message (sent at the next :meth:`flush`), unless closing."""
-        if self.ws.state is not State.OPEN:
-            return
-        if self._own_framing:  # framed as DATA is: no Frame object, no getrandom() each
-            keys = self._mask_keys
-            self.ws.writes.extend(wsframe.binary_frame(message, b"", keys.next() if keys else None))
-        else:
-            self.ws.send_binary(message)
+        self.framer.send_message(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
-        """All of ``data`` as DATA messages of at most :attr:`max_data`, framed here."""
-        self.send_frames(self.frame_data(stream_id, data))
+        """All of ``data`` as DATA messages of at most ``max_data``, framed by the framer."""
+        framer = self.framer
+        framer.send_frames(framer.frame_data(stream_id, data))
 
     def frame_data(self, stream_id: int, data: memoryview) -> list[list[bytes]]:
-        """``data`` as DATA messages of at most :attr:`max_data`, each a BINARY frame
-        (masked on the client side) as the chunks to write; none refers to ``data``, so a
-        resumable session logs the frames it sends as they are, copied once."""
-        return data_frames(stream_id, data, self.max_data, self._mask_keys)
+        """``data`` as the frames of its DATA messages (:meth:`Framer.frame_data`)."""
+        return self.framer.frame_data(stream_id, data)
 
     def send_frames(self, frames: list[list[bytes]]) -> None:
-        """Send frames of :meth:`frame_data`, unless closing: into websockets' own queue
-        (``ws.writes``), in order with pings and the close, or, one frame with nothing
-        queued before it, straight to the transport, which keeps that order too."""
-        if self.ws.state is not State.OPEN:
-            return
-        if not self._own_framing:  # websockets frames every message (its internals moved)
-            for frame in frames:
-                self.ws.send_binary(wsframe.frame_message(frame))
-            return
-        writes = self.ws.writes
-        if len(frames) == 1 and not writes and self.transport is not None:
-            _write(self.transport, frames[0])  # no round through the queue and flush
-            return
-        for frame in frames:
-            writes.extend(frame)
+        """Send frames of :meth:`frame_data`, unless closing (:meth:`Framer.send_frames`)."""
+        self.framer.send_frames(frames)
 
     def send_frame(self, header: bytes, payload: bytes | memoryview) -> None:
-        """One message, ``header + payload`` (a DATAGRAM), framed here as DATA is, behind
-        what websockets has queued, so order with pings and the close is kept."""
-        if not self._own_framing or self.ws.state is not State.OPEN:
-            self.send_message(header + bytes(payload))  # sent only while open
-            return
-        keys = self._mask_keys
-        frame = wsframe.binary_frame(header, payload, keys.next() if keys is not None else None)
-        if self.ws.writes or self.transport is None:
-            self.ws.writes.extend(frame)
-        else:
-            _write(self.transport, frame)
+        """One message, ``header + payload`` (a DATAGRAM), framed as DATA is."""
+        self.framer.send_frame(header, payload)
 
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
         transport = self.transport
-        if transport is None or (self._own_framing and not self.ws.writes):
+        if transport is None or self.framer.nothing_queued():
             return  # nothing queued: most calls, once DATA goes straight to the transport
         chunks = self.ws.data_to_send()
         if not chunks:
@@ -407,7 +366,7 @@ class Link(asyncio.Protocol):
         eof = chunks[-1] == b""  # websockets' SEND_EOF comes last, if at all
         if eof:
             chunks.pop()
-        _write(transport, chunks)  # nothing, after a bare EOF
+        write_chunks(transport, chunks)  # nothing, after a bare EOF
         if eof:
             if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
@@ -418,7 +377,7 @@ class Link(asyncio.Protocol):
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the WebSocket closing handshake (the peer has CLOSE_TIMEOUT to answer)."""
-        self._stop_data_path()
+        self.framer.stop()
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
             self.flush()
@@ -429,7 +388,7 @@ class Link(asyncio.Protocol):
     def fail(self, code: int, reason: str) -> None:
         """Close because of an error (protocol violation: 1002), with the reason."""
         self.close_reason = self.close_reason or reason
-        self._stop_data_path()
+        self.framer.stop()
         if self.ws.state is State.OPEN:
             self.ws.fail(code, reason)
             self.flush()
@@ -450,20 +409,3 @@ class Link(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.abort()
 
-
-def _write(transport: asyncio.Transport, chunks: list[bytes]) -> None:
-    """Write ``chunks`` in one call, unless the transport is closing. One write per flush,
-    not one per frame: a burst of WINDOW frames would otherwise cost a send() each
-    (writelines uses sendmsg() from Python 3.12)."""
-    if transport.is_closing() or not chunks:
-        return
-    if len(chunks) == 1:
-        transport.write(chunks[0])
-    else:
-        transport.writelines(chunks)
-
-
-def _max_size(ws: ClientProtocol | ServerProtocol) -> int | None:
-    """The largest message the WebSocket accepts (the attribute's name changed in 16)."""
-    size = getattr(ws, "max_message_size", getattr(ws, "max_size", None))
-    return size if isinstance(size, int) else None

@@ -43,6 +43,7 @@ GROUPS = [
     (".h)", "CPython C (other)"),
     ("aiowstunnel/session.py", "aiowstunnel session.py"),
     ("aiowstunnel/link.py", "aiowstunnel link.py"),
+    ("aiowstunnel/linkframes.py", "aiowstunnel linkframes.py"),
     ("aiowstunnel/streams.py", "aiowstunnel streams.py"),
     ("aiowstunnel/mux.py", "aiowstunnel mux.py"),
     ("aiowstunnel/wire.py", "aiowstunnel wire.py"),

@@ -135,7 +135,7 @@ async def test_the_upgrade_opens_both_ends_and_then_the_data_path() -> None:
     pair.pump()
     assert pair.server_owner.messages == [b"hello"] and pair.client_owner.messages == [b"hi"]
     # From the first frame boundary after the upgrade, the link cuts BINARY frames itself.
-    assert pair.client._splitter is not None and pair.server._splitter is not None
+    assert pair.client.framer.splitter is not None and pair.server.framer.splitter is not None
 
 
 @pytest.mark.parametrize("own_framing", [True, False], ids=["own-framing", "websockets"])
@@ -150,7 +150,7 @@ async def test_resumable_data_is_framed_once_logged_as_sent_and_replayed(
     link, owner = (
         (pair.client, pair.server_owner) if side == "client" else (pair.server, pair.client_owner)
     )
-    link._own_framing = own_framing
+    link.framer.own = own_framing
     resumption = Resumption(b"s" * 16, 60.0)
     resumption.log = ReplayLog(max_bytes=250)
     stops: list[int] = []
@@ -173,7 +173,7 @@ async def test_resumable_data_is_framed_once_logged_as_sent_and_replayed(
 async def test_messages_and_data_cross_both_ways_in_order(own_framing: bool) -> None:
     pair = make_pair(max_data=100)
     for link in (pair.client, pair.server):
-        link._own_framing = own_framing
+        link.framer.own = own_framing
     payload = bytes(range(250))
     for link in (pair.client, pair.server):
         link.send_message(b"first")

@@ -165,14 +165,14 @@ async def test_without_own_framing_everything_goes_through_websockets(
 
     def init_without(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        self._own_framing = False
+        self.framer.own = False
         links.append(self)
 
     monkeypatch.setattr(Link, "__init__", init_without)
     tunnel = await make_tunnel(mode, echo_backend.port)
     results = await asyncio.gather(*(echo_roundtrip(tunnel.entry, 2 * MiB) for _ in range(8)))
     assert all(sent == received for sent, received in results)
-    assert links and all(link._splitter is None for link in links)
+    assert links and all(link.framer.splitter is None for link in links)
 
 
 def test_one_read_buffer_per_thread():
