@@ -28,7 +28,7 @@ from .tls import check_tls, read_and_check
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from .metrics import MetricsServer
+    from .exporter import MetricsServer
 
 log = logging.getLogger("aiowstunnel.daemon")
 
@@ -135,7 +135,7 @@ class Daemon:
             return
         new = None
         if wanted is not None:
-            from .metrics import MetricsServer  # first exporter: see Daemon.registry
+            from .exporter import MetricsServer  # first exporter: see Daemon.registry
 
             new = MetricsServer(
                 self._registry(),

@@ -10,15 +10,15 @@ import ssl
 import pytest
 
 import aiowstunnel.errors
+import aiowstunnel.exporter
 import aiowstunnel.handshake
-import aiowstunnel.metrics
 from aiowstunnel.errors import LocalProtocolError, ProtocolViolation, TunnelError, describe
 from aiowstunnel.handshake import Refusal, RequestRefused
 from aiowstunnel.mux import Mux
 
 
 def test_every_exception_of_the_package_is_under_the_root() -> None:
-    modules = (aiowstunnel.errors, aiowstunnel.handshake, aiowstunnel.metrics)
+    modules = (aiowstunnel.errors, aiowstunnel.handshake, aiowstunnel.exporter)
     found = [
         cls
         for module in modules

@@ -13,10 +13,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiowstunnel.config import ConfigError, load_config
+from aiowstunnel.exporter import MetricsServer
 from aiowstunnel.handshake import RequestRefused, TunnelRequest
 from aiowstunnel.limits import LIMIT_NAMES, QuietLog, ServerLimits, Slot, Slots
 from aiowstunnel.logs import escape, quote
-from aiowstunnel.metrics import MetricsServer, register_metrics
+from aiowstunnel.metrics import register_metrics
 from aiowstunnel.stats import LimitStats, MetricsSnapshot
 
 HASH = "0" * 64

@@ -1,4 +1,5 @@
-"""Tests for aiowstunnel.metrics: scrape the real exporter on loopback and read the numbers."""
+"""Tests for aiowstunnel.metrics and .exporter: scrape the real exporter on loopback and read
+the numbers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 import aiowstunnel
-from aiowstunnel.metrics import MetricsServer, register_metrics
+from aiowstunnel.exporter import MetricsServer
+from aiowstunnel.metrics import register_metrics
 from aiowstunnel.stats import MetricsSnapshot, ServerStats, TunnelStats
 
 pytestmark = pytest.mark.timeout(20)
