@@ -1,6 +1,6 @@
 """The metrics exporter: a tiny asyncio HTTP server for ``GET /metrics`` (the registry's
 exposition, written by prometheus_client's ``generate_latest``) and ``GET /healthz`` (the
-tunnels' state, as JSON). What the metrics are is ``metrics``'; this module only serves a
+tunnels' state, as JSON). The metrics themselves are ``metrics``'s; this module only serves a
 registry, one request per connection, each bounded in size and time, so that a slow or
 hostile scraper costs a file descriptor for a few seconds at most.
 """
