@@ -303,7 +303,7 @@ class Client:
         timeout = resumption.timeout
         self._log.warning(
             "tunnel detached: %s; %s kept, resuming within %g s",
-            session.detach_reason,
+            session.detachment.reason,
             _streams(len(session.streams), "open"),
             timeout,
         )
@@ -334,11 +334,11 @@ class Client:
             else:
                 self.stats.up, self.stats.detached = True, False
                 self.stats.resumes["ok"] += 1
-                self.stats.replayed_bytes += session.last_replayed
+                self.stats.replayed_bytes += session.detachment.replayed
                 self._log.info(
                     "tunnel resumed after %.1f s: %d bytes replayed; %s",
-                    loop.time() - session.detached_at,
-                    session.last_replayed,
+                    loop.time() - session.detachment.since,
+                    session.detachment.replayed,
                     _streams(len(session.streams), "open"),
                 )
                 return True

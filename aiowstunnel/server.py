@@ -322,7 +322,7 @@ class Server:
                 )
                 return
             grant = await self._check(request, reserved)
-            if not session.check_upgrade(request):  # websockets' own 400, sent
+            if not session.server_link.check_upgrade(request):  # websockets' own 400, sent
                 self.stats.rejected["bad_upgrade"] += 1
                 quiet.warning(
                     "bad_upgrade",
@@ -348,7 +348,7 @@ class Server:
                 escape(refused.reason),  # it may quote the request (a path, a header)
                 extra={"peer": session.peer, "client": name or None},
             )
-            session.reject(refused.refusal.status, refused.reason)
+            session.server_link.reject(refused.refusal.status, refused.reason)
             return
         except BaseException as exc:  # our bug, or cancelled: answer, never leave one hanging
             for slot in reserved:
@@ -361,7 +361,7 @@ class Server:
                 extra={"peer": session.peer},
             )
             self.stats.rejected["internal_error"] += 1
-            session.reject(500, "internal error")
+            session.server_link.reject(500, "internal error")
             return
         if session.closed.done():  # the client went away while we checked
             for slot in reserved:
@@ -389,7 +389,7 @@ class Server:
         dial = serve_flows(session, grant, dial, headers, self.settings.connect_timeout)
         if resumable and self.settings.resume_timeout > 0:
             self.resumable.offer(session, headers)
-        session.accept(request, dial, extra_headers=headers)
+        session.accept(request, dial, headers)
         mode = grant.request.mode
         if mode is Mode.CONNECT:
             what = f"connect to {grant.request.address}"

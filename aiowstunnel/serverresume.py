@@ -24,8 +24,14 @@ from .limits import QuietLog, ServerLimits
 from .logs import escape
 from .policy import ClientPolicy, Policy
 from .resets import Cut
-from .resumeauth import HEADER_REFUSED, ServerSecret, new_challenge, new_session_credentials
-from .resumption import Resumption
+from .resumeauth import (
+    HEADER_CHALLENGE,
+    HEADER_REFUSED,
+    ServerSecret,
+    new_challenge,
+    new_session_credentials,
+)
+from .resumption import ResumeHandshake, Resumption
 from .serveraccess import Grant, same_tunnel, still_allowed
 from .session import Session
 from .settings import SessionSettings
@@ -187,19 +193,21 @@ class ResumeRegistry:
                 raise ResumeRefused("wrong_client", reason)
         except ResumeRefused as refused:
             self._refused(session.peer, client.name, refused)
-            session.reject(
+            session.server_link.reject(
                 Refusal.RESUME_REFUSED.status,
                 str(refused),
                 {HEADER_REFUSED: refused.code},
             )
             return
-        if not session.check_upgrade(request):
+        if not session.server_link.check_upgrade(request):
             self.stats.rejected["bad_upgrade"] += 1
             return
         assert target.resumption is not None
-        handshake = session.accept_resume(
-            request, target, new_challenge(), self.handshake_timeout
-        )
+        # The link is the target's once the client's RESUME proves the secret.
+        link, challenge = session.server_link, new_challenge()
+        handshake = ResumeHandshake(link, target, challenge, self.handshake_timeout)
+        session.hand_over()
+        link.accept(request, {HEADER_CHALLENGE: challenge.hex()})
 
         def finished(done: asyncio.Future[None]) -> None:
             error = None if done.cancelled() else done.exception()
@@ -224,7 +232,7 @@ class ResumeRegistry:
         session.stats.sessions_detached += 1
         log.info(
             "session detached: %s; %s kept for %g s",
-            escape(session.detach_reason),
+            escape(session.detachment.reason),
             _streams(len(session.streams)),
             session.resumption.timeout,
             extra=session.log_extra(),
@@ -234,15 +242,15 @@ class ResumeRegistry:
     def _resumed(self, session: Session) -> None:
         self.detached.remove(session)
         stats = session.stats
-        if not session.resumed_attached:  # (one still attached here was never counted)
+        if not session.detachment.replaced:  # (one still attached here was never counted)
             stats.sessions_detached -= 1
         stats.resumes["ok"] += 1
-        stats.replayed_bytes += session.last_replayed
+        stats.replayed_bytes += session.detachment.replayed
         self.stats.resumes["ok"] += 1
         log.info(
             "session resumed after %.1f s: %d bytes replayed; %s",
-            session.loop.time() - session.detached_at,
-            session.last_replayed,
+            session.loop.time() - session.detachment.since,
+            session.detachment.replayed,
             _streams(len(session.streams)),
             extra=session.log_extra(),
         )

@@ -21,6 +21,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from .detachment import Detachment
 from .dial import Dial, Dialer
 from .errors import ProtocolViolation, ResumeRefused
 from .events import (
@@ -44,8 +45,7 @@ from .logs import escape, quote
 from .mux import Mux
 from .resets import Cut
 from .resume import encode_resumed
-from .resumeauth import HEADER_CHALLENGE
-from .resumption import Discarded, ResumeHandshake, Resumption
+from .resumption import Discarded, Resumption
 from .serverlink import ServerLink
 from .settings import SessionSettings
 from .stats import TunnelStats
@@ -122,15 +122,10 @@ class Session:
         self.resumption: Resumption | None = None
         self.on_detach: list[Callable[[Session], None]] = []
         self.on_resume: list[Callable[[Session], None]] = []
-        self.detach_reason = ""
-        self.detached_at = 0.0  # loop time of the last detach
-        self.last_replayed = 0  # bytes resent by the last resume
+        self.detachment = Detachment(self.loop)
         self.ended_detached = False
-        self.resumed_attached = False  # the last resume replaced a link not yet lost here
         self._ending = False  # a close (ours or the peer's): losing the link ends the session
         self._before_detach = Phase.OPEN
-        self._expiry: asyncio.TimerHandle | None = None
-        self._detached = asyncio.Event()  # set while detached, and once ended
         self.link: Link
         if isinstance(ws, ServerProtocol):
             self.link = ServerLink(ws, self, settings, guard=guard, max_data=self.mux.max_data)
@@ -184,46 +179,25 @@ class Session:
     def log_extra(self) -> dict[str, str | None]:
         return {"client": self.client, "tunnel": self.name, "peer": self.peer}
 
-    # -- handshake (the link does the HTTP) ------------------------------------------------
+    # -- handshake (the server link does the HTTP: check_upgrade, accept, reject) ------------
 
-    def accept(
-        self, request: Request, dial: Dial | None, extra_headers: dict[str, str] | None = None
-    ) -> None:
-        """Server side: answer the request with 101 and start the session.
-
-        Args:
-            request: the upgrade request, as received.
-            dial: opens the connection for each stream the peer opens; None refuses them.
-            extra_headers: added to the 101 response (e.g. the address bound for LISTEN).
-        """
-        self.dial = dial
-        self._server_link().accept(request, extra_headers)
-
-    def check_upgrade(self, request: Request) -> bool:
-        """Server side: whether websockets accepts the upgrade itself (else its 400 is
-        sent). Called before anything is granted (a session, a LISTEN port)."""
-        return self._server_link().check_upgrade(request)
-
-    def reject(self, status: int, reason: str, extra_headers: dict[str, str] | None = None) -> None:
-        """Server side: refuse the upgrade with an HTTP status and a plain-text reason."""
-        self._server_link().reject(status, reason, extra_headers)
-
-    def accept_resume(
-        self, request: Request, target: Session, challenge: bytes, timeout: float
-    ) -> ResumeHandshake:
-        """Server side: answer a resume of ``target`` with 101 and the challenge; the link
-        is ``target``'s once the client's RESUME proves the secret. This session, only the
-        handshake's, ends here."""
-        link = self._server_link()
-        handshake = ResumeHandshake(link, target, challenge, timeout)
-        self.phase = Phase.CLOSED
-        self.closed.set_result("handed over to the resumed session")
-        link.accept(request, {HEADER_CHALLENGE: challenge.hex()})
-        return handshake
-
-    def _server_link(self) -> ServerLink:
+    @property
+    def server_link(self) -> ServerLink:
+        """Server side: the link that answers the upgrade request."""
         assert isinstance(self.link, ServerLink), "an upgrade is answered on the server"
         return self.link
+
+    def accept(self, request: Request, dial: Dial | None, headers: dict[str, str]) -> None:
+        """Server side: answer with 101 (``headers`` added) and start the session; ``dial``
+        opens the connection of each stream the peer opens (None refuses them)."""
+        self.dial = dial
+        self.server_link.accept(request, headers)
+
+    def hand_over(self) -> None:
+        """Server side: this session, only a resume's handshake, ends: its link is the
+        resumed session's once the resume is proven (serverresume)."""
+        self.phase = Phase.CLOSED
+        self.closed.set_result("handed over to the resumed session")
 
     # -- the link's events (LinkOwner) -------------------------------------------------------
 
@@ -278,14 +252,12 @@ class Session:
         self.close_reason = self.close_reason or reason
         self.ended_detached = self.phase is Phase.DETACHED  # expired, or closed meanwhile
         self.phase = Phase.CLOSED
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self.detachment.ended()
         self.dialer.cancel()
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
         self.cut_streams += self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
         self.flows.close_all()
-        self._detached.set()
         self.closed.set_result(self.close_reason)
         if not self.link.lost:  # an expiry during a resume attempt
             self.link.abort(self.close_reason)
@@ -298,13 +270,9 @@ class Session:
         """The link is lost: keep the streams (they stop reading) for resume_timeout."""
         assert self.resumption is not None
         self._before_detach, self.phase = self.phase, Phase.DETACHED
-        self.detach_reason = reason
-        self.detached_at = self.loop.time()
         timeout = self.resumption.timeout
-        self._expiry = self.loop.call_later(
-            timeout, self.expire, Cut.EXPIRED, f"not resumed within {timeout:g} s"
-        )
-        self._detached.set()
+        why = f"not resumed within {timeout:g} s"
+        self.detachment.begin(reason, timeout, lambda: self.expire(Cut.EXPIRED, why))
         self.table.update_all()
         for callback in self.on_detach:
             callback(self)
@@ -321,7 +289,7 @@ class Session:
     async def wait_detached(self) -> bool:
         """Until the link is lost: True if the session is detached (resumable), False if
         it ended."""
-        await self._detached.wait()
+        await self.detachment.changed.wait()
         return self.phase is Phase.DETACHED
 
     def resume(self, link: Link, claimed: int) -> None:
@@ -338,23 +306,18 @@ class Session:
         if self.closed.done():  # expired (or closed) while the resume was on its way
             raise ResumeRefused("expired", f"the session ended: {self.close_reason}")
         replay = self.resumption.replay(claimed)
-        self.resumed_attached = self.phase is not Phase.DETACHED
-        if self.resumed_attached:
+        replaced = self.phase is not Phase.DETACHED
+        if replaced:
             old, self._before_detach = self.link, self.phase
-            self.detached_at = self.loop.time()
             old.owner = Discarded()
             old.abort("replaced by a resumed link")
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
         self.attach(link)
         if not self.client_side:
             link.send_message(encode_resumed(self.resumption.counter.state()))
         for message in replay:
             link.send_message(message)
-        self.last_replayed = sum(len(m) for m in replay)
+        self.detachment.resumed(sum(len(m) for m in replay), replaced)
         self.phase = self._before_detach
-        self._detached.clear()
         self.table.update_all()
         link.flush()
         for callback in self.on_resume:
@@ -434,31 +397,14 @@ class Session:
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
-            stream = table.get(event.stream_id)
-            # The peer's words are a log field, never a label: labels are a fixed set.
-            self.stats.stream_open_failures["peer_refused"] += 1
-            quiet.warning(
-                "refused",
-                "stream %d from %s refused by the other side: %s",
-                event.stream_id,
-                stream.peer if stream else "?",
-                quote(event.reason),
-                extra=self.log_extra(),
-            )
-            if stream is not None and stream.refused(event.reason):
-                table.forget(stream, f"refused: {event.reason}")  # its application was told
-            else:
-                table.cut_id(event.stream_id, Cut.OPEN_FAILED, event.reason)
+            table.peer_refused(event.stream_id, event.reason)
         elif isinstance(event, StreamViolated):
             self.faults.stream_violation(event.stream_id, event.reason)
             table.cut_id(event.stream_id, Cut.VIOLATION, event.reason)
         elif isinstance(event, StreamReset):
             table.cut_id(event.stream_id, Cut.PEER_RESET, event.reason)
         elif isinstance(event, StreamLimited):
-            self.stats.stream_open_failures["stream_limit"] += 1
-            log.debug(
-                "stream %d refused: %s", event.stream_id, event.reason, extra=self.log_extra()
-            )
+            table.limited(event.stream_id, event.reason)
         elif isinstance(event, GoAwayReceived):
             self._goaway_received(event.reason)
 

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from .errors import LocalProtocolError, describe
-from .limits import SessionGuard
+from .limits import QuietLog, SessionGuard
+from .logs import quote
 from .mux import Mux
 from .resets import Cut, reset
 from .stats import TunnelStats
@@ -26,6 +27,8 @@ from .tcp import READ_SIZE, SPILL_READ, TcpStream, thread_read_buffer
 from .wire import StreamState
 
 log = logging.getLogger("aiowstunnel.session")
+#: the peer can cause these lines: a few per period, not one per frame
+quiet = QuietLog(log)
 
 class StreamHost(Protocol):
     """What a :class:`StreamTable` needs from its session (passed down: no upward import)."""
@@ -260,6 +263,30 @@ class StreamTable:
                 stream.transport.write_eof()  # after what is buffered (asyncio)
             else:
                 self.finish(stream)
+
+    def peer_refused(self, stream_id: int, reason: str) -> None:
+        """The peer's OPEN_FAIL for an OPEN of ours: the application is told (a SOCKS5
+        reply) where it can be, else its socket is reset."""
+        stream = self._streams.get(stream_id)
+        # The peer's words are a log field, never a label: labels are a fixed set.
+        self.stats.stream_open_failures["peer_refused"] += 1
+        quiet.warning(
+            "refused",
+            "stream %d from %s refused by the other side: %s",
+            stream_id,
+            stream.peer if stream else "?",
+            quote(reason),
+            extra=self.host.log_extra(),
+        )
+        if stream is not None and stream.refused(reason):
+            self.forget(stream, f"refused: {reason}")  # its application was told
+        else:
+            self.cut_id(stream_id, Cut.OPEN_FAILED, reason)
+
+    def limited(self, stream_id: int, reason: str) -> None:
+        """The peer opened past our stream limit (the Mux refused it)."""
+        self.stats.stream_open_failures["stream_limit"] += 1
+        log.debug("stream %d refused: %s", stream_id, reason, extra=self.host.log_extra())
 
     # -- ending ------------------------------------------------------------------------
 

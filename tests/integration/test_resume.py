@@ -380,7 +380,7 @@ async def test_a_blackout_is_detected_by_the_keepalive_and_resumed_when_it_heals
         assert await reader.readexactly(6) == b"before"
         tunnel.proxy.blackhole = True  # silent, nothing is reset
         await _until(lambda: tunnel.client.detached, 5)
-        assert "peer silent" in tunnel.client.session.detach_reason
+        assert "peer silent" in tunnel.client.session.detachment.reason
         await _until(lambda: scrape(tunnel, "server_sessions_detached", tunnel="t") == 1, 5)
         assert scrape(tunnel, "tunnel_detached", tunnel="t") == 1
         assert scrape(tunnel, "tunnel_up", tunnel="t") == 0

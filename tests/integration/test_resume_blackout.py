@@ -62,7 +62,7 @@ async def test_a_15_second_blackout_is_detected_and_the_session_resumes_intact()
         tunnel.proxy.stalled = True  # the blackout: nothing forwarded, nothing dropped
         started = time.monotonic()
         await _until(lambda: tunnel.client.detached, 8)
-        assert "peer silent" in session.detach_reason
+        assert "peer silent" in session.detachment.reason
         await _until(lambda: scrape(tunnel, "server_sessions_detached", tunnel="t") == 1, 8)
         during = received
         await asyncio.sleep(BLACKOUT - (time.monotonic() - started))
