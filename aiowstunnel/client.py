@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -24,10 +24,12 @@ from websockets.uri import WebSocketURI
 
 from . import wire
 from .addresses import Address, Endpoint, format_peer
+from .affinity import SERVER_HEADER, Affinity
 from .backoff import Backoff, BackoffPolicy
 from .dial import proxy_tunnel, tcp_dialer
 from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelRequest
+from .held import HeldConnection
 from .link import ws_log
 from .logs import tunnel_logger
 from .resets import Abortable, Cut, reset
@@ -70,6 +72,10 @@ class Client:
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
         random: [0, 1) source for the backoff jitter (tests inject a fixed one).
+        more_servers: further servers of the same tunnel (``ws[s]://`` URLs, with the
+            same ``ssl``): one session is kept to each, with its own backoff. In CONNECT
+            mode each new local connection goes to the open session with the fewest
+            streams; in LISTEN mode every server binds the listener. See :attr:`group`.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class Client:
         stats: TunnelStats | None = None,
         proxy: str | None = None,
         random: Callable[[], float] = random.random,
+        more_servers: Iterable[Endpoint | str] = (),
     ) -> None:
         self.mode = Mode(mode)
         self.listen = Address(listen_host, int(listen_port))
@@ -122,6 +129,7 @@ class Client:
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
+        self._random = random
         self.session: Session | None = None
         self.listen_address: Address | None = None  # what is actually bound (either side)
         self.proxy = proxy
@@ -143,8 +151,22 @@ class Client:
         self._listener: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._up = asyncio.Event()
+        self._up = asyncio.Event()  # shared by the group: any of its sessions is open
         self._log = tunnel_logger(self.name, log)
+        #: The tunnel's sessions, one Client per server: this one first (it owns the
+        #: CONNECT listener, and starts, stops and drains the others), then one per
+        #: ``more_servers``, each without a listener of its own. One list, shared.
+        self.group: list[Client] = [self]
+        self._owns_listener = True
+        self._turn = 0  # where the fewest-streams choice starts among equals (in turn)
+        #: what the last 101 said to route back to its server (resumption sends it)
+        self.affinity = Affinity()
+        #: sessions the server sent GOAWAY on: they drain while a new session serves
+        self._going: set[Session] = set()
+        #: a new session is being opened at once, after a GOAWAY: local connections that
+        #: find no open session meanwhile are held for it (held.py), not refused
+        self._replacing = False
+        self._held: set[HeldConnection] = set()
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
@@ -154,6 +176,39 @@ class Client:
                 "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
                 self.name,
             )
+        for server in more_servers:
+            self._add_server(server, server_hostname)
+
+    def _add_server(self, server: Endpoint | str, server_hostname: str | None) -> None:
+        """Another server of this tunnel: a Client of the group, sharing its counters."""
+        if isinstance(server, str):
+            server = Endpoint.parse(server, DEFAULT_PATH)
+        if server.secure != (self.ssl is not None):
+            raise ValueError(f"{server}: every server of a tunnel uses the same scheme")
+        member = Client(
+            self.mode,
+            server.host,
+            server.port,
+            self.listen.host,
+            self.listen.port,
+            self.connect.host,
+            self.connect.port,
+            ssl=self.ssl,
+            server_hostname=server_hostname,
+            path=server.path,
+            token=self.token,
+            backoff=self.backoff.policy,
+            settings=self.settings,
+            name=self.name,
+            stats=self.stats,
+            proxy=self.proxy,
+            random=self._random,
+        )
+        member.group = self.group
+        member._up = self._up
+        member._owns_listener = False
+        member.first_bind.set()  # the listener is this one's
+        self.group.append(member)
 
     @property
     def url(self) -> str:
@@ -161,13 +216,31 @@ class Client:
 
     @property
     def up(self) -> bool:
+        """Whether the tunnel serves: one of its sessions (any server's) is open."""
+        return any(member.session_up for member in self.group)
+
+    @property
+    def session_up(self) -> bool:
+        """Whether this server's session is open."""
         return self.session is not None and self.session.phase is Phase.OPEN
+
+    def _update_up(self) -> None:
+        if not self._replaced:  # a successor shares the counters and may be up already
+            self.stats.up = self.up
+        if self.up:
+            self._up.set()
+        else:
+            self._up.clear()
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the tunnel in the background until :meth:`close` (the seed's API)."""
+        """Run the tunnel in the background until :meth:`close` (the seed's API); the
+        sessions to the tunnel's other servers too."""
         self._task = asyncio.get_running_loop().create_task(self.run())
+        if self._owns_listener:
+            for member in self.group[1:]:
+                member.start()
 
     async def wait_up(self, timeout: float | None = None) -> None:
         """Wait until a session is open (tests and the supervisor use this)."""
@@ -177,7 +250,12 @@ class Client:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if self.mode is Mode.CONNECT and self._listener is None and self.predecessor is None:
+            if (
+                self.mode is Mode.CONNECT
+                and self._owns_listener
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -211,36 +289,80 @@ class Client:
                     await session.wait_closed()
                 session = None
             if session is not None:
-                await self._serve(session)
+                went_away = await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
+                if went_away and not self._closing:
+                    # The old session drains while a new one opens, at once (the balancer
+                    # sends it to a server that is not going away).
+                    self._replacing = True
+                    continue
+            self._replacing = False
+            self._update_up()
+            if not any(member._replacing for member in self.group):
+                for held in list(self.group[0]._held):
+                    held.refuse()  # the replacement failed: they were accepted while down
             if not self._closing:
                 await self._pause()
 
-    async def _serve(self, session: Session) -> None:
+    async def _serve(self, session: Session) -> bool:
+        """Serve ``session`` until it ends (False) or its server sends GOAWAY (True: it
+        drains on in the background, and the caller opens the next one at once)."""
         self.session = session
-        self.stats.up = True
+        self._replacing = False
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
-        self._up.set()
+        self._update_up()
+        primary = self.group[0]
+        for held in list(primary._held):  # connections held for this replacement
+            held.attach(session.new_stream())
         where = f", server listening on {self.listen_address}" if self.mode is Mode.LISTEN else ""
+        name = f" (server {self.affinity.server})" if self.affinity.server else ""
         self._log.info(
-            "tunnel up: %s %s via %s%s",
+            "tunnel up: %s %s via %s%s%s",
             self.mode.value,
             self.connect if self.mode is Mode.CONNECT else self.listen,
             self.url,
+            name,
             where,
         )
-        reason = await session.wait_closed()
-        self._up.clear()
+        # Callbacks, not a task per session: whichever comes first, GOAWAY or the end.
+        ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def went_away(_: Session) -> None:
+            if not ended.done():
+                ended.set_result(True)
+
+        def closed(_: Session) -> None:
+            if not ended.done():
+                ended.set_result(False)
+
+        session.on_goaway.append(went_away)
+        session.on_close.append(closed)
+        if session.closed.done():
+            closed(session)
+        going_away = await ended
         self.session = None
-        if not self._replaced:  # a successor shares the counters and may be up already
-            self.stats.up = False
+        if going_away and not session.closed.done() and not self._closing:
+            self._going.add(session)
+            session.on_close.append(self._going.discard)
+            streams = len(session.streams)
+            self._log.info(
+                "server going away: opening a new session at once; %s on the old one",
+                _streams(streams, "draining") if streams else "no stream open",
+            )
+            return True
+        if not session.closed.done():  # GOAWAY while closing: the close drains it
+            self._going.add(session)
+            session.on_close.append(self._going.discard)
+        self._update_up()
         if not self._closing:
+            reason = session.close_reason
             self.last_error = reason
             cut = session.cut_streams
             self._log.warning(
                 "tunnel down: %s; %s", reason, _streams(cut, "reset") if cut else "no stream open"
             )
+        return False
 
     def _failed(self, label: str, message: str, level: int) -> None:
         self.stats.connect_failures[label] += 1
@@ -257,12 +379,13 @@ class Client:
         """No new streams from now on: close the local listener, send GOAWAY (the server
         then releases a LISTEN port). A reload's first step for a removed or replaced
         tunnel; :meth:`close` then drains the open streams."""
-        self._closing = True
-        self._replaced = True
+        for member in self._members():
+            member._closing = True
+            member._replaced = True
+            if member.session is not None:
+                member.session.goaway("tunnel removed or replaced")
         if self._listener is not None:
             self._listener.close()
-        if self.session is not None:
-            self.session.goaway("tunnel removed or replaced")
 
     def detach_listener(self) -> socket.socket | None:
         """Stop accepting here and hand the listening socket over to a successor.
@@ -271,10 +394,11 @@ class Client:
         queue for the successor, none is refused. This instance then only drains its open
         streams (:meth:`close`). None when there is no single socket to hand over.
         """
-        self._closing = True
-        self._replaced = True
-        if self.session is not None:
-            self.session.goaway("tunnel replaced")
+        for member in self._members():
+            member._closing = True
+            member._replaced = True
+            if member.session is not None:
+                member.session.goaway("tunnel replaced")
         listener, self._listener = self._listener, None
         if listener is None:
             return None
@@ -299,26 +423,43 @@ class Client:
             self.first_bind.set()
         return True
 
+    def _members(self) -> list[Client]:
+        """The group when this one owns it (the tunnel's first server), else itself."""
+        return self.group if self._owns_listener else [self]
+
     @property
     def streams_active(self) -> int:
-        """Streams open on this instance (the counters may be shared with a successor)."""
-        return len(self.session.streams) if self.session is not None else 0
+        """Streams open on this instance (the counters may be shared with a successor):
+        on every server's session, those draining after a GOAWAY included."""
+        return sum(member.own_streams for member in self._members())
+
+    @property
+    def own_streams(self) -> int:
+        """Streams open on this server's sessions (the open one and those draining)."""
+        sessions = [*self._going, *([self.session] if self.session is not None else [])]
+        return sum(len(session.streams) for session in sessions)
 
     async def close(self, timeout: float = 5.0) -> int:
         """Stop: close the listener, let open streams finish up to ``timeout``, disconnect.
 
         Safe to call twice. Returns how many streams were reset because the drain ran out.
         """
+        others = self._members()[1:]
+        closing = [asyncio.ensure_future(m.close(timeout)) for m in others]
         self._closing = True
         self.first_bind.set()  # nobody waits for a take-over that will not come
         if self._listener is not None:
             self._listener.close()
+        for held in list(self._held):
+            held.refuse()
         cut = 0
-        if self.session is not None:
-            session = self.session
-            before = session.drain_cut  # a second close counts only what it cut itself
-            await session.shutdown("client closing", timeout)
-            cut = session.drain_cut - before
+        sessions = [*self._going, *([self.session] if self.session is not None else [])]
+        if sessions:
+            before = sum(s.drain_cut for s in sessions)  # a second close counts its own
+            await asyncio.gather(*(s.shutdown("client closing", timeout) for s in sessions))
+            cut = sum(s.drain_cut for s in sessions) - before
+        if closing:
+            cut += sum(await asyncio.gather(*closing))
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -350,10 +491,26 @@ class Client:
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
     def _local_stream(self) -> asyncio.BaseProtocol:
-        session = self.session
-        if session is None or session.phase is not Phase.OPEN:
+        session = self._pick()
+        if session is None:
+            if any(member._replacing for member in self.group):
+                held = HeldConnection(
+                    self.refused_while_down, self.settings.handshake_timeout, self._held.discard
+                )
+                self._held.add(held)
+                return held
             return _Refuse(self)
         return session.new_stream()
+
+    def _pick(self) -> Session | None:
+        """The open session with the fewest open streams, of the group's (each server's);
+        among equals, each in turn, so that short streams spread too. None if none."""
+        live = [m.session for m in self.group if m.session is not None and m.session_up]
+        if len(live) <= 1:
+            return live[0] if live else None
+        self._turn += 1
+        n = len(live)
+        return min((live[(self._turn + i) % n] for i in range(n)), key=lambda s: len(s.streams))
 
     def refused_while_down(self, transport: Abortable) -> None:
         """A local connection accepted while the tunnel is down: reset it, count it, and
@@ -441,7 +598,16 @@ class Client:
         if self.mode is Mode.LISTEN:
             bound = response.headers.get("X-Aiowstunnel-Bound")
             self.listen_address = Address.parse(bound, True) if bound else self.listen
+        # What routes a resume of this session back to its server (affinity.py).
+        self.affinity = Affinity.from_response(
+            response.headers.get(SERVER_HEADER), response.headers.get_all("Set-Cookie")
+        )
         return session
+
+    def affinity_headers(self) -> dict[str, str]:
+        """Headers for a request that must reach the server of the current session (a
+        resume): the balancer's cookies from its 101. Empty for a fresh session."""
+        return self.affinity.headers()
 
 
 class _Refuse(asyncio.Protocol):

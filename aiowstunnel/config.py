@@ -52,6 +52,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Loopback: the metrics name every client and count its bytes; opening them is a choice.
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: Servers one tunnel may list (`server` as an array): each is a session kept up.
+MAX_TUNNEL_SERVERS = 16
 _INT32_MAX = 2**31 - 1
 #: The defaults of every session setting (settings.py writes them, once).
 _SESSION = SessionSettings()
@@ -123,6 +125,8 @@ class ServerConfig:
     #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout
     settings: SessionSettings = field(default_factory=SessionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: how this server names itself in the 101 (X-Aiowstunnel-Server); "" for the host name
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,17 @@ class TunnelSpec:
     backoff: BackoffPolicy
     #: window, ping_interval, ping_timeout (the others keep their defaults)
     settings: SessionSettings = field(default_factory=SessionSettings)
+    #: the second and later servers when ``server`` is an array: one session to each
+    more_servers: tuple[Endpoint, ...] = ()
 
     @property
     def uses_tls(self) -> bool:
         return self.server.secure
+
+    @property
+    def servers(self) -> tuple[Endpoint, ...]:
+        """Every server of the tunnel, in config order (one session is kept to each)."""
+        return (self.server, *self.more_servers)
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,8 @@ class Config:
     source: str
     #: every token_file named, for the permission checks of ``check`` and start (audit.py)
     token_files: tuple[Path, ...] = ()
+    #: on SIGTERM, how long /healthz fails while everything still runs, before GOAWAY
+    stop_grace: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -514,6 +527,7 @@ class _Loader:
         log = self.log(root.table("log") or _Table(self, ("log",), {}))
         daemon = root.table("daemon") or _Table(self, ("daemon",), {})
         shutdown_timeout = daemon.number("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, False)
+        stop_grace = daemon.number("stop_grace", 0.0, 0, False)
         daemon.close()
         server_table = root.table("server")
         server = self.server(server_table) if server_table is not None else None
@@ -524,7 +538,7 @@ class _Loader:
         self.check_binds(metrics, server, tunnels)
         if self.errors or metrics is None or log is None or None in tunnels:
             return None
-        assert shutdown_timeout is not None  # else an error was recorded
+        assert shutdown_timeout is not None and stop_grace is not None  # else an error
         return Config(
             metrics=metrics,
             log=log,
@@ -533,6 +547,7 @@ class _Loader:
             shutdown_timeout=shutdown_timeout,
             source=source,
             token_files=tuple(dict.fromkeys(self.token_files)),
+            stop_grace=stop_grace,
         )
 
     # ------------------------------------------------------------------ sections
@@ -577,6 +592,9 @@ class _Loader:
             max_frame=t.integer("max_frame", _SESSION.max_frame, MIN_MAX_FRAME, _INT32_MAX),
         )
         limits = self.limits(t)
+        name = t.string("name", "")
+        if name and not _NAME.fullmatch(name):
+            t.error("name", f"{name!r}: use only letters, digits, '_', '.' and '-'")
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -599,6 +617,7 @@ class _Loader:
             clients=tuple(c for c in clients if c is not None),
             settings=settings,
             limits=limits,
+            name=name or "",
         )
 
     def limits(self, t: _Table) -> ServerLimits:
@@ -669,7 +688,8 @@ class _Loader:
                 mode = Mode(mode_text)
             except ValueError:
                 t.error("mode", f"expected 'connect' or 'listen', got {mode_text!r}")
-        server = self.server_url(t)
+        servers = self.server_urls(t)
+        server = servers[0] if servers else None
         token = None
         key = self.one_of(t, "token_file", "token")
         if key == "token_file":
@@ -715,6 +735,7 @@ class _Loader:
             proxy=proxy,
             backoff=backoff,
             settings=settings,
+            more_servers=servers[1:],
         )
 
     def session_settings(
@@ -773,14 +794,50 @@ class _Loader:
 
     # ------------------------------------------------------------------ values
 
-    def server_url(self, t: _Table) -> Endpoint | None:
-        text = t.string("server")
-        if text is None:
-            return None
+    def server_urls(self, t: _Table) -> tuple[Endpoint, ...]:
+        """``server``: one URL, or an array of them (a session to each); () after an error."""
+        value = t.take("server")
+        if value is None:
+            return ()  # missing: recorded
+        if isinstance(value, str):
+            endpoint = self.server_url(("server",), t, value)
+            return (endpoint,) if endpoint is not None else ()
+        if not isinstance(value, list):
+            t.error("server", f"expected a URL or an array of URLs, got {_describe(value)}")
+            return ()
+        if not value:
+            t.error("server", "expected at least one URL")
+            return ()
+        if len(value) > MAX_TUNNEL_SERVERS:
+            t.error("server", f"at most {MAX_TUNNEL_SERVERS} servers, got {len(value)}")
+            return ()
+        found: list[Endpoint] = []
+        ok = True
+        for i, item in enumerate(value):
+            where: KeyPath = ("server", i)
+            if not isinstance(item, str):
+                self.error((*t.path, *where), f"expected a URL, got {_describe(item)}")
+                ok = False
+                continue
+            endpoint = self.server_url(where, t, item)
+            if endpoint is None:
+                ok = False
+            elif endpoint in found:
+                self.error((*t.path, *where), f"{item!r} is listed twice")
+                ok = False
+            elif found and endpoint.secure != found[0].secure:
+                # One TLS setup (ca_file, client_cert) serves every server of the tunnel.
+                self.error((*t.path, *where), "mixes ws:// and wss://: use one scheme")
+                ok = False
+            else:
+                found.append(endpoint)
+        return tuple(found) if ok else ()
+
+    def server_url(self, where: KeyPath, t: _Table, text: str) -> Endpoint | None:
         try:
             return Endpoint.parse(text, DEFAULT_PATH)
         except AddressError as exc:
-            t.error("server", str(exc))
+            self.error((*t.path, *where), str(exc))
             return None
 
     def proxy_url(self, t: _Table) -> str | None:

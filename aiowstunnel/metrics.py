@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +21,7 @@ from . import __version__
 from .addresses import host_port
 from .errors import TunnelError, describe
 from .limits import DEFAULT_METRICS_CONNECTIONS, LIMIT_NAMES, QuietLog
-from .stats import Health, LimitStats, MetricsSnapshot, TunnelStats
+from .stats import Health, LimitStats, MetricsSnapshot, TunnelServer, TunnelStats
 
 logger = logging.getLogger(__name__)
 quiet = QuietLog(logger)
@@ -47,6 +47,18 @@ _FAMILIES: dict[
         "tunnel_backoff_seconds",
         "Current wait before the next connection attempt.",
         ("tunnel",),
+    ),
+    "server_up": (
+        GaugeMetricFamily,
+        "tunnel_server_up",
+        "1 if the tunnel's session to this server is open.",
+        ("tunnel", "server"),
+    ),
+    "server_streams": (
+        GaugeMetricFamily,
+        "tunnel_server_streams_active",
+        "Open streams on the tunnel's sessions to this server.",
+        ("tunnel", "server"),
     ),
     "streams_active": (GaugeMetricFamily, "streams_active", "Open streams.", ("tunnel",)),
     "streams_opened": (CounterMetricFamily, "streams_opened", "Streams opened.", ("tunnel",)),
@@ -132,6 +144,10 @@ class TunnelCollector(Collector):
                 add("connect_failures", (*who, ("reason", reason)), count)
             add("backoff", who, t.backoff_seconds)
             add_streams(t, who)
+        for s in snapshot.tunnel_servers:
+            where: _Labels = (("tunnel", s.tunnel), ("server", s.server))
+            add("server_up", where, 1 if s.up else 0)
+            add("server_streams", where, s.streams)
         for c in snapshot.server_clients:
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)
@@ -326,11 +342,17 @@ class MetricsServer:
             if not isinstance(health, Health):
                 health = Health(health)
             tunnels = {name: _state(up) for name, up in health.tunnels.items()}
-            healthy = all(state == "up" for state in tunnels.values())
+            healthy = all(state == "up" for state in tunnels.values()) and not health.stopping
+            status = "ok" if healthy else "degraded"
             answer: dict[str, object] = {
-                "status": "ok" if healthy else "degraded",
+                "status": "stopping" if health.stopping else status,
                 "tunnels": tunnels,
             }
+            if health.stopping:
+                answer["stopping"] = True
+            servers = _servers(health.servers)
+            if servers:
+                answer["servers"] = servers
             if health.draining:
                 answer["draining"] = dict(health.draining)
             if health.server is not None:
@@ -348,6 +370,17 @@ class MetricsServer:
 
 def _state(up: bool) -> str:
     return "up" if up else "down"
+
+
+def _servers(servers: Iterable[TunnelServer]) -> dict[str, dict[str, dict[str, object]]]:
+    """tunnel -> server URL -> its session's state, streams and the server's name."""
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for s in servers:
+        entry: dict[str, object] = {"state": _state(s.up), "streams": s.streams}
+        if s.name:
+            entry["name"] = s.name
+        out.setdefault(s.tunnel, {})[s.server] = entry
+    return out
 
 
 class _RequestTooLarge(TunnelError):

@@ -24,6 +24,7 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address, ip_or_none
+from .affinity import SERVER_HEADER, SERVER_NAME
 from .dial import Dial, tcp_dialer
 from .errors import describe
 from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused, TunnelRequest
@@ -90,6 +91,9 @@ class Server:
         limits: resource limits (docs/reliability.md, Limits); those left None are derived
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
+        name: how this server names itself in each 101 (``X-Aiowstunnel-Server``), so a
+            client behind a balancer knows which server holds its session; the host name
+            when empty.
     """
 
     def __init__(
@@ -112,11 +116,14 @@ class Server:
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
+        name: str = "",
     ) -> None:
         self.host = host
         self.port = port
         self.ssl = ssl
         self.path = path
+        #: the name sent in each 101 (affinity.SERVER_HEADER)
+        self.name = name or _host_name()
         self.settings = SessionSettings.given(
             settings,
             window=window,
@@ -414,7 +421,9 @@ class Server:
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
         dial = self._dialer(grant) if grant.request.mode is Mode.CONNECT else None
-        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else None
+        headers = {SERVER_HEADER: self.name}
+        if grant.bound:
+            headers["X-Aiowstunnel-Bound"] = grant.bound
         session.accept(request, dial, extra_headers=headers)
         what = (
             f"connect to {grant.request.address}"
@@ -567,6 +576,12 @@ class Server:
 def _session_log(session: Session) -> TunnelLogger:
     """The server's log for one authenticated session: client entry, tunnel and peer."""
     return tunnel_logger(session.name, log, client=session.client, peer=session.peer)
+
+
+def _host_name() -> str:
+    """This host's name as a server name (affinity.SERVER_NAME), or "aiowstunnel"."""
+    name = socket.gethostname()
+    return name if SERVER_NAME.fullmatch(name) else "aiowstunnel"
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -44,6 +44,17 @@ class LimitStats:
     hits: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class TunnelServer:
+    """One server of a client tunnel (``server`` may list several), read at scrape time."""
+
+    tunnel: str
+    server: str  # its URL, as configured
+    up: bool  # its session is open
+    streams: int  # streams open on its sessions (a draining one's included)
+    name: str = ""  # what the server called itself in its 101 (X-Aiowstunnel-Server)
+
+
 @dataclass
 class MetricsSnapshot:
     """What the collector reads at each scrape; built by the daemon's provider callable."""
@@ -54,6 +65,7 @@ class MetricsSnapshot:
     reload_ok: bool = True
     reload_timestamp: float | None = None  # time.time() of the last successful (re)load
     limits: LimitStats | None = None
+    tunnel_servers: Iterable[TunnelServer] = ()  # each client tunnel's session per server
 
 
 @dataclass
@@ -65,3 +77,7 @@ class Health:
     draining: Mapping[str, int] = field(default_factory=dict)
     #: server side, None without a server: client entry -> tunnel name -> has a session
     server: Mapping[str, Mapping[str, bool]] | None = None
+    #: each client tunnel's sessions, one per server it lists
+    servers: Iterable[TunnelServer] = ()
+    #: SIGTERM came: /healthz fails (503) so that a balancer sends nothing new here
+    stopping: bool = False
