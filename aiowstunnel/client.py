@@ -45,6 +45,9 @@ _REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in 
 #: At most one "refused a connection" line per this many seconds per tunnel (each says how
 #: many were refused since the last one): a client retrying in a loop must not flood the log.
 REFUSED_LOG_PERIOD = 10.0
+#: A session that ends (GOAWAY, or lost) is replaced at once, without a backoff, at most
+#: once per this many seconds; the backoff applies otherwise.
+AT_ONCE_PERIOD = 1.0
 
 
 class Client:
@@ -167,6 +170,7 @@ class Client:
         #: find no open session meanwhile are held for it (held.py), not refused
         self._replacing = False
         self._held: set[HeldConnection] = set()
+        self._at_once_at = -AT_ONCE_PERIOD  # when a session was last replaced at once
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
         self._sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
@@ -289,11 +293,16 @@ class Client:
                     await session.wait_closed()
                 session = None
             if session is not None:
-                went_away = await self._serve(session)
+                await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
-                if went_away and not self._closing:
-                    # The old session drains while a new one opens, at once (the balancer
-                    # sends it to a server that is not going away).
+                now = loop.time()
+                if not self._closing and now - self._at_once_at >= AT_ONCE_PERIOD:
+                    # A session that was up is replaced at once, not after a backoff: after
+                    # a GOAWAY the old one drains meanwhile, and the balancer sends the new
+                    # one to a server that is not going away (or, after a loss, to one that
+                    # is still up). At most once per AT_ONCE_PERIOD: a server that ends
+                    # every session at once gets the backoff.
+                    self._at_once_at = now
                     self._replacing = True
                     continue
             self._replacing = False
