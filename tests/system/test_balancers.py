@@ -1,4 +1,4 @@
-"""Three server daemons behind a real HAProxy, client daemons in front (issue 17).
+"""Three server daemons behind a real HAProxy (and nginx), client daemons in front (issue 17).
 
 Each server daemon runs in a network namespace of its own (netns.py), so all three bind a
 LISTEN tunnel's port 2222, as three machines would. HAProxy runs the shipped
@@ -36,12 +36,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiowstunnel.addresses import Address
 
-from .daemon_process import LOCAL, Daemon, free_port
+from .daemon_process import LOCAL, Daemon
 from .netns import Namespace, Namespaces, can_create
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "etc" / "haproxy" / "aiowstunnel.cfg"
+SHIPPED_NGINX = ROOT / "etc" / "nginx" / "aiowstunnel.conf"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TUNNELS = 30
 TOKEN = "token-c-" + "x" * 24
 FAST = (
@@ -51,6 +53,21 @@ FAST = (
 #: stop_grace is inter x fall with a margin, as the file says.
 CHECK_INTER_MS = 200
 STOP_GRACE = 1.0
+
+
+def quiet_port() -> int:
+    """A free port below the ephemeral range: quiet_port()'s (from port 0) are in it, where
+    the many outgoing connections of this test (and of other processes) take ports too, so
+    one of ~35 picked there is sometimes taken before its daemon binds it."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOCAL, port))
+            except OSError:
+                continue
+            return port
 
 
 def require() -> None:
@@ -192,6 +209,7 @@ class Cluster:
     spread_entry: Address  # the CONNECT tunnel that lists the three servers
     client_metrics: list[int]
     server_urls: list[str] = field(default_factory=list)
+    far_port: int = 0  # the echo backend the servers dial
 
     def server_metrics(self, i: int) -> str:
         return f"http://{self.spaces[i].address}:9100"
@@ -249,7 +267,7 @@ async def cluster(tmp_path):
                 daemon = Daemon(folder, server_config(ns, i, far), prefix=ns.exec())
                 servers.append(daemon)
             await asyncio.gather(*(d.start() for d in servers))
-            http, tcp = free_port(), free_port()
+            http, tcp = quiet_port(), quiet_port()
             haproxy = HAProxy(tmp_path, haproxy_config(tmp_path, spaces, http, tcp))
             await haproxy.start()
             for i in range(3):
@@ -257,8 +275,8 @@ async def cluster(tmp_path):
             urls = [f"ws://{ns.address}:9000/aiowstunnel" for ns in spaces]
             listed = "[" + ", ".join(f'"{u}"' for u in urls) + "]"
             one = f'"ws://{LOCAL}:{http}/aiowstunnel"'
-            ports = [free_port() for _ in range(TUNNELS + 1)]
-            metrics = [free_port(), free_port()]
+            ports = [quiet_port() for _ in range(TUNNELS + 1)]
+            metrics = [quiet_port(), quiet_port()]
             halves = [range(0, TUNNELS // 2), range(TUNNELS // 2, TUNNELS)]
             extra = [
                 tunnel("spread", "connect", listed, f"{LOCAL}:{ports[TUNNELS]}", far),
@@ -285,6 +303,7 @@ async def cluster(tmp_path):
                 Address(LOCAL, ports[TUNNELS]),
                 metrics,
                 urls,
+                far.port,
             )
             for i in range(3):
                 await c.back_in_full(i)
@@ -386,6 +405,25 @@ def load_for(c: Cluster) -> Load:
     )
 
 
+async def upgrade(port: int, far: str, cookie: str | None = None) -> tuple[str, str]:
+    """One tunnel upgrade through HAProxy: (the server's name, HAProxy's Set-Cookie)."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    head = (
+        f"GET /aiowstunnel HTTP/1.1\r\nHost: tunnels\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: aiowstunnel.v1\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nX-Aiowstunnel-Mode: connect\r\n"
+        f"X-Aiowstunnel-Address: {far}\r\n" + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n"
+    )
+    writer.write(head.encode())
+    answer = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode().lower()
+    writer.close()
+    assert answer.startswith("http/1.1 101"), answer
+    name = re.search(r"x-aiowstunnel-server: (\S+)", answer)
+    set_cookie = re.search(r"set-cookie: ([^;\r]+)", answer)
+    return (name.group(1) if name else ""), (set_cookie.group(1) if set_cookie else "")
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 
@@ -415,6 +453,15 @@ async def test_thirty_tunnels_spread_evenly_and_haproxy_agrees(cluster: Cluster)
     health = json.loads(body)
     names = {s["name"] for t in health["servers"].values() for s in t.values()}
     assert status == 200 and names <= {"s1", "s2", "s3"} and len(names) == 3
+    # What a resume needs: a fresh upgrade gets HAProxy's cookie naming the server that took
+    # it, and an upgrade that sends that cookie back lands on that server, every time.
+    far = f"{cluster.spaces[0].host}:{cluster.far_port}"
+    for _ in range(3):
+        name, cookie = await upgrade(cluster.http_port, far)
+        assert cookie == f"srv={name}", (name, cookie)  # (the answer is read lower-cased)
+        for _ in range(3):
+            again, _ = await upgrade(cluster.http_port, far, f"SRV={name}")
+            assert again == name
     # and the spread tunnel's streams go to each listed server
     for _ in range(9):
         reader, writer = await asyncio.open_connection(
@@ -524,3 +571,74 @@ async def test_one_server_killed_only_its_streams_fail_and_it_rejoins(cluster: C
     writer.write_eof()
     assert await reader.read() == b"again"
     writer.close()
+
+
+NGINX_MAIN = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp;
+    fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+    include {dir}/aiowstunnel.conf;
+}}
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_nginx_spreads_routes_the_cookie_back_and_skips_a_stopping_server(
+    cluster: Cluster, tmp_path: Path
+):
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed (scripts/apt-packages.txt installs nginx-light)")
+    folder = tmp_path / "nginx"
+    (folder / "tmp").mkdir(parents=True, mode=0o777)
+    port = quiet_port()
+    text = SHIPPED_NGINX.read_text()
+    text = text.replace("listen 443 ssl;", f"listen {LOCAL}:{port};")
+    text = re.sub(r"\n\s*ssl_certificate(_key)? .*;", "", text)
+    for i, ns in enumerate(cluster.spaces):
+        text = text.replace(f"10.0.0.{i + 1}:", f"{ns.address}:")
+    assert "10.0.0." not in text and "ssl" not in text.split("server {", 1)[1]
+    (folder / "aiowstunnel.conf").write_text(text)
+    (folder / "nginx.conf").write_text(NGINX_MAIN.format(dir=folder))
+    proc = await asyncio.create_subprocess_exec(
+        NGINX, "-c", str(folder / "nginx.conf"), "-p", str(folder), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # nginx has no readiness signal: its port accepting is the event
+            try:
+                _, writer = await asyncio.open_connection(LOCAL, port)
+                writer.close()
+                break
+            except OSError:
+                assert proc.returncode is None, "nginx exited"
+                assert time.monotonic() < deadline, "nginx did not start"
+                await asyncio.sleep(0.05)
+        far = f"{cluster.spaces[0].host}:{cluster.far_port}"
+        fresh = [await upgrade(port, far) for _ in range(6)]
+        assert {name for name, _ in fresh} == {"s1", "s2", "s3"}  # least_conn, in turn
+        assert all(cookie == f"srv={name}" for name, cookie in fresh), fresh
+        for name in ("s1", "s2", "s3"):  # the cookie routes back to its server
+            assert [(await upgrade(port, far, f"SRV={name}"))[0] for _ in range(3)] == [name] * 3
+
+        # s1 stops: every upgrade through nginx meanwhile succeeds (never a refusal seen).
+        stopping = cluster.servers[0]
+        assert stopping.proc is not None
+        stopping.proc.send_signal(15)
+        tried = 0
+        while stopping.proc.returncode is None:
+            await upgrade(port, far)  # asserts the 101
+            tried += 1
+            await asyncio.sleep(0.05)
+        assert tried >= 10
+        assert await stopping.stop(5) == 0
+        await stopping.restart()
+        await cluster.back_in_full(0)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
