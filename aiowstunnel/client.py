@@ -503,13 +503,23 @@ class Client:
         session = self._pick()
         if session is None:
             if any(member._replacing for member in self.group):
-                held = HeldConnection(
-                    self.refused_while_down, self.settings.handshake_timeout, self._held.discard
+                timeout = self.settings.handshake_timeout
+                return HeldConnection(
+                    self.refused_while_down, timeout, self._place_held, self._held.discard
                 )
-                self._held.add(held)
-                return held
             return _Refuse(self)
         return session.new_stream()
+
+    def _place_held(self, held: HeldConnection) -> None:
+        """A held connection is made: to an open session if there is one by now, kept
+        while a replacement is under way, else reset as accepted while down."""
+        session = self._pick()
+        if session is not None:
+            held.attach(session.new_stream())
+        elif any(member._replacing for member in self.group):
+            self._held.add(held)
+        else:
+            held.refuse()
 
     def _pick(self) -> Session | None:
         """The open session with the fewest open streams, of the group's (each server's);

@@ -29,6 +29,8 @@ class HeldConnection(asyncio.Protocol):
     Args:
         refuse: resets the transport and counts it (the client's refusal while down).
         timeout: the most it waits, in seconds.
+        place: called once the connection is made: attaches it at once if a session is
+            open by then, refuses it if none is coming, or keeps it until one is.
         on_gone: told when it stops waiting (attached, refused or lost by its peer).
     """
 
@@ -36,10 +38,12 @@ class HeldConnection(asyncio.Protocol):
         self,
         refuse: Callable[[Abortable], None],
         timeout: float,
+        place: Callable[[HeldConnection], None],
         on_gone: Callable[[HeldConnection], None],
     ) -> None:
         self._refuse = refuse
         self._timeout = timeout
+        self._place = place
         self._on_gone = on_gone
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -52,6 +56,9 @@ class HeldConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.waiting = True
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self.refuse)
+        # The event loop may make the connection a turn after the protocol was built
+        # (uvloop does): the new session may be open by now.
+        self._place(self)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -522,7 +522,8 @@ def test_documented_example_loads() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("```toml\n")[-1].split("```")[0]
     config = load_config(example, Path("/etc/aiowstunnel"), read_secret=lambda path: "t0ken")
-    assert [t.name for t in config.tunnels] == ["app", "reverse-ssh"]
+    assert [t.name for t in config.tunnels] == ["app", "db", "reverse-ssh"]
+    assert len(config.tunnels[1].servers) == 2
     assert config.server.tls_cert == Path("/etc/aiowstunnel/tls/server.crt")
 
 

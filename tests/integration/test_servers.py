@@ -168,6 +168,18 @@ async def test_listen_binds_on_every_server():
 
 @pytest.mark.timeout(60)
 async def test_goaway_opens_the_next_session_at_once_and_holds_new_connections():
+    await goaway_opens_the_next_session_at_once()
+
+
+@pytest.mark.timeout(60)
+def test_goaway_holds_new_connections_on_uvloop_too():
+    # The daemon's loop: uvloop makes a connection a turn after building its protocol,
+    # when the new session may be open already (a held connection then attaches at once).
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(goaway_opens_the_next_session_at_once())
+
+
+async def goaway_opens_the_next_session_at_once():
     backend = await start_backend()
     (server,) = await servers(1)
     client = Client(

@@ -62,12 +62,18 @@ def quiet_port() -> int:
     low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     while True:
         port = random.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:  # free now, but one of ours until its daemon binds it
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind((LOCAL, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def require() -> None:
