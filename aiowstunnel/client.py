@@ -166,8 +166,8 @@ class Client:
         self.affinity = Affinity()
         #: sessions the server sent GOAWAY on: they drain while a new session serves
         self._going: set[Session] = set()
-        #: a new session is being opened at once, after a GOAWAY: local connections that
-        #: find no open session meanwhile are held for it (held.py), not refused
+        #: a new session is being opened at once, after a GOAWAY or a lost session: local
+        #: connections that find no open session meanwhile are held for it (held.py)
         self._replacing = False
         self._held: set[HeldConnection] = set()
         self._at_once_at = -AT_ONCE_PERIOD  # when a session was last replaced at once
@@ -337,12 +337,16 @@ class Client:
         # Callbacks, not a task per session: whichever comes first, GOAWAY or the end.
         ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
+        # Held from this moment, not from when this coroutine resumes: an OPEN_FAIL that
+        # came with the GOAWAY is reopened (and held) in the same turn (see _reopen).
         def went_away(_: Session) -> None:
             if not ended.done():
+                self._replacing = not self._closing
                 ended.set_result(True)
 
         def closed(_: Session) -> None:
             if not ended.done():
+                self._replacing = not self._closing
                 ended.set_result(False)
 
         session.on_goaway.append(went_away)
@@ -510,6 +514,24 @@ class Client:
             return _Refuse(self)
         return session.new_stream()
 
+    def _reopen(self, session: Session, stream_id: int) -> bool:
+        """A stream the server refused because it goes away (its OPEN crossed the GOAWAY):
+        nothing of it reached the target, so it is opened again on another session, or
+        held for the one being opened now. False if it cannot move (then it is reset)."""
+        taken = session.streams.release(stream_id)
+        if taken is None:
+            return False
+        transport, data, eof = taken
+        primary = self.group[0]
+        held = HeldConnection(
+            primary.refused_while_down,
+            self.settings.handshake_timeout,
+            primary._place_held,
+            primary._held.discard,
+        )
+        held.adopt(transport, data, eof)
+        return True
+
     def _place_held(self, held: HeldConnection) -> None:
         """A held connection is made: to an open session if there is one by now, kept
         while a replacement is under way, else reset as accepted while down."""
@@ -573,6 +595,8 @@ class Client:
             ping_timeout=settings.ping_timeout,
             name=self.name,
         )
+        if self.mode is Mode.CONNECT:
+            session.on_refused = self._reopen
         if self.mode is Mode.LISTEN:
             # Set before the request: the server may open a stream right after the 101.
             session.dial = tcp_dialer(

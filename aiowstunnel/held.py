@@ -60,6 +60,14 @@ class HeldConnection(asyncio.Protocol):
         # (uvloop does): the new session may be open by now.
         self._place(self)
 
+    def adopt(self, transport: asyncio.Transport, data: bytes, eof: bool) -> None:
+        """Take over a connection a session gave back (streams.StreamTable.release):
+        what it read and its EOF go to the next session with it."""
+        transport.set_protocol(self)
+        self._buffer += data
+        self._eof = eof
+        self.connection_made(transport)
+
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= HELD_BUFFER and self.transport is not None:

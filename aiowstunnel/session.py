@@ -54,6 +54,13 @@ log = logging.getLogger("aiowstunnel.session")
 quiet = QuietLog(log)
 
 
+#: How long a side that sent GOAWAY keeps a session with no stream open for the peer to
+#: close it: an OPEN the peer sent before it saw the GOAWAY is answered (OPEN_FAIL "going
+#: away", which a client opens again on another session) instead of being lost with the
+#: session. The peer closes at once when idle (protocol.md, GOAWAY), so this rarely waits.
+GOAWAY_LINGER = 1.0
+
+
 class Phase(enum.Enum):
     HANDSHAKE = "handshake"
     OPEN = "open"
@@ -103,6 +110,10 @@ class Session:
         #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
         self.client: str | None = None
         self.on_goaway: list[Callable[[Session], None]] = []  # the peer sent GOAWAY
+        #: a stream the peer refused after its GOAWAY: True if it was taken elsewhere (the
+        #: client opens it on another session) instead of being reset
+        self.on_refused: Callable[[Session, int], bool] | None = None
+        self._goaway_at: float | None = None  # when this side sent GOAWAY
         self.on_close: list[Callable[[Session], None]] = []
         self.dial: Dial | None = None  # set once accepted, on the dialing side
         self.phase = Phase.HANDSHAKE
@@ -262,7 +273,22 @@ class Session:
 
     def streams_idle(self) -> None:
         if self.phase is Phase.DRAINING and self.link.can_send:
-            self.close(CloseCode.GOING_AWAY, "going away")
+            self._close_when_idle("going away")
+
+    def _linger_left(self) -> float:
+        """Of GOAWAY_LINGER since this side's GOAWAY, what is left (0 without one)."""
+        if self._goaway_at is None:
+            return 0.0
+        return max(0.0, self._goaway_at + GOAWAY_LINGER - self.loop.time())
+
+    def _close_when_idle(self, reason: str) -> None:
+        """Close a draining session with no stream open; after our own GOAWAY, not before
+        the peer had GOAWAY_LINGER to answer it (it closes first, as a rule)."""
+        left = self._linger_left()
+        if left > 0:
+            self.loop.call_later(left, self._close_when_idle, reason)
+        elif self.phase is Phase.DRAINING and not len(self.table) and self.link.can_send:
+            self.close(CloseCode.GOING_AWAY, reason)
 
     # -- the peer's frames ---------------------------------------------------------------
 
@@ -281,6 +307,12 @@ class Session:
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
+            if (
+                self.phase is Phase.DRAINING
+                and self.on_refused is not None
+                and self.on_refused(self, event.stream_id)
+            ):
+                return  # refused because the peer goes away: opened on another session
             stream = table.get(event.stream_id)
             # The peer's words are a log field, never a label: labels are a fixed set.
             self.stats.stream_open_failures["peer_refused"] += 1
@@ -401,10 +433,11 @@ class Session:
         """Announce that no new streams will be opened; open ones may finish."""
         if self.phase is Phase.OPEN and self.link.can_send:
             self.phase = Phase.DRAINING
+            self._goaway_at = self.loop.time()
             self.send(self.mux.goaway(reason))
             self.flush()
             if not len(self.table):
-                self.close(CloseCode.GOING_AWAY, reason)
+                self._close_when_idle(reason)
 
     def reset_streams(self, cause: Cut, reason: str) -> int:
         """Reset every open stream, on both ends (RST to the peer too). Returns how many.
@@ -424,6 +457,10 @@ class Session:
             self.drain_cut += self.reset_streams(
                 Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"
             )
+        linger = min(self._linger_left(), timeout)
+        if linger > 0 and not self.closed.done():  # the peer closes first, as a rule
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.closed), linger)
         self.close(CloseCode.GOING_AWAY, reason)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT)

@@ -246,3 +246,43 @@ async def test_the_server_names_itself_in_the_101():
     assert f"{SERVER_HEADER}: s0\r\n" in head
     writer.close()
     await server.close(0.1)
+
+
+@pytest.mark.timeout(60)
+async def test_an_open_that_crosses_the_goaway_is_opened_again_on_the_next_session():
+    """The OPEN went out before the server's GOAWAY arrived: the server answers it
+    OPEN_FAIL (it keeps the idle session for GOAWAY_LINGER rather than closing under it),
+    and the client opens the stream again on its next session; the application sees
+    nothing but its echo."""
+    backend = await start_backend()
+    (server,) = await servers(1)
+    client = Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        server.port,
+        LOCAL,
+        0,
+        LOCAL,
+        backend.port,
+        backoff=BackoffPolicy(initial=30.0, max=30.0),
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        first = client.session
+        assert first is not None and first.transport is not None and client.listen_address
+        first.transport.pause_reading()  # the GOAWAY waits unread while the OPEN goes out
+        (server_side,) = server.sessions
+        server_side.goaway("restarting")
+        echo = asyncio.ensure_future(echo_roundtrip(client.listen_address, 64 * 1024))
+        await until(lambda: len(first.streams) == 1)  # OPEN sent on the first session
+        first.transport.resume_reading()
+        sent, received = await asyncio.wait_for(echo, 10)
+        assert sent == received
+        assert client.session is not first and client.stats.connects == 2
+        assert client.stats.stream_resets.total() == 0
+        assert client.stats.stream_open_failures["peer_refused"] == 0
+    finally:
+        await client.close(1)
+        await server.close(0.1)
+        backend.server.close()

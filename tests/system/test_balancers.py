@@ -93,7 +93,7 @@ def server_config(ns: Namespace, index: int, backend: Address) -> str:
 listen = "{ns.address}:9100"
 
 [log]
-level = "info"
+level = "debug"
 
 [daemon]
 shutdown_timeout = 3
@@ -116,7 +116,8 @@ max_sessions = 100
 
 def client_config(metrics: int, tunnels: list[str]) -> str:
     return (
-        f'[metrics]\nlisten = "{LOCAL}:{metrics}"\n\n[daemon]\nshutdown_timeout = 2\n\n'
+        f'[metrics]\nlisten = "{LOCAL}:{metrics}"\n\n[log]\nlevel = "debug"\n\n'
+        "[daemon]\nshutdown_timeout = 2\n\n"
         + "".join(tunnels)
     )
 
