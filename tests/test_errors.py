@@ -14,7 +14,7 @@ import aiowstunnel.handshake
 import aiowstunnel.metrics
 from aiowstunnel.errors import LocalProtocolError, ProtocolViolation, TunnelError, describe
 from aiowstunnel.handshake import Refusal, RequestRefused
-from aiowstunnel.wire import Mux
+from aiowstunnel.mux import Mux
 
 
 def test_every_exception_of_the_package_is_under_the_root() -> None:
