@@ -48,6 +48,10 @@ REFUSED_LOG_PERIOD = 10.0
 #: A session that ends (GOAWAY, or lost) is replaced at once, without a backoff, at most
 #: once per this many seconds; the backoff applies otherwise.
 AT_ONCE_PERIOD = 1.0
+#: After a session ends (GOAWAY, or lost), a local connection that finds no open session is
+#: held this long at most for the next one (held.py), across a failed first attempt and
+#: the backoff's first retries, instead of being refused at once.
+HOLD_WINDOW = 2.0
 
 
 class Client:
@@ -166,9 +170,9 @@ class Client:
         self.affinity = Affinity()
         #: sessions the server sent GOAWAY on: they drain while a new session serves
         self._going: set[Session] = set()
-        #: a new session is being opened at once, after a GOAWAY or a lost session: local
-        #: connections that find no open session meanwhile are held for it (held.py)
-        self._replacing = False
+        #: until when (loop time), after a GOAWAY or a lost session, local connections that
+        #: find no open session are held for the next one (held.py), not refused
+        self._hold_until = 0.0
         self._held: set[HeldConnection] = set()
         self._at_once_at = -AT_ONCE_PERIOD  # when a session was last replaced at once
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
@@ -303,13 +307,11 @@ class Client:
                     # is still up). At most once per AT_ONCE_PERIOD: a server that ends
                     # every session at once gets the backoff.
                     self._at_once_at = now
-                    self._replacing = True
                     continue
-            self._replacing = False
             self._update_up()
-            if not any(member._replacing for member in self.group):
+            if self._hold_left() <= 0:
                 for held in list(self.group[0]._held):
-                    held.refuse()  # the replacement failed: they were accepted while down
+                    held.refuse()  # no session came: they were accepted while down
             if not self._closing:
                 await self._pause()
 
@@ -317,7 +319,7 @@ class Client:
         """Serve ``session`` until it ends (False) or its server sends GOAWAY (True: it
         drains on in the background, and the caller opens the next one at once)."""
         self.session = session
-        self._replacing = False
+        self._hold_until = 0.0
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
         self._update_up()
@@ -341,12 +343,12 @@ class Client:
         # came with the GOAWAY is reopened (and held) in the same turn (see _reopen).
         def went_away(_: Session) -> None:
             if not ended.done():
-                self._replacing = not self._closing
+                self._hold()
                 ended.set_result(True)
 
         def closed(_: Session) -> None:
             if not ended.done():
-                self._replacing = not self._closing
+                self._hold()
                 ended.set_result(False)
 
         session.on_goaway.append(went_away)
@@ -503,13 +505,23 @@ class Client:
         self.listen_address = Address(self.listen.host, port)
         self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
 
+    def _hold(self) -> None:
+        """This server's session ended: hold local connections for HOLD_WINDOW."""
+        if not self._closing:
+            self._hold_until = asyncio.get_running_loop().time() + HOLD_WINDOW
+
+    def _hold_left(self) -> float:
+        """How long a local connection accepted now may wait for a session (0: none)."""
+        end = max(member._hold_until for member in self.group)
+        return max(0.0, end - asyncio.get_running_loop().time())
+
     def _local_stream(self) -> asyncio.BaseProtocol:
         session = self._pick()
         if session is None:
-            if any(member._replacing for member in self.group):
-                timeout = self.settings.handshake_timeout
+            left = self._hold_left()
+            if left > 0:
                 return HeldConnection(
-                    self.refused_while_down, timeout, self._place_held, self._held.discard
+                    self.refused_while_down, left, self._place_held, self._held.discard
                 )
             return _Refuse(self)
         return session.new_stream()
@@ -525,7 +537,7 @@ class Client:
         primary = self.group[0]
         held = HeldConnection(
             primary.refused_while_down,
-            self.settings.handshake_timeout,
+            max(primary._hold_left(), 0.05),  # its place comes with the next session
             primary._place_held,
             primary._held.discard,
         )
@@ -538,7 +550,7 @@ class Client:
         session = self._pick()
         if session is not None:
             held.attach(session.new_stream())
-        elif any(member._replacing for member in self.group):
+        elif self._hold_left() > 0:
             self._held.add(held)
         else:
             held.refuse()

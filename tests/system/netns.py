@@ -40,8 +40,16 @@ class Namespaces:
 
     def __init__(self, count: int) -> None:
         pid = os.getpid()
-        base = (pid % 80) * 3  # subnets 10.217.base+i.0/24, i < 3
         assert count <= 3
+        # Subnets 10.217.base+i.0/24, i < 3: from the pid, past any another run holds now.
+        taken = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10
+        ).stdout
+        base = (pid % 80) * 3
+        for step in range(80):
+            base = ((pid + step) % 80) * 3
+            if f"10.217.{base}." not in taken:
+                break
         self.items = [
             Namespace(f"aws17-{pid}-{i}", f"10.217.{base + i}.2", f"10.217.{base + i}.1")
             for i in range(count)
