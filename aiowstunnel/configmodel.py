@@ -22,6 +22,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: seconds a broken session is kept for resumption (docs/protocol.md, Resumption); 0: off
 DEFAULT_RESUME_TIMEOUT = 60.0
 INT32_MAX = 2**31 - 1
+#: Servers one tunnel may list (`server` as an array): each is a session kept up.
+MAX_TUNNEL_SERVERS = 16
 #: The defaults of every session setting (settings.py writes them, once).
 SESSION_DEFAULTS = SessionSettings()
 
@@ -87,6 +89,8 @@ class ServerConfig:
     #: the file mode of unix sockets bound for LISTEN sessions
     socket_mode: int = DEFAULT_SOCKET_MODE
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT
+    #: how this server names itself in the 101 (X-Aiowstunnel-Server); "" for the host name
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,17 @@ class TunnelSpec:
     #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
     proxy_protocol: str | None = None
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT
+    #: the second and later servers when ``server`` is an array: one session to each
+    more_servers: tuple[Endpoint, ...] = ()
 
     @property
     def uses_tls(self) -> bool:
         return self.server.secure
+
+    @property
+    def servers(self) -> tuple[Endpoint, ...]:
+        """Every server of the tunnel, in config order (one session is kept to each)."""
+        return (self.server, *self.more_servers)
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,8 @@ class Config:
     source: str
     #: every token_file named, for the permission checks of ``check`` and start (audit.py)
     token_files: tuple[Path, ...] = ()
+    #: on SIGTERM, how long /healthz fails while everything still runs, before GOAWAY
+    stop_grace: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,18 @@ _FAMILIES: dict[
         "Current wait before the next connection attempt.",
         ("tunnel",),
     ),
+    "server_up": (
+        GaugeMetricFamily,
+        "tunnel_server_up",
+        "1 if the tunnel's session to this server is open.",
+        ("tunnel", "server"),
+    ),
+    "server_streams": (
+        GaugeMetricFamily,
+        "tunnel_server_streams_active",
+        "Open streams on the tunnel's sessions to this server.",
+        ("tunnel", "server"),
+    ),
     "streams_active": (GaugeMetricFamily, "streams_active", "Open streams.", ("tunnel",)),
     "streams_opened": (CounterMetricFamily, "streams_opened", "Streams opened.", ("tunnel",)),
     "stream_open_failures": (
@@ -166,6 +178,10 @@ class TunnelCollector(Collector):
             add("backoff", who, t.backoff_seconds)
             add("detached", who, 1 if t.detached else 0)
             add_streams(t, who)
+        for s in snapshot.tunnel_servers:
+            where: _Labels = (("tunnel", s.tunnel), ("server", s.server))
+            add("server_up", where, 1 if s.up else 0)
+            add("server_streams", where, s.streams)
         for c in snapshot.server_clients:
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)
@@ -362,29 +378,13 @@ class MetricsServer:
             health = self._health()
             if not isinstance(health, Health):
                 health = Health(health)
-            tunnels = {name: _state(up) for name, up in health.tunnels.items()}
-            healthy = all(state == "up" for state in tunnels.values())
-            answer: dict[str, object] = {
-                "status": "ok" if healthy else "degraded",
-                "tunnels": tunnels,
-            }
-            if health.draining:
-                answer["draining"] = dict(health.draining)
-            if health.server is not None:
-                answer["server"] = {
-                    entry: {name: _state(up) for name, up in names.items()}
-                    for entry, names in health.server.items()
-                }
+            healthy, answer = health.report()
         except Exception:
             # A provider bug must cost one scrape, not the exporter.
             logger.exception("metrics: answering GET %s failed", path)
             return 500, "text/plain", b"internal error\n"
         body = json.dumps(answer)
         return (200 if healthy else 503), "application/json", body.encode() + b"\n"
-
-
-def _state(up: bool) -> str:
-    return "up" if up else "down"
 
 
 class _RequestTooLarge(TunnelError):

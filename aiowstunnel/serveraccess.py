@@ -33,6 +33,15 @@ class Grant:
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
 
+    @property
+    def what(self) -> str:
+        """What the session serves, for its "session opened" line."""
+        mode = self.request.mode
+        if mode is Mode.CONNECT:
+            return f"connect to {self.request.address}"
+        if mode is Mode.SOCKS5:
+            return "socks5: each stream's target checked against allow_connect"
+        return f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {self.bound}"
 
 
 def authenticate(

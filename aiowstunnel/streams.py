@@ -302,6 +302,19 @@ class StreamTable:
         self.idle.set()
         return len(streams)
 
+    def release(self, stream_id: int) -> tuple[asyncio.Transport, bytes, bool] | None:
+        """Take back a stream the peer refused before it opened, its socket untouched, for
+        another session to open it again: its transport, the bytes read from it (none was
+        sent: there was no OPEN_OK) and whether it read EOF. None if it cannot move."""
+        stream = self._streams.get(stream_id)
+        transport = stream.transport if stream is not None else None
+        if stream is None or transport is None or stream.sent or transport.is_closing():
+            return None
+        data = bytes(stream.backlog) if stream.backlog is not None else b""
+        stream.transport = None  # nothing here touches the socket any more
+        self.forget(stream, "refused as the other side goes away: moved to another session")
+        return transport, data, stream.at_eof
+
     def forget(self, stream: TcpStream, how: str = "") -> None:
         """Drop ``stream`` from the table; ``how`` says why it ended, "" if cleanly."""
         if stream.slot is not None:
