@@ -46,7 +46,6 @@ from .unixsock import DEFAULT_SOCKET_MODE
 log = logging.getLogger("aiowstunnel.client")
 
 
-
 class Client:
     """A tunnel client (the seed's API; keyword arguments are additions).
 
@@ -339,14 +338,13 @@ class Client:
 
     async def _resume(self, session: Session, route: Affinity) -> bool:
         """Resume the detached ``session`` (clientresume); True if resumed."""
-        resumed = await resume(self, session, route, self._log, self._random, self._stopping)
-        if resumed is Resumed.UNKNOWN:
-            self._fresh_now = not self._closing and session is self.session
+        resumed = await resume(self, session, route, self._log, self._random, lambda: self._closing)
+        if resumed is not Resumed.RESUMED:  # new connections wait for the next session
+            self.pool.hold()
+        fresh = resumed is Resumed.UNKNOWN and session is self.session
+        self._fresh_now = fresh and not self._closing
         self._update()
         return resumed is Resumed.RESUMED
-
-    def _stopping(self) -> bool:
-        return self._closing
 
     def _failed(self, label: str, message: str, level: int) -> None:
         self.stats.connect_failures[label] += 1

@@ -20,7 +20,7 @@ from aiowstunnel.backoff import BackoffPolicy
 from aiowstunnel.client import Client
 from aiowstunnel.server import Server
 
-from ..helpers import FAST_BACKOFF, LOCAL, echo_roundtrip, start_backend
+from ..helpers import FAST_BACKOFF, LOCAL, FaultProxy, echo_roundtrip, start_backend
 
 
 async def until(predicate, timeout: float = 10.0) -> None:
@@ -284,5 +284,54 @@ async def test_an_open_that_crosses_the_goaway_is_opened_again_on_the_next_sessi
         assert client.stats.stream_open_failures["peer_refused"] == 0
     finally:
         await client.close(1)
+        await server.close(0.1)
+        backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_draining_session_cut_after_the_goaway_resumes_in_the_background():
+    """The server sent GOAWAY (its stream drains on the old session while the client serves
+    on a new one), then the path is cut with RST: both sessions resume, each on its own,
+    and the draining stream finishes intact."""
+    backend = await start_backend()
+    (server,) = await servers(1)
+    proxy = await FaultProxy(server.port).start()
+    client = Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        proxy.port,
+        LOCAL,
+        0,
+        LOCAL,
+        backend.port,
+        backoff=FAST_BACKOFF,
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        entry = client.listen_address
+        assert entry is not None
+        old = Held()
+        await old.open(entry)
+        first = client.session
+        assert first is not None
+        (server_side,) = server.sessions
+        server_side.goaway("restarting")
+        await until(lambda: client.session is not None and client.session is not first)
+        assert client.session is not None and client.session_up
+        assert proxy.cut() == 2  # the draining session's connection and the new one's
+        await until(lambda: client.stats.resumes["ok"] == 2)
+        assert not first.closed.done() and client.own_streams == 1
+        assert old.writer is not None
+        old.writer.write(b"y")
+        assert await old.reader.readexactly(1) == b"y"
+        await old.finish()
+        await until(lambda: first.closed.done())
+        sent, received = await echo_roundtrip(entry, 64 * 1024)
+        assert sent == received
+        assert client.stats.connects == 2 and client.stats.stream_resets.total() == 0
+    finally:
+        await client.close(1)
+        proxy.close()
         await server.close(0.1)
         backend.server.close()

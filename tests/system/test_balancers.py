@@ -36,7 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiowstunnel.addresses import Address
 
-from .daemon_process import LOCAL, Daemon
+from ..helpers import FaultProxy, pattern_block
+from .daemon_process import LOCAL, Daemon, wait_healthy
 from .netns import Namespace, Namespaces, can_create
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,7 @@ max_sessions = 100
 def client_config(metrics: int, tunnels: list[str]) -> str:
     return (
         f'[metrics]\nlisten = "{LOCAL}:{metrics}"\n\n[log]\nlevel = "debug"\n\n'
-        "[daemon]\nshutdown_timeout = 2\n\n"
-        + "".join(tunnels)
+        "[daemon]\nshutdown_timeout = 2\n\n" + "".join(tunnels)
     )
 
 
@@ -157,16 +157,20 @@ class HAProxy:
             HAPROXY, "-db", "-f", str(self.path), stdout=self.log, stderr=self.log
         )
 
-    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
-        """`show stat` on the stats socket: (proxy, server) -> its CSV row."""
+    def command(self, line: str) -> str:
+        """One command on the stats socket (level admin), its answer."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
             sock.connect(str(self.socket))
-            sock.sendall(b"show stat\n")
+            sock.sendall(line.encode() + b"\n")
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-        text = data.decode().lstrip("# ")
+        return data.decode()
+
+    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
+        """`show stat` on the stats socket: (proxy, server) -> its CSV row."""
+        text = self.command("show stat").lstrip("# ")
         return {(r["pxname"], r["svname"]): r for r in csv.DictReader(io.StringIO(text))}
 
     async def wait_state(self, backend: str, server: str, state: str, timeout: float = 15.0):
@@ -256,15 +260,28 @@ async def echo_server(host: str) -> asyncio.Server:
     return await asyncio.start_server(echo, host, 0, backlog=1024)
 
 
-@pytest.fixture
-async def cluster(tmp_path):
+@dataclass
+class Behind:
+    """Three server daemons, each in its namespace, behind HAProxy on the shipped file."""
+
+    spaces: list[Namespace]
+    servers: list[Daemon]
+    haproxy: HAProxy
+    http_port: int  # HAProxy's tunnel frontend
+    tcp_port: int  # HAProxy's frontend for a LISTEN tunnel's three listeners
+    far: Address  # the echo backend the servers dial
+
+    def server_metrics(self, i: int) -> str:
+        return f"http://{self.spaces[i].address}:9100"
+
+
+@contextlib.asynccontextmanager
+async def behind_haproxy(tmp_path: Path):
     require()
     with Namespaces(3) as spaces:
         backend_far = await echo_server(spaces[0].host)  # what the servers dial
-        backend_near = await echo_server(LOCAL)  # what the LISTEN tunnel's client dials
         far = Address(spaces[0].host, backend_far.sockets[0].getsockname()[1])
-        near = Address(LOCAL, backend_near.sockets[0].getsockname()[1])
-        servers, clients, haproxy = [], [], None
+        servers, haproxy = [], None
         try:
             for i, ns in enumerate(spaces):
                 folder = tmp_path / f"s{i + 1}"
@@ -279,9 +296,34 @@ async def cluster(tmp_path):
             await haproxy.start()
             for i in range(3):
                 await haproxy.wait_state("aiowstunnel", f"s{i + 1}", "UP")
+            yield Behind(spaces, servers, haproxy, http, tcp, far)
+        finally:
+            for d in servers:
+                with contextlib.suppress(Exception):
+                    await d.stop(10)
+            if haproxy is not None:
+                await haproxy.stop()
+            backend_far.close()
+
+
+def client_daemon(folder: Path, metrics: int, tunnels: list[str]) -> Daemon:
+    (folder / "tokens").mkdir(parents=True)
+    (folder / "tokens" / "c").write_text(TOKEN)
+    (folder / "tokens" / "c").chmod(0o600)
+    return Daemon(folder, client_config(metrics, tunnels))
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    async with behind_haproxy(tmp_path) as behind:
+        spaces, far = behind.spaces, behind.far
+        backend_near = await echo_server(LOCAL)  # what the LISTEN tunnel's client dials
+        near = Address(LOCAL, backend_near.sockets[0].getsockname()[1])
+        clients = []
+        try:
             urls = [f"ws://{ns.address}:9000/aiowstunnel" for ns in spaces]
             listed = "[" + ", ".join(f'"{u}"' for u in urls) + "]"
-            one = f'"ws://{LOCAL}:{http}/aiowstunnel"'
+            one = f'"ws://{LOCAL}:{behind.http_port}/aiowstunnel"'
             ports = [quiet_port() for _ in range(TUNNELS + 1)]
             metrics = [quiet_port(), quiet_port()]
             halves = [range(0, TUNNELS // 2), range(TUNNELS // 2, TUNNELS)]
@@ -290,22 +332,19 @@ async def cluster(tmp_path):
                 tunnel("ssh", "listen", listed, "0.0.0.0:2222", near),
             ]
             for n, half in enumerate(halves):
-                folder = tmp_path / f"client{n}"
-                (folder / "tokens").mkdir(parents=True)
-                (folder / "tokens" / "c").write_text(TOKEN)
-                (folder / "tokens" / "c").chmod(0o600)
                 text = [tunnel(f"t{k}", "connect", one, f"{LOCAL}:{ports[k]}", far) for k in half]
-                clients.append(Daemon(folder, client_config(metrics[n], [*text, extra[n]])))
+                folder = tmp_path / f"client{n}"
+                clients.append(client_daemon(folder, metrics[n], [*text, extra[n]]))
             await asyncio.gather(*(d.start() for d in clients))
             for port in metrics:
                 await wait_up(f"http://{LOCAL}:{port}/healthz")
             c = Cluster(
                 spaces,
-                servers,
+                behind.servers,
                 clients,
-                haproxy,
-                http,
-                tcp,
+                behind.haproxy,
+                behind.http_port,
+                behind.tcp_port,
                 [Address(LOCAL, p) for p in ports[:TUNNELS]],
                 Address(LOCAL, ports[TUNNELS]),
                 metrics,
@@ -316,12 +355,9 @@ async def cluster(tmp_path):
                 await c.back_in_full(i)
             yield c
         finally:
-            for d in [*clients, *servers]:
+            for d in clients:
                 with contextlib.suppress(Exception):
                     await d.stop(10)
-            if haproxy is not None:
-                await haproxy.stop()
-            backend_far.close()
             backend_near.close()
 
 
@@ -649,3 +685,201 @@ async def test_nginx_spreads_routes_the_cookie_back_and_skips_a_stopping_server(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+# -- resumption through HAProxy -----------------------------------------------------------
+
+
+def value(got: dict, name: str, **labels: str) -> float:
+    return got.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def cut_client(tmp_path: Path, behind: Behind) -> tuple[FaultProxy, Daemon, int, Address]:
+    """A client daemon whose one CONNECT tunnel ("cut", resumption on by default) reaches
+    HAProxy through a fault proxy that cuts with RST: its metrics port and local entry."""
+    proxy = await FaultProxy(behind.http_port).start()
+    entry, metrics = quiet_port(), quiet_port()
+    url = f'"ws://{LOCAL}:{proxy.port}/aiowstunnel"'
+    cut = tunnel("cut", "connect", url, f"{LOCAL}:{entry}", behind.far)
+    client = client_daemon(tmp_path / "client", metrics, [cut])
+    await client.start()
+    return proxy, client, metrics, Address(LOCAL, entry)
+
+
+async def holder(metrics: int) -> str:
+    """The server the tunnel's session is on, as its 101 named it."""
+    health = await wait_healthy(metrics, timeout=20)
+    (session,) = health["servers"]["cut"].values()
+    assert session["state"] == "up"
+    return session["name"]
+
+
+async def server_samples(behind: Behind) -> list[dict]:
+    return [
+        await asyncio.to_thread(samples, f"{behind.server_metrics(i)}/metrics") for i in range(3)
+    ]
+
+
+def resumes(got: dict) -> float:
+    """Resume requests a server answered, whatever the answer."""
+    return sum(v for (name, _), v in got.items() if name == "aiowstunnel_server_resumes_total")
+
+
+def haproxy_set(behind: Behind, server: str, state: str) -> str:
+    return behind.haproxy.command(f"set server aiowstunnel/{server} state {state}")
+
+
+async def until_resumed(metrics: int, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://{LOCAL}:{metrics}/metrics"
+    while value(await asyncio.to_thread(samples, url), "aiowstunnel_resumes_total",
+                tunnel="cut", result="ok") < count:  # fmt: skip
+        assert time.monotonic() < deadline, f"resume {count} not seen"
+        await asyncio.sleep(0.02)
+
+
+async def echoes_across_cuts(
+    entry: Address, proxy: FaultProxy, metrics: int, streams: int, each: int, cuts: int
+) -> tuple[list[tuple[str, str]], list[float]]:
+    """``streams`` echo streams of ``each`` bytes at once; each time another 1/(cuts + 1)
+    of all the bytes came back, the path is cut with RST and the next cut waits for the
+    resume. Returns (sent, received) sha256 per stream, and each cut's time to resumed."""
+    total = streams * each
+    marks = [total * (k + 1) // (cuts + 1) for k in range(cuts)]
+    received = 0
+    progressed = asyncio.Event()
+    resumed_in: list[float] = []
+
+    async def one() -> tuple[str, str]:
+        nonlocal received
+        reader, writer = await asyncio.open_connection(entry.host, entry.port, limit=1 << 20)
+        seed = os.urandom(64 * 1024)
+        sent, got = hashlib.sha256(), hashlib.sha256()
+
+        async def send() -> None:
+            for index in range(each // len(seed)):
+                chunk = pattern_block(index, len(seed), seed)
+                sent.update(chunk)
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.create_task(send())
+        while data := await reader.read(1 << 20):
+            got.update(data)
+            received += len(data)
+            progressed.set()
+        await sender
+        writer.close()
+        return sent.hexdigest(), got.hexdigest()
+
+    async def cutter() -> None:
+        for n, mark in enumerate(marks, 1):
+            while received < mark:
+                progressed.clear()
+                await progressed.wait()
+            cut_at = time.monotonic()
+            assert proxy.cut() == 1  # the tunnel's one connection, both sides
+            await until_resumed(metrics, n)
+            resumed_in.append(time.monotonic() - cut_at)
+
+    echoes = asyncio.gather(*(one() for _ in range(streams)))
+    await asyncio.gather(cutter(), echoes)
+    return echoes.result(), resumed_in
+
+
+@pytest.mark.timeout(120)
+async def test_a_cut_before_haproxy_resumes_on_the_sessions_own_server(tmp_path: Path):
+    """The client -> HAProxy connection is cut (RST both ways) three times while four
+    streams echo 8 MiB each: each resume carries HAProxy's cookie and lands on the server
+    that holds the session; every stream is intact; no fresh session was needed."""
+    async with behind_haproxy(tmp_path) as behind:
+        proxy, client, metrics, entry = await cut_client(tmp_path, behind)
+        try:
+            name = await holder(metrics)
+            own = int(name[1:]) - 1
+            before = await server_samples(behind)
+            digests, resumed_in = await echoes_across_cuts(
+                entry, proxy, metrics, streams=4, each=8 << 20, cuts=3
+            )
+            assert all(sent == got for sent, got in digests)
+            assert await holder(metrics) == name  # the same session, on the same server
+            got = await asyncio.to_thread(samples, f"http://{LOCAL}:{metrics}/metrics")
+            assert value(got, "aiowstunnel_tunnel_connects_total", tunnel="cut") == 1
+            assert value(got, "aiowstunnel_resumes_total", tunnel="cut", result="ok") == 3
+            resets = [k for k, v in got.items() if k[0] == "aiowstunnel_streams_reset_total" and v]
+            assert resets == []
+            after = await server_samples(behind)
+            asked = [resumes(after[i]) - resumes(before[i]) for i in range(3)]
+            assert asked == [3 if i == own else 0 for i in range(3)]  # all ok, all on its own
+            assert value(after[own], "aiowstunnel_server_resumes_total", result="ok") == 3
+            print(
+                f"\nresumed through HAProxy on {name}: 4 x 8 MiB echoed intact across 3 RST "
+                f"cuts; cut to resumed {', '.join(f'{t * 1000:.0f}' for t in resumed_in)} ms"
+            )
+        finally:
+            await client.stop(10)
+            proxy.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_resume_that_reaches_another_server_is_refused_and_a_fresh_session_serves(
+    tmp_path: Path,
+):
+    """The session's server is in maintenance on HAProxy when the cut comes: the resume,
+    its cookie ignored, reaches another server, which refuses it (unknown_session); the
+    client resets the session's stream with that reason and opens a fresh session at once,
+    and a new connection works."""
+    async with behind_haproxy(tmp_path) as behind:
+        proxy, client, metrics, entry = await cut_client(tmp_path, behind)
+        try:
+            name = await holder(metrics)
+            own = int(name[1:]) - 1
+            reader, writer = await asyncio.open_connection(entry.host, entry.port)
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"  # a stream open across the cut
+            before = await server_samples(behind)
+            await asyncio.to_thread(haproxy_set, behind, name, "maint")
+            await behind.haproxy.wait_state("aiowstunnel", name, "MAINT")
+            cut_at = time.monotonic()
+            assert proxy.cut() == 1
+            with pytest.raises(ConnectionResetError):  # reset (RST), never a clean EOF
+                await asyncio.wait_for(reader.read(), 20)
+            reset_in = time.monotonic() - cut_at
+            writer.close()
+            payload = os.urandom(64 * 1024)  # held for the fresh session, not refused
+            r2, w2 = await asyncio.open_connection(entry.host, entry.port)
+            w2.write(payload)
+            w2.write_eof()
+            echoed = await asyncio.wait_for(r2.read(), 20)
+            served_in = time.monotonic() - cut_at
+            w2.close()
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+            fresh = await holder(metrics)
+            assert fresh != name
+            got = await asyncio.to_thread(samples, f"http://{LOCAL}:{metrics}/metrics")
+            assert value(got, "aiowstunnel_resumes_total", tunnel="cut",
+                         result="unknown_session") == 1  # fmt: skip
+            assert value(got, "aiowstunnel_streams_reset_total", tunnel="cut",
+                         reason="resume_refused") == 1  # fmt: skip
+            assert value(got, "aiowstunnel_tunnel_connects_total", tunnel="cut") == 2
+            after = await server_samples(behind)
+            refused = [
+                value(after[i], "aiowstunnel_server_resumes_total", result="unknown_session")
+                - value(before[i], "aiowstunnel_server_resumes_total", result="unknown_session")
+                for i in range(3)
+            ]
+            assert refused[own] == 0 and sum(refused) == 1  # another server said it
+            assert "refused to resume the session (unknown_session" in client.log_text()
+            print(
+                f"\nresume sent to another server than {name}: refused (unknown_session); the "
+                f"stream reset {reset_in * 1000:.0f} ms after the cut, a new connection "
+                f"served by {fresh} {served_in * 1000:.0f} ms after it"
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    behind.haproxy.command, f"set server aiowstunnel/{name} state ready"
+                )
+            await client.stop(10)
+            proxy.close()
