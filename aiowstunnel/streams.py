@@ -77,6 +77,9 @@ class StreamTable:
         self.stats = stats
         self.guard = guard
         self._streams: dict[int, TcpStream] = {}
+        #: the peer's OPENs accepted whose dial is under way: open streams for the drain (an
+        #: OPEN that arrived before our GOAWAY finishes on this session, dialed or refused)
+        self.dialing = 0
         self.idle = asyncio.Event()  # set while no stream is open
         self.idle.set()
         #: where every stream reads into; see read_buffer()
@@ -85,7 +88,18 @@ class StreamTable:
     # -- questions -------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + self.dialing
+
+    def dial_started(self) -> None:
+        self.dialing += 1
+        self.idle.clear()
+
+    def dial_ended(self) -> None:
+        """A dial is over (its stream registered, or refused): maybe the last one."""
+        self.dialing = max(0, self.dialing - 1)  # cut_all may have counted it out
+        if not len(self):
+            self.idle.set()
+            self.host.streams_idle()
 
     def __iter__(self) -> Iterator[TcpStream]:
         return iter(list(self._streams.values()))
@@ -110,7 +124,8 @@ class StreamTable:
     def connected(self, stream: TcpStream) -> None:
         """A socket is up: a local connection accepted (listener side: ask the peer to
         dial), or the connection a dial made (dialing side: tell the opener)."""
-        if not self.host.accepting:
+        # A dial ends on its session even after our GOAWAY: its OPEN came before it.
+        if not (self.host.accepting if stream.stream_id is None else self.host.sending):
             self.stats.stream_open_failures["tunnel_down"] += 1
             self.cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
@@ -299,6 +314,7 @@ class StreamTable:
         for stream in streams:
             self.cut(stream, cause, reason)
         self._streams.clear()
+        self.dialing = 0  # the session's end cancels them
         self.idle.set()
         return len(streams)
 
@@ -336,7 +352,7 @@ class StreamTable:
                 f"; {how}" if how else "",
                 extra=self.host.log_extra(),
             )
-        if not self._streams:
+        if not len(self):
             self.idle.set()
             self.host.streams_idle()
 

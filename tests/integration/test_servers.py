@@ -335,3 +335,58 @@ async def test_a_draining_session_cut_after_the_goaway_resumes_in_the_background
         proxy.close()
         await server.close(0.1)
         backend.server.close()
+
+
+@pytest.mark.timeout(60)
+async def test_an_open_the_server_accepted_before_its_goaway_finishes_on_the_old_session():
+    """The OPEN arrived before the server's GOAWAY, and its dial ends after it: the stream
+    opens on the draining session and finishes there (a GOAWAY stops new streams, not the
+    ones already asked for), and the session waits for it before it closes."""
+    backend = await start_backend()
+    (server,) = await servers(1)
+    gate = asyncio.Event()
+    dialing = asyncio.Event()
+    real = server._dialer
+
+    def slow_dialer(grant):
+        dial = real(grant)
+
+        async def slow(factory, origin, target):
+            dialing.set()
+            await gate.wait()
+            return await dial(factory, origin, target)
+
+        return slow
+
+    server._dialer = slow_dialer
+    client = Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        server.port,
+        LOCAL,
+        0,
+        LOCAL,
+        backend.port,
+        backoff=BackoffPolicy(initial=30.0, max=30.0),
+    )
+    client.start()
+    try:
+        await client.wait_up(10)
+        first = client.session
+        assert first is not None and client.listen_address is not None
+        echo = asyncio.ensure_future(echo_roundtrip(client.listen_address, 256 * 1024))
+        await asyncio.wait_for(dialing.wait(), 10)
+        (server_side,) = server.sessions
+        server_side.goaway("restarting")
+        await until(lambda: client.session is not None and client.session is not first)
+        gate.set()
+        sent, received = await asyncio.wait_for(echo, 10)
+        assert sent == received
+        await until(lambda: first.closed.done())
+        assert client.stats.stream_resets.total() == 0
+        assert client.stats.stream_open_failures.total() == 0
+    finally:
+        gate.set()
+        await client.close(1)
+        await server.close(0.1)
+        backend.server.close()
