@@ -219,8 +219,10 @@ def test_str_names_type_and_stream(frame: Frame, text: str) -> None:
 stream_ids = st.integers(1, U32_MAX)
 windows = st.integers(1, MAX_WINDOW)
 reasons = st.text(max_size=MAX_REASON // 4)  # at most 4 UTF-8 bytes per character
+# An OPEN's origin holds no NUL: what follows a NUL is the OPEN's own target (wire.Open).
+origins = st.text(st.characters(blacklist_characters="\x00"), max_size=MAX_REASON // 4)
 frames = st.one_of(
-    st.builds(Open, stream_ids, windows, reasons),
+    st.builds(Open, stream_ids, windows, origins),
     st.builds(OpenOk, stream_ids, windows),
     st.builds(OpenFail, stream_ids, reasons),
     st.builds(Data, stream_ids, st.binary(max_size=2048)),
