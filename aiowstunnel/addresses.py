@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, urlsplit
 
 from .errors import AddressError
@@ -220,10 +220,12 @@ def ip_or_none(host: str) -> IPAddress | None:
 
 @dataclass(frozen=True)
 class AddressRule:
-    """One ``allow_connect`` / ``allow_listen`` entry: a host, CIDR or ``*``, and ports.
+    """One ``allow_connect`` / ``allow_listen`` entry: a protocol, a host, CIDR or ``*``,
+    and ports.
 
     A name matches only the same name (case-insensitive): a rule never makes the server
-    resolve names to decide. A CIDR (or a bare IP) matches IP addresses inside it.
+    resolve names to decide. A CIDR (or a bare IP) matches IP addresses inside it. A rule
+    is for one protocol, TCP unless it starts with ``udp:``: a TCP rule never grants UDP.
     """
 
     text: str
@@ -232,17 +234,27 @@ class AddressRule:
     port_low: int
     port_high: int
     unix_path: str | None = None  # set for a ``unix:/path`` rule, which matches only it
+    protocol: str = "tcp"  # "tcp" or "udp"
 
     @classmethod
     def parse(cls, text: str) -> AddressRule:
-        """Parse ``host:port``, ``cidr:port``, ``host:low-high``, ``*:port`` or ``unix:/path``.
+        """Parse ``host:port``, ``cidr:port``, ``host:low-high``, ``*:port`` or ``unix:/path``,
+        the first four optionally after ``tcp:`` or ``udp:`` (``udp:127.0.0.1:53``).
 
         Raises:
             AddressError: naming the rule.
         """
-        if text.strip().startswith(UNIX_SCHEME):
-            return cls(text, None, None, 0, -1, UnixPath.parse(text).path)
-        host, ports = _split(text)
+        protocol, body = rule_protocol(text)
+        if body.startswith(UNIX_SCHEME):
+            if protocol == "udp":
+                raise AddressError(f"{text!r}: a udp rule names a host and ports, not a path")
+            return cls(text, None, None, 0, -1, UnixPath.parse(body).path)
+        rule = cls._parse(text, body)
+        return rule if protocol == "tcp" else replace(rule, protocol=protocol)
+
+    @classmethod
+    def _parse(cls, text: str, body: str) -> AddressRule:
+        host, ports = _split(body)
         if ports == "*":
             low, high = 0, 65535  # 0 too: a LISTEN on port 0 asks for any free port
         elif "-" in ports:
@@ -297,6 +309,20 @@ class AddressRule:
 
     def __str__(self) -> str:
         return self.text
+
+
+def rule_protocol(text: str) -> tuple[str, str]:
+    """A rule's protocol prefix and the rest: ``("udp", "127.0.0.1:53")``.
+
+    ``tcp:`` or ``udp:`` is a prefix only when an address follows it (a colon or a
+    bracket after it): ``udp:53`` stays the host ``udp``, port 53, as it always was.
+    """
+    stripped = text.strip()
+    for name in ("tcp", "udp"):
+        rest = stripped[len(name) + 1 :]
+        if stripped[: len(name) + 1].lower() == f"{name}:" and (":" in rest or rest[:1] == "["):
+            return name, rest
+    return "tcp", stripped
 
 
 def _in_network(ip: IPAddress, network: IPNetwork) -> bool:

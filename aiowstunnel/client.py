@@ -13,7 +13,6 @@ import contextlib
 import copy
 import logging
 import random
-import socket
 import ssl as ssl_module
 from collections.abc import Callable, Iterable, Sequence
 
@@ -29,10 +28,10 @@ from .addresses import (
 from .affinity import Affinity
 from .backoff import Backoff, BackoffPolicy
 from .clientconnect import ATTEMPT_ERRORS, failure, open_session
-from .clientlisten import DownRefusals, bind_local, hand_over
+from .clientlisten import DownRefusals, LocalListener, Sockets, bind_local, hand_over
 from .clientresume import Resumed, count_streams, resume
 from .errors import describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, TunnelProtocol
 from .logs import tunnel_logger
 from .pool import End, ServerPool
 from .resets import Abortable
@@ -64,9 +63,10 @@ class Client:
             ``?query`` if any).
         token: this client's bearer token.
         backoff: reconnect delays.
-        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout:
-            the session's settings (:class:`SessionSettings` says what each does).
-        settings: the session's settings whole (the daemon's), instead of those six.
+        ping_interval, ping_timeout, window, max_frame, handshake_timeout, connect_timeout,
+        resume_timeout, udp_idle_timeout: the session's settings (:class:`SessionSettings`
+            says what each does; resume_timeout 0 turns resumption off).
+        settings: the session's settings whole (the daemon's), instead of those eight.
         name: the tunnel's name in logs and metrics.
         stats: counters to keep (the daemon passes its own; a new one otherwise).
         proxy: ``http://host:port`` of an HTTP proxy to reach the server through (CONNECT).
@@ -76,14 +76,12 @@ class Client:
         socks_credentials: the username/password (RFC 1929) clients of the SOCKS listener
             must give (SOCKS5: the local one; REVERSE_SOCKS5: the server's, which gets them
             in the upgrade request); None: no authentication.
-
         socket_mode: the file mode of a unix socket this side listens on.
         proxy_protocol: ``"v1"`` or ``"v2"``: the dialing side (the server in CONNECT and
             SOCKS5, this side otherwise) sends that PROXY protocol header to each backend,
             with the original client's address.
-        resume_timeout: seconds a session whose connection broke is kept (its streams
-            open) while the client reconnects to resume it (protocol.md, Resumption);
-            0 turns resumption off.
+        protocol: ``"tcp"``, ``"udp"`` (each UDP source a datagram flow) or ``"tcp+udp"``
+            (both, on one port: DNS), in the connect and listen modes.
         more_servers: further servers of the tunnel (``ws[s]://`` URLs, the same scheme):
             one session is kept to each (pool.py; its own backoff and resumption). CONNECT
             gives each local connection to the open session with the fewest streams;
@@ -115,6 +113,8 @@ class Client:
         max_frame: int = SessionSettings.max_frame,
         handshake_timeout: float = SessionSettings.handshake_timeout,
         connect_timeout: float = SessionSettings.connect_timeout,
+        resume_timeout: float = SessionSettings.resume_timeout,
+        udp_idle_timeout: float = SessionSettings.udp_idle_timeout,
         settings: SessionSettings | None = None,
         name: str | None = None,
         stats: TunnelStats | None = None,
@@ -124,10 +124,11 @@ class Client:
         socks_credentials: Credentials | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         proxy_protocol: str | None = None,
-        resume_timeout: float = 60.0,
+        protocol: TunnelProtocol | str = TunnelProtocol.TCP,
         more_servers: Iterable[Endpoint | str] = (),
     ) -> None:
         self.mode = Mode(mode)
+        self.protocol = TunnelProtocol(protocol)
         self.listen: SocketAddress = _socket_address(listen_host, listen_port)
         self.connect: SocketAddress | None = (
             None if self.mode.socks else _socket_address(connect_host, connect_port)
@@ -149,13 +150,14 @@ class Client:
             max_frame=max_frame,
             handshake_timeout=handshake_timeout,
             connect_timeout=connect_timeout,
+            resume_timeout=resume_timeout,
+            udp_idle_timeout=udp_idle_timeout,
         )
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
         #: parsed here, once (AddressError for a bad URL, as config reports it)
         self.proxy = parse_proxy_url(proxy) if proxy else None
-        self.resume_timeout = resume_timeout
         self._random = random
         self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
         self._log = tunnel_logger(self.name, log)
@@ -197,7 +199,7 @@ class Client:
         #: socket is taken over once this one's first attempt is over (see _take_over).
         self.predecessor: Client | None = None
         self._replaced = False  # handed its listener to a successor: it only drains now
-        self._listener: asyncio.Server | None = None
+        self._listener: LocalListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -365,12 +367,12 @@ class Client:
         if self._listener is not None:
             self._listener.close()
 
-    def detach_listener(self) -> socket.socket | None:
-        """Stop accepting here and hand the listening socket over to a successor.
+    def detach_listener(self) -> Sockets | None:
+        """Stop accepting here and hand the listening sockets over to a successor.
 
-        The socket stays open and listening: connections that arrive meanwhile wait in its
-        queue for the successor, none is refused. This instance then only drains its open
-        streams (:meth:`close`). None when there is no single socket to hand over.
+        They stay open and listening: connections (and datagrams) that arrive meanwhile wait
+        in their queues for the successor, none is refused. This instance then only drains
+        its open streams (:meth:`close`). None when there is no listener to hand over.
         """
         self._goaway("tunnel replaced")
         listener, self._listener = self._listener, None
@@ -437,12 +439,11 @@ class Client:
 
     # -- connecting -----------------------------------------------------------------
 
-    async def _bind(self, sock: socket.socket | None = None) -> None:
-        """Listen on :attr:`listen`, or serve ``sock``, a listening socket handed over."""
-        self._listener, self.listen_address = await bind_local(
-            self.pool.local_stream, self.listen, self.socket_mode, sock
-        )
-        self._log.info("%s %s", "taking over" if sock else "listening on", self.listen_address)
+    async def _bind(self, sock: Sockets | None = None) -> None:
+        """Listen on :attr:`listen` (TCP, UDP or both), or serve ``sock``, handed over."""
+        self._listener, self.listen_address = await bind_local(self.pool.local_stream, self, sock)
+        how = "taking over" if sock else "listening on"
+        self._log.info("%s %s%s", how, self.listen_address, self.protocol.note)
 
     def _asked(self) -> SocketAddress | str | None:
         """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""

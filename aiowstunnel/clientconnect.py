@@ -22,13 +22,14 @@ from .affinity import SERVER_HEADER, Affinity
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
 from .errors import HandshakeRefused, ProtocolViolation, describe
-from .handshake import Mode, Refusal, TunnelRequest
+from .handshake import HEADER_PROTOCOL, Mode, Refusal, TunnelProtocol, TunnelRequest
 from .link import Link, ws_log
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Session
 from .settings import SessionSettings
 from .socks5 import Credentials
 from .stats import TunnelStats
+from .udpsocket import udp_dialer
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
 #: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
@@ -57,6 +58,7 @@ class TunnelSide(Protocol):
     ``listen_address`` (LISTEN: what the server bound)."""
 
     mode: Mode
+    protocol: TunnelProtocol
     listen: SocketAddress
     connect: SocketAddress | None
     proxy_protocol: str
@@ -71,7 +73,6 @@ class TunnelSide(Protocol):
     name: str
     stats: TunnelStats
     proxy: Address | None
-    resume_timeout: float
     listen_address: SocketAddress | None
     sent_name: str
     affinity: Affinity  # what the last fresh session's 101 said to route back to its server
@@ -104,9 +105,15 @@ async def open_session(
             # Set before the request: the server may open a stream right after the 101.
             rules = RuleSet(f"tunnel {side.name!r}", "allow_connect", side.allow_connect)
             header = proxy_protocol(side.proxy_protocol)
-            session.dial = dialer(
-                side.connect, lambda: rules, settings.connect_timeout, header
-            )
+            if side.protocol.tcp:
+                session.dial = dialer(
+                    side.connect, lambda: rules, settings.connect_timeout, header
+                )
+            if side.protocol.udp and isinstance(side.connect, Address):
+                connect = side.connect
+                session.flows.dial = udp_dialer(
+                    connect.host, connect.port, settings.connect_timeout
+                )
     else:
         session = resume_of
         link = Link(ws, Discarded(), settings, max_data=session.mux.max_data)
@@ -140,35 +147,53 @@ async def open_session(
     asked = "" if side.mode.server_listens else side.proxy_protocol  # else we send it
     creds = side.socks_credentials if side.mode is Mode.REVERSE_SOCKS5 else None
     auth = (creds.username, creds.password) if creds is not None else None
-    tunnel = TunnelRequest(side.mode, target, side.token, side.sent_name, asked, auth)
+    tunnel = TunnelRequest(
+        side.mode,
+        target,
+        side.token,
+        side.sent_name,
+        asked,
+        auth,
+        side.protocol,
+        settings.udp_idle_timeout,
+    )
     for key, value in tunnel.headers():
         request.headers[key] = value
     if resume_of is not None and resume_of.resumption is not None:
         request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
         for key, value in (route or Affinity()).headers().items():
             request.headers[key] = value
-    elif side.resume_timeout > 0:
+    elif settings.resume_timeout > 0:
         request.headers[resumeauth.HEADER_RESUMABLE] = "1"
     link.send_request(request)
     try:
         response = await asyncio.wait_for(
             asyncio.shield(link.handshake), settings.handshake_timeout
         )
+        _still_wanted()
         assert isinstance(response, Response)
         if handshake is not None:
             handshake.start(resumeauth.parse_challenge(response.headers))
             await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
             return session
         credentials = resumeauth.Credentials.from_headers(response.headers)
+        confirmed = response.headers.get(HEADER_PROTOCOL, TunnelProtocol.TCP.value)
+        if confirmed != side.protocol.value:
+            # A server of an older version ignores the header and would carry TCP only.
+            raise HandshakeRefused(
+                400,
+                f"the server did not confirm {HEADER_PROTOCOL}: {side.protocol} (it answered "
+                f"{confirmed[:20]!r}): it does not carry UDP tunnels; upgrade it",
+            )
     except ProtocolViolation as exc:  # a malformed resumption header in the 101
         link.abort("handshake failed")
         raise ConnectionError(f"bad upgrade response: {exc}") from None
     except BaseException:
         link.abort("handshake failed")
         raise
-    if credentials is not None and side.resume_timeout > 0:
+    if credentials is not None and settings.resume_timeout > 0:
         session.resumption = Resumption(
-            credentials.session_id, side.resume_timeout, credentials=credentials
+            credentials.session_id, settings.resume_timeout, credentials=credentials
         )
     # What routes a resume of this session back to its server (affinity.py).
     side.affinity = Affinity.from_response(
@@ -178,3 +203,13 @@ async def open_session(
         bound = response.headers.get("X-Aiowstunnel-Bound")
         side.listen_address = parse_socket_address(bound, True) if bound else side.listen
     return session
+
+
+def _still_wanted() -> None:
+    """Raise the cancellation that Python 3.11's wait_for drops when the awaited result and
+    the cancel come in the same loop iteration (fixed in 3.12): a client whose close()
+    cancelled it meanwhile must not be handed a session that nobody will close (close()
+    would then wait for its task forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

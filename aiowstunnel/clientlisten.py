@@ -1,6 +1,7 @@
-"""The client's local listener: bound (TCP or unix) or served from a predecessor's socket,
-handed over to a successor, and what becomes of a connection it accepts while the tunnel
-is down (reset at once, counted, and said in the log at most once per REFUSED_LOG_PERIOD).
+"""The client's local listener: bound (TCP or unix; a UDP socket for UDP flows, on the same
+port for tcp+udp) or served from a predecessor's sockets, handed over to a successor, and
+what becomes of a connection it accepts while the tunnel is down (reset at once, counted,
+and said in the log at most once per REFUSED_LOG_PERIOD).
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from .addresses import Address, SocketAddress, UnixPath, format_peer
 from .errors import describe
+from .handshake import TunnelProtocol
 from .logs import TunnelLogger
 from .resets import Abortable, Cut, reset
+from .session import Session
 from .stats import TunnelStats
+from .udp import FlowTable
+from .udpsocket import UdpEndpoint, bind_endpoint
 from .unixsock import listen_unix
 
 #: At most one "refused a connection" line per this many seconds per tunnel (each says how
@@ -23,18 +28,81 @@ from .unixsock import listen_unix
 REFUSED_LOG_PERIOD = 10.0
 
 
+#: What a listener hands its successor: its TCP (or unix) socket and its UDP socket.
+Sockets = tuple[socket.socket | None, socket.socket | None]
+
+
+class LocalSide(Protocol):
+    """What the local listener reads of its client (a :class:`~client.Client`)."""
+
+    listen: SocketAddress
+    socket_mode: int
+    protocol: TunnelProtocol
+    stats: TunnelStats
+    session: Session | None  # the UDP socket's datagrams go to its flows
+
+
+class LocalListener:
+    """The client's local sockets: a TCP (or unix) listener, a UDP socket, or both."""
+
+    def __init__(self, tcp: asyncio.Server | None, udp: UdpEndpoint | None) -> None:
+        self.tcp = tcp
+        self.udp = udp
+
+    def close(self) -> None:
+        if self.tcp is not None:
+            self.tcp.close()
+        if self.udp is not None:
+            self.udp.close()
+
+    async def wait_closed(self) -> None:
+        if self.tcp is not None:
+            await self.tcp.wait_closed()
+
+
 async def bind_local(
+    new_stream: Callable[[], asyncio.BaseProtocol],
+    side: LocalSide,
+    handed: Sockets | None = None,
+) -> tuple[LocalListener, SocketAddress]:
+    """Listen on ``side.listen`` for what the tunnel carries, or serve ``handed``, the
+    sockets of a predecessor; returns the listener and the address it listens on (port 0
+    resolved; tcp+udp: the UDP socket takes the port the TCP listener got).
+
+    Raises:
+        OSError: naming the address (the sockets handed over are closed).
+    """
+    tcp_sock, udp_sock = handed or (None, None)
+    listen = side.listen
+    tcp = None
+    address = listen
+    if side.protocol.tcp:
+        tcp, address = await _bind_tcp(new_stream, listen, side.socket_mode, tcp_sock)
+    elif tcp_sock is not None:
+        tcp_sock.close()  # the predecessor carried TCP; this one does not
+    if not side.protocol.udp or not isinstance(address, Address):
+        if udp_sock is not None:
+            udp_sock.close()
+        return LocalListener(tcp, None), address
+
+    def flows() -> FlowTable | None:
+        return side.session.flows if side.session is not None else None
+
+    try:
+        udp = await bind_endpoint(address.bind_host, address.port, flows, side.stats, udp_sock)
+    except OSError:
+        if tcp is not None:
+            tcp.close()
+        raise
+    return LocalListener(tcp, udp), Address(address.host, udp.address[1])
+
+
+async def _bind_tcp(
     new_stream: Callable[[], asyncio.BaseProtocol],
     listen: SocketAddress,
     socket_mode: int,
-    sock: socket.socket | None = None,
+    sock: socket.socket | None,
 ) -> tuple[asyncio.Server, SocketAddress]:
-    """Listen on ``listen``, or serve ``sock``, a listening socket handed over; returns
-    the listener and the address it listens on (port 0 resolved).
-
-    Raises:
-        OSError: naming the address (``sock`` is closed).
-    """
     loop = asyncio.get_running_loop()
     try:
         if sock is not None and isinstance(listen, UnixPath):
@@ -57,15 +125,17 @@ async def bind_local(
     return listener, Address(listen.host, port)
 
 
-def hand_over(listener: asyncio.Server) -> socket.socket | None:
-    """Close ``listener`` and return its listening socket (a duplicate, still listening)
-    for a successor; None when there is no single socket to hand over."""
-    sockets = list(listener.sockets)
+def hand_over(listener: LocalListener) -> Sockets:
+    """Close ``listener`` and return its sockets (duplicates, still bound: what arrives
+    meanwhile waits in their queues) for a successor; a TCP listener with more than one
+    socket hands over none (the successor binds afresh)."""
     sock = None
-    if len(sockets) == 1:
-        sock = socket.socket(fileno=os.dup(sockets[0].fileno()))
-    listener.close()
-    return sock
+    if listener.tcp is not None:
+        sockets = list(listener.tcp.sockets)
+        if len(sockets) == 1:
+            sock = socket.socket(fileno=os.dup(sockets[0].fileno()))
+        listener.tcp.close()
+    return sock, listener.udp.hand_over() if listener.udp is not None else None
 
 
 class DownRefusals:

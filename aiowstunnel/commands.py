@@ -63,16 +63,17 @@ def add_commands(commands: Any) -> None:
         action="append",
         default=[],
         type=lambda t: ("-L", t),
-        metavar="[BIND:]PORT:HOST:HOSTPORT",
-        help="listen here on PORT, the server dials HOST:HOSTPORT (repeatable)",
+        metavar="[udp:][BIND:]PORT:HOST:HOSTPORT",
+        help="listen here on PORT, the server dials HOST:HOSTPORT; udp: (or tcp+udp:) "
+        "before it carries UDP datagrams (repeatable)",
     )
     client.add_argument(
         "-R",
         dest="forwards",
         action="append",
         type=lambda t: ("-R", t),
-        metavar="[BIND:]PORT[:HOST:HOSTPORT]",
-        help="the server listens on PORT, this host dials HOST:HOSTPORT; with only "
+        metavar="[udp:][BIND:]PORT[:HOST:HOSTPORT]",
+        help="the server listens on PORT, this host dials HOST:HOSTPORT (udp: as -L); with only "
         "[BIND:]PORT, a SOCKS5 proxy on the server whose targets this host dials, within "
         "--allow-connect (repeatable)",
     )

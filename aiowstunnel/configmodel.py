@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .addresses import Address, AddressRule, Endpoint, SocketAddress
 from .backoff import BackoffPolicy
-from .handshake import Mode
+from .handshake import Mode, TunnelProtocol
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy
 from .settings import SessionSettings
@@ -19,8 +19,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Loopback: the metrics name every client and count its bytes; opening them is a choice.
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-#: seconds a broken session is kept for resumption (docs/protocol.md, Resumption); 0: off
-DEFAULT_RESUME_TIMEOUT = 60.0
 INT32_MAX = 2**31 - 1
 #: Servers one tunnel may list (`server` as an array): each is a session kept up.
 MAX_TUNNEL_SERVERS = 16
@@ -83,12 +81,12 @@ class ServerConfig:
     tls_key: Path | None
     tls_client_ca: Path | None
     clients: tuple[ClientPolicy, ...]
-    #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout
+    #: window, max_streams, max_frame, handshake_timeout, ping_interval, ping_timeout,
+    #: resume_timeout
     settings: SessionSettings = field(default_factory=SessionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
     #: the file mode of unix sockets bound for LISTEN sessions
     socket_mode: int = DEFAULT_SOCKET_MODE
-    resume_timeout: float = DEFAULT_RESUME_TIMEOUT
     #: how this server names itself in the 101 (X-Aiowstunnel-Server); "" for the host name
     name: str = ""
 
@@ -109,7 +107,7 @@ class TunnelSpec:
     client_key: Path | None
     proxy: str | None
     backoff: BackoffPolicy
-    #: window, ping_interval, ping_timeout (the others keep their defaults)
+    #: window, ping_interval, ping_timeout, resume_timeout (the others keep their defaults)
     settings: SessionSettings = field(default_factory=SessionSettings)
     #: reverse-socks5: the targets the server's SOCKS clients may reach through this host
     allow_connect: tuple[AddressRule, ...] = ()
@@ -120,7 +118,8 @@ class TunnelSpec:
     socket_mode: int = DEFAULT_SOCKET_MODE
     #: "v1" / "v2": the dialing side sends that PROXY protocol header to each backend
     proxy_protocol: str | None = None
-    resume_timeout: float = DEFAULT_RESUME_TIMEOUT
+    #: what the tunnel carries: TCP streams, UDP datagram flows, or both on one port
+    protocol: TunnelProtocol = TunnelProtocol.TCP
     #: the second and later servers when ``server`` is an array: one session to each
     more_servers: tuple[Endpoint, ...] = ()
 

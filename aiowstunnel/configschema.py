@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -22,7 +23,7 @@ from .configmodel import (
 )
 from .configtable import KeyPath, Table, describe_value, dotted
 from .configvalues import ValueReader
-from .handshake import DEFAULT_PATH, PROXY_PROTOCOL_VERSIONS, Mode
+from .handshake import DEFAULT_PATH, MAX_UDP_IDLE, PROXY_PROTOCOL_VERSIONS, Mode, TunnelProtocol
 from .limits import DEFAULT_METRICS_CONNECTIONS, ServerLimits
 from .policy import ClientPolicy, token_digest
 from .settings import MIN_MAX_FRAME
@@ -105,7 +106,6 @@ class Loader(ValueReader):
         )
         limits = self.limits(t)
         socket_mode = t.socket_mode()
-        resume_timeout = self.resume_timeout(t)
         name = t.name(required=False)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
@@ -131,7 +131,6 @@ class Loader(ValueReader):
             settings=settings,
             limits=limits,
             socket_mode=socket_mode,
-            resume_timeout=resume_timeout,
             name=name or "",
         )
 
@@ -155,6 +154,15 @@ class Loader(ValueReader):
                 "max_send_buffer", d.max_send_buffer, 2 * 1024 * 1024, INT32_MAX
             ),
             "max_violations": t.integer("max_violations", d.max_violations, 1, INT32_MAX),
+            "max_detached_sessions": t.integer(
+                "max_detached_sessions", d.max_detached_sessions, 1, INT32_MAX
+            ),
+            "max_detached_per_client": t.integer(
+                "max_detached_per_client", d.max_detached_per_client, 1, INT32_MAX
+            ),
+            "max_detached_bytes": t.integer(
+                "max_detached_bytes", d.max_detached_bytes, 1, 2**62
+            ),
         }
         # an error is already recorded for a None that had a default
         return ServerLimits(**{k: v for k, v in values.items() if v is not None})
@@ -246,7 +254,7 @@ class Loader(ValueReader):
             t.error("proxy_protocol", f"expected 'v1' or 'v2', got {proxy_protocol!r}")
         backoff = self.backoff(t)
         settings = self.session_settings(t)
-        resume_timeout = self.resume_timeout(t)
+        protocol, udp_idle_timeout = self.protocol(t, mode, listen, connect)
         t.close()
         if len(self._found) > mark:
             return None
@@ -255,6 +263,8 @@ class Loader(ValueReader):
         assert token is not None and listen is not None
         assert connect is not None or mode.socks  # the socks modes have no fixed target
         assert backoff is not None and settings is not None and socket_mode is not None
+        if udp_idle_timeout is not None:
+            settings = dataclasses.replace(settings, udp_idle_timeout=udp_idle_timeout)
         return TunnelSpec(
             name=name,
             mode=mode,
@@ -273,9 +283,40 @@ class Loader(ValueReader):
             socks_password=socks_password,
             socket_mode=socket_mode,
             proxy_protocol=proxy_protocol,
-            resume_timeout=resume_timeout,
+            protocol=protocol,
             more_servers=servers[1:],
         )
+
+    def protocol(
+        self,
+        t: Table,
+        mode: Mode | None,
+        listen: SocketAddress | None,
+        connect: SocketAddress | None,
+    ) -> tuple[TunnelProtocol, float | None]:
+        """``protocol`` and ``udp_idle_timeout`` (None: the default); errors recorded."""
+        t.expect("udp_idle_timeout")
+        text = t.string("protocol", TunnelProtocol.TCP.value)
+        protocol = TunnelProtocol.TCP
+        if text is not None:
+            try:
+                protocol = TunnelProtocol(text)
+            except ValueError:
+                t.error("protocol", f"expected 'tcp', 'udp' or 'tcp+udp', got {text!r}")
+        if protocol.udp and mode is not None and mode.socks:
+            t.error("protocol", f"UDP is carried in the connect and listen modes, not {mode}")
+        elif protocol.udp and UnixPath in (type(listen), type(connect)):
+            key = "listen" if isinstance(listen, UnixPath) else "connect"
+            t.error(key, f"protocol = {text!r} needs a host:port, not a unix socket")
+        if not t.has("udp_idle_timeout"):
+            return protocol, None
+        idle = t.number("udp_idle_timeout", SESSION_DEFAULTS.udp_idle_timeout, 0.0, strict=False)
+        if idle is not None and idle > MAX_UDP_IDLE:
+            t.error("udp_idle_timeout", f"must be <= {MAX_UDP_IDLE:g} (or 0: never), got {idle:g}")
+        elif not protocol.udp and text is not None:
+            # Silently ignoring it would let an operator believe flows end by it.
+            t.error("udp_idle_timeout", 'only used with protocol = "udp" or "tcp+udp"')
+        return protocol, idle
 
     def socks_keys(
         self, t: Table, mode: Mode | None
@@ -342,17 +383,19 @@ class Loader(ValueReader):
         tunnels: list[TunnelSpec | None],
     ) -> None:
         """Two local listeners on one address would fail at start: say so now (best effort)."""
-        binds: list[tuple[KeyPath, SocketAddress]] = []
+        binds: list[tuple[KeyPath, SocketAddress, tuple[str, ...]]] = []
         if metrics is not None and metrics.enabled:
-            binds.append((("metrics", "listen"), metrics.listen))
+            binds.append((("metrics", "listen"), metrics.listen, ("tcp",)))
         if server is not None:
-            binds.append((("server", "listen"), server.listen))
+            binds.append((("server", "listen"), server.listen, ("tcp",)))
         for i, spec in enumerate(tunnels):
             # In LISTEN mode the listener is on the remote server, not here.
             if spec is not None and not spec.mode.server_listens:
-                binds.append((("tunnel", i, "listen"), spec.listen))
-        for n, (path, address) in enumerate(binds):
-            for other_path, other in binds[:n]:
+                binds.append((("tunnel", i, "listen"), spec.listen, spec.protocol.names))
+        for n, (path, address, protocols) in enumerate(binds):
+            for other_path, other, other_protocols in binds[:n]:
+                if not set(protocols) & set(other_protocols):
+                    continue  # a TCP and a UDP socket may share a port
                 if isinstance(address, UnixPath) or isinstance(other, UnixPath):
                     clash = address == other
                 else:

@@ -4,12 +4,11 @@ tokens and secret files, and the checks between keys (one of two, both or neithe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from . import wire
 from .addresses import AddressRule, Endpoint, parse_proxy_url
 from .backoff import BackoffPolicy
-from .configmodel import DEFAULT_RESUME_TIMEOUT, MAX_TUNNEL_SERVERS, SESSION_DEFAULTS
+from .configmodel import MAX_TUNNEL_SERVERS, SESSION_DEFAULTS
 from .configtable import Document, KeyPath, Table, describe_value
 from .errors import AddressError, describe
 from .handshake import DEFAULT_PATH
@@ -19,10 +18,6 @@ from .settings import SessionSettings
 class ValueReader(Document):
     """Readers of values shared by sections, on top of the file's error record."""
 
-    def resume_timeout(self, t: Table) -> Any:
-        """``resume_timeout``, seconds >= 0 on both ends (0: no resumption)."""
-        return t.number("resume_timeout", DEFAULT_RESUME_TIMEOUT, 0.0, strict=False)
-
     def session_settings(
         self,
         t: Table,
@@ -30,18 +25,23 @@ class ValueReader(Document):
         handshake_timeout: float | None = SESSION_DEFAULTS.handshake_timeout,
         max_frame: int | None = SESSION_DEFAULTS.max_frame,
     ) -> SessionSettings | None:
-        """The session's settings: window, ping_interval and ping_timeout, which both ends
-        take with the same defaults and bounds, and the server's three (read by the caller:
-        None after an error); None after an error (already recorded)."""
+        """The session's settings: window, ping_interval, ping_timeout and resume_timeout
+        (seconds >= 0; 0: no resumption), which both ends take with the same defaults and
+        bounds, and the server's three (read by the caller: None after an error); None
+        after an error (already recorded)."""
         interval = SESSION_DEFAULTS.ping_interval
         assert interval is not None  # a config always pings; only the library turns it off
         window = t.integer("window", SESSION_DEFAULTS.window, 1, wire.MAX_WINDOW)
         ping_interval = t.number("ping_interval", interval)
         ping_timeout = t.number("ping_timeout", SESSION_DEFAULTS.ping_timeout)
+        resume_timeout = t.number(
+            "resume_timeout", SESSION_DEFAULTS.resume_timeout, 0.0, strict=False
+        )
         if (
             window is None
             or ping_interval is None
             or ping_timeout is None
+            or resume_timeout is None
             or max_streams is None
             or handshake_timeout is None
             or max_frame is None
@@ -54,6 +54,7 @@ class ValueReader(Document):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             handshake_timeout=handshake_timeout,
+            resume_timeout=resume_timeout,
         )
 
     def backoff(self, tunnel: Table) -> BackoffPolicy | None:

@@ -43,6 +43,7 @@ class RuleSet:
     owner: str
     key: str
     rules: tuple[AddressRule, ...]
+    protocol: str = "tcp"  # only the rules of this protocol count ("udp": a UDP flow's)
 
 
 async def check_target(ruleset: RuleSet, target: SocketAddress, timeout: float) -> SocketAddress:
@@ -51,25 +52,27 @@ async def check_target(ruleset: RuleSet, target: SocketAddress, timeout: float) 
     Raises:
         TargetRefused: no rule allows it (or it resolves only to addresses none allows).
     """
-    rules = ruleset.rules
-    refused = f"{ruleset.owner} may not connect to {target} (not in {ruleset.key})"
-    if allows(rules, target):
+    rules, protocol = ruleset.rules, ruleset.protocol
+    shown = f"udp:{target}" if protocol == "udp" else str(target)
+    refused = f"{ruleset.owner} may not connect to {shown} (not in {ruleset.key})"
+    if allows(rules, target, protocol):
         return target
-    if isinstance(target, UnixPath) or not needs_resolution(rules, target):
+    if isinstance(target, UnixPath) or not needs_resolution(rules, target, protocol):
         raise TargetRefused(refused)
     loop = asyncio.get_running_loop()
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     try:
         infos = await asyncio.wait_for(
-            loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM), timeout
+            loop.getaddrinfo(target.host, target.port, type=kind), timeout
         )
     except (OSError, asyncio.TimeoutError) as exc:
         raise TargetRefused(f"{refused}: cannot resolve {target.host}: {describe(exc)}") from None
     for info in infos:
         ip = ip_or_none(str(info[4][0]))
-        if ip is not None and allows_ip(rules, ip, target.port):
+        if ip is not None and allows_ip(rules, ip, target.port, protocol):
             return Address(str(ip), target.port)
     raise TargetRefused(
-        f"{ruleset.owner} may not connect to {target}: it resolves to addresses outside "
+        f"{ruleset.owner} may not connect to {shown}: it resolves to addresses outside "
         f"{ruleset.key}"
     )
 

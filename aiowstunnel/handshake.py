@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .addresses import SocketAddress, parse_socket_address
+from .addresses import SocketAddress, UnixPath, parse_socket_address
 from .errors import AddressError, TunnelError
 
 HEADER_MODE = "X-Aiowstunnel-Mode"
@@ -26,6 +26,17 @@ PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
 #: reverse-socks5: the RFC 1929 username and password the server's SOCKS proxy asks for, as
 #: ``base64(username) base64(password)`` (a secret, like the token: wss:// keeps it)
 HEADER_SOCKS_AUTH = "X-Aiowstunnel-Socks-Auth"
+#: What the session carries (protocol.md, Handshake): absent means "tcp", so a client of
+#: an older version asks for what it always did. The 101 repeats it when it is not "tcp";
+#: a server that does not know the header would not, and the client stops there.
+HEADER_PROTOCOL = "X-Aiowstunnel-Protocol"
+#: LISTEN with UDP: the server opens the flows, and ends each after this many idle seconds
+#: (the tunnel's udp_idle_timeout; 0 = never).
+HEADER_UDP_IDLE = "X-Aiowstunnel-Udp-Idle-Timeout"
+#: The longest idle timeout a client may ask for (a day); 0 (never) is allowed too: the
+#: flows are bounded by the stream limits either way.
+MAX_UDP_IDLE = 86_400.0
+DEFAULT_UDP_IDLE = 60.0
 #: A tunnel's name becomes a metric label and a log field on the server: bounded in length
 #: and charset (a library client's default name, e.g. ``connect:[::1]:0``, fits).
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,128}")
@@ -64,6 +75,36 @@ CONNECT = Mode.CONNECT
 LISTEN = Mode.LISTEN
 SOCKS5 = Mode.SOCKS5
 REVERSE_SOCKS5 = Mode.REVERSE_SOCKS5
+
+
+class TunnelProtocol(enum.Enum):
+    """What a tunnel carries: TCP streams, UDP datagram flows, or both on one address
+    (DNS: the same port over UDP and TCP)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    BOTH = "tcp+udp"
+
+    @property
+    def tcp(self) -> bool:
+        return self is not TunnelProtocol.UDP
+
+    @property
+    def udp(self) -> bool:
+        return self is not TunnelProtocol.TCP
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The protocols one by one: ("tcp",), ("udp",) or ("tcp", "udp")."""
+        return tuple(name for name in ("tcp", "udp") if getattr(self, name))
+
+    @property
+    def note(self) -> str:
+        """For a log line: ``""`` for TCP, else `` (udp)`` or `` (tcp+udp)``."""
+        return "" if self is TunnelProtocol.TCP else f" ({self.value})"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Refusal(enum.Enum):
@@ -114,6 +155,9 @@ class TunnelRequest:
     proxy_protocol: str = ""  # "v1", "v2": the server sends that header to each backend
     #: reverse-socks5: (username, password) the server's SOCKS listener asks for
     socks_auth: tuple[str, str] | None = field(default=None, repr=False)
+    protocol: TunnelProtocol = TunnelProtocol.TCP
+    #: LISTEN with UDP: how long the server keeps an idle flow (0 = never)
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value)]
@@ -126,6 +170,10 @@ class TunnelRequest:
         if self.socks_auth is not None:
             user, password = (base64.b64encode(p.encode()).decode() for p in self.socks_auth)
             headers.append((HEADER_SOCKS_AUTH, f"{user} {password}"))
+        if self.protocol is not TunnelProtocol.TCP:
+            headers.append((HEADER_PROTOCOL, self.protocol.value))
+            if self.mode is Mode.LISTEN:
+                headers.append((HEADER_UDP_IDLE, f"{self.udp_idle_timeout:g}"))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -137,7 +185,8 @@ class TunnelRequest:
         Raises:
             RequestRefused: 400 with what is missing or malformed.
         """
-        for name in (HEADER_MODE, HEADER_ADDRESS, "Authorization"):
+        once = (HEADER_MODE, HEADER_ADDRESS, HEADER_PROTOCOL, HEADER_UDP_IDLE, "Authorization")
+        for name in once:
             if len(_all(headers, name)) > 1:
                 raise RequestRefused(Refusal.BAD_REQUEST, f"duplicate {name} header")
         mode_text = headers.get(HEADER_MODE)
@@ -185,7 +234,8 @@ class TunnelRequest:
             )
         token = bearer_token(headers.get("Authorization"))
         socks_auth = _socks_auth(headers.get(HEADER_SOCKS_AUTH), mode)
-        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth)
+        protocol, idle = _protocol(headers, mode, address)
+        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth, protocol, idle)
 
 
 def _socks_auth(value: str | None, mode: Mode) -> tuple[str, str] | None:
@@ -209,6 +259,49 @@ def _socks_auth(value: str | None, mode: Mode) -> tuple[str, str] | None:
             Refusal.BAD_REQUEST, f"{HEADER_SOCKS_AUTH}: each must be 1 to 255 bytes (RFC 1929)"
         )
     return user, password
+
+
+def _protocol(
+    headers: Mapping[str, str], mode: Mode, address: SocketAddress | None
+) -> tuple[TunnelProtocol, float]:
+    """The request's protocol and UDP idle timeout (defaults when absent). UDP is for
+    the connect and listen modes, on a host and port.
+
+    Raises:
+        RequestRefused: 400 naming the header that is malformed.
+    """
+    text = headers.get(HEADER_PROTOCOL, "tcp").strip().lower()
+    try:
+        protocol = TunnelProtocol(text)
+    except ValueError:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_PROTOCOL}: {shown!r} is not 'tcp', 'udp' or 'tcp+udp'"
+        ) from None
+    if protocol.udp and (mode.socks or isinstance(address, UnixPath)):
+        where = f"{mode} mode" if mode.socks else "a unix socket"
+        raise RequestRefused(
+            Refusal.BAD_REQUEST, f"{HEADER_PROTOCOL}: {protocol}: UDP is not carried in {where}"
+        )
+    idle_text = headers.get(HEADER_UDP_IDLE)
+    if idle_text is None:
+        return protocol, DEFAULT_UDP_IDLE
+    idle_text = idle_text.strip()
+    try:
+        # ASCII digits and one dot only: float() would also take "nan", "1e400" or the
+        # digits of other scripts.
+        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", idle_text):
+            raise ValueError
+        idle = float(idle_text)
+        if idle > MAX_UDP_IDLE:
+            raise ValueError
+    except ValueError:
+        shown = idle_text if len(idle_text) <= 20 else idle_text[:20] + "..."
+        raise RequestRefused(
+            Refusal.BAD_REQUEST,
+            f"{HEADER_UDP_IDLE}: {shown!r} is not a number of seconds 0..{MAX_UDP_IDLE:g}",
+        ) from None
+    return protocol, idle
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

@@ -29,6 +29,9 @@ LIMIT_NAMES = (
     "send_buffer",  # max_send_buffer: a peer that does not read
     "violations",  # max_violations: protocol violations of one session
     "metrics_connections",  # [metrics] max_connections
+    "detached_sessions",  # max_detached_sessions: detached sessions, in total
+    "detached_per_client",  # max_detached_per_client: detached sessions of one client entry
+    "detached_bytes",  # max_detached_bytes: replay bytes detached sessions hold, in total
 )
 
 #: File descriptors kept out of every budget: listeners, journald, the notify socket,
@@ -39,6 +42,11 @@ DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 32
 DEFAULT_MAX_SEND_BUFFER = 8 * 1024 * 1024
 DEFAULT_MAX_VIOLATIONS = 100
 DEFAULT_METRICS_CONNECTIONS = 64
+#: Detached sessions (protocol.md, Resumption) hold their streams' sockets and what their
+#: peer has not confirmed; these bound them below max_sessions_total, which counts them too.
+DEFAULT_MAX_DETACHED_SESSIONS = 1024
+DEFAULT_MAX_DETACHED_PER_CLIENT = 16
+DEFAULT_MAX_DETACHED_BYTES = 256 * 1024 * 1024
 #: Protocol violations of one session that are logged; the rest are only counted.
 LOGGED_VIOLATIONS = 3
 
@@ -79,6 +87,9 @@ class ServerLimits:
     max_client_streams: int | None = None
     max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER
     max_violations: int = DEFAULT_MAX_VIOLATIONS
+    max_detached_sessions: int = DEFAULT_MAX_DETACHED_SESSIONS
+    max_detached_per_client: int = DEFAULT_MAX_DETACHED_PER_CLIENT
+    max_detached_bytes: int = DEFAULT_MAX_DETACHED_BYTES
 
     def resolve(self, open_files: int | None = None) -> ServerLimits:
         """Every ``None`` filled from ``open_files`` (default: the process's soft limit).

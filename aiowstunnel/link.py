@@ -377,6 +377,19 @@ class Link(asyncio.Protocol):
             key = keys.next() if keys is not None else None
             writes.extend(wsframe.binary_frame(header, chunk, key))
 
+    def send_frame(self, header: bytes, payload: bytes | memoryview) -> None:
+        """One message, ``header + payload`` (a DATAGRAM), framed here as DATA is, behind
+        what websockets has queued, so order with pings and the close is kept."""
+        if not self._own_framing or self.ws.state is not State.OPEN:
+            self.send_message(header + bytes(payload))  # sent only while open
+            return
+        keys = self._mask_keys
+        frame = wsframe.binary_frame(header, payload, keys.next() if keys is not None else None)
+        if self.ws.writes or self.transport is None:
+            self.ws.writes.extend(frame)
+        else:
+            _write(self.transport, frame)
+
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
         transport = self.transport

@@ -76,6 +76,23 @@ _FAMILIES: dict[
     ),
     "sent": (CounterMetricFamily, "sent_bytes", "Payload bytes sent.", ("tunnel",)),
     "received": (CounterMetricFamily, "received_bytes", "Payload bytes received.", ("tunnel",)),
+    # UDP tunnels (protocol.md, Datagram flows)
+    "datagrams_sent": (CounterMetricFamily, "datagrams_sent", "UDP datagrams sent.", ("tunnel",)),
+    "datagrams_received": (
+        CounterMetricFamily,
+        "datagrams_received",
+        "UDP datagrams received (written to a UDP socket).",
+        ("tunnel",),
+    ),
+    "datagram_drops": (
+        CounterMetricFamily,
+        "datagrams_dropped",
+        "UDP datagrams dropped instead of queued, by reason.",
+        ("tunnel", "reason"),
+    ),
+    "flows_active": (GaugeMetricFamily, "udp_flows_active", "Open UDP flows.", ("tunnel",)),
+    "flows_opened": (CounterMetricFamily, "udp_flows_opened", "UDP flows opened.", ("tunnel",)),
+    "flows_expired": (CounterMetricFamily, "udp_flows_expired", "Idle flows ended.", ("tunnel",)),
     "sessions": (
         GaugeMetricFamily,
         "server_sessions_active",
@@ -98,6 +115,12 @@ _FAMILIES: dict[
         GaugeMetricFamily,
         "server_sessions_detached",
         "Sessions kept without a connection, waiting for their client to resume them.",
+        ("client", "tunnel"),
+    ),
+    "detached_bytes": (
+        GaugeMetricFamily,
+        "server_detached_bytes",
+        "Bytes the detached sessions keep for replay (bounded by max_detached_bytes).",
         ("client", "tunnel"),
     ),
     "resumes": (
@@ -168,6 +191,13 @@ class TunnelCollector(Collector):
             for result, count in t.resumes.items():
                 add("resumes", (*who, ("result", result)), count)
             add("replayed", who, t.replayed_bytes)
+            add("datagrams_sent", who, t.datagrams_sent)
+            add("datagrams_received", who, t.datagrams_received)
+            for reason, count in t.datagram_drops.items():
+                add("datagram_drops", (*who, ("reason", reason)), count)
+            add("flows_active", who, t.flows_active)
+            add("flows_opened", who, t.flows_opened)
+            add("flows_expired", who, t.flows_expired)
 
         for t in snapshot.tunnels:
             who: _Labels = (("tunnel", t.name),)
@@ -186,6 +216,7 @@ class TunnelCollector(Collector):
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)
             add("sessions_detached", who, c.sessions_detached)
+            add("detached_bytes", who, c.detached_bytes)
             add_streams(c, who)
         if snapshot.server is not None:
             for reason, count in snapshot.server.rejected.items():

@@ -11,9 +11,23 @@ reads its tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .errors import LocalProtocolError, ProtocolViolation
+from .events import (
+    CreditGranted,
+    DatagramReceived,
+    DataReceived,
+    Event,
+    FlowRequested,
+    GoAwayReceived,
+    Reply,
+    StreamAccepted,
+    StreamEnded,
+    StreamLimited,
+    StreamRefused,
+    StreamRequested,
+    StreamReset,
+    StreamViolated,
+)
 from .windows import ReceiveWindow, Window
 from .wire import (
     DEFAULT_MAX_DATA,
@@ -23,7 +37,9 @@ from .wire import (
     MAX_WINDOW,
     TRANSITIONS,
     Data,
+    Datagram,
     Fin,
+    FlowOpen,
     Frame,
     GoAway,
     Move,
@@ -51,13 +67,19 @@ _FIN_UNSENT = frozenset((StreamState.OPENING, StreamState.OPEN, StreamState.HALF
 class StreamMachine:
     """The protocol state of one stream: its state and both credit windows."""
 
-    __slots__ = ("recv_window", "send_window", "state", "stream_id")
+    __slots__ = ("datagram", "recv_window", "send_window", "state", "stream_id")
 
-    def __init__(self, stream_id: int, window: int) -> None:
+    def __init__(self, stream_id: int, window: int, datagram: bool = False) -> None:
         self.stream_id = stream_id
         self.state = StreamState.OPENING
         self.recv_window = ReceiveWindow(window)  # what the peer may still send us
         self.send_window = Window(0)  # what we may still send; set by OPEN / OPEN_OK
+        #: a datagram flow (FLOW_OPEN): DATAGRAM frames only, outside the windows
+        self.datagram = datagram
+        if datagram:
+            # No DATA is legal on a flow: with no credit, receive_data's fast path never
+            # takes one, and the dispatch names the violation.
+            self.recv_window.available = 0
 
     def move(self, move: Move, by_peer: bool) -> None:
         new = TRANSITIONS.get((self.state, move))
@@ -67,96 +89,6 @@ class StreamMachine:
                 f"{move.name} is illegal in state {self.state.value} ({who})", self.stream_id
             )
         self.state = new
-
-
-# Events returned by Mux.receive (one class per thing the session must act on).
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRequested:
-    stream_id: int
-    origin: str
-    target: str = ""  # the OPEN's own target; "" for the session's
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAccepted:
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRefused:
-    stream_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    stream_id: int
-    data: memoryview
-
-
-@dataclass(frozen=True, slots=True)
-class CreditGranted:
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEnded:
-    """The peer sent FIN: it will send no more (a TCP half-close)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReset:
-    stream_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamViolated:
-    """The peer broke the rules on one stream; a :class:`Reply` with the RST follows."""
-
-    stream_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimited:
-    """The peer asked for more streams than max_streams; a :class:`Reply` with the
-    OPEN_FAIL follows."""
-
-    stream_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class GoAwayReceived:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A message Mux answers a peer's frame with (an RST for a stream violation, an
-    OPEN_FAIL for an OPEN it refused): the session sends it as it comes."""
-
-    message: bytes
-
-
-Event = (
-    StreamRequested
-    | StreamAccepted
-    | StreamRefused
-    | DataReceived
-    | CreditGranted
-    | StreamEnded
-    | StreamReset
-    | StreamViolated
-    | StreamLimited
-    | GoAwayReceived
-    | Reply
-)
 
 
 class Mux:
@@ -254,6 +186,24 @@ class Mux:
         self._next_id += 2
         self._streams[stream_id] = StreamMachine(stream_id, self.window)
         return stream_id, Open(stream_id, self.window, origin, target).serialize()
+
+    def open_flow(self, origin: str = "") -> tuple[int, bytes]:
+        """Allocate a stream id for a datagram flow and build its FLOW_OPEN.
+        Returns (stream id, message)."""
+        stream_id, _ = self.open_stream(origin)
+        self._streams[stream_id] = StreamMachine(stream_id, self.window, datagram=True)
+        return stream_id, FlowOpen(stream_id, origin).serialize()
+
+    def datagram_ok(self, stream_id: int, outgoing: bool) -> bool:
+        """A DATAGRAM may go out (``outgoing``) or come in on the stream now: it is a flow,
+        open, or opening and opened by the side that sends (protocol.md, Datagram flows:
+        the opener sends from FLOW_OPEN on, the other side once it accepted). No credit."""
+        machine = self._streams.get(stream_id)
+        if machine is None or not machine.datagram:
+            return False
+        return machine.state is StreamState.OPEN or (
+            machine.state is StreamState.OPENING and self._ours(stream_id) == outgoing
+        )
 
     def accept_stream(self, stream_id: int) -> bytes:
         machine = self._streams[stream_id]
@@ -378,10 +328,14 @@ class Mux:
 
     def _dispatch(self, frame: Frame) -> list[Event]:
         sid = frame.stream_id
+        if isinstance(frame, Datagram):
+            return self._receive_datagram(frame)
         if isinstance(frame, Data):
             machine = self._known(sid, frame)
             if machine is None:
                 return []
+            if machine.datagram:
+                raise ProtocolViolation("DATA on a datagram flow", sid)
             machine.move(Move.RECV_DATA, by_peer=True)
             try:
                 machine.recv_window.consume(len(frame.data))
@@ -394,12 +348,14 @@ class Mux:
                 return []
             if machine.state is StreamState.OPENING:
                 raise ProtocolViolation("WINDOW before the stream is open", sid)
+            if machine.datagram:
+                raise ProtocolViolation("WINDOW on a datagram flow", sid)
             try:
                 machine.send_window.grant(frame.increment)
             except ProtocolViolation as exc:
                 raise ProtocolViolation(str(exc), sid) from None
             return [CreditGranted(sid)]
-        if isinstance(frame, Open):
+        if isinstance(frame, Open | FlowOpen):
             return self._receive_open(frame)
         if isinstance(frame, OpenOk):
             machine = self._known(sid, frame)
@@ -414,6 +370,8 @@ class Mux:
             machine = self._known(sid, frame)
             if machine is None:
                 return []
+            if machine.datagram:
+                raise ProtocolViolation("FIN on a datagram flow (a flow ends with RST)", sid)
             machine.move(Move.RECV_FIN, by_peer=True)
             self._end(machine)
             return [StreamEnded(sid)]
@@ -441,7 +399,22 @@ class Mux:
             return None
         raise ProtocolViolation(f"{frame.type.name} for unknown stream {sid}", sid)
 
-    def _receive_open(self, frame: Open) -> list[Event]:
+    def _receive_datagram(self, frame: Datagram) -> list[Event]:
+        sid = frame.stream_id
+        machine = self._known(sid, frame)
+        if machine is None:
+            return []  # crossed our RST: dropped, as any late frame
+        if not machine.datagram:
+            raise ProtocolViolation("DATAGRAM on a byte stream", sid)
+        # The opener may send from FLOW_OPEN on; the dialing side only after its OPEN_OK
+        # (the check of udp.FlowTable's fast path, so both take the same datagrams).
+        if not self.datagram_ok(sid, outgoing=False):
+            state = machine.state
+            where = "before OPEN_OK" if state is StreamState.OPENING else f"in {state.name}"
+            raise ProtocolViolation(f"DATAGRAM {where}", sid)
+        return [DatagramReceived(sid, frame.data)]  # type: ignore[arg-type]
+
+    def _receive_open(self, frame: Open | FlowOpen) -> list[Event]:
         sid = frame.stream_id
         if self._ours(sid):
             raise ProtocolViolation(f"OPEN with stream id {sid} of our parity")
@@ -453,6 +426,9 @@ class Mux:
         if len(self._streams) >= self.max_streams:
             reason = f"too many streams (max {self.max_streams})"
             return [StreamLimited(sid, reason), Reply(OpenFail(sid, reason).serialize())]
+        if isinstance(frame, FlowOpen):
+            self._streams[sid] = StreamMachine(sid, self.window, datagram=True)
+            return [FlowRequested(sid, frame.origin)]
         machine = StreamMachine(sid, self.window)
         machine.send_window = Window(frame.window)
         self._streams[sid] = machine

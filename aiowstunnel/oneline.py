@@ -3,8 +3,9 @@
 ``aiowstunnel client URL --token-file F -L 8080:db:5432 -R 8022:127.0.0.1:22 -D 1080`` is
 ssh's notation: each ``-L`` is a ``connect`` tunnel (listen here, the server dials), each
 ``-R`` a ``listen`` tunnel (the server listens, this host dials), each ``-D`` a ``socks5``
-proxy. ``aiowstunnel server --listen ... --allow-connect ...`` is a ``[server]`` with one
-client entry. The command line becomes TOML text, and that text goes through the one
+proxy; ``-L udp:5353:127.0.0.1:53`` (or ``tcp+udp:``) carries UDP (``protocol``).
+``aiowstunnel server --listen ... --allow-connect ...`` is a ``[server]`` with one client
+entry. The command line becomes TOML text, and that text goes through the one
 loader (config.py), so a one-liner and its printed file are the same configuration and meet
 the same checks. Pure: strings in, TOML text out.
 """
@@ -72,6 +73,7 @@ class Forward:
     listen: str
     connect: str | None
     label: str = ""  # the tunnel's name, when not made from the flag (``stdio``)
+    protocol: str = "tcp"  # or "udp", "tcp+udp": a ``udp:`` / ``tcp+udp:`` before the text
 
     @classmethod
     def parse(cls, flag: str, text: str) -> Forward:
@@ -83,12 +85,17 @@ class Forward:
         Raises:
             AddressError: naming the flag and its text.
         """
+        protocol, text = _protocol(text)
+        if protocol != "tcp" and flag == "-D":
+            raise AddressError(f"-D {protocol}:{text}: a SOCKS5 proxy carries TCP only")
         try:
             fields = _fields(text)
         except AddressError as exc:
             raise AddressError(f"{flag} {exc}") from None
         dynamic = {"-D": "socks5", "-R": "reverse-socks5"}
         if flag == "-D" or (flag == "-R" and len(fields) <= 2 and not _has_target(fields)):
+            if protocol != "tcp":
+                raise AddressError(f"-R {protocol}:{text}: {protocol} needs a HOST:HOSTPORT")
             mode = dynamic[flag]
             if len(fields) == 1 and fields[0].startswith(UNIX_SCHEME):
                 return cls(mode, fields[0], None)
@@ -104,7 +111,7 @@ class Forward:
                 f"{flag} {text!r}: expected [bind:]port:host:hostport "
                 "(or unix:/path for either end)"
             )
-        return cls(mode, local, target)
+        return cls(mode, local, target, protocol=protocol)
 
     @property
     def name(self) -> str:
@@ -115,7 +122,16 @@ class Forward:
         where = self.listen.rpartition(":")[2] if not self.listen.startswith(UNIX_SCHEME) else ""
         if not where:
             where = self.listen.rsplit("/", 1)[-1]
-        return f"{letter}-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", where) or "unix")
+        suffix = "" if self.protocol == "tcp" else "-" + self.protocol.replace("+", "")
+        return f"{letter}-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", where) or "unix") + suffix
+
+
+def _protocol(text: str) -> tuple[str, str]:
+    """A forward's protocol prefix (``udp:``, ``tcp+udp:``, ``tcp:``) and the rest."""
+    for name in ("tcp+udp", "udp", "tcp"):
+        if text.lower().startswith(name + ":"):
+            return name, text[len(name) + 1 :]
+    return "tcp", text
 
 
 def _has_target(fields: list[str]) -> bool:
@@ -224,6 +240,10 @@ def client_toml(
                     ("token_file", toml_string(token_file)),
                     ("listen", toml_string(forward.listen)),
                     ("connect", toml_string(forward.connect) if forward.connect else None),
+                    (
+                        "protocol",
+                        toml_string(forward.protocol) if forward.protocol != "tcp" else None,
+                    ),
                     ("ca_file", toml_string(ca_file) if ca_file else None),
                     ("proxy_protocol", toml_string(proxy_protocol) if proxy_protocol else None),
                     (

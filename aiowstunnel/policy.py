@@ -47,45 +47,61 @@ class ClientPolicy:
         if len(self.token_sha256) != 32:
             raise ValueError(f"client {self.name!r}: token_sha256 must be 32 bytes")
 
-    def may_connect(self, target: SocketAddress) -> bool:
+    # ``protocol``: "tcp" or "udp"; only the rules of that protocol count (a TCP rule
+    # never grants UDP, and the other way round).
+
+    def may_connect(self, target: SocketAddress, protocol: str = "tcp") -> bool:
         """True when a rule allows the target as written (name, IP literal, unix path)."""
-        return allows(self.allow_connect, target)
+        return allows(self.allow_connect, target, protocol)
 
-    def may_connect_ip(self, ip: IPAddress, port: int) -> bool:
+    def may_connect_ip(self, ip: IPAddress, port: int, protocol: str = "tcp") -> bool:
         """True when a resolved address is allowed by an IP/CIDR rule."""
-        return allows_ip(self.allow_connect, ip, port)
+        return allows_ip(self.allow_connect, ip, port, protocol)
 
-    def may_listen(self, address: SocketAddress) -> bool:
+    def may_listen(self, address: SocketAddress, protocol: str = "tcp") -> bool:
         if isinstance(address, UnixPath):
-            return any(rule.matches_address(address) for rule in self.allow_listen)
+            return allows(self.allow_listen, address, protocol)
         host = address.host or "0.0.0.0"
-        return any(rule.matches(host, address.port) for rule in self.allow_listen)
+        rules = self.allow_listen
+        return any(r.protocol == protocol and r.matches(host, address.port) for r in rules)
 
-    def needs_resolution(self, target: SocketAddress) -> bool:
+    def needs_resolution(self, target: SocketAddress, protocol: str = "tcp") -> bool:
         """True when the target is a name that no name rule allows but a CIDR rule might."""
-        return isinstance(target, Address) and needs_resolution(self.allow_connect, target)
+        return isinstance(target, Address) and needs_resolution(
+            self.allow_connect, target, protocol
+        )
 
 
 # The decisions over one rule list, shared by a client entry's allow_connect and a
 # tunnel's own (reverse-socks5: the client decides what its streams may reach).
 
 
-def allows(rules: Iterable[AddressRule], target: SocketAddress) -> bool:
-    """True when a rule allows the target as written (name, IP literal, unix path)."""
-    return any(rule.matches_address(target) for rule in rules)
+def allows(rules: Iterable[AddressRule], target: SocketAddress, protocol: str = "tcp") -> bool:
+    """True when a rule of ``protocol`` allows the target as written (name, IP literal,
+    unix path)."""
+    return any(rule.protocol == protocol and rule.matches_address(target) for rule in rules)
 
 
-def allows_ip(rules: Iterable[AddressRule], ip: IPAddress, port: int) -> bool:
+def allows_ip(
+    rules: Iterable[AddressRule], ip: IPAddress, port: int, protocol: str = "tcp"
+) -> bool:
     """True when a resolved address is allowed by an IP/CIDR (or any-host) rule."""
-    return any(rule.matches_ip(ip, port) for rule in rules)
+    return any(rule.protocol == protocol and rule.matches_ip(ip, port) for rule in rules)
 
 
-def needs_resolution(rules: Sequence[AddressRule], target: Address) -> bool:
+def needs_resolution(
+    rules: Sequence[AddressRule], target: Address, protocol: str = "tcp"
+) -> bool:
     """True when the target is a name that no name rule allows but a CIDR rule might."""
     return (
         ip_or_none(target.host) is None
-        and not allows(rules, target)
-        and any(r.network is not None and r.port_low <= target.port <= r.port_high for r in rules)
+        and not allows(rules, target, protocol)
+        and any(
+            r.protocol == protocol
+            and r.network is not None
+            and r.port_low <= target.port <= r.port_high
+            for r in rules
+        )
     )
 
 
@@ -93,8 +109,8 @@ def needs_resolution(rules: Sequence[AddressRule], target: Address) -> bool:
 OPEN_RELAY = ClientPolicy(
     "anonymous",
     token_digest(b""),
-    (AddressRule.parse("*:*"),),
-    (AddressRule.parse("*:*"),),
+    (AddressRule.parse("*:*"), AddressRule.parse("udp:*:*")),
+    (AddressRule.parse("*:*"), AddressRule.parse("udp:*:*")),
     max_sessions=1_000_000,
 )
 

@@ -33,6 +33,7 @@ class Cut(enum.Enum):
     VIOLATION = "violation"  # the peer broke the protocol on this stream
     EXPIRED = "expired"  # a stream kept for resumption whose session did not come back
     RESUME_REFUSED = "resume_refused"  # the server could not resume it (restarted, refused)
+    DETACHED_LIMIT = "detached_limit"  # its detached session was expired early: over a limit
 
     def __str__(self) -> str:
         return self.value

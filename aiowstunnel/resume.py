@@ -14,10 +14,11 @@ This module owns the bookkeeping; the session owns the sockets and the clock, an
 - the close codes of a refusal after the upgrade.
 
 Why one sequence per session direction, not per stream: every message a side sends
-(DATA, OPEN, FIN, RST, WINDOW, ...: all but ACK, RESUME and RESUMED, which only restate
-counts) takes the next number of its direction, so one counter keeps the order across
-streams and between DATA and control frames (an OPEN before its DATA, a FIN after the last
-DATA) and covers control frames without a case for each. The memory bound still follows
+(DATA, OPEN, FIN, RST, WINDOW, FLOW_OPEN, ...: all but ACK, RESUME and RESUMED, which only
+restate counts, and DATAGRAM, which may be lost) takes the next number of its direction,
+so one counter keeps the order across streams and between DATA and control frames (an OPEN
+before its DATA, a FIN after the last DATA) and covers control frames without a case for
+each. The memory bound still follows
 from flow control: the receiver's count rides on every WINDOW it sends, and a WINDOW only
 returns credit for bytes in messages it counts, so the DATA bytes a sender holds
 unconfirmed never exceed the credit not yet returned: one window per stream per direction.
@@ -54,6 +55,9 @@ MAX_COUNT = 2**64 - 1
 #: as wire.MAX_WINDOW: a window or an increment is 1..2**31 - 1
 MAX_WINDOW = 2**31 - 1
 WINDOW_TYPE = 5  # wire.FrameType.WINDOW
+#: wire.FrameType.DATAGRAM: lossy by contract (protocol.md, Resumption), so neither logged
+#: nor counted: a resume never replays a datagram
+DATAGRAM_TYPE = 13
 
 
 class ResumeFrameType(enum.IntEnum):
@@ -82,8 +86,9 @@ DEFAULT_MAX_LOG_MESSAGES = 65_536
 
 
 def is_sequenced(message: bytes | bytearray | memoryview) -> bool:
-    """True for a message that takes a sequence number (all but ACK, RESUME, RESUMED)."""
-    return not message or message[0] not in UNSEQUENCED
+    """True for a message that takes a sequence number (all but ACK, RESUME, RESUMED and
+    DATAGRAM)."""
+    return not message or (message[0] not in UNSEQUENCED and message[0] != DATAGRAM_TYPE)
 
 
 # -- the replay log ---------------------------------------------------------------------------

@@ -103,6 +103,8 @@ class Resumption:
                 raise ProtocolViolation(f"{type(frame).__name__.upper()} outside a resume")
             self.log.confirm(frame.received)
             return None
+        if code == resume.DATAGRAM_TYPE:  # not counted: a datagram is never replayed
+            return message
         self.counter.received(len(message))
         if code == _WINDOW:
             increment, count = resume.parse_window(memoryview(message)[HEADER_SIZE:])

@@ -26,7 +26,7 @@ from .affinity import SERVER_HEADER, default_server_name
 from .destinations import dialer, proxy_protocol
 from .dial import Dial
 from .errors import ProtocolViolation
-from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused
+from .handshake import DEFAULT_PATH, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
@@ -40,12 +40,12 @@ from .resumeauth import (
 from .serveraccess import (
     Grant,
     authenticate,
+    check_grant,
     client_rules,
-    connect_target,
     same_tunnel,
     still_allowed,
 )
-from .serverlisten import bind_session_listener, hand_over, listen_endpoint
+from .serverlisten import bind_session_listener, hand_over, listen_endpoint, serve_flows
 from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
@@ -63,7 +63,6 @@ _HANDSHAKE_LIMITS = {
     "handshake_bytes": "handshake_too_large",
 }
 
-DEFAULT_RESUME_TIMEOUT = 60.0
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
 MAX_TUNNEL_NAMES = 32
@@ -87,7 +86,9 @@ class Server:
         handshake_timeout: seconds a connection has to complete TLS and the upgrade.
         connect_timeout: seconds to dial a CONNECT target.
         ping_interval, ping_timeout: keepalive; a silent client is dropped after both.
-        settings: the session's settings whole (the daemon's), instead of the seven above
+        resume_timeout: seconds a session whose connection broke is kept for its client to
+            resume it (protocol.md, Resumption); 0 turns resumption off.
+        settings: the session's settings whole (the daemon's), instead of the eight above
             (:class:`SessionSettings`).
         stats, client_stats: counters to keep (the daemon passes the same ones to the server
             that replaces this one, so that Prometheus counters never go backwards);
@@ -96,8 +97,6 @@ class Server:
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
         socket_mode: the file mode of a unix socket bound for a LISTEN session.
-        resume_timeout: seconds a session whose connection broke is kept for its client to
-            resume it (protocol.md, Resumption); 0 turns resumption off.
         name: how this server names itself in each 101 (``X-Aiowstunnel-Server``), so a
             client behind a balancer knows which server holds its session (the host name).
     """
@@ -117,13 +116,13 @@ class Server:
         connect_timeout: float = SessionSettings.connect_timeout,
         ping_interval: float | None = SessionSettings.ping_interval,
         ping_timeout: float = SessionSettings.ping_timeout,
+        resume_timeout: float = SessionSettings.resume_timeout,
         settings: SessionSettings | None = None,
         stats: ServerStats | None = None,
         client_stats: dict[tuple[str, str], TunnelStats] | None = None,
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
-        resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
         name: str = "",
     ) -> None:
         self.host = host
@@ -141,6 +140,7 @@ class Server:
             connect_timeout=connect_timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            resume_timeout=resume_timeout,
         )
         self.stats = stats if stats is not None else ServerStats()
         self.client_stats = client_stats if client_stats is not None else {}
@@ -156,10 +156,7 @@ class Server:
         self._streams_total = Slots(lim.max_streams_total)
         self._client_streams = Slots(lim.max_client_streams)
         self.sessions: dict[Session, Grant] = {}
-        self.resume_timeout = resume_timeout
-        self.resumable = ResumeRegistry(
-            resume_timeout, self.stats, self.settings.handshake_timeout
-        )
+        self.resumable = ResumeRegistry(self.settings, self.stats, lim, self.limit_stats)
         self.policy = Policy(None)
         self.set_clients(clients)
         self._server: asyncio.Server | None = None
@@ -222,8 +219,7 @@ class Server:
         for task in list(self._pending):
             task.cancel()
         for grant in self.sessions.values():
-            if grant.listener is not None:
-                grant.listener.close()  # no new streams: stop accepting on LISTEN ports
+            grant.close_listeners()  # no new streams: stop accepting on LISTEN ports
         sessions = list(self.sessions)
         before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
         await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
@@ -375,8 +371,7 @@ class Server:
         if session.closed.done():  # the client went away while we checked
             for slot in reserved:
                 slot.release()
-            if grant.listener is not None:
-                grant.listener.close()
+            grant.close_listeners()
             return
         grant.slot = reserved[0] if reserved else None
         session.guard.client = grant.client.name  # type: ignore[union-attr]
@@ -398,10 +393,11 @@ class Server:
         headers = {SERVER_HEADER: self.name}
         if grant.bound:
             headers["X-Aiowstunnel-Bound"] = grant.bound
-        if resumable and self.resume_timeout > 0:
+        dial = serve_flows(session, grant, dial, headers, self.settings.connect_timeout)
+        if resumable and self.settings.resume_timeout > 0:
             self.resumable.offer(session, headers)
         session.accept(request, dial, extra_headers=headers)
-        _session_log(session).info("session opened: %s", grant.what)
+        _session_log(session).info("session opened: %s%s", grant.what, grant.request.protocol.note)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry
@@ -437,22 +433,7 @@ class Server:
             )
         # Taken now, synchronously: the checks below may await the resolver.
         reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
-        if tunnel.mode is Mode.CONNECT:
-            assert tunnel.address is not None
-            grant.target = await connect_target(
-                client, tunnel.address, self.settings.connect_timeout
-            )
-        elif tunnel.mode is Mode.SOCKS5:
-            if not client.allow_connect:
-                raise RequestRefused(
-                    Refusal.FORBIDDEN,
-                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
-                )
-        elif tunnel.address is None or not client.may_listen(tunnel.address):
-            raise RequestRefused(
-                Refusal.FORBIDDEN,
-                f"client {client.name!r} may not listen on {tunnel.address} (not in allow_listen)",
-            )
+        await check_grant(grant, self.settings.connect_timeout)
         return grant
 
     def _dialer(self, grant: Grant) -> Dial:
@@ -468,8 +449,8 @@ class Server:
         """The client sent GOAWAY (it stops, or a reload replaces it): no new stream may be
         opened for it, so its LISTEN port is released now, for its successor to bind."""
         grant = self.sessions.get(session)
-        if grant is not None and grant.listener is not None:
-            grant.listener.close()
+        if grant is not None:
+            grant.close_listeners()
 
     def _session_closed(self, session: Session) -> None:
         grant = self.sessions.pop(session, None)
@@ -480,8 +461,7 @@ class Server:
             session.stats.sessions_detached -= 1
         if grant.slot is not None:
             grant.slot.release()
-        if grant.listener is not None:
-            grant.listener.close()  # at once: the client must be able to bind it again
+        grant.close_listeners()  # at once: the client must be able to bind it again
         stats = session.stats
         stats.sessions_active -= 1
         stats.up = stats.sessions_active > 0

@@ -20,6 +20,7 @@ from .destinations import RuleSet, TargetRefused, check_target
 from .handshake import Mode, Refusal, RequestRefused, TunnelRequest
 from .limits import Slot
 from .policy import ClientPolicy, Policy
+from .udpsocket import UdpEndpoint
 
 
 @dataclass(eq=False)
@@ -32,6 +33,10 @@ class Grant:
     listener: asyncio.Server | None = None  # LISTEN: the socket bound for this session
     bound: str = ""  # LISTEN: the address actually bound (port 0 resolved)
     slot: Slot | None = None  # its place in max_sessions and max_sessions_total
+    #: UDP: CONNECT: where the flows' sockets send (pinned IP if resolved, as ``target``);
+    #: LISTEN: the UDP socket bound for this session
+    udp_target: SocketAddress | None = None
+    udp_endpoint: UdpEndpoint | None = None
 
     @property
     def what(self) -> str:
@@ -42,6 +47,12 @@ class Grant:
         if mode is Mode.SOCKS5:
             return "socks5: each stream's target checked against allow_connect"
         return f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {self.bound}"
+    def close_listeners(self) -> None:
+        """Stop taking new connections and datagrams for the session (LISTEN modes)."""
+        if self.listener is not None:
+            self.listener.close()
+        if self.udp_endpoint is not None:
+            self.udp_endpoint.close()
 
 
 def authenticate(
@@ -86,26 +97,54 @@ def still_allowed(policy: Policy, grant: Grant) -> str:
     if current.token_sha256 != grant.client.token_sha256:
         return f"the token of client {grant.client.name!r} changed"
     request = grant.request
-    if request.mode is Mode.SOCKS5:
-        if not current.allow_connect:
-            return f"client {current.name!r} may no longer connect anywhere"
-    elif request.mode is Mode.CONNECT:
-        assert request.address is not None
-        target = grant.target or request.address
-        allowed = current.may_connect(request.address)
-        if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
-            ip = ip_or_none(target.host)
-            allowed = ip is not None and current.may_connect_ip(ip, target.port)
-        if not allowed:
-            return f"connect to {request.address} is no longer allowed"
-    elif request.address is None or not current.may_listen(request.address):
-        return f"listen on {request.address} is no longer allowed"
+    for protocol in request.protocol.names:  # each one: a TCP rule never grants UDP
+        shown = _shown(request.address, protocol)
+        if request.mode is Mode.SOCKS5:
+            if not current.allow_connect:
+                return f"client {current.name!r} may no longer connect anywhere"
+        elif request.mode is Mode.CONNECT:
+            assert request.address is not None
+            target = (grant.udp_target if protocol == "udp" else grant.target) or request.address
+            allowed = current.may_connect(request.address, protocol)
+            if not allowed and isinstance(target, Address):  # pinned to a resolved IP?
+                ip = ip_or_none(target.host)
+                allowed = ip is not None and current.may_connect_ip(ip, target.port, protocol)
+            if not allowed:
+                return f"connect to {shown} is no longer allowed"
+        elif request.address is None or not current.may_listen(request.address, protocol):
+            return f"listen on {shown} is no longer allowed"
     grant.client = current
     return ""
 
 
+async def check_grant(grant: Grant, timeout: float) -> None:
+    """What the request asks, checked against its client entry's rules, for each protocol
+    it carries; a CONNECT target resolved and pinned into ``grant`` (or the 403)."""
+    client, tunnel = grant.client, grant.request
+    for protocol in tunnel.protocol.names:  # each one: a TCP rule never grants UDP
+        if tunnel.mode is Mode.CONNECT:
+            assert tunnel.address is not None
+            target = await connect_target(client, tunnel.address, timeout, protocol)
+            if protocol == "udp":
+                grant.udp_target = target
+            else:
+                grant.target = target
+        elif tunnel.mode is Mode.SOCKS5:
+            if not client.allow_connect:
+                raise RequestRefused(
+                    Refusal.FORBIDDEN,
+                    f"client {client.name!r} may not connect anywhere (allow_connect is empty)",
+                )
+        elif tunnel.address is None or not client.may_listen(tunnel.address, protocol):
+            raise RequestRefused(
+                Refusal.FORBIDDEN,
+                f"client {client.name!r} may not listen on {_shown(tunnel.address, protocol)} "
+                "(not in allow_listen)",
+            )
+
+
 async def connect_target(
-    client: ClientPolicy, target: SocketAddress, timeout: float
+    client: ClientPolicy, target: SocketAddress, timeout: float, protocol: str = "tcp"
 ) -> SocketAddress:
     """Where to dial for a CONNECT request, or a 403 refusal.
 
@@ -114,7 +153,7 @@ async def connect_target(
     allows, so a later DNS answer cannot steer it elsewhere.
     """
     try:
-        return await check_target(client_rules(client), target, timeout)
+        return await check_target(client_rules(client, protocol), target, timeout)
     except TargetRefused as exc:
         raise RequestRefused(Refusal.FORBIDDEN, str(exc)) from None
 
@@ -125,11 +164,17 @@ def same_tunnel(grant: Grant, client: ClientPolicy, tunnel: TunnelRequest) -> bo
     return (
         grant.client.name == client.name
         and grant.client.token_sha256 == client.token_sha256
-        and (request.mode, request.address, request.tunnel)
-        == (tunnel.mode, tunnel.address, tunnel.tunnel)
+        and (request.mode, request.address, request.tunnel, request.protocol)
+        == (tunnel.mode, tunnel.address, tunnel.tunnel, tunnel.protocol)
     )
 
 
-def client_rules(client: ClientPolicy) -> RuleSet:
+def client_rules(client: ClientPolicy, protocol: str = "tcp") -> RuleSet:
     """A client entry's allow_connect as the rule set each target is checked against."""
-    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect)
+    return RuleSet(f"client {client.name!r}", "allow_connect", client.allow_connect, protocol)
+
+
+def _shown(address: SocketAddress | None, protocol: str) -> str:
+    """An address in a refusal: ``udp:`` before it when the protocol is UDP, as the rule
+    that would allow it is written."""
+    return f"udp:{address}" if protocol == "udp" else str(address)

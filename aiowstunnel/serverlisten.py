@@ -1,6 +1,7 @@
 """The server's listening sockets: the tunnel endpoint (bound, or a predecessor's socket
-served) and its handover to a successor, and the listener a LISTEN-mode session binds
-(TCP or unix, plain or SOCKS5 streams). Each bind error names the address.
+served) and its handover to a successor, the listener a LISTEN-mode session binds (TCP or
+unix, plain or SOCKS5 streams; a UDP socket for UDP flows), and the sockets a CONNECT
+session's UDP flows send from (:func:`serve_flows`). Each bind error names the address.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import ssl as ssl_module
 from collections.abc import Callable
 
 from .addresses import Address, UnixPath
+from .dial import Dial
 from .errors import describe
-from .handshake import Refusal, RequestRefused
+from .handshake import HEADER_PROTOCOL, Refusal, RequestRefused
 from .link import Link
 from .serveraccess import Grant
 from .session import Session
 from .socks import Socks5Stream
 from .socks5 import Credentials
 from .tcp import TcpStream
+from .udpsocket import bind_endpoint, udp_dialer
 from .unixsock import listen_unix
 
 
@@ -84,10 +87,11 @@ async def bind_session_listener(session: Session, grant: Grant, socket_mode: int
         return session.new_stream()
 
     loop = asyncio.get_running_loop()
+    protocol = grant.request.protocol
     try:
         if isinstance(address, UnixPath):
             grant.listener = await listen_unix(new_stream, address.path, socket_mode)
-        else:
+        elif protocol.tcp:
             grant.listener = await loop.create_server(
                 new_stream, address.bind_host, address.port, backlog=1024
             )
@@ -98,5 +102,34 @@ async def bind_session_listener(session: Session, grant: Grant, socket_mode: int
     if isinstance(address, UnixPath):
         grant.bound = str(address)
         return
-    port = grant.listener.sockets[0].getsockname()[1]
+    port = grant.listener.sockets[0].getsockname()[1] if grant.listener else address.port
+    if protocol.udp:
+        # tcp+udp: the UDP socket takes the port the TCP listener got (DNS: one port).
+        try:
+            grant.udp_endpoint = await bind_endpoint(
+                address.bind_host, port, lambda: session.flows, session.stats
+            )
+        except OSError as exc:
+            grant.close_listeners()
+            raise RequestRefused(Refusal.LISTEN_FAILED, str(exc)) from None
+        port = grant.udp_endpoint.address[1]
     grant.bound = str(Address(address.host, port))
+
+
+def serve_flows(
+    session: Session, grant: Grant, dial: Dial | None, headers: dict[str, str], timeout: float
+) -> Dial | None:
+    """A granted session's UDP side (protocol.md, Datagram flows), before its 101: CONNECT
+    flows dial the granted target, a LISTEN session ends idle flows by the client's
+    udp_idle_timeout and counts its socket's drops as the session's, and the 101 confirms
+    the protocol. Returns the dial of its TCP streams: ``dial``, or None without TCP."""
+    request = grant.request
+    if request.protocol.udp:
+        target = grant.udp_target or request.address
+        if not request.mode.server_listens and isinstance(target, Address):
+            session.flows.dial = udp_dialer(target.host, target.port, timeout)
+        session.flows.idle_timeout = request.udp_idle_timeout
+        if grant.udp_endpoint is not None:
+            grant.udp_endpoint.stats = session.stats
+        headers[HEADER_PROTOCOL] = request.protocol.value  # the client checks it is known
+    return dial if request.protocol.tcp else None

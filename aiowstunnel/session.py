@@ -23,16 +23,11 @@ from websockets.server import ServerProtocol
 from .dial import Dial, Dialer
 from .drain import Linger, shutdown
 from .errors import ProtocolViolation, ResumeRefused
-from .faults import PeerFaults
-from .limits import QuietLog, SessionGuard
-from .link import DEFAULT_SETTINGS, Link, Message
-from .logs import escape, quote
-from .mux import (
+from .events import (
     CreditGranted,
     DataReceived,
     Event,
     GoAwayReceived,
-    Mux,
     Reply,
     StreamAccepted,
     StreamEnded,
@@ -42,6 +37,11 @@ from .mux import (
     StreamReset,
     StreamViolated,
 )
+from .faults import PeerFaults
+from .limits import QuietLog, SessionGuard
+from .link import DEFAULT_SETTINGS, Link, Message
+from .logs import escape, quote
+from .mux import Mux
 from .resets import Cut
 from .resume import encode_resumed
 from .resumeauth import HEADER_CHALLENGE
@@ -51,6 +51,7 @@ from .settings import SessionSettings
 from .stats import TunnelStats
 from .streams import StreamTable
 from .tcp import TcpStream
+from .udp import FlowTable
 
 log = logging.getLogger("aiowstunnel.session")
 #: Lines a peer can cause (its refusals, resets, violations) go through here: a flood of
@@ -103,6 +104,7 @@ class Session:
         self.settings = settings
         self.mux = Mux(self.client_side, window=settings.window, max_streams=settings.max_streams)
         self.table = StreamTable(self.mux, self, stats, guard)
+        self.flows = FlowTable(self)  # UDP datagram flows (udp.py), beside the streams
         self.on_request = on_request
         self.name = name
         #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
@@ -251,7 +253,7 @@ class Session:
         data = self.mux.receive_data(message)
         if data is not None:
             self.table.deliver(*data)
-        else:
+        elif not self.flows.receive(message):  # a DATAGRAM's fast path, as DATA's above
             for event in self.mux.receive(message):
                 self._event(event)
         if resumption is not None and (ack := resumption.ack()) is not None:
@@ -287,7 +289,8 @@ class Session:
         self.dialer.cancel()
         #: streams this session's end cut (reset toward their applications), for the
         #: "tunnel down" and "session ended" lines
-        self.cut_streams = self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
+        self.cut_streams += self.table.cut_all(Cut.SESSION_LOST, self.close_reason)
+        self.flows.close_all()
         self._detached.set()
         self.closed.set_result(self.close_reason)
         if not self.link.lost:  # an expiry during a resume attempt
@@ -426,6 +429,8 @@ class Session:
 
     def _event(self, event: Event) -> None:
         table = self.table
+        if self.flows.took(event):  # a datagram, or news of a flow
+            return
         if isinstance(event, DataReceived):
             table.deliver(event.stream_id, event.data)
         elif isinstance(event, CreditGranted):
@@ -493,11 +498,8 @@ class Session:
                 self.linger.then(self._close_idle, reason)
 
     def reset_streams(self, cause: Cut, reason: str) -> int:
-        """Reset every open stream, on both ends (RST to the peer too). Returns how many.
-
-        For a drain that ran out (:meth:`shutdown`), and the hook for a stream kept for
-        resumption whose session did not come back in time (:attr:`Cut.EXPIRED`).
-        """
+        """Reset every open stream, on both ends (RST to the peer too). Returns how many:
+        a drain that ran out (:meth:`shutdown`), a detached session expired (:meth:`expire`)."""
         return self.table.reset_all(cause, reason)
 
     async def shutdown(self, reason: str, timeout: float) -> None:

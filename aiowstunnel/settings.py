@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from . import wire
+from .handshake import DEFAULT_UDP_IDLE, MAX_UDP_IDLE
 
 #: The smallest ``max_frame``: a peer's largest DATA frame (header + payload) must fit in
 #: one WebSocket message.
@@ -30,6 +31,10 @@ class SessionSettings:
         ping_timeout: seconds a peer may stay silent after a ping before it is dead.
         handshake_timeout: seconds for TLS and the WebSocket upgrade.
         connect_timeout: seconds to dial a target (or the tunnel server).
+        resume_timeout: seconds a session whose connection broke is kept, its streams open,
+            for a resume (docs/protocol.md, Resumption); 0 turns resumption off.
+        udp_idle_timeout: seconds after which the listening side ends a silent UDP flow;
+            0 = never (protocol.md, Datagram flows).
     """
 
     window: int = wire.DEFAULT_WINDOW
@@ -39,6 +44,8 @@ class SessionSettings:
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    resume_timeout: float = 60.0
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE
 
     def __post_init__(self) -> None:
         # The config reports these with the key's name first; this is for library callers.
@@ -54,6 +61,15 @@ class SessionSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.resume_timeout) and self.resume_timeout >= 0):
+            raise ValueError(
+                f"resume_timeout must be a finite number >= 0, got {self.resume_timeout}"
+            )
+        if not 0 <= self.udp_idle_timeout <= MAX_UDP_IDLE:  # NaN fails this too
+            raise ValueError(
+                f"udp_idle_timeout must be 0..{MAX_UDP_IDLE:g} (0: never), "
+                f"got {self.udp_idle_timeout}"
+            )
 
     @classmethod
     def given(cls, settings: SessionSettings | None, **values: object) -> SessionSettings:

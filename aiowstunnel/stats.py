@@ -31,6 +31,14 @@ class TunnelStats:
     detached: bool = False  # client side: the tunnel's session is detached, resuming
     resumes: Counter[str] = field(default_factory=Counter)  # by result: ok or a refusal code
     replayed_bytes: int = 0  # resent by resumes
+    detached_bytes: int = 0  # server side: held for replay by the detached sessions
+    # UDP tunnels (udp.py): datagrams each way, drops by reason (udp.DROP_REASONS), flows
+    datagrams_sent: int = 0  # into the tunnel, toward the other side
+    datagrams_received: int = 0  # out of the tunnel, written to a UDP socket
+    datagram_drops: Counter[str] = field(default_factory=Counter)
+    flows_active: int = 0
+    flows_opened: int = 0
+    flows_expired: int = 0  # ended by udp_idle_timeout
 
 
 @dataclass

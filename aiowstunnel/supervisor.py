@@ -49,7 +49,6 @@ def build_server(
         limits=config.limits,
         limit_stats=limit_stats,
         socket_mode=config.socket_mode,
-        resume_timeout=config.resume_timeout,
         name=config.name,
     )
 
@@ -85,7 +84,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
             if spec.socks_username and spec.socks_password
             else None
         ),
-        resume_timeout=spec.resume_timeout,
+        protocol=spec.protocol,
         more_servers=spec.more_servers,
     )
 

@@ -27,6 +27,10 @@ MAX_WINDOW = 2**31 - 1
 DEFAULT_MAX_DATA = 128 * 1024
 MAX_REASON = 512
 DEFAULT_MAX_STREAMS = 10_000
+#: The largest UDP payload there is without IPv6 jumbograms (65,535 - 8 bytes of UDP header;
+#: IPv4 carries at most 65,507); a DATAGRAM carries at most this much (protocol.md,
+#: Datagram flows).
+MAX_DATAGRAM = 65_527
 
 
 class FrameType(enum.IntEnum):
@@ -38,6 +42,9 @@ class FrameType(enum.IntEnum):
     FIN = 6
     RST = 7
     GOAWAY = 8
+    # 9-11 are resumption's (ACK, RESUME, RESUMED); datagram flows take 12 and up.
+    FLOW_OPEN = 12
+    DATAGRAM = 13
 
 
 def _reason(payload: bytes | memoryview, what: str) -> str:
@@ -184,6 +191,42 @@ class GoAway(Frame):
         return f"GOAWAY {self.reason!r}"
 
 
+@dataclass(frozen=True, slots=True)
+class FlowOpen(Frame):
+    """Ask the peer to open a datagram flow (protocol.md, Datagram flows): a stream whose
+    payload travels in DATAGRAM frames, one datagram each, outside the credit windows."""
+
+    origin: str = ""  # the UDP source that caused this flow, for the other side's logs
+    type = FrameType.FLOW_OPEN
+
+    def payload(self) -> bytes:
+        return _encode_reason(self.origin)
+
+    def __str__(self) -> str:
+        return f"FLOW_OPEN[{self.stream_id}] origin={self.origin!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram(Frame):
+    """One UDP datagram of a flow, whole: its boundaries are the message's."""
+
+    data: bytes | memoryview = b""
+    type = FrameType.DATAGRAM
+
+    def payload(self) -> bytes:
+        return bytes(self.data)
+
+    def __str__(self) -> str:
+        head = bytes(self.data[:16])
+        more = "..." if len(self.data) > 16 else ""
+        return f"DATAGRAM[{self.stream_id}] {len(self.data)} bytes {head!r}{more}"
+
+
+def datagram_header(stream_id: int) -> bytes:
+    """The 5 bytes before a DATAGRAM payload."""
+    return HEADER.pack(FrameType.DATAGRAM, stream_id)
+
+
 def data_header(stream_id: int) -> bytes:
     """The 5 bytes before a DATA payload, for senders that avoid building a Data object."""
     return HEADER.pack(FrameType.DATA, stream_id)
@@ -248,6 +291,14 @@ def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
         return GoAway(0, _reason(payload, "GOAWAY"))
     if stream_id == 0:
         raise ProtocolViolation(f"{kind.name} on stream 0, which is reserved for the session")
+    if kind is FrameType.DATAGRAM:
+        if len(payload) > MAX_DATAGRAM:
+            raise ProtocolViolation(
+                f"DATAGRAM of {len(payload)} bytes, the most is {MAX_DATAGRAM}"
+            )
+        return Datagram(stream_id, payload)
+    if kind is FrameType.FLOW_OPEN:
+        return FlowOpen(stream_id, _reason(payload, "FLOW_OPEN origin"))
     if kind is FrameType.OPEN:
         window = _window(payload, "OPEN")
         rest = bytes(payload[4:])

@@ -18,13 +18,29 @@ import sys
 from fuzzing import cli, count_unhandled  # tests/fuzzing.py
 
 from aiowstunnel.addresses import AddressRule
-from aiowstunnel.handshake import HEADER_ADDRESS, HEADER_MODE, RequestRefused, TunnelRequest
+from aiowstunnel.handshake import (
+    HEADER_ADDRESS,
+    HEADER_MODE,
+    HEADER_PROTOCOL,
+    HEADER_UDP_IDLE,
+    RequestRefused,
+    TunnelRequest,
+)
 from aiowstunnel.policy import ClientPolicy, Policy, token_digest
 
 VALID = {HEADER_MODE: "connect", HEADER_ADDRESS: "srv.example:6789", "Authorization": "Bearer t0k"}
+#: half the inputs start from a UDP request (protocol.md, Datagram flows)
+VALID_UDP = {**VALID, HEADER_MODE: "listen", HEADER_PROTOCOL: "tcp+udp", HEADER_UDP_IDLE: "60"}
 PIECES = [
     "connect",
     "listen",
+    "udp",
+    "tcp+udp",
+    "udp:",
+    "nan",
+    "1e9",
+    "86400",
+    "0.5",
     "CONNECT",
     "",
     " ",
@@ -62,8 +78,11 @@ POLICY = Policy(
         ClientPolicy(
             "t",
             token_digest("t0k"),
-            tuple(AddressRule.parse(r) for r in ("srv.example:6789", "10.0.0.0/8:22-80")),
-            tuple(AddressRule.parse(r) for r in ("0.0.0.0:5000-6000", "[::1]:*")),
+            tuple(
+                AddressRule.parse(r)
+                for r in ("srv.example:6789", "10.0.0.0/8:22-80", "udp:srv.example:53")
+            ),
+            tuple(AddressRule.parse(r) for r in ("0.0.0.0:5000-6000", "[::1]:*", "udp:*:*")),
         ),
     ]
 )
@@ -88,7 +107,7 @@ def mutate(rng: random.Random, text: str) -> str:
 
 
 def one_input(rng: random.Random) -> dict[str, str]:
-    headers = dict(VALID)
+    headers = dict(VALID if rng.random() < 0.5 else VALID_UDP)
     for key in list(headers):
         roll = rng.random()
         if roll < 0.15:
@@ -105,9 +124,10 @@ def check(headers: dict[str, str]) -> None:
         return
     client = POLICY.authenticate(request.token)
     if client is not None and request.address is not None:  # None: socks5, no target
-        client.may_connect(request.address)
-        client.may_listen(request.address)
-        client.needs_resolution(request.address)
+        for protocol in request.protocol.names:
+            client.may_connect(request.address, protocol)
+            client.may_listen(request.address, protocol)
+            client.needs_resolution(request.address, protocol)
 
 
 def run(count: int, seed: int) -> int:

@@ -122,7 +122,9 @@ class FaultProxy:
     """A TCP relay on loopback that can go silent (a blackholed network) on command.
 
     While ``blackhole`` is set it keeps every connection open but forwards nothing, in
-    either direction: to each peer, the other has simply gone quiet.
+    either direction: to each peer, the other has simply gone quiet. While ``stalled`` it
+    also forwards nothing, but drops nothing either: what arrives is held (in the sockets'
+    buffers and here) until the stall ends or the connection is cut, new connections too.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -132,8 +134,21 @@ class FaultProxy:
         #: while set, one side closing leaves the other open (a NAT that forgot the
         #: mapping: the far end is never told)
         self.hold = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
+    @stalled.setter
+    def stalled(self, stalled: bool) -> None:
+        if stalled:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     @property
     def port(self) -> int:
@@ -154,6 +169,7 @@ class FaultProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()  # stalled: held, not dropped
                     if not self.blackhole:
                         dst.write(data)
                         await dst.drain()

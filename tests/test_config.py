@@ -106,6 +106,7 @@ BROKEN = [
     ("ping bool", tunnel(ping_timeout="true"), "tunnel[0].ping_timeout: expected a number, got"),
     ("ping zero", tunnel(ping_interval="0"), "tunnel[0].ping_interval: must be > 0, got 0"),
     ("ping inf", tunnel(ping_interval="inf"), "tunnel[0].ping_interval: expected a finite"),
+    ("resume < 0", tunnel(resume_timeout="-1"), "tunnel[0].resume_timeout: must be >= 0, got -1"),
     ("backoff initial", tunnel(backoff="{ initial = 0 }"), "tunnel[0].backoff.initial: must be"),
     ("backoff factor", tunnel(backoff="{ factor = 0.5 }"), "tunnel[0].backoff.factor: must be"),
     (
@@ -156,6 +157,27 @@ BROKEN = [
     ("mtls no tls", server(tls_client_ca='"ca.crt"'), "server.tls_client_ca: client certif"),
     ("tiny max_frame", server(max_frame="100"), "server.max_frame: must be between"),
     ("bad timeout", server(handshake_timeout="-1"), "server.handshake_timeout: must be > 0"),
+    ("resume word", server(resume_timeout='"1m"'), "server.resume_timeout: expected a number"),
+    (
+        "no detached",
+        server(max_detached_sessions="0"),
+        "server.max_detached_sessions: must be between 1 and",
+    ),
+    (
+        "detached per client",
+        server(max_detached_per_client="-2"),
+        "server.max_detached_per_client: must be between 1 and",
+    ),
+    (
+        "detached bytes word",
+        server(max_detached_bytes='"256M"'),
+        "server.max_detached_bytes: expected an integer",
+    ),
+    (
+        "detached bytes float",
+        server(max_detached_bytes="1.5"),
+        "server.max_detached_bytes: expected an integer",
+    ),
     (
         "short hash",
         server(client={"token_sha256": '"abc"'}),
@@ -683,3 +705,67 @@ def test_server_name_and_stop_grace() -> None:
     assert config.server is not None and config.server.name == "edge-1"
     plain = load(server())
     assert plain.stop_grace == 0.0 and plain.server is not None and plain.server.name == ""
+# -- UDP tunnels (issue 18) ----------------------------------------------------------------
+
+
+def tunnel_toml(**changes: str | None) -> str:
+    return toml_table("[[tunnel]]", TUNNEL, changes)
+
+
+def test_protocol_defaults_to_tcp_with_a_60_s_idle_timeout() -> None:
+    (spec,) = load(tunnel_toml()).tunnels
+    assert spec.protocol.value == "tcp" and spec.settings.udp_idle_timeout == 60.0
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp+udp"])
+def test_udp_tunnel_loads_with_its_idle_timeout(protocol: str) -> None:
+    (spec,) = load(tunnel_toml(protocol=f'"{protocol}"', udp_idle_timeout="0")).tunnels
+    assert spec.protocol.value == protocol and spec.settings.udp_idle_timeout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"protocol": '"sctp"'}, "tunnel[0].protocol: expected 'tcp', 'udp' or 'tcp+udp'"),
+        ({"protocol": '"udp"', "udp_idle_timeout": "-1"}, "udp_idle_timeout: must be >= 0"),
+        ({"protocol": '"udp"', "udp_idle_timeout": "100000"}, "must be <= 86400"),
+        ({"udp_idle_timeout": "5"}, "tunnel[0].udp_idle_timeout: only used with protocol"),
+        (
+            {"protocol": '"udp"', "mode": '"socks5"', "connect": None},
+            "tunnel[0].protocol: UDP is carried in the connect and listen modes, not socks5",
+        ),
+        (
+            {"protocol": '"tcp+udp"', "listen": '"unix:/run/dns.sock"'},
+            "tunnel[0].listen: protocol = 'tcp+udp' needs a host:port, not a unix socket",
+        ),
+    ],
+)
+def test_bad_udp_keys_name_the_key(changes: dict[str, str], expected: str) -> None:
+    assert any(expected in e for e in errors_of(tunnel_toml(**changes)))
+
+
+def test_a_tcp_and_a_udp_tunnel_may_share_a_port_two_udp_ones_may_not() -> None:
+    base = {**TUNNEL, "listen": '"127.0.0.1:5353"'}
+    tcp = toml_table("[[tunnel]]", base, {"name": '"a"'})
+    udp = toml_table("[[tunnel]]", base, {"name": '"b"', "protocol": '"udp"'})
+    both = toml_table("[[tunnel]]", base, {"name": '"c"', "protocol": '"tcp+udp"'})
+    assert len(load(tcp + udp).tunnels) == 2
+    assert any("also used by tunnel[0].listen" in e for e in errors_of(udp + both))
+
+
+def test_udp_rules_load_with_their_protocol() -> None:
+    text = f"""
+[server]
+listen = "127.0.0.1:0"
+[[server.client]]
+name = "c"
+token_sha256 = "{HASH_A}"
+allow_connect = ["udp:127.0.0.1:53", "127.0.0.1:53"]
+allow_listen = ["udp:0.0.0.0:51820"]
+"""
+    server = load(text).server
+    assert server is not None
+    (entry,) = server.clients
+    assert [r.protocol for r in entry.allow_connect] == ["udp", "tcp"]
+    assert entry.may_listen(Address("0.0.0.0", 51820), "udp")
+    assert not entry.may_listen(Address("0.0.0.0", 51820))

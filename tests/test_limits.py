@@ -96,12 +96,13 @@ def test_limit_keys_are_read_and_defaults_left_to_the_fd_limit():
     text = config(
         "max_handshakes = 10\nmax_handshakes_per_address = 2\nmax_handshake_bytes = 4096\n"
         "max_sessions_total = 5\nmax_streams_total = 50\nmax_client_streams = 20\n"
-        "max_send_buffer = 4194304\nmax_violations = 7\n",
+        "max_send_buffer = 4194304\nmax_violations = 7\nmax_detached_sessions = 9\n"
+        "max_detached_per_client = 3\nmax_detached_bytes = 1048576\n",
         "max_connections = 3\n",
     )
     loaded = load_config(text, Path("/etc"))
     assert loaded.server is not None
-    assert loaded.server.limits == ServerLimits(10, 2, 4096, 5, 50, 20, 4194304, 7)
+    assert loaded.server.limits == ServerLimits(10, 2, 4096, 5, 50, 20, 4194304, 7, 9, 3, 1 << 20)
     assert loaded.metrics.max_connections == 3
     default = load_config(config(), Path("/etc"))
     assert default.server is not None and default.server.limits == ServerLimits()
@@ -114,6 +115,8 @@ def test_limit_keys_are_read_and_defaults_left_to_the_fd_limit():
         ("max_handshakes = 0", "server.max_handshakes: must be between 1 and"),
         ("max_handshake_bytes = 100", "server.max_handshake_bytes: must be between 1024"),
         ("max_send_buffer = 1024", "server.max_send_buffer: must be between 2097152"),
+        ("max_detached_bytes = 0", "server.max_detached_bytes: must be between 1 and"),
+        ("max_detached_sesions = 5", "server.max_detached_sesions: unknown key (did you mean"),
         ("max_stream_total = 5", "server.max_stream_total: unknown key (did you mean"),
     ],
 )

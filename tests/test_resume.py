@@ -87,6 +87,7 @@ def test_frame_layout_and_numbers_agree_with_wire() -> None:
     assert resume.HEADER.format == wire.HEADER.format
     assert resume.MAX_WINDOW == wire.MAX_WINDOW
     assert resume.WINDOW_TYPE == wire.FrameType.WINDOW
+    assert resume.DATAGRAM_TYPE == wire.FrameType.DATAGRAM
     assert not {int(t) for t in ResumeFrameType} & {int(t) for t in wire.FrameType}
 
 
@@ -176,8 +177,8 @@ def test_only_the_frames_that_restate_counts_are_unsequenced() -> None:
     assert not is_sequenced(encode_ack(1))
     assert not is_sequenced(encode_resumed(1))
     assert not is_sequenced(encode_resume(bytes(32), 1))
-    for kind in wire.FrameType:
-        assert is_sequenced(bytes([kind, 0, 0, 0, 1]))
+    for kind in wire.FrameType:  # a DATAGRAM is lossy by contract: never replayed
+        assert is_sequenced(bytes([kind, 0, 0, 0, 1])) == (kind != wire.FrameType.DATAGRAM)
     assert is_sequenced(encode_window(1, 1, 1))
 
 

@@ -35,6 +35,7 @@ token = "secret"
 listen = "127.0.0.1:0"
 connect = "127.0.0.1:22"
 ping_interval = 2.5
+resume_timeout = 0
 """ % ("0" * 64)
 
 
@@ -44,7 +45,7 @@ def test_defaults_are_the_same_everywhere() -> None:
     assert defaults.max_frame == 1024 * 1024 + 64 >= MIN_MAX_FRAME
     config = load_config(
         CONFIG.replace("window = 65536\nmax_frame = 200000\nhandshake_timeout = 3.5\n", "")
-        .replace("ping_interval = 2.5\n", ""),
+        .replace("ping_interval = 2.5\nresume_timeout = 0\n", ""),
         Path("/etc"),
     )
     assert config.server is not None
@@ -64,6 +65,8 @@ def test_the_config_file_reaches_the_server_and_the_client_whole() -> None:
     client = build_client(config.tunnels[0], 0, TunnelStats("t"))
     assert client.settings is config.tunnels[0].settings
     assert client.settings.ping_interval == 2.5
+    assert client.settings.resume_timeout == 0  # resumption off for this tunnel only
+    assert server.settings.resume_timeout == SessionSettings.resume_timeout
     assert client.settings.window == DEFAULT_WINDOW
     # The server URL, parsed once by the config, is the one the client asks for.
     assert client.endpoint == config.tunnels[0].server
@@ -94,6 +97,7 @@ def test_settings_or_keywords_not_both() -> None:
         ({"max_frame": 0}, "max_frame must be >= 1"),
         ({"ping_timeout": 0.0}, "ping_timeout must be a finite number > 0"),
         ({"connect_timeout": float("inf")}, "connect_timeout must be a finite number > 0"),
+        ({"resume_timeout": -1.0}, "resume_timeout must be a finite number >= 0"),
     ],
 )
 def test_values_out_of_range_are_refused(values: dict[str, float], message: str) -> None:

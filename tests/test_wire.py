@@ -35,7 +35,9 @@ from aiowstunnel.wire import (
     MAX_WINDOW,
     TRANSITIONS,
     Data,
+    Datagram,
     Fin,
+    FlowOpen,
     Frame,
     FrameType,
     GoAway,
@@ -132,6 +134,10 @@ EXAMPLES = [
     Rst(9, "x" * MAX_REASON),
     GoAway(0, ""),
     GoAway(0, "server shutting down"),
+    FlowOpen(1, ""),
+    FlowOpen(4, "127.0.0.1:5353"),
+    Datagram(1, b""),
+    Datagram(U32_MAX, bytes(range(256)) * 4),
 ]
 
 
@@ -219,7 +225,7 @@ def test_str_names_type_and_stream(frame: Frame, text: str) -> None:
 stream_ids = st.integers(1, U32_MAX)
 windows = st.integers(1, MAX_WINDOW)
 reasons = st.text(max_size=MAX_REASON // 4)  # at most 4 UTF-8 bytes per character
-# An OPEN's origin holds no NUL: what follows a NUL is the OPEN's own target (wire.Open).
+#: an OPEN's origin: a NUL in it is dropped when sent (what follows a NUL is the target)
 origins = st.text(st.characters(blacklist_characters="\x00"), max_size=MAX_REASON // 4)
 frames = st.one_of(
     st.builds(Open, stream_ids, windows, origins),
@@ -230,6 +236,8 @@ frames = st.one_of(
     st.builds(Fin, stream_ids),
     st.builds(Rst, stream_ids, reasons),
     st.builds(GoAway, st.just(0), reasons),
+    st.builds(FlowOpen, stream_ids, reasons),
+    st.builds(Datagram, stream_ids, st.binary(max_size=2048)),
 )
 
 

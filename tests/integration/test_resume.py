@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ from aiowstunnel.server import Server
 from aiowstunnel.stats import MetricsSnapshot
 
 from ..attackers import RawSession
+from ..udp_helpers import UdpEcho, udp_server
 from .conftest import (
     FAST_BACKOFF,
     LOCAL,
@@ -89,8 +91,9 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
-async def transfer(entry, size: int) -> tuple[bytes, bytes]:
-    """Send ``size`` random bytes through an echo, read them back: both digests."""
+async def transfer(entry, size: int, progress: list[int] | None = None) -> tuple[bytes, bytes]:
+    """Send ``size`` random bytes through an echo, read them back: both digests
+    (``progress[0]``: the bytes back so far)."""
     reader, writer = await asyncio.open_connection(entry.host, entry.port)
     sent = hashlib.sha256()
     got = hashlib.sha256()
@@ -111,6 +114,8 @@ async def transfer(entry, size: int) -> tuple[bytes, bytes]:
         while data := await reader.read(256 * 1024):
             got.update(data)
             received += len(data)
+            if progress is not None:
+                progress[0] = received
 
     await asyncio.gather(send(), read())
     writer.close()
@@ -118,21 +123,27 @@ async def transfer(entry, size: int) -> tuple[bytes, bytes]:
     return sent.digest(), got.digest()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", MODES, ids=str)
 async def test_one_stream_survives_cuts_intact(mode):
+    """256 MiB each way on one stream, cut (both sides, RST) five times, spread over the
+    transfer: every byte back, by digest, and the local socket never sees EOF or reset
+    early (``transfer`` reads until the echo's FIN and counts)."""
+    size = 256 * MiB
     backend = await start_backend(echo)
     tunnel = await Tunnel.start(mode, backend.port)
     try:
-        task = asyncio.ensure_future(transfer(tunnel.entry, 64 * MiB))
+        progress = [0]
+        task = asyncio.ensure_future(transfer(tunnel.entry, size, progress))
         cuts = 0
         while cuts < 5 and not task.done():
-            await asyncio.sleep(0.05)
-            await tunnel.cut()
-            cuts += 1
-        sent, got = await asyncio.wait_for(task, 90)
+            await asyncio.sleep(0.005)
+            if progress[0] >= (cuts + 1) * size // 6:  # at 1/6, 2/6, ... 5/6 of the way
+                await tunnel.cut()
+                cuts += 1
+        sent, got = await asyncio.wait_for(task, 200)
         assert sent == got
-        assert cuts >= 3
+        assert cuts == 5
         assert tunnel.client.stats.resumes["ok"] == cuts
         assert sum(tunnel.client.stats.stream_resets.values()) == 0
         # what was in flight at the cuts was resent (counted, and in the metrics)
@@ -160,7 +171,10 @@ async def test_200_echo_streams_survive_three_cuts(echo_backend):
 
 
 @pytest.mark.timeout(60)
-async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(echo_backend):
+async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(
+    echo_backend, caplog
+):
+    caplog.set_level(logging.INFO, logger="aiowstunnel")
     tunnel = await Tunnel.start(
         aiowstunnel.CONNECT,
         echo_backend.port,
@@ -168,17 +182,24 @@ async def test_a_detach_past_resume_timeout_resets_the_streams_with_the_reason(e
         client_kw={"resume_timeout": 0.6},
     )
     try:
-        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
-        writer.write(b"ping")
-        assert await reader.readexactly(4) == b"ping"
+        streams = [
+            await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port) for _ in range(3)
+        ]
+        for reader, writer in streams:
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
         tunnel.proxy.refuse = True  # the path stays down: every resume attempt fails
         tunnel.proxy.cut()
-        with pytest.raises(ConnectionResetError):  # an RST, never a clean EOF
-            await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        assert tunnel.client.stats.stream_resets["expired"] == 1
+        for reader, writer in streams:
+            with pytest.raises(ConnectionResetError):  # an RST, never a clean EOF
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        assert tunnel.client.stats.stream_resets["expired"] == 3
         server_stats = next(iter(tunnel.server.client_stats.values()))
-        await wait_for_count(server_stats.stream_resets, "expired", 1, 5)
+        await wait_for_count(server_stats.stream_resets, "expired", 3, 5)
+        logged = [r.getMessage() for r in caplog.records]
+        # the reason, on both sides: the client's tunnel line and the server's session line
+        assert sum("not resumed within 0.6 s; 3 streams reset" in m for m in logged) == 2, logged
         assert server_stats.sessions_detached == 0 and not tunnel.server.sessions
         tunnel.proxy.refuse = False  # the path heals: a fresh session, new streams work
         await tunnel.client.wait_up(10)
@@ -217,6 +238,13 @@ async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resum
         assert await reader.readexactly(6) == b"before"
         resumption = tunnel.client.session.resumption
         resume_header = [(HEADER_RESUME, resumption.id_hex), (HEADER_TUNNEL, "t1")]
+        # The owner's path goes down: its session is detached on the server, and every
+        # forgery below goes straight to the server while the owner cannot resume.
+        tunnel.proxy.refuse = True
+        tunnel.proxy.cut()
+        [held] = tunnel.server.sessions
+        await _until(lambda: held.phase.value == "detached", 5)
+        log_before = (held.resumption.log.sent, held.resumption.log.bytes_held)
 
         # Another client entry's valid token: refused before the upgrade.
         other = await RawSession.open(
@@ -248,13 +276,19 @@ async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resum
         assert (refused["wrong_client"], refused["unknown_session"]) == (1, 1)
         assert (refused["bad_proof"], refused["bad_claim"]) == (2, 1)
 
-        # The session was never touched: still up, and its owner resumes it after a cut.
+        # The detached session was never touched: still detached, its stream and its
+        # replay log as they were, and its owner resumes it once the path heals.
+        assert tunnel.server.sessions.keys() == {held} and held.phase.value == "detached"
+        assert len(held.streams) == 1
+        assert (held.resumption.log.sent, held.resumption.log.bytes_held) == log_before
         writer.write(b"during")
-        assert await reader.readexactly(6) == b"during"
-        await tunnel.cut()
+        tunnel.proxy.refuse = False
+        assert await asyncio.wait_for(reader.readexactly(6), 10) == b"during"
+        await _until(lambda: held.phase.value == "open", 5)
         writer.write(b"after")
         assert await reader.readexactly(5) == b"after"
         assert tunnel.client.stats.resumes["ok"] == 1
+        assert tunnel.server.stats.resumes["ok"] == 1
         writer.close()
     finally:
         await tunnel.close()
@@ -600,3 +634,74 @@ async def test_a_token_revoked_during_the_detach_means_no_resume(echo_backend):
         assert not tunnel.client.up
     finally:
         await tunnel.close()
+
+
+class _UdpPeer(asyncio.DatagramProtocol):
+    """A UDP application at the tunnel's entry: one source address, its replies queued."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sent = 0  # by _ask
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.replies.put_nowait(data)
+
+
+async def _ask(transport: asyncio.DatagramTransport, peer: _UdpPeer, data: bytes) -> bytes:
+    """Send ``data`` until its echo comes back (UDP may lose one; each try waits 1 s)."""
+    for _ in range(5):
+        transport.sendto(data)
+        peer.sent += 1
+        try:
+            while (reply := await asyncio.wait_for(peer.replies.get(), 1)) != data:
+                pass  # a late echo of an earlier try
+            return reply
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError(f"no echo of {data!r}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES, ids=str)
+async def test_a_udp_flow_survives_cuts_and_its_datagrams_meanwhile_are_dropped(mode):
+    """protocol.md, Resumption, "Datagrams and resumption": after each cut the flow goes
+    on, on the same stream and the same socket toward the target (one source address
+    there, one flow opened), and the datagrams sent while detached are dropped and
+    counted as ``detached``, never replayed."""
+    echo_transport, echo, port = await udp_server(UdpEcho)
+    tunnel = await Tunnel.start(mode, port, client_kw={"protocol": "udp"})
+    loop = asyncio.get_running_loop()
+    entry = tunnel.entry
+    app, peer = await loop.create_datagram_endpoint(_UdpPeer, remote_addr=(entry.host, entry.port))
+    try:
+        assert await _ask(app, peer, b"before") == b"before"
+        for n in range(3):
+            await tunnel.cut()
+            assert await _ask(app, peer, b"after cut %d" % n) == b"after cut %d" % n
+        # The listening side counts its flows and drops: the client in CONNECT mode, the
+        # server in LISTEN mode.
+        (server_stats,) = tunnel.server.client_stats.values()
+        listening = server_stats if mode is aiowstunnel.LISTEN else tunnel.client.stats
+        assert tunnel.client.stats.resumes["ok"] == 3
+        assert listening.flows_opened == 1 and listening.flows_active == 1
+        assert len(echo.sources) == 1  # the target saw one source port: the same flow
+
+        tunnel.proxy.refuse = True  # the path stays down: the session waits, detached
+        tunnel.proxy.cut()
+        await _until(lambda: tunnel.client.detached and server_stats.sessions_detached, 5)
+        echoed, asked = echo.count, peer.sent
+        for _ in range(10):
+            app.sendto(b"while detached")
+        await _until(lambda: listening.datagram_drops["detached"] == 10, 5)
+        tunnel.proxy.refuse = False
+        await _until(lambda: tunnel.client.up, 10)
+        assert await _ask(app, peer, b"resumed") == b"resumed"
+        # none of the ten was replayed to the target: it got only what _ask sent since
+        await _until(lambda: echo.count >= echoed + peer.sent - asked, 5)
+        assert echo.count == echoed + peer.sent - asked
+        assert listening.flows_opened == 1 and len(echo.sources) == 1
+        assert scrape(tunnel, "datagrams_dropped_total", reason="detached") == 10
+    finally:
+        app.close()
+        await tunnel.close()
+        echo_transport.close()

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiowstunnel.addresses import Address
-from aiowstunnel.oneline import Forward
+from aiowstunnel.config import load_config
+from aiowstunnel.oneline import Forward, client_toml
 from aiowstunnel.socks5 import client_request
 
 from ..helpers import LOCAL, echo_roundtrip, run_tool, start_backend
@@ -213,6 +214,24 @@ def test_forward_flags_parse_like_ssh() -> None:
     assert Forward.parse("-R", "9000:unix:/run/b.sock").connect == "unix:/run/b.sock"
     for flag, bad in (("-L", "8080"), ("-L", "a:b:c:d:e"), ("-D", "a:b:c"), ("-L", "[::1:1:h:1")):
         with pytest.raises(ValueError, match=re.escape(flag)):
+            Forward.parse(flag, bad)
+
+
+def test_udp_forwards_are_udp_tunnels_in_the_printed_config() -> None:
+    udp = Forward.parse("-L", "udp:5353:127.0.0.1:53")
+    assert udp == Forward("connect", "127.0.0.1:5353", "127.0.0.1:53", protocol="udp")
+    both = Forward.parse("-R", "tcp+udp:0.0.0.0:5353:127.0.0.1:53")
+    assert (both.mode, both.protocol, both.name) == ("listen", "tcp+udp", "R-5353-tcpudp")
+    tcp = Forward.parse("-L", "5353:127.0.0.1:53")
+    text = client_toml(url="ws://127.0.0.1:1", token_file="t", forwards=[tcp, udp, both])
+    config = load_config(text, Path("/"), read_secret=lambda path: "token")
+    assert [(t.name, t.protocol.value) for t in config.tunnels] == [
+        ("L-5353", "tcp"),  # a TCP and a UDP forward may share a port: not a clash
+        ("L-5353-udp", "udp"),
+        ("R-5353-tcpudp", "tcp+udp"),
+    ]
+    for flag, bad in (("-D", "udp:1080"), ("-R", "udp:1080")):
+        with pytest.raises(ValueError, match="udp"):
             Forward.parse(flag, bad)
 
 
