@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
@@ -30,7 +30,7 @@ from .keepalive import Keepalive, PingBudget
 from .logs import escape
 from .settings import SessionSettings
 from .tcp import no_delay
-from .wire import DEFAULT_MAX_DATA, data_frame, split_data
+from .wire import DEFAULT_MAX_DATA, data_frames
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
 #: matters (docs/operations.md, Logging), so its logger only passes warnings.
@@ -115,7 +115,7 @@ class Link(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[Response | Request] = self.loop.create_future()
         # A failed handshake nobody awaits any more (timed out) is not an error to report.
-        self.handshake.add_done_callback(_retrieve)
+        self.handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.close_reason = ""
         self.opened = False  # the upgrade is done
         self.paused = False  # the write buffer is over WS_HIGH_WATER
@@ -348,34 +348,40 @@ class Link(asyncio.Protocol):
 
     def send_message(self, message: bytes) -> None:
         """Queue one binary message (sent at the next :meth:`flush`), unless closing."""
-        if self.ws.state is State.OPEN:
+        if self.ws.state is not State.OPEN:
+            return
+        if self._own_framing:  # framed as DATA is: no Frame object, no getrandom() each
+            keys = self._mask_keys
+            self.ws.writes.extend(wsframe.binary_frame(message, b"", keys.next() if keys else None))
+        else:
             self.ws.send_binary(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
-        """All of ``data`` as DATA messages of at most :attr:`max_data`, framed here.
+        """All of ``data`` as DATA messages of at most :attr:`max_data`, framed here."""
+        self.send_frames(self.frame_data(stream_id, data))
 
-        The frames join websockets' own queue (``ws.writes``), so they keep their order
-        with pings and the close; a single frame with nothing queued before it goes
-        straight to the transport, which keeps that order too. Once the WebSocket is
-        closing nothing is sent.
-        """
+    def frame_data(self, stream_id: int, data: memoryview) -> list[list[bytes]]:
+        """``data`` as DATA messages of at most :attr:`max_data`, each a BINARY frame
+        (masked on the client side) as the chunks to write; none refers to ``data``, so a
+        resumable session logs the frames it sends as they are, copied once."""
+        return data_frames(stream_id, data, self.max_data, self._mask_keys)
+
+    def send_frames(self, frames: list[list[bytes]]) -> None:
+        """Send frames of :meth:`frame_data`, unless closing: into websockets' own queue
+        (``ws.writes``), in order with pings and the close, or, one frame with nothing
+        queued before it, straight to the transport, which keeps that order too."""
         if self.ws.state is not State.OPEN:
             return
-        keys = self._mask_keys
-        if not self._own_framing:
-            for header, chunk in split_data(stream_id, data, self.max_data):
-                self.ws.send_binary(header + chunk)
+        if not self._own_framing:  # websockets frames every message (its internals moved)
+            for frame in frames:
+                self.ws.send_binary(wsframe.frame_message(frame))
             return
         writes = self.ws.writes
-        transport = self.transport
-        if len(data) <= self.max_data and not writes and transport is not None:
-            # The rtt case: one frame, with no round through the queue and flush.
-            key = keys.next() if keys is not None else None
-            _write(transport, data_frame(stream_id, data, key))  # one call on the native path
+        if len(frames) == 1 and not writes and self.transport is not None:
+            _write(self.transport, frames[0])  # no round through the queue and flush
             return
-        for header, chunk in split_data(stream_id, data, self.max_data):
-            key = keys.next() if keys is not None else None
-            writes.extend(wsframe.binary_frame(header, chunk, key))
+        for frame in frames:
+            writes.extend(frame)
 
     def send_frame(self, header: bytes, payload: bytes | memoryview) -> None:
         """One message, ``header + payload`` (a DATAGRAM), framed here as DATA is, behind
@@ -401,8 +407,7 @@ class Link(asyncio.Protocol):
         eof = chunks[-1] == b""  # websockets' SEND_EOF comes last, if at all
         if eof:
             chunks.pop()
-        if chunks:
-            _write(transport, chunks)
+        _write(transport, chunks)  # nothing, after a bare EOF
         if eof:
             if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
@@ -450,7 +455,7 @@ def _write(transport: asyncio.Transport, chunks: list[bytes]) -> None:
     """Write ``chunks`` in one call, unless the transport is closing. One write per flush,
     not one per frame: a burst of WINDOW frames would otherwise cost a send() each
     (writelines uses sendmsg() from Python 3.12)."""
-    if transport.is_closing():
+    if transport.is_closing() or not chunks:
         return
     if len(chunks) == 1:
         transport.write(chunks[0])
@@ -462,8 +467,3 @@ def _max_size(ws: ClientProtocol | ServerProtocol) -> int | None:
     """The largest message the WebSocket accepts (the attribute's name changed in 16)."""
     size = getattr(ws, "max_message_size", getattr(ws, "max_size", None))
     return size if isinstance(size, int) else None
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

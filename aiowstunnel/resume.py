@@ -80,8 +80,12 @@ ACK_EVERY = 32
 ACK_BYTES = 512 * 1024
 #: a log holding this many bytes or messages is full: the session stops reading its local
 #: sockets until confirmations arrive (as when the WebSocket's write buffer is full), so an
-#: honest session is slowed, never closed
-DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
+#: honest session is slowed, never closed. 8 MiB is twice what Linux lets one TCP
+#: connection keep unacknowledged by default (tcp_wmem's 4 MiB): room for what is in
+#: flight and for the count's way back, so the WebSocket is not slowed. A larger log only
+#: holds what waits in buffers on loopback: 64 MiB cost 40 MB of peak RSS under load
+#: (docs/performance.md).
+DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_LOG_MESSAGES = 65_536
 
 
@@ -223,7 +227,7 @@ class ReceiveCounter:
     RESUMED); :attr:`ack_due` says that enough has arrived since to send an ACK now.
     """
 
-    __slots__ = ("_bytes", "_messages", "ack_bytes", "ack_every", "count")
+    __slots__ = ("_bytes", "_messages", "ack_bytes", "ack_due", "ack_every", "count")
 
     def __init__(self, ack_every: int = ACK_EVERY, ack_bytes: int = ACK_BYTES) -> None:
         if ack_every < 1 or ack_bytes < 1:
@@ -233,17 +237,16 @@ class ReceiveCounter:
         self.ack_bytes = ack_bytes
         self._messages = 0  # received since the count was last stated
         self._bytes = 0
+        #: enough arrived since the count was last stated: send an ACK now
+        self.ack_due = False
 
     def received(self, size: int) -> bool:
         """Count one message of ``size`` bytes; returns :attr:`ack_due`."""
         self.count += 1
         self._messages += 1
         self._bytes += size
-        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
-
-    @property
-    def ack_due(self) -> bool:
-        return self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+        due = self.ack_due = self._messages >= self.ack_every or self._bytes >= self.ack_bytes
+        return due
 
     @property
     def unstated(self) -> int:
@@ -253,6 +256,7 @@ class ReceiveCounter:
     def state(self) -> int:
         """The count, for a frame about to be sent; the peer will know it from then on."""
         self._messages = self._bytes = 0
+        self.ack_due = False
         return self.count
 
     def ack(self) -> bytes:

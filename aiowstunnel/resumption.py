@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from websockets.http11 import Request
 
-from . import resume, resumeauth
+from . import resume, resumeauth, wsframe
 from .errors import ProtocolViolation, ResumeRefused
 from .link import Link, Message
-from .wire import HEADER_SIZE, FrameType, split_data
+from .wire import HEADER_SIZE, FrameType
 
 log = logging.getLogger("aiowstunnel.session")
 
 _WINDOW = FrameType.WINDOW
+_UNSEQUENCED = resume.UNSEQUENCED
+_FRAMED = 0x82  # a logged DATA frame's first byte: FIN + BINARY
 
 
 class Resumption:
@@ -71,11 +74,26 @@ class Resumption:
         self.log.append(message)
         return message
 
-    def sent_data(self, stream_id: int, data: memoryview, max_data: int) -> None:
-        """DATA about to be sent: logged as the messages the link frames (copied: ``data``
-        is a view of the shared read buffer)."""
-        for header, chunk in split_data(stream_id, data, max_data):
-            self.log.append(header, bytes(chunk))
+    def send_data(
+        self, link: Link, stream_id: int, data: memoryview, attached: bool, stop: Callable[[], None]
+    ) -> None:
+        """DATA: framed once by ``link`` (:meth:`~link.Link.frame_data`), the frames logged
+        as they are and sent if ``attached``; ``stop`` is called when the log becomes
+        :attr:`full` (the streams stop reading). A logged frame starts with FIN + BINARY
+        (0x82), which no message type does; a replay reads its message back.
+
+        Raises:
+            ResumeRefused: ``log_overflow`` (:meth:`~resume.ReplayLog.append`).
+        """
+        frames = link.frame_data(stream_id, data)
+        log = self.log
+        full = log.full
+        for frame in frames:
+            log.append(*frame)
+        if attached:
+            link.send_frames(frames)
+        if not full and log.full:
+            stop()
 
     @property
     def full(self) -> bool:
@@ -84,9 +102,10 @@ class Resumption:
 
     # -- receiving -------------------------------------------------------------------
 
-    def received(self, message: Message) -> Message | None:
+    def received(self, message: Message, room: Callable[[], None]) -> Message | None:
         """A message from the peer, before the Mux sees it. Returns what the Mux gets (a
-        WINDOW in its 4-byte form), or None for an ACK, which only confirms.
+        WINDOW in its 4-byte form), or None for an ACK, which only confirms; ``room`` is
+        called when a confirmation made room in a log that was :attr:`full`.
 
         Raises:
             ProtocolViolation: a malformed ACK or WINDOW, RESUME or RESUMED outside a
@@ -97,24 +116,27 @@ class Resumption:
             self.secret.confirmed()
             self._rotation_pending = False
         code = message[0] if message else 0
-        if code in resume.UNSEQUENCED:
+        if code in _UNSEQUENCED:
             frame = resume.parse_resume_frame(message)
             if not isinstance(frame, resume.Ack):
                 raise ProtocolViolation(f"{type(frame).__name__.upper()} outside a resume")
-            self.log.confirm(frame.received)
+            self._confirm(frame.received, room)
             return None
         if code == resume.DATAGRAM_TYPE:  # not counted: a datagram is never replayed
             return message
         self.counter.received(len(message))
         if code == _WINDOW:
             increment, count = resume.parse_window(memoryview(message)[HEADER_SIZE:])
-            self.log.confirm(count)
+            self._confirm(count, room)
             return bytes(message[:HEADER_SIZE]) + increment.to_bytes(4, "big")
         return message
 
-    def ack(self) -> bytes | None:
-        """An ACK when enough arrived since our count was last stated, else None."""
-        return self.counter.ack() if self.counter.ack_due else None
+    def _confirm(self, count: int, room: Callable[[], None]) -> None:
+        log = self.log
+        full = log.full
+        log.confirm(count)
+        if full and not log.full:
+            room()
 
     # -- a resume --------------------------------------------------------------------
 
@@ -124,7 +146,12 @@ class Resumption:
         Raises:
             ResumeRefused: ``bad_claim``, the claim contradicts our counters.
         """
-        messages = [bytes(prefix) + bytes(payload) for prefix, payload in self.log.replay(claimed)]
+        messages = [
+            wsframe.frame_message([prefix, payload])  # DATA, logged as its frame
+            if prefix[0] == _FRAMED
+            else bytes(prefix) + bytes(payload)
+            for prefix, payload in self.log.replay(claimed)
+        ]
         self.resumes += 1
         self.replayed_bytes += sum(len(m) for m in messages)
         return messages

@@ -243,10 +243,8 @@ class Session:
     def link_message(self, message: Message) -> None:
         resumption = self.resumption
         if resumption is not None:
-            full = resumption.full
-            given = resumption.received(message)  # counted; ACK and WINDOW counts confirm
-            if full and not resumption.full:
-                self.table.update_all()  # confirmations made room in the log: read again
+            # counted; ACK and WINDOW counts confirm, and room made in a full log reads again
+            given = resumption.received(message, self.table.update_all)
             if given is None:
                 return
             message = given
@@ -256,8 +254,8 @@ class Session:
         elif not self.flows.receive(message):  # a DATAGRAM's fast path, as DATA's above
             for event in self.mux.receive(message):
                 self._event(event)
-        if resumption is not None and (ack := resumption.ack()) is not None:
-            self.link.send_message(ack)
+        if resumption is not None and resumption.counter.ack_due:
+            self.link.send_message(resumption.counter.ack())
 
     def link_violation(self, exc: ProtocolViolation) -> None:
         self.faults.session_violation(exc)
@@ -397,14 +395,14 @@ class Session:
             self.link.send_message(message)
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
-        if self.resumption is not None:
-            try:
-                self.resumption.sent_data(stream_id, data, self.mux.max_data)
-            except ResumeRefused as refused:
-                self._log_overflow(refused)
-                return
-        if self.phase is not Phase.DETACHED:
+        if self.resumption is None:
             self.link.send_data(stream_id, data)
+            return
+        try:  # framed once: the frames sent are the ones logged; a full log stops reading
+            attached = self.phase is not Phase.DETACHED
+            self.resumption.send_data(self.link, stream_id, data, attached, self.table.update_all)
+        except ResumeRefused as refused:
+            self._log_overflow(refused)
 
     def _log_overflow(self, refused: ResumeRefused) -> None:
         quiet.warning("log-overflow", "closing the session: %s", refused, extra=self.log_extra())

@@ -249,6 +249,21 @@ def data_frame(stream_id: int, payload: bytes | memoryview, mask_key: bytes | No
     return wsframe.python_binary_frame(HEADER.pack(FrameType.DATA, stream_id), payload, mask_key)
 
 
+def data_frames(
+    stream_id: int, data: memoryview, max_data: int, keys: wsframe.MaskKeys | None
+) -> list[list[bytes]]:
+    """``data`` as DATA messages of at most ``max_data`` payload bytes, each a BINARY frame
+    (masked with the next of ``keys``, a client's) as the chunks to write, in order; no
+    chunk refers to ``data``. One frame is one call on the native data path."""
+    if len(data) <= max_data:
+        return [data_frame(stream_id, data, keys.next() if keys is not None else None)]
+    header, frame = data_header(stream_id), wsframe.binary_frame
+    return [
+        frame(header, data[i : i + max_data], keys.next() if keys is not None else None)
+        for i in range(0, len(data), max_data)
+    ]
+
+
 def data_stream(message: bytes | bytearray | memoryview) -> int:
     """The stream id of a DATA message with a payload, else 0 (any other message; stream 0
     carries no DATA): the one header parse of :meth:`Mux.receive_data`."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 import struct
+from collections.abc import Sequence
 from types import ModuleType
 
 try:  # websockets' C extension; the pure-Python fallback is 100x slower on large frames
@@ -94,6 +95,18 @@ def binary_frame(prefix: bytes, payload: bytes | memoryview, mask_key: bytes | N
         b"".join((_head(length, _MASK_BIT), mask_key, apply_mask(prefix, mask_key))),
         apply_mask(payload, rest_key),
     ]
+
+
+def frame_message(frame: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """The message one frame of :func:`binary_frame` carries, given its chunks (unmasked
+    with the frame's own key): how a resumable session reads back the DATA it logged as
+    sent (``resumption``), at a resume only, so it has no native twin."""
+    data = b"".join(frame)
+    length = data[1] & 0x7F
+    head = 2 if length < 126 else 4 if length == 126 else 10
+    if not data[1] & _MASK_BIT:
+        return data[head:]
+    return apply_mask(data[head + 4 :], data[head : head + 4])
 
 
 class BinarySplitter:

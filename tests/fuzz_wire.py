@@ -332,7 +332,7 @@ def resume_step(resumption: Resumption, message: bytes) -> bytes | None:
     before = (log.sent, log.confirmed, log.messages_held, log.bytes_held)
     received = resumption.counter.count
     try:
-        given = resumption.received(message)
+        given = resumption.received(message, lambda: None)
     except ProtocolViolation:
         assert (log.sent, log.confirmed, log.messages_held, log.bytes_held) == before, (
             "a refused count changed the replay log"
@@ -355,7 +355,8 @@ def resume_step(resumption: Resumption, message: bytes) -> bytes | None:
         assert log.confirmed == max(before[1], confirmed)
     else:
         assert given is message
-    if resumption.ack() is not None:  # due: as the session sends it
+    if resumption.counter.ack_due:  # as the session sends it
+        resumption.counter.ack()
         assert resumption.counter.unstated == 0
     return given
 

@@ -72,6 +72,41 @@ def test_framing_any_prefix(prefix, size, seed, key):
     assert wire_bytes(native.binary_frame(prefix, data, key)) == want
 
 
+@given(prefix=st.binary(max_size=9), size=sizes, seed=st.integers(0, 99), key=keys)
+@settings(max_examples=200, deadline=None)
+def test_a_frame_gives_its_message_back(prefix, size, seed, key):
+    """A resumable session logs the DATA frames it sent and reads the messages back from
+    them at a resume (wsframe.frame_message): exact on the frames of either path, as they
+    come (one chunk natively, a masked large one in two on the pure path)."""
+    data = payload(seed, size)
+    for frame in (native.binary_frame, wsframe.python_binary_frame):
+        assert wsframe.frame_message(frame(prefix, data, key)) == prefix + data
+
+
+class FixedKeys:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def next(self) -> bytes:
+        return self.key
+
+
+@given(size=sizes, max_data=st.sampled_from([1000, 4096, 131_072]), key=keys)
+@settings(max_examples=200, deadline=None)
+def test_data_frames_are_the_pure_frames_of_the_split(size, max_data, key):
+    """What the link writes for DATA (wire.data_frames, native calls where built) is the
+    pure framing of wire.split_data's messages, one frame each."""
+    data = memoryview(payload(size, size))
+    frames = wire.data_frames(7, data, max_data, FixedKeys(key) if key else None)
+    want = [
+        wire_bytes(wsframe.python_binary_frame(head, chunk, key))
+        for head, chunk in wire.split_data(7, data, max_data)
+    ]
+    assert [wire_bytes(frame) for frame in frames] == (
+        want or [wire_bytes(wsframe.python_binary_frame(wire.python_data_header(7), b"", key))]
+    )
+
+
 def test_native_frames_copy_the_payload():
     """The session frames from a read buffer it reuses at once: no chunk may alias it."""
     buffer = bytearray(b"a" * 10000)

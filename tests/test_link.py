@@ -18,6 +18,8 @@ from aiowstunnel import keepalive, wsframe
 from aiowstunnel.errors import ProtocolViolation
 from aiowstunnel.limits import ServerLimits, SessionGuard, Slots
 from aiowstunnel.link import Link, Message
+from aiowstunnel.resume import ReplayLog
+from aiowstunnel.resumption import Resumption
 from aiowstunnel.serverlink import ServerLink
 from aiowstunnel.settings import SessionSettings
 from aiowstunnel.wire import SUBPROTOCOL, data_header
@@ -134,6 +136,37 @@ async def test_the_upgrade_opens_both_ends_and_then_the_data_path() -> None:
     assert pair.server_owner.messages == [b"hello"] and pair.client_owner.messages == [b"hi"]
     # From the first frame boundary after the upgrade, the link cuts BINARY frames itself.
     assert pair.client._splitter is not None and pair.server._splitter is not None
+
+
+@pytest.mark.parametrize("own_framing", [True, False], ids=["own-framing", "websockets"])
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_resumable_data_is_framed_once_logged_as_sent_and_replayed(
+    side: str, own_framing: bool
+) -> None:
+    """A resumable session's DATA: the frames written are the frames logged (no second
+    copy, no second split), a replay reads the messages back from them, a log that
+    becomes full stops the streams once, and a detached session logs without sending."""
+    pair = make_pair(max_data=100)
+    link, owner = (
+        (pair.client, pair.server_owner) if side == "client" else (pair.server, pair.client_owner)
+    )
+    link._own_framing = own_framing
+    resumption = Resumption(b"s" * 16, 60.0)
+    resumption.log = ReplayLog(max_bytes=250)
+    stops: list[int] = []
+    payload = bytearray(range(250))  # the reused read buffer: changed once sent
+    resumption.send_data(link, 3, memoryview(payload), True, lambda: stops.append(1))
+    payload[:] = bytes(250)
+    link.flush()
+    pair.pump()
+    head = data_header(3)
+    sent = [head + bytes(range(100)), head + bytes(range(100, 200)), head + bytes(range(200, 250))]
+    assert owner.messages == sent
+    assert resumption.full and stops == [1]  # full at the third frame: stopped once
+    resumption.send_data(link, 3, memoryview(b"detached"), False, lambda: stops.append(2))
+    pair.pump()
+    assert owner.messages == sent and stops == [1]  # not sent; already full: no new stop
+    assert resumption.replay(0) == [*sent, head + b"detached"]
 
 
 @pytest.mark.parametrize("own_framing", [True, False], ids=["own-framing", "websockets"])

@@ -1,6 +1,7 @@
 # ruff: noqa: B007, E501, SIM115  (experiment script: benchmarks/README.md, docs/performance.md)
 """A/B helper: start a backend and a daemon pair from one copy of the package (VARIANT_PATH first on PYTHONPATH, - for the checkout), run scenarios, print MB/s, CPU/GiB, rtt. Run from the checkout root with the venv's python.
-usage: pair.py VARIANT_PATH|- [--uvloop] [--mode connect|listen] [--runs N] [--mib M] [--strace] [--perf DIR] [--scen up,down,rtt,conc]
+usage: pair.py VARIANT_PATH|- [--uvloop] [--mode connect|listen] [--runs N] [--mib M] [--strace] [--perf DIR] [--scen up,down,rtt,conc,connect] [--resume-timeout S]
+The last line is the peak RSS (VmHWM) of each daemon over all scenarios.
 """
 
 import argparse
@@ -17,6 +18,13 @@ from pathlib import Path
 
 import run as R
 
+
+def minflt(pid: int) -> int:
+    """Minor page faults of a process so far (/proc/PID/stat field 10)."""
+    fields = R._stat_fields(pid)
+    return int(fields[7]) if fields else 0
+
+
 ap = argparse.ArgumentParser()
 ap.add_argument("variant")
 ap.add_argument("--uvloop", action="store_true")
@@ -28,6 +36,7 @@ ap.add_argument("--strace", action="store_true")
 ap.add_argument("--perf")
 ap.add_argument("--window", type=int, default=0)
 ap.add_argument("--port-base", type=int, default=25000)
+ap.add_argument("--resume-timeout", type=float, help="resume_timeout of both daemons (0: off)")
 a = ap.parse_args()
 env = dict(os.environ)
 if a.variant != "-":
@@ -63,6 +72,11 @@ with tempfile.TemporaryDirectory() as tmp:
                 else:
                     t = t + f"window = {a.window}\n"
                 (tmp / f).write_text(t)
+        if a.resume_timeout is not None:  # both daemons: [server] and the [[tunnel]]
+            line = f"resume_timeout = {a.resume_timeout:g}\n"
+            t = (tmp / "server.toml").read_text()
+            (tmp / "server.toml").write_text(t.replace("[[server.client]]", line + "\n[[server.client]]"))
+            (tmp / "client.toml").write_text((tmp / "client.toml").read_text() + line)
         for i, (argv, wp) in enumerate(cmds):
             p = subprocess.Popen(
                 argv,
@@ -127,6 +141,7 @@ with tempfile.TemporaryDirectory() as tmp:
                         )
                     time.sleep(0.5)
                 c0 = [R.cpu_seconds([p]) for p in pids]
+                f0 = [minflt(p) for p in pids]
                 if sc in ("up", "down"):
                     r = R.run_client(sc, target, ["--bytes", a.mib * R.MiB, "--limit", 60], 120)
                 elif sc == "rtt":
@@ -141,19 +156,22 @@ with tempfile.TemporaryDirectory() as tmp:
                 elif sc == "connect":
                     r = R.run_client("connect", target, ["--count", 2000, "--limit", 60], 90)
                 c1 = [R.cpu_seconds([p]) for p in pids]
+                f1 = [minflt(p) for p in pids]
                 for t in tracers:
                     t.send_signal(signal.SIGINT)
                 for t in tracers:
                     t.wait(30)
                 r["cpu"] = [round(y - x, 3) for x, y in zip(c0, c1, strict=False)]
+                r["faults"] = [y - x for x, y in zip(f0, f1, strict=False)]
                 res.append(r)
             if sc in ("up", "down"):
                 mbps = [r.get("MBps", 0) for r in res]
                 cpg = [sum(r["cpu"]) * R.GiB / r["bytes"] for r in res if "bytes" in r]
                 srv = [r["cpu"][0] * R.GiB / r["bytes"] for r in res if "bytes" in r]
                 cli = [r["cpu"][1] * R.GiB / r["bytes"] for r in res if "bytes" in r]
+                flt = [[f * R.GiB // r["bytes"] for f in r["faults"]] for r in res if "bytes" in r]
                 print(
-                    f"{sc}: MB/s {[round(x) for x in mbps]} med {statistics.median(mbps):.0f} | CPU s/GiB med {statistics.median(cpg):.3f} (server {statistics.median(srv):.3f} client {statistics.median(cli):.3f}) {res[0].get('error', '')}",
+                    f"{sc}: MB/s {[round(x) for x in mbps]} med {statistics.median(mbps):.0f} | CPU s/GiB med {statistics.median(cpg):.3f} (server {statistics.median(srv):.3f} client {statistics.median(cli):.3f}) | page faults/GiB {flt} {res[0].get('error', '')}",
                     flush=True,
                 )
             elif sc == "rtt":
@@ -171,6 +189,8 @@ with tempfile.TemporaryDirectory() as tmp:
                     f"connect: /s {[round(r.get('per_s', 0)) for r in res]} err {[r.get('errors') for r in res]}",
                     flush=True,
                 )
+        hwm = [R.mem_kb(pid).get("VmHWM", 0) / 1024 for pid in pids]  # as run.py
+        print(f"rss: peak MB server {hwm[0]:.1f} client {hwm[1]:.1f} sum {sum(hwm):.1f}", flush=True)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
