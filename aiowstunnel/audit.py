@@ -39,11 +39,13 @@ def config_warnings(config: Config, path: str | os.PathLike[str] | None = None) 
             "client names, byte counts and refusals (firewall it, or listen on 127.0.0.1)"
         )
     for index, spec in enumerate(config.tunnels):
-        if not spec.server.secure and not is_loopback(spec.server.host):
-            warnings.append(
-                f"tunnel[{index}].server: {spec.server} is ws:// to a host that is not "
-                "loopback: the bearer token travels in clear (use wss://)"
-            )
+        for n, server in enumerate(spec.servers):
+            if not server.secure and not is_loopback(server.host):
+                key = f"server[{n}]" if spec.more_servers else "server"
+                warnings.append(
+                    f"tunnel[{index}].{key}: {server} is ws:// to a host that is not "
+                    "loopback: the bearer token travels in clear (use wss://)"
+                )
         listen = spec.listen
         if (
             spec.mode.socks

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .addresses import (
     UNIX_SCHEME,
@@ -24,13 +25,16 @@ from .addresses import (
     UnixPath,
     parse_proxy_url,
 )
+from .affinity import Affinity
 from .backoff import Backoff, BackoffPolicy
-from .clientconnect import open_session
-from .clientlisten import DownRefusals, LocalListener, Refuse, Sockets, bind_local, hand_over
-from .errors import HandshakeRefused, ResumeRefused, describe
-from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, Refusal, TunnelProtocol
+from .clientconnect import ATTEMPT_ERRORS, failure, open_session
+from .clientlisten import DownRefusals, LocalListener, Sockets, bind_local, hand_over
+from .clientresume import Resumed, count_streams, resume
+from .errors import describe
+from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, TunnelProtocol
 from .logs import tunnel_logger
-from .resets import Abortable, Cut
+from .pool import End, ServerPool
+from .resets import Abortable
 from .session import Phase, Session
 from .settings import SessionSettings
 from .socks import Socks5Stream
@@ -39,10 +43,6 @@ from .stats import TunnelStats
 from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.client")
-
-#: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
-#: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
-_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
 
 
 class Client:
@@ -82,6 +82,10 @@ class Client:
             with the original client's address.
         protocol: ``"tcp"``, ``"udp"`` (each UDP source a datagram flow) or ``"tcp+udp"``
             (both, on one port: DNS), in the connect and listen modes.
+        more_servers: further servers of the tunnel (``ws[s]://`` URLs, the same scheme):
+            one session is kept to each (pool.py; its own backoff and resumption). CONNECT
+            gives each local connection to the open session with the fewest streams;
+            LISTEN binds the listener on every server. See :attr:`group`.
 
     In SOCKS5 and REVERSE_SOCKS5 modes there is no fixed target: ``connect_host`` and
     ``connect_port`` are ignored (pass ``""`` and 0). A host ``"unix:/path"`` (with port 0)
@@ -121,6 +125,7 @@ class Client:
         socket_mode: int = DEFAULT_SOCKET_MODE,
         proxy_protocol: str | None = None,
         protocol: TunnelProtocol | str = TunnelProtocol.TCP,
+        more_servers: Iterable[Endpoint | str] = (),
     ) -> None:
         self.mode = Mode(mode)
         self.protocol = TunnelProtocol(protocol)
@@ -135,9 +140,6 @@ class Client:
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl: ssl_module.SSLContext | None = ssl or None
-        #: the tunnel server's URL, built once (the daemon's was parsed once, by config)
-        self.endpoint = Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path)
-        self.server = self.endpoint.address
         self.server_hostname = server_hostname
         self.token = token
         self.settings = SessionSettings.given(
@@ -154,11 +156,35 @@ class Client:
         self.name = name or f"{self.mode.value}:{self.listen}"
         self.stats = stats or TunnelStats(self.name)
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
-        self.session: Session | None = None
-        self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
         #: parsed here, once (AddressError for a bad URL, as config reports it)
         self.proxy = parse_proxy_url(proxy) if proxy else None
         self._random = random
+        self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
+        self._log = tunnel_logger(self.name, log)
+        self._down = DownRefusals(self.stats, self._log)
+        self.pool: ServerPool[Client] = ServerPool(
+            self, self.stats, self.refused_while_down, self._stream_for, self.mode is Mode.CONNECT
+        )
+        # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
+        # TUNNEL_NAME; a library name that does not is kept here and not sent.
+        self.sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
+        if not self.sent_name:
+            self._log.warning(
+                "tunnel name %r is not sent to the server (it must be 1-128 letters, digits, "
+                "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
+                self.name,
+            )
+        self.pool.members += [self._member(server) for server in more_servers]
+
+    def _per_server(self, endpoint: Endpoint) -> None:
+        """What each server of the tunnel keeps apart: its URL and connection state."""
+        #: the tunnel server's URL, built once (the daemon's was parsed once, by config)
+        self.endpoint = endpoint
+        self.server = endpoint.address
+        self.backoff = Backoff(self.backoff.policy, self._random)
+        self.session: Session | None = None
+        self.listen_address: SocketAddress | None = None  # what is actually bound (either side)
+        self.affinity = Affinity()  # what the session's 101 said to route back to its server
         self._fresh_now = False  # a resume was refused: open a fresh session at once
         self.last_error = ""
         #: Set once the local listener was tried (bound, or the error logged); at once
@@ -176,18 +202,23 @@ class Client:
         self._listener: LocalListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._up = asyncio.Event()
-        self._log = tunnel_logger(self.name, log)
-        self._down = DownRefusals(self.stats, self._log)
-        # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
-        # TUNNEL_NAME; a library name that does not is kept here and not sent.
-        self.sent_name = self.name if TUNNEL_NAME.fullmatch(self.name) else ""
-        if not self.sent_name:
-            self._log.warning(
-                "tunnel name %r is not sent to the server (it must be 1-128 letters, digits, "
-                "'_', '.', ':', '[', ']' or '-'); the server counts it as unnamed",
-                self.name,
-            )
+
+    def _member(self, server: Endpoint | str) -> Client:
+        """Another server of this tunnel: this Client's settings, counters and pool, with a
+        URL and a connection state of its own."""
+        if isinstance(server, str):
+            server = Endpoint.parse(server, DEFAULT_PATH)
+        if server.secure != (self.ssl is not None):
+            raise ValueError(f"{server}: every server of a tunnel uses the same scheme")
+        member = copy.copy(self)
+        member._per_server(server)
+        member.first_bind.set()  # the listener is the first server's
+        return member
+
+    @property
+    def group(self) -> list[Client]:
+        """The tunnel's members, one per server: this one first (it owns the listener)."""
+        return self.pool.members
 
     @property
     def url(self) -> str:
@@ -195,28 +226,45 @@ class Client:
 
     @property
     def up(self) -> bool:
+        """Whether the tunnel serves: one of its sessions (any server's) is open."""
+        return self.pool.any_up
+
+    @property
+    def session_up(self) -> bool:
+        """Whether this server's session is open."""
         return self.session is not None and self.session.phase is Phase.OPEN
 
     @property
     def detached(self) -> bool:
-        """The session lost its connection and is being resumed (its streams wait)."""
-        return self.session is not None and self.session.phase is Phase.DETACHED
+        """No session open, one being resumed (its streams wait)."""
+        return self.pool.detached
+
+    def _update(self, _: object = None) -> None:
+        self.pool.update(counts=not self._replaced)  # a successor shares the counters
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the tunnel in the background until :meth:`close` (the seed's API)."""
+        """Run the tunnel in the background until :meth:`close` (the seed's API); the
+        sessions to its other servers too."""
         self._task = asyncio.get_running_loop().create_task(self.run())
+        for member in self.pool.led_by(self)[1:]:
+            member.start()
 
     async def wait_up(self, timeout: float | None = None) -> None:
         """Wait until a session is open (tests and the supervisor use this)."""
-        await asyncio.wait_for(self._up.wait(), timeout)
+        await asyncio.wait_for(self.pool.up.wait(), timeout)
 
     async def run(self) -> None:
         """Keep the tunnel up until :meth:`close`: connect, serve, back off, repeat."""
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if not self.mode.server_listens and self._listener is None and self.predecessor is None:
+            if (
+                not self.mode.server_listens
+                and self.pool.first is self
+                and self._listener is None
+                and self.predecessor is None
+            ):
                 try:
                     await self._bind()
                 except OSError as exc:
@@ -230,19 +278,8 @@ class Client:
             session: Session | None = None
             try:
                 session = await open_session(self)
-            except HandshakeRefused as exc:
-                label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
-                self._failed(label, f"server refused the tunnel: {exc}", logging.ERROR)
-            except ssl_module.SSLError as exc:
-                self._failed("tls", f"TLS failed with {self.url}: {describe(exc)}", logging.ERROR)
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
-                hint = ""
-                if self.ssl and isinstance(exc, ConnectionError):
-                    hint = " (a TLS server that requires a client certificate closes like this)"
-                self._failed(
-                    label, f"cannot reach {self.url}: {describe(exc)}{hint}", logging.WARNING
-                )
+            except ATTEMPT_ERRORS as exc:
+                self._failed(*failure(exc, self.url, self.ssl is not None))
             self.first_attempt.set()
             if self.predecessor is not None and not await self._take_over():
                 if session is not None:
@@ -252,99 +289,64 @@ class Client:
             if session is not None:
                 await self._serve(session)
                 self.backoff.connection_ended(loop.time() - started)
-            if self._fresh_now:  # the server knows the session no more: a new one, now
+            # The server knows the session no more, or it went away (GOAWAY: the old one
+            # drains meanwhile) or was lost: the next one now (pool.AT_ONCE_PERIOD).
+            if self._fresh_now or (session is not None and self.pool.at_once(self)):
                 self._fresh_now = False
                 continue
+            self.pool.expire_held()
             if not self._closing:
                 await self._pause()
 
     async def _serve(self, session: Session) -> None:
         self.session = session
-        self.stats.up = True
         self.stats.connects += 1
         self.stats.backoff_seconds = 0.0
-        self._up.set()
+        self._update()
         where = f", server listening on {self.listen_address}" if self.mode.server_listens else ""
+        named = f" (server {self.affinity.server})" if self.affinity.server else ""
         self._log.info(
-            "tunnel up: %s %s via %s%s",
-            self.mode.value,
-            self._asked(),
-            self.url,
-            where,
+            "tunnel up: %s %s via %s%s%s", self.mode.value, self._asked(), self.url, named, where
         )
-        session.on_detach.append(self._detached)
-        while await session.wait_detached() and await self._resume(session):
-            pass  # resumed: serve on, until the next detach or the end
-        reason = await session.wait_closed()
-        self.stats.detached = False
-        self._up.clear()
+        session.on_detach.append(self._update)
+        if self.mode is Mode.CONNECT:
+            session.on_refused = self.pool.reopen
+        self.pool.opened(session)
+        route = self.affinity
+        while (end := await self.pool.wait_end(session)) is End.DETACHED:
+            if not await self._resume(session, route):
+                break
+            self.pool.opened(session)  # resumed: serve on, until the next detach or the end
         self.session = None
-        if not self._replaced:  # a successor shares the counters and may be up already
-            self.stats.up = False
+        if end is End.GOAWAY and not self._closing and not session.closed.done():
+            self.pool.drain(self, session, lambda: self._resume(session, route))
+            streams = len(session.streams)
+            self._log.info(
+                "server going away: opening a new session at once; %s on the old one",
+                count_streams(streams, "draining") if streams else "no stream open",
+            )
+            self._update()
+            return
+        reason = await session.wait_closed()
+        self._update()
         if not self._closing:
             self.last_error = reason
             cut = session.cut_streams
             self._log.warning(
-                "tunnel down: %s; %s", reason, _streams(cut, "reset") if cut else "no stream open"
+                "tunnel down: %s; %s",
+                reason,
+                count_streams(cut, "reset") if cut else "no stream open",
             )
 
-    def _detached(self, session: Session) -> None:
-        # At once, not when the reconnecting starts: a scrape in between must not say up.
-        if not self._replaced:
-            self.stats.up = False
-        self.stats.detached = True
-
-    async def _resume(self, session: Session) -> bool:
-        """Reconnect to resume the detached ``session`` until resumed (True), refused or
-        expired (False). Attempts back off, capped so that several fit in resume_timeout."""
-        loop = asyncio.get_running_loop()
-        resumption = session.resumption
-        assert resumption is not None
-        timeout = resumption.timeout
-        self._log.warning(
-            "tunnel detached: %s; %s kept, resuming within %g s",
-            session.detachment.reason,
-            _streams(len(session.streams), "open"),
-            timeout,
-        )
-        cap = max(0.05, timeout / 8)
-        backoff = Backoff(BackoffPolicy(initial=min(0.1, cap), max=cap), self._random)
-        while session.phase is Phase.DETACHED and not self._closing:
-            try:
-                await open_session(self, resume_of=session)
-            except ResumeRefused as refused:
-                self.stats.resumes[refused.code] += 1
-                self._log.warning(
-                    "the server refused to resume the session (%s): its streams are reset; "
-                    "opening a fresh session",
-                    refused,
-                )
-                session.expire(Cut.RESUME_REFUSED, f"resume refused: {refused}")
-                self._fresh_now = not self._closing
-                return False
-            except HandshakeRefused as exc:
-                if exc.status in (401, 403):  # token revoked or rule narrowed: never resumes
-                    self._failed("bad_token" if exc.status == 401 else "forbidden",
-                                 f"server refused the resume: {exc}", logging.ERROR)
-                    session.expire(Cut.RESUME_REFUSED, f"resume refused: {exc}")
-                    return False
-                self.last_error = f"resume failed: {exc}"
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                self.last_error = f"resume failed: {describe(exc)}"
-            else:
-                self.stats.up, self.stats.detached = True, False
-                self.stats.resumes["ok"] += 1
-                self.stats.replayed_bytes += session.detachment.replayed
-                self._log.info(
-                    "tunnel resumed after %.1f s: %d bytes replayed; %s",
-                    loop.time() - session.detachment.since,
-                    session.detachment.replayed,
-                    _streams(len(session.streams), "open"),
-                )
-                return True
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(session.closed), backoff.next_delay())
-        return False
+    async def _resume(self, session: Session, route: Affinity) -> bool:
+        """Resume the detached ``session`` (clientresume); True if resumed."""
+        resumed = await resume(self, session, route, self._log, self._random, lambda: self._closing)
+        if resumed is not Resumed.RESUMED:  # new connections wait for the next session
+            self.pool.hold()
+        fresh = resumed is Resumed.UNKNOWN and session is self.session
+        self._fresh_now = fresh and not self._closing
+        self._update()
+        return resumed is Resumed.RESUMED
 
     def _failed(self, label: str, message: str, level: int) -> None:
         self.stats.connect_failures[label] += 1
@@ -361,12 +363,9 @@ class Client:
         """No new streams from now on: close the local listener, send GOAWAY (the server
         then releases a LISTEN port). A reload's first step for a removed or replaced
         tunnel; :meth:`close` then drains the open streams."""
-        self._closing = True
-        self._replaced = True
+        self._goaway("tunnel removed or replaced")
         if self._listener is not None:
             self._listener.close()
-        if self.session is not None:
-            self.session.goaway("tunnel removed or replaced")
 
     def detach_listener(self) -> Sockets | None:
         """Stop accepting here and hand the listening sockets over to a successor.
@@ -375,14 +374,17 @@ class Client:
         in their queues for the successor, none is refused. This instance then only drains
         its open streams (:meth:`close`). None when there is no listener to hand over.
         """
-        self._closing = True
-        self._replaced = True
-        if self.session is not None:
-            self.session.goaway("tunnel replaced")
+        self._goaway("tunnel replaced")
         listener, self._listener = self._listener, None
         if listener is None:
             return None
         return hand_over(listener)
+
+    def _goaway(self, reason: str) -> None:
+        for member in self.pool.led_by(self):
+            member._closing = member._replaced = True
+            if member.session is not None:
+                member.session.goaway(reason)
 
     async def _take_over(self) -> bool:
         """Take the predecessor's listening socket (or bind afresh); False if that failed."""
@@ -400,24 +402,31 @@ class Client:
 
     @property
     def streams_active(self) -> int:
-        """Streams open on this instance (the counters may be shared with a successor)."""
-        return len(self.session.streams) if self.session is not None else 0
+        """Streams open on this instance (the counters may be shared with a successor):
+        on every server's sessions, those draining after a GOAWAY included."""
+        return sum(self.pool.own_streams(member) for member in self.pool.led_by(self))
+
+    @property
+    def own_streams(self) -> int:
+        """Streams open on this server's sessions (the one it serves, those draining)."""
+        return self.pool.own_streams(self)
 
     async def close(self, timeout: float = 5.0) -> int:
         """Stop: close the listener, let open streams finish up to ``timeout``, disconnect.
 
         Safe to call twice. Returns how many streams were reset because the drain ran out.
         """
+        others = [asyncio.ensure_future(m.close(timeout)) for m in self.pool.led_by(self)[1:]]
         self._closing = True
         self.first_bind.set()  # nobody waits for a take-over that will not come
         if self._listener is not None:
             self._listener.close()
-        cut = 0
-        if self.session is not None:
-            session = self.session
-            before = session.drain_cut  # a second close counts only what it cut itself
-            await session.shutdown("client closing", timeout)
-            cut = session.drain_cut - before
+        if self.pool.first is self:
+            self.pool.close()
+        sessions = self.pool.sessions_of(self)
+        before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
+        await asyncio.gather(*(s.shutdown("client closing", timeout) for s in sessions))
+        cut = sum(s.drain_cut for s in sessions) - before + sum(await asyncio.gather(*others))
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -432,7 +441,7 @@ class Client:
 
     async def _bind(self, sock: Sockets | None = None) -> None:
         """Listen on :attr:`listen` (TCP, UDP or both), or serve ``sock``, handed over."""
-        self._listener, self.listen_address = await bind_local(self._local_stream, self, sock)
+        self._listener, self.listen_address = await bind_local(self.pool.local_stream, self, sock)
         how = "taking over" if sock else "listening on"
         self._log.info("%s %s%s", how, self.listen_address, self.protocol.note)
 
@@ -442,10 +451,8 @@ class Client:
             return f"proxy on {self.listen_address or self.listen}"
         return self.connect if self.mode is Mode.CONNECT else self.listen
 
-    def _local_stream(self) -> asyncio.BaseProtocol:
-        session = self.session
-        if session is None or not session.accepting:  # detached: it waits for the resume
-            return Refuse(self.refused_while_down)
+    def _stream_for(self, session: Session) -> asyncio.BaseProtocol:
+        """The protocol of a local connection the pool gave to ``session``."""
         if self.mode is Mode.SOCKS5:
             return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
@@ -466,8 +473,3 @@ def _socket_address(host: str, port: int | str) -> SocketAddress:
     if host.startswith(UNIX_SCHEME):
         return UnixPath.parse(host)
     return Address(host, int(port))
-
-
-def _streams(n: int, what: str) -> str:
-    """``"1 stream reset"``, ``"3 streams reset"``."""
-    return f"{n} stream{'' if n == 1 else 's'} {what}"

@@ -7,6 +7,7 @@ session resumed on the new link. Reads the client through :class:`TunnelSide`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as ssl_module
 from typing import Protocol
 
@@ -17,10 +18,11 @@ from websockets.uri import WebSocketURI
 
 from . import resumeauth, wire
 from .addresses import Address, AddressRule, Endpoint, SocketAddress, parse_socket_address
+from .affinity import SERVER_HEADER, Affinity
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
-from .errors import HandshakeRefused, ProtocolViolation
-from .handshake import HEADER_PROTOCOL, Mode, TunnelProtocol, TunnelRequest
+from .errors import HandshakeRefused, ProtocolViolation, describe
+from .handshake import HEADER_PROTOCOL, Mode, Refusal, TunnelProtocol, TunnelRequest
 from .link import Link, ws_log
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Session
@@ -28,6 +30,27 @@ from .settings import SessionSettings
 from .socks5 import Credentials
 from .stats import TunnelStats
 from .udpsocket import udp_dialer
+
+#: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
+#: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
+_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
+#: What a failed connection attempt may raise (each is counted and logged: failure()).
+ATTEMPT_ERRORS = (HandshakeRefused, ssl_module.SSLError, OSError, asyncio.TimeoutError)
+
+
+def failure(exc: BaseException, url: str, tls: bool) -> tuple[str, str, int]:
+    """A failed attempt to open a session with ``url``: the ``reason`` label it counts
+    under, its log line and the line's level."""
+    if isinstance(exc, HandshakeRefused):
+        label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
+        return label, f"server refused the tunnel: {exc}", logging.ERROR
+    if isinstance(exc, ssl_module.SSLError):
+        return "tls", f"TLS failed with {url}: {describe(exc)}", logging.ERROR
+    label = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+    hint = ""
+    if tls and isinstance(exc, ConnectionError):
+        hint = " (a TLS server that requires a client certificate closes like this)"
+    return label, f"cannot reach {url}: {describe(exc)}{hint}", logging.WARNING
 
 
 class TunnelSide(Protocol):
@@ -52,10 +75,15 @@ class TunnelSide(Protocol):
     proxy: Address | None
     listen_address: SocketAddress | None
     sent_name: str
+    affinity: Affinity  # what the last fresh session's 101 said to route back to its server
 
 
-async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Session:
-    """A fresh session, or (``resume_of``) a new link for a detached one, resumed.
+async def open_session(
+    side: TunnelSide, resume_of: Session | None = None, route: Affinity | None = None
+) -> Session:
+    """A fresh session, or (``resume_of``) a new link for a detached one, resumed; a
+    resume carries ``route``, the affinity of the session's 101, for a balancer to send
+    it to the server that holds the session (a fresh session: the balancer chooses).
 
     Raises:
         ResumeRefused: the server cannot resume ``resume_of`` (with the code).
@@ -133,6 +161,8 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
         request.headers[key] = value
     if resume_of is not None and resume_of.resumption is not None:
         request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
+        for key, value in (route or Affinity()).headers().items():
+            request.headers[key] = value
     elif settings.resume_timeout > 0:
         request.headers[resumeauth.HEADER_RESUMABLE] = "1"
     link.send_request(request)
@@ -165,6 +195,10 @@ async def open_session(side: TunnelSide, resume_of: Session | None = None) -> Se
         session.resumption = Resumption(
             credentials.session_id, settings.resume_timeout, credentials=credentials
         )
+    # What routes a resume of this session back to its server (affinity.py).
+    side.affinity = Affinity.from_response(
+        response.headers.get(SERVER_HEADER), response.headers.get_all("Set-Cookie")
+    )
     if side.mode.server_listens:
         bound = response.headers.get("X-Aiowstunnel-Bound")
         side.listen_address = parse_socket_address(bound, True) if bound else side.listen

@@ -20,6 +20,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9100"
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 INT32_MAX = 2**31 - 1
+#: Servers one tunnel may list (`server` as an array): each is a session kept up.
+MAX_TUNNEL_SERVERS = 16
 #: The defaults of every session setting (settings.py writes them, once).
 SESSION_DEFAULTS = SessionSettings()
 
@@ -85,6 +87,8 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     #: the file mode of unix sockets bound for LISTEN sessions
     socket_mode: int = DEFAULT_SOCKET_MODE
+    #: how this server names itself in the 101 (X-Aiowstunnel-Server); "" for the host name
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,17 @@ class TunnelSpec:
     proxy_protocol: str | None = None
     #: what the tunnel carries: TCP streams, UDP datagram flows, or both on one port
     protocol: TunnelProtocol = TunnelProtocol.TCP
+    #: the second and later servers when ``server`` is an array: one session to each
+    more_servers: tuple[Endpoint, ...] = ()
 
     @property
     def uses_tls(self) -> bool:
         return self.server.secure
+
+    @property
+    def servers(self) -> tuple[Endpoint, ...]:
+        """Every server of the tunnel, in config order (one session is kept to each)."""
+        return (self.server, *self.more_servers)
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,8 @@ class Config:
     source: str
     #: every token_file named, for the permission checks of ``check`` and start (audit.py)
     token_files: tuple[Path, ...] = ()
+    #: on SIGTERM, how long /healthz fails while everything still runs, before GOAWAY
+    stop_grace: float = 0.0
 
 
 @dataclass(frozen=True)

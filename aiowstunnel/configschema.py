@@ -40,6 +40,7 @@ class Loader(ValueReader):
         log = self.log(root.table("log") or Table(self, ("log",), {}))
         daemon = root.table("daemon") or Table(self, ("daemon",), {})
         shutdown_timeout = daemon.number("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, False)
+        stop_grace = daemon.number("stop_grace", 0.0, 0, False)
         daemon.close()
         server_table = root.table("server")
         server = self.server(server_table) if server_table is not None else None
@@ -50,7 +51,7 @@ class Loader(ValueReader):
         self.check_binds(metrics, server, tunnels)
         if self.errors or metrics is None or log is None or None in tunnels:
             return None
-        assert shutdown_timeout is not None  # else an error was recorded
+        assert shutdown_timeout is not None and stop_grace is not None  # else an error
         return Config(
             metrics=metrics,
             log=log,
@@ -59,6 +60,7 @@ class Loader(ValueReader):
             shutdown_timeout=shutdown_timeout,
             source=source,
             token_files=tuple(dict.fromkeys(self.token_files)),
+            stop_grace=stop_grace,
         )
 
     # ------------------------------------------------------------------ sections
@@ -104,6 +106,7 @@ class Loader(ValueReader):
         )
         limits = self.limits(t)
         socket_mode = t.socket_mode()
+        name = t.name(required=False)
         entries = t.tables("client", "server.client")
         if not entries and isinstance(t.data.get("client", []), list):
             t.error(
@@ -128,6 +131,7 @@ class Loader(ValueReader):
             settings=settings,
             limits=limits,
             socket_mode=socket_mode,
+            name=name or "",
         )
 
     def limits(self, t: Table) -> ServerLimits:
@@ -208,7 +212,8 @@ class Loader(ValueReader):
             except ValueError:
                 modes = ", ".join(repr(m.value) for m in Mode)
                 t.error("mode", f"expected one of {modes}, got {mode_text!r}")
-        server = self.server_url(t)
+        servers = self.server_urls(t)
+        server = servers[0] if servers else None
         token = None
         key = self.one_of(t, "token_file", "token")
         if key == "token_file":
@@ -279,6 +284,7 @@ class Loader(ValueReader):
             socket_mode=socket_mode,
             proxy_protocol=proxy_protocol,
             protocol=protocol,
+            more_servers=servers[1:],
         )
 
     def protocol(

@@ -207,8 +207,8 @@ class Table:
             return None
         return self.loader.base_dir / text
 
-    def name(self) -> str | None:
-        name = self.string("name")
+    def name(self, required: bool = True) -> str | None:
+        name = self.string("name") if required else self.string("name", None)
         if name is not None and not _NAME.fullmatch(name):
             self.error("name", f"{name!r}: use only letters, digits, '_', '.' and '-'")
             return None

@@ -8,8 +8,8 @@ from pathlib import Path
 from . import wire
 from .addresses import AddressRule, Endpoint, parse_proxy_url
 from .backoff import BackoffPolicy
-from .configmodel import SESSION_DEFAULTS
-from .configtable import Document, Table
+from .configmodel import MAX_TUNNEL_SERVERS, SESSION_DEFAULTS
+from .configtable import Document, KeyPath, Table, describe_value
 from .errors import AddressError, describe
 from .handshake import DEFAULT_PATH
 from .settings import SessionSettings
@@ -80,14 +80,46 @@ class ValueReader(Document):
 
     # ------------------------------------------------------------------ values
 
-    def server_url(self, t: Table) -> Endpoint | None:
-        text = t.string("server")
-        if text is None:
-            return None
+    def server_urls(self, t: Table) -> tuple[Endpoint, ...]:
+        """``server``: one URL, or an array of them (a session to each); () after an error."""
+        value = t.take("server")
+        if value is None:
+            return ()  # missing: recorded
+        if isinstance(value, str):
+            endpoint = self.server_url(("server",), t, value)
+            return (endpoint,) if endpoint is not None else ()
+        if not isinstance(value, list):
+            t.error("server", f"expected a URL or an array of URLs, got {describe_value(value)}")
+            return ()
+        if not value:
+            t.error("server", "expected at least one URL")
+            return ()
+        if len(value) > MAX_TUNNEL_SERVERS:
+            t.error("server", f"at most {MAX_TUNNEL_SERVERS} servers, got {len(value)}")
+            return ()
+        found: list[Endpoint] = []
+        for i, item in enumerate(value):
+            where: KeyPath = ("server", i)
+            if not isinstance(item, str):
+                self.error((*t.path, *where), f"expected a URL, got {describe_value(item)}")
+                continue
+            endpoint = self.server_url(where, t, item)
+            if endpoint is None:
+                continue
+            if endpoint in found:
+                self.error((*t.path, *where), f"{item!r} is listed twice")
+            elif found and endpoint.secure != found[0].secure:
+                # One TLS setup (ca_file, client_cert) serves every server of the tunnel.
+                self.error((*t.path, *where), "mixes ws:// and wss://: use one scheme")
+            else:
+                found.append(endpoint)
+        return tuple(found) if len(found) == len(value) else ()  # else: errors recorded
+
+    def server_url(self, where: KeyPath, t: Table, text: str) -> Endpoint | None:
         try:
             return Endpoint.parse(text, DEFAULT_PATH)
         except AddressError as exc:
-            t.error("server", str(exc))
+            self.error((*t.path, *where), str(exc))
             return None
 
     def proxy_url(self, t: Table) -> str | None:

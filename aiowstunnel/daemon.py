@@ -89,7 +89,16 @@ class Daemon:
                 self.reload_requested.clear()
                 await self.reload()
 
+        # First /healthz fails, so that a balancer sends nothing new here; then (after
+        # stop_grace, the balancer's time to see it) GOAWAY and the drain.
+        self.supervisor.stopping = True
         self.notifier.notify("STOPPING=1", STATUS="stopping: draining open streams")
+        if self.config.stop_grace > 0:
+            log.info(
+                "stopping: /healthz fails; serving on for %g s (stop_grace) before GOAWAY",
+                self.config.stop_grace,
+            )
+            await asyncio.sleep(self.config.stop_grace)
         log.info("stopping: draining open streams for up to %g s", self.config.shutdown_timeout)
         open_streams, cut = await self._shutdown(self.config.shutdown_timeout)
         if open_streams:

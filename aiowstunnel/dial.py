@@ -62,6 +62,7 @@ class Dialer:
                 table.stats.stream_open_failures["stream_limit"] += 1
                 host.send(table.mux.refuse_stream(stream_id, "server stream limit reached"))
                 return
+        table.dial_started()
         task = asyncio.get_running_loop().create_task(
             self._dial(stream_id, origin, target, slot)
         )
@@ -103,6 +104,7 @@ class Dialer:
         finally:
             if table.get(stream_id) is not stream and stream.slot is not None:
                 stream.slot.release()  # never registered: forget() will not see it
+            table.dial_ended()
 
 
 def failure_label(exc: BaseException) -> str:

@@ -159,29 +159,13 @@ class MetricsServer:
             health = self._health()
             if not isinstance(health, Health):
                 health = Health(health)
-            tunnels = {name: _state(up) for name, up in health.tunnels.items()}
-            healthy = all(state == "up" for state in tunnels.values())
-            answer: dict[str, object] = {
-                "status": "ok" if healthy else "degraded",
-                "tunnels": tunnels,
-            }
-            if health.draining:
-                answer["draining"] = dict(health.draining)
-            if health.server is not None:
-                answer["server"] = {
-                    entry: {name: _state(up) for name, up in names.items()}
-                    for entry, names in health.server.items()
-                }
+            healthy, answer = health.report()
         except Exception:
             # A provider bug must cost one scrape, not the exporter.
             logger.exception("metrics: answering GET %s failed", path)
             return 500, "text/plain", b"internal error\n"
         body = json.dumps(answer)
         return (200 if healthy else 503), "application/json", body.encode() + b"\n"
-
-
-def _state(up: bool) -> str:
-    return "up" if up else "down"
 
 
 class _RequestTooLarge(TunnelError):

@@ -35,6 +35,18 @@ _FAMILIES: dict[
         "Current wait before the next connection attempt.",
         ("tunnel",),
     ),
+    "server_up": (
+        GaugeMetricFamily,
+        "tunnel_server_up",
+        "1 if the tunnel's session to this server is open.",
+        ("tunnel", "server"),
+    ),
+    "server_streams": (
+        GaugeMetricFamily,
+        "tunnel_server_streams_active",
+        "Open streams on the tunnel's sessions to this server.",
+        ("tunnel", "server"),
+    ),
     "streams_active": (GaugeMetricFamily, "streams_active", "Open streams.", ("tunnel",)),
     "streams_opened": (CounterMetricFamily, "streams_opened", "Streams opened.", ("tunnel",)),
     "stream_open_failures": (
@@ -183,6 +195,10 @@ class TunnelCollector(Collector):
             add("backoff", who, t.backoff_seconds)
             add("detached", who, 1 if t.detached else 0)
             add_streams(t, who)
+        for s in snapshot.tunnel_servers:
+            where: _Labels = (("tunnel", s.tunnel), ("server", s.server))
+            add("server_up", where, 1 if s.up else 0)
+            add("server_streams", where, s.streams)
         for c in snapshot.server_clients:
             who = (("client", c.client), ("tunnel", c.name))
             add("sessions", who, c.sessions_active)

@@ -22,10 +22,11 @@ from websockets.typing import Subprotocol
 
 from . import wire
 from .addresses import Address
+from .affinity import SERVER_HEADER, default_server_name
 from .destinations import dialer, proxy_protocol
 from .dial import Dial
 from .errors import ProtocolViolation
-from .handshake import DEFAULT_PATH, Mode, Refusal, RequestRefused
+from .handshake import DEFAULT_PATH, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
 from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
@@ -96,6 +97,8 @@ class Server:
             from the process's open-files limit when the server is built.
         limit_stats: where limit hits are counted.
         socket_mode: the file mode of a unix socket bound for a LISTEN session.
+        name: how this server names itself in each 101 (``X-Aiowstunnel-Server``), so a
+            client behind a balancer knows which server holds its session (the host name).
     """
 
     def __init__(
@@ -120,12 +123,14 @@ class Server:
         limits: ServerLimits | None = None,
         limit_stats: LimitStats | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        name: str = "",
     ) -> None:
         self.host = host
         self.socket_mode = socket_mode
         self.port = port
         self.ssl = ssl
         self.path = path
+        self.name = name or default_server_name()  # in each 101 (affinity.SERVER_HEADER)
         self.settings = SessionSettings.given(
             settings,
             window=window,
@@ -385,19 +390,14 @@ class Server:
         session.on_close.append(self._session_closed)
         session.on_goaway.append(self._peer_going_away)
         dial = None if grant.request.mode.server_listens else self._dialer(grant)
-        headers = {"X-Aiowstunnel-Bound": grant.bound} if grant.bound else {}
+        headers = {SERVER_HEADER: self.name}
+        if grant.bound:
+            headers["X-Aiowstunnel-Bound"] = grant.bound
         dial = serve_flows(session, grant, dial, headers, self.settings.connect_timeout)
         if resumable and self.settings.resume_timeout > 0:
             self.resumable.offer(session, headers)
         session.accept(request, dial, headers)
-        mode = grant.request.mode
-        if mode is Mode.CONNECT:
-            what = f"connect to {grant.request.address}"
-        elif mode is Mode.SOCKS5:
-            what = "socks5: each stream's target checked against allow_connect"
-        else:
-            what = f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {grant.bound}"
-        _session_log(session).info("session opened: %s%s", what, grant.request.protocol.note)
+        _session_log(session).info("session opened: %s%s", grant.what, grant.request.protocol.note)
 
     def _tunnel_label(self, entry: str, name: str) -> str:
         """The ``tunnel`` label for a session of ``entry``: its own name while the entry

@@ -38,6 +38,15 @@ class Grant:
     udp_target: SocketAddress | None = None
     udp_endpoint: UdpEndpoint | None = None
 
+    @property
+    def what(self) -> str:
+        """What the session serves, for its "session opened" line."""
+        mode = self.request.mode
+        if mode is Mode.CONNECT:
+            return f"connect to {self.request.address}"
+        if mode is Mode.SOCKS5:
+            return "socks5: each stream's target checked against allow_connect"
+        return f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {self.bound}"
     def close_listeners(self) -> None:
         """Stop taking new connections and datagrams for the session (LISTEN modes)."""
         if self.listener is not None:

@@ -11,7 +11,6 @@ never stalls the others; credit (protocol.md, Flow control) bounds what each may
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from websockets.server import ServerProtocol
 
 from .detachment import Detachment
 from .dial import Dial, Dialer
+from .drain import Linger, shutdown
 from .errors import ProtocolViolation, ResumeRefused
 from .events import (
     CreditGranted,
@@ -40,7 +40,7 @@ from .events import (
 )
 from .faults import PeerFaults
 from .limits import QuietLog, SessionGuard
-from .link import CLOSE_TIMEOUT, DEFAULT_SETTINGS, Link, Message
+from .link import DEFAULT_SETTINGS, Link, Message
 from .logs import escape, quote
 from .mux import Mux
 from .resets import Cut
@@ -110,10 +110,14 @@ class Session:
         #: server side: the client entry's name, beside ``name`` (the tunnel's) in logs
         self.client: str | None = None
         self.on_goaway: list[Callable[[Session], None]] = []  # the peer sent GOAWAY
+        #: a stream the peer refused after its GOAWAY: True if taken elsewhere (the client
+        #: opens it on another session) instead of being reset
+        self.on_refused: Callable[[Session, int], bool] = lambda session, stream_id: False
         self.on_close: list[Callable[[Session], None]] = []
         self.dialer = Dialer(self.table)  # the streams the peer opens
         self.phase = Phase.HANDSHAKE
         self.loop = asyncio.get_running_loop()
+        self.linger = Linger(self.loop)  # after our GOAWAY, the peer closes first
         self.closed: asyncio.Future[str] = self.loop.create_future()
         self.close_reason = ""
         self.cut_streams = 0  # streams the session's end cut (set in link_lost)
@@ -376,7 +380,11 @@ class Session:
 
     def streams_idle(self) -> None:
         if self.phase is Phase.DRAINING and self.link.can_send:
-            self.close(CloseCode.GOING_AWAY, "going away")
+            self.linger.then(self._close_idle, "going away")
+
+    def _close_idle(self, reason: str) -> None:
+        if self.phase is Phase.DRAINING and not len(self.table) and self.link.can_send:
+            self.close(CloseCode.GOING_AWAY, reason)
 
     # -- the peer's frames ---------------------------------------------------------------
 
@@ -397,6 +405,8 @@ class Session:
         elif isinstance(event, StreamAccepted):
             table.peer_accepted(event.stream_id)
         elif isinstance(event, StreamRefused):
+            if self.phase is Phase.DRAINING and self.on_refused(self, event.stream_id):
+                return  # refused because the peer goes away: opened on another session
             table.peer_refused(event.stream_id, event.reason)
         elif isinstance(event, StreamViolated):
             self.faults.stream_violation(event.stream_id, event.reason)
@@ -425,10 +435,11 @@ class Session:
         """Announce that no new streams will be opened; open ones may finish."""
         if self.phase is Phase.OPEN and self.link.can_send:
             self.phase = Phase.DRAINING
+            self.linger.sent()
             self.send(self.mux.goaway(reason))
             self.flush()
             if not len(self.table):
-                self.close(CloseCode.GOING_AWAY, reason)
+                self.linger.then(self._close_idle, reason)
 
     def reset_streams(self, cause: Cut, reason: str) -> int:
         """Reset every open stream, on both ends (RST to the peer too). Returns how many:
@@ -436,30 +447,14 @@ class Session:
         return self.table.reset_all(cause, reason)
 
     async def shutdown(self, reason: str, timeout: float) -> None:
-        """GOAWAY, let open streams finish for up to ``timeout``, then close; bounded: the
-        one stop sequence of both ends (protocol.md, GOAWAY), safe to call twice. A detached
-        session has nothing to drain over: it ends at once."""
+        """GOAWAY, let open streams finish for up to ``timeout``, then close; bounded
+        (drain.shutdown: the one stop sequence of both ends); safe to call twice.
+        A detached session has nothing to drain over: it ends at once.
+        """
         if self.phase is Phase.DETACHED:
             self.close(CloseCode.GOING_AWAY, reason)
-            return
-        self.goaway(reason)
-        if not await self.drain(timeout) and len(self.table):
-            self.drain_cut += self.reset_streams(
-                Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"
-            )
-        self.close(CloseCode.GOING_AWAY, reason)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT)
-        if not self.closed.done():
-            self.link.abort(reason)
-
-    async def drain(self, timeout: float) -> bool:
-        """Wait until no stream is open, at most ``timeout`` seconds. True if drained."""
-        try:
-            await asyncio.wait_for(self.table.idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        else:
+            await shutdown(self, reason, timeout)
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the WebSocket closing handshake; open streams are cut."""

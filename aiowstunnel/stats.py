@@ -57,6 +57,17 @@ class LimitStats:
     hits: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class TunnelServer:
+    """One server of a client tunnel (``server`` may list several), read at scrape time."""
+
+    tunnel: str
+    server: str  # its URL, as configured
+    up: bool  # its session is open
+    streams: int  # streams open on its sessions (a draining one's included)
+    name: str = ""  # what the server called itself in its 101 (X-Aiowstunnel-Server)
+
+
 @dataclass
 class MetricsSnapshot:
     """What the collector reads at each scrape; built by the daemon's provider callable."""
@@ -67,6 +78,7 @@ class MetricsSnapshot:
     reload_ok: bool = True
     reload_timestamp: float | None = None  # time.time() of the last successful (re)load
     limits: LimitStats | None = None
+    tunnel_servers: Iterable[TunnelServer] = ()  # each client tunnel's session per server
 
 
 @dataclass
@@ -78,3 +90,38 @@ class Health:
     draining: Mapping[str, int] = field(default_factory=dict)
     #: server side, None without a server: client entry -> tunnel name -> has a session
     server: Mapping[str, Mapping[str, bool]] | None = None
+    #: each client tunnel's sessions, one per server it lists
+    servers: Iterable[TunnelServer] = ()
+    #: SIGTERM came: /healthz fails (503) so that a balancer sends nothing new here
+    stopping: bool = False
+
+    def report(self) -> tuple[bool, dict[str, object]]:
+        """What ``/healthz`` answers: healthy (200, else 503) and its JSON body."""
+        tunnels = {name: _state(up) for name, up in self.tunnels.items()}
+        healthy = all(state == "up" for state in tunnels.values()) and not self.stopping
+        answer: dict[str, object] = {
+            "status": "stopping" if self.stopping else "ok" if healthy else "degraded",
+            "tunnels": tunnels,
+        }
+        if self.stopping:
+            answer["stopping"] = True
+        servers: dict[str, dict[str, dict[str, object]]] = {}
+        for s in self.servers:  # tunnel -> server URL -> its session
+            entry: dict[str, object] = {"state": _state(s.up), "streams": s.streams}
+            if s.name:
+                entry["name"] = s.name
+            servers.setdefault(s.tunnel, {})[s.server] = entry
+        if servers:
+            answer["servers"] = servers
+        if self.draining:
+            answer["draining"] = dict(self.draining)
+        if self.server is not None:
+            answer["server"] = {
+                entry: {name: _state(up) for name, up in names.items()}
+                for entry, names in self.server.items()
+            }
+        return healthy, answer
+
+
+def _state(up: bool) -> str:
+    return "up" if up else "down"

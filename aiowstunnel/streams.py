@@ -80,6 +80,9 @@ class StreamTable:
         self.stats = stats
         self.guard = guard
         self._streams: dict[int, TcpStream] = {}
+        #: the peer's OPENs accepted whose dial is under way: open streams for the drain (an
+        #: OPEN that arrived before our GOAWAY finishes on this session, dialed or refused)
+        self.dialing = 0
         self.idle = asyncio.Event()  # set while no stream is open
         self.idle.set()
         #: where every stream reads into; see read_buffer()
@@ -88,7 +91,18 @@ class StreamTable:
     # -- questions -------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + self.dialing
+
+    def dial_started(self) -> None:
+        self.dialing += 1
+        self.idle.clear()
+
+    def dial_ended(self) -> None:
+        """A dial is over (its stream registered, or refused): maybe the last one."""
+        self.dialing = max(0, self.dialing - 1)  # cut_all may have counted it out
+        if not len(self):
+            self.idle.set()
+            self.host.streams_idle()
 
     def __iter__(self) -> Iterator[TcpStream]:
         return iter(list(self._streams.values()))
@@ -113,7 +127,8 @@ class StreamTable:
     def connected(self, stream: TcpStream) -> None:
         """A socket is up: a local connection accepted (listener side: ask the peer to
         dial), or the connection a dial made (dialing side: tell the opener)."""
-        if not self.host.accepting:
+        # A dial ends on its session even after our GOAWAY: its OPEN came before it.
+        if not (self.host.accepting if stream.stream_id is None else self.host.sending):
             self.stats.stream_open_failures["tunnel_down"] += 1
             self.cut(stream, Cut.TUNNEL_DOWN, "the tunnel is going down")
             return
@@ -326,8 +341,22 @@ class StreamTable:
         for stream in streams:
             self.cut(stream, cause, reason)
         self._streams.clear()
+        self.dialing = 0  # the session's end cancels them
         self.idle.set()
         return len(streams)
+
+    def release(self, stream_id: int) -> tuple[asyncio.Transport, bytes, bool] | None:
+        """Take back a stream the peer refused before it opened, its socket untouched, for
+        another session to open it again: its transport, the bytes read from it (none was
+        sent: there was no OPEN_OK) and whether it read EOF. None if it cannot move."""
+        stream = self._streams.get(stream_id)
+        transport = stream.transport if stream is not None else None
+        if stream is None or transport is None or stream.sent or transport.is_closing():
+            return None
+        data = bytes(stream.backlog) if stream.backlog is not None else b""
+        stream.transport = None  # nothing here touches the socket any more
+        self.forget(stream, "refused as the other side goes away: moved to another session")
+        return transport, data, stream.at_eof
 
     def forget(self, stream: TcpStream, how: str = "") -> None:
         """Drop ``stream`` from the table; ``how`` says why it ended, "" if cleanly."""
@@ -350,7 +379,7 @@ class StreamTable:
                 f"; {how}" if how else "",
                 extra=self.host.log_extra(),
             )
-        if not self._streams:
+        if not len(self):
             self.idle.set()
             self.host.streams_idle()
 

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .logs import tunnel_logger
 from .server import Server
 from .socks5 import Credentials
-from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelStats
+from .stats import Health, LimitStats, MetricsSnapshot, ServerStats, TunnelServer, TunnelStats
 from .tls import server_ssl, tunnel_ssl
 
 log = logging.getLogger("aiowstunnel.supervisor")
@@ -49,6 +49,7 @@ def build_server(
         limits=config.limits,
         limit_stats=limit_stats,
         socket_mode=config.socket_mode,
+        name=config.name,
     )
 
 
@@ -84,6 +85,7 @@ def build_client(spec: TunnelSpec, index: int, stats: TunnelStats) -> Client:
             else None
         ),
         protocol=spec.protocol,
+        more_servers=spec.more_servers,
     )
 
 
@@ -103,6 +105,8 @@ class Supervisor:
         #: instances a reload replaced or removed, draining in the background: task -> name
         #: and the instance (a Client, or the Server under the name "server")
         self.draining: dict[asyncio.Task[object], tuple[str, Client | Server]] = {}
+        #: SIGTERM came: /healthz fails first, so that a balancer stops sending here
+        self.stopping = False
 
     async def start(self) -> None:
         """Bind the server (if any) and start every tunnel.
@@ -290,6 +294,21 @@ class Supervisor:
             reload_ok=self.reload_ok,
             reload_timestamp=self.reload_timestamp,
             limits=self.limit_stats,
+            tunnel_servers=self.tunnel_servers(),
+        )
+
+    def tunnel_servers(self) -> tuple[TunnelServer, ...]:
+        """Each tunnel's session per server it lists (``server`` may be an array)."""
+        return tuple(
+            TunnelServer(
+                name,
+                member.url,
+                member.session_up,
+                member.own_streams,
+                member.affinity.server if member.session_up else "",
+            )
+            for name, client in self.tunnels.items()
+            for member in client.group
         )
 
     def draining_streams(self) -> dict[str, int]:
@@ -309,6 +328,8 @@ class Supervisor:
             tunnels={name: client.up for name, client in self.tunnels.items()},
             draining=self.draining_streams(),
             server=server,
+            servers=self.tunnel_servers(),
+            stopping=self.stopping,
         )
 
     def status_line(self) -> str:
@@ -332,6 +353,11 @@ class Supervisor:
             for name, client in self.tunnels.items()
             if not client.up and not client.detached and client.first_attempt.is_set()
         ]
+        partial = [
+            f"{name} ({sum(m.session_up for m in client.group)}/{len(client.group)})"
+            for name, client in self.tunnels.items()
+            if client.up and len(client.group) > 1 and not all(m.session_up for m in client.group)
+        ]
         if resuming:  # its connection broke; its streams wait for the resume
             more = "..." if len(resuming) > 3 else ""
             parts.append("detached: " + ", ".join(resuming[:3]) + more)
@@ -339,6 +365,9 @@ class Supervisor:
             parts.append(f"connecting: {len(connecting)}")
         if down:
             parts.append("down: " + ", ".join(down[:3]) + ("..." if len(down) > 3 else ""))
+        if partial:
+            more = "..." if len(partial) > 3 else ""
+            parts.append("servers up: " + ", ".join(partial[:3]) + more)
         draining = self.draining_streams()
         if draining:
             parts.append(

@@ -548,7 +548,8 @@ def test_documented_example_loads() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     example = doc.split("```toml\n")[-1].split("```")[0]
     config = load_config(example, Path("/etc/aiowstunnel"), read_secret=lambda path: "t0ken")
-    assert [t.name for t in config.tunnels] == ["app", "reverse-ssh", "proxy", "web-socket"]
+    assert [t.name for t in config.tunnels] == ["app", "db", "reverse-ssh", "proxy", "web-socket"]
+    assert len(config.tunnels[1].servers) == 2
     assert config.server.tls_cert == Path("/etc/aiowstunnel/tls/server.crt")
 
 
@@ -644,6 +645,66 @@ def test_proxy_protocol_key() -> None:
     assert load(tunnel()).tunnels[0].proxy_protocol is None
     errors = errors_of(tunnel(proxy_protocol='"v3"'))
     assert errors[0].startswith("tunnel[0].proxy_protocol: expected 'v1' or 'v2', got 'v3'")
+
+
+# -- several servers per tunnel, the server's name, stop_grace (issue 17) -----------------
+
+SEVERAL = [
+    ("servers empty", tunnel(server="[]"), "tunnel[0].server: expected at least one URL"),
+    ("servers not str", tunnel(server='["wss://a:1", 2]'), "tunnel[0].server[1]: expected a URL"),
+    ("server a table", tunnel(server="{ a = 1 }"), "tunnel[0].server: expected a URL or an array"),
+    (
+        "servers bad url",
+        tunnel(server='["wss://a:1", "http://b:1"]'),
+        "tunnel[0].server[1]: 'http://b:1': expected a ws:// or wss:// URL",
+    ),
+    (
+        "servers twice",
+        tunnel(server='["wss://a:1/x", "wss://a:1/x"]'),
+        "tunnel[0].server[1]: 'wss://a:1/x' is listed twice",
+    ),
+    (
+        "servers mixed schemes",
+        tunnel(server='["wss://a:1", "ws://b:1"]'),
+        "tunnel[0].server[1]: mixes ws:// and wss://",
+    ),
+    (
+        "too many servers",
+        tunnel(server="[" + ", ".join(f'"wss://h{i}:1"' for i in range(17)) + "]"),
+        "tunnel[0].server: at most 16 servers, got 17",
+    ),
+    ("server name", server(name='"my server"'), "server.name: 'my server': use only"),
+    ("stop_grace", "[daemon]\nstop_grace = -1\n", "daemon.stop_grace: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in SEVERAL], ids=[c[0] for c in SEVERAL]
+)
+def test_several_servers_broken_names_the_key(text: str, expected: str) -> None:
+    assert any(e.startswith(expected) for e in errors_of(text)), errors_of(text)
+
+
+def test_server_may_be_one_url_or_a_list() -> None:
+    one = load(tunnel()).tunnels[0]
+    assert one.servers == (one.server,) and one.more_servers == ()
+    three = load(tunnel(server='["wss://a:9000", "wss://b:9000/t", "wss://c"]')).tunnels[0]
+    assert [s.url for s in three.servers] == [
+        "wss://a:9000/aiowstunnel",
+        "wss://b:9000/t",
+        "wss://c:443/aiowstunnel",
+    ]
+    assert three.server == three.servers[0]
+    # One entry is the same tunnel as the plain string: a reload does not restart it.
+    assert load(tunnel(server='["wss://host2:9000/aiowstunnel"]')).tunnels[0] == one
+
+
+def test_server_name_and_stop_grace() -> None:
+    config = load("[daemon]\nstop_grace = 2.5\n" + server(name='"edge-1"'))
+    assert config.stop_grace == 2.5
+    assert config.server is not None and config.server.name == "edge-1"
+    plain = load(server())
+    assert plain.stop_grace == 0.0 and plain.server is not None and plain.server.name == ""
 # -- UDP tunnels (issue 18) ----------------------------------------------------------------
 
 

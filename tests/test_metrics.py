@@ -339,3 +339,43 @@ async def test_ipv6_loopback() -> None:
         assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         await srv.close()
+
+
+# -- several servers per tunnel, and the drain a balancer sees (issue 17) -------------------
+
+
+async def test_each_server_of_a_tunnel_has_its_series(
+    server: MetricsServer, daemon: Daemon
+) -> None:
+    from aiowstunnel.stats import TunnelServer
+
+    daemon.snapshot = MetricsSnapshot(
+        tunnels=[TunnelStats("web", up=True)],
+        tunnel_servers=[
+            TunnelServer("web", "ws://a:9000/aiowstunnel", True, 3, "a"),
+            TunnelServer("web", "ws://b:9000/aiowstunnel", False, 0),
+        ],
+    )
+    s = parse((await get(server.port, "/metrics")).body)
+    a, b = "ws://a:9000/aiowstunnel", "ws://b:9000/aiowstunnel"
+    assert value(s, "aiowstunnel_tunnel_server_up", tunnel="web", server=a) == 1
+    assert value(s, "aiowstunnel_tunnel_server_up", tunnel="web", server=b) == 0
+    assert value(s, "aiowstunnel_tunnel_server_streams_active", tunnel="web", server=a) == 3
+
+
+async def test_healthz_fails_while_stopping_and_lists_each_server(
+    server: MetricsServer, daemon: Daemon
+) -> None:
+    from aiowstunnel.stats import Health, TunnelServer
+
+    servers = [TunnelServer("web", "ws://a:1/aiowstunnel", True, 2, "edge-a")]
+    daemon.health = Health(tunnels={"web": True}, servers=servers)
+    code, _, body = await asyncio.to_thread(urllib_get, server.port, "/healthz")
+    assert code == 200
+    assert json.loads(body)["servers"] == {
+        "web": {"ws://a:1/aiowstunnel": {"state": "up", "streams": 2, "name": "edge-a"}}
+    }
+    daemon.health = Health(tunnels={"web": True}, stopping=True)
+    code, _, body = await asyncio.to_thread(urllib_get, server.port, "/healthz")
+    assert code == 503
+    assert json.loads(body) == {"status": "stopping", "stopping": True, "tunnels": {"web": "up"}}

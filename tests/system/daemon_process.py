@@ -67,11 +67,11 @@ class Daemon:
         config: str,
         env: dict[str, str] | None = None,
         open_files: int | None = None,
-        prefix: tuple[str, ...] = (),
+        prefix: tuple[str, ...] | list[str] = (),
     ) -> None:
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the daemon, if set
         #: run under this command (``("ip", "netns", "exec", "ns1")``: in a namespace)
-        self.prefix = prefix
+        self.prefix = tuple(prefix)  # (a Namespace's exec() gives a list)
         self.folder = folder
         self.config_path = folder / "aiowstunnel.toml"
         self.config_path.write_text(config)
@@ -83,7 +83,7 @@ class Daemon:
     async def start(self, wait_ready: bool = True) -> dict[str, str] | None:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.env}
         env.pop("JOURNAL_STREAM", None)
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop; a restart appends)
         self.proc = await asyncio.create_subprocess_exec(
             *self.prefix,
             sys.executable,
@@ -128,6 +128,12 @@ class Daemon:
             return await asyncio.wait_for(self.proc.wait(), timeout)
         finally:
             self.kill()
+
+    async def restart(self) -> None:
+        """Start again after an exit, on the same config (a fresh notify socket)."""
+        self.kill()
+        self.notify = Notifications(self.folder)
+        await self.start()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
