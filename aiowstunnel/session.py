@@ -11,7 +11,6 @@ never stalls the others; credit (protocol.md, Flow control) bounds what each may
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from .detachment import Detachment
+from .detachment import Phase as Phase  # the session's phase, imported from here by its users
 from .dial import Dial, Dialer
 from .drain import Linger, shutdown
 from .errors import ProtocolViolation, ResumeRefused
@@ -44,8 +44,7 @@ from .link import DEFAULT_SETTINGS, Link, Message
 from .logs import escape, quote
 from .mux import Mux
 from .resets import Cut
-from .resume import encode_resumed
-from .resumption import Discarded, Resumption
+from .resumption import Resumption
 from .serverlink import ServerLink
 from .settings import SessionSettings
 from .stats import TunnelStats
@@ -57,14 +56,6 @@ log = logging.getLogger("aiowstunnel.session")
 #: Lines a peer can cause (its refusals, resets, violations) go through here: a flood of
 #: frames costs a few lines per period, not one line per frame.
 quiet = QuietLog(log)
-
-
-class Phase(enum.Enum):
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    DRAINING = "draining"  # GOAWAY sent or received: no new streams
-    DETACHED = "detached"  # resumable, its link lost: kept until resumed or expired
-    CLOSED = "closed"
 
 
 #: the phases with a link whose loss detaches a resumable session
@@ -126,10 +117,9 @@ class Session:
         self.resumption: Resumption | None = None
         self.on_detach: list[Callable[[Session], None]] = []
         self.on_resume: list[Callable[[Session], None]] = []
-        self.detachment = Detachment(self.loop)
+        self.detachment = Detachment(self, self.loop)
         self.ended_detached = False
         self._ending = False  # a close (ours or the peer's): losing the link ends the session
-        self._before_detach = Phase.OPEN
         self.link: Link
         if isinstance(ws, ServerProtocol):
             self.link = ServerLink(ws, self, settings, guard=guard, max_data=self.mux.max_data)
@@ -246,7 +236,7 @@ class Session:
 
     def link_lost(self, reason: str) -> None:
         if self.resumption is not None and not self._ending and self.phase in _ATTACHED:
-            self._detach(reason)
+            self.detachment.detach(reason)
         else:
             self._end(reason)
 
@@ -270,17 +260,6 @@ class Session:
 
     # -- resumption (protocol.md, Resumption) ------------------------------------------
 
-    def _detach(self, reason: str) -> None:
-        """The link is lost: keep the streams (they stop reading) for resume_timeout."""
-        assert self.resumption is not None
-        self._before_detach, self.phase = self.phase, Phase.DETACHED
-        timeout = self.resumption.timeout
-        why = f"not resumed within {timeout:g} s"
-        self.detachment.begin(reason, timeout, lambda: self.expire(Cut.EXPIRED, why))
-        self.table.update_all()
-        for callback in self.on_detach:
-            callback(self)
-
     def expire(self, cause: Cut, reason: str) -> None:
         """End a detached session: every stream reset (its socket with an RST), counted
         under ``cause``, with ``reason`` in the log."""
@@ -291,39 +270,18 @@ class Session:
         self._end(reason)
 
     async def wait_detached(self) -> bool:
-        """Until the link is lost: True if the session is detached (resumable), False if
-        it ended."""
-        await self.detachment.changed.wait()
-        return self.phase is Phase.DETACHED
+        """Until the link is lost: True if detached (resumable), False if it ended."""
+        return await self.detachment.wait()
 
     def resume(self, link: Link, claimed: int) -> None:
-        """Carry on over ``link`` (its resume proven); the peer received ``claimed``
-        messages: what it lacks is resent, after RESUMED on the server.
+        """Carry on over ``link``, its resume proven (:meth:`Detachment.resume`)."""
+        self.detachment.resume(link, claimed)
 
-        A resume for a session still attached (the client saw the break first) replaces
-        its link: only one link is attached at a time.
+    def detached(self) -> None:
+        for callback in self.on_detach:
+            callback(self)
 
-        Raises:
-            ResumeRefused: ``bad_claim``: the claim contradicts our counters.
-        """
-        assert self.resumption is not None
-        if self.closed.done():  # expired (or closed) while the resume was on its way
-            raise ResumeRefused("expired", f"the session ended: {self.close_reason}")
-        replay = self.resumption.replay(claimed)
-        replaced = self.phase is not Phase.DETACHED
-        if replaced:
-            old, self._before_detach = self.link, self.phase
-            old.owner = Discarded()
-            old.abort("replaced by a resumed link")
-        self.attach(link)
-        if not self.client_side:
-            link.send_message(encode_resumed(self.resumption.counter.state()))
-        for message in replay:
-            link.send_message(message)
-        self.detachment.resumed(sum(len(m) for m in replay), replaced)
-        self.phase = self._before_detach
-        self.table.update_all()
-        link.flush()
+    def resumed(self) -> None:
         for callback in self.on_resume:
             callback(self)
 
@@ -334,7 +292,7 @@ class Session:
         # Detached: a local connection waits (opened, not read) until resumed or expired.
         phase = self.phase
         return phase is Phase.OPEN or (
-            phase is Phase.DETACHED and self._before_detach is Phase.OPEN
+            phase is Phase.DETACHED and self.detachment.before is Phase.OPEN
         )
 
     @property
