@@ -27,7 +27,7 @@ from .destinations import dialer, proxy_protocol
 from .dial import Dial
 from .errors import ProtocolViolation
 from .handshake import DEFAULT_PATH, Refusal, RequestRefused
-from .limits import QuietLog, ServerLimits, SessionGuard, Slot, Slots
+from .limits import QuietLog, ServerLimits, Slot
 from .link import Link, ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
@@ -45,6 +45,7 @@ from .serveraccess import (
     same_tunnel,
     still_allowed,
 )
+from .serveradmit import Admission
 from .serverlisten import bind_session_listener, hand_over, listen_endpoint, serve_flows
 from .serverresume import ResumeRegistry
 from .session import Phase, Session
@@ -53,15 +54,9 @@ from .stats import LimitStats, ServerStats, TunnelStats
 from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.server")
-#: Refusals and limit hits: a flood of them costs a few lines per period, each saying how
-#: many were left out (the counters have them all).
+#: Refusals: a flood of them costs a few lines per period, each saying how many were left
+#: out (the counters have them all). Limit hits are serveradmit's.
 quiet = QuietLog(log)
-#: A limit hit during the handshake -> the ``reason`` of server_rejected_total.
-_HANDSHAKE_LIMITS = {
-    "handshakes": "too_many_handshakes",
-    "handshakes_per_address": "too_many_handshakes",
-    "handshake_bytes": "handshake_too_large",
-}
 
 #: Distinct tunnel names kept per client entry (each is a metric label): a client that
 #: sends more, or a new name per session, is folded into OTHER_TUNNELS.
@@ -146,17 +141,10 @@ class Server:
         self.client_stats = client_stats if client_stats is not None else {}
         self.limits = (limits or ServerLimits()).resolve()
         self.limit_stats = limit_stats if limit_stats is not None else LimitStats()
-        lim = self.limits
-        assert lim.max_handshakes and lim.max_sessions_total and lim.max_streams_total
-        assert lim.max_client_streams
-        self._handshakes = Slots(lim.max_handshakes)
-        self._handshakes_per_address = Slots(lim.max_handshakes_per_address)
-        self._sessions_total = Slots(lim.max_sessions_total)
-        self._client_sessions = Slots(0)  # by client name; the bound is each max_sessions
-        self._streams_total = Slots(lim.max_streams_total)
-        self._client_streams = Slots(lim.max_client_streams)
+        # the handshake, session and stream slots every connection takes from
+        self.admission = Admission(self.limits, self.stats, self.limit_stats)
         self.sessions: dict[Session, Grant] = {}
-        self.resumable = ResumeRegistry(self.settings, self.stats, lim, self.limit_stats)
+        self.resumable = ResumeRegistry(self.settings, self.stats, self.limits, self.limit_stats)
         self.policy = Policy(None)
         self.set_clients(clients)
         self._server: asyncio.Server | None = None
@@ -258,52 +246,16 @@ class Server:
             max_size=settings.max_frame,
             logger=ws_log,
         )
-        guard = SessionGuard(
-            self.limits,
-            self._handshakes,
-            self._handshakes_per_address,
-            self._streams_total,
-            self._client_streams,
-            self._limit_hit,
-        )
         session = Session(
             ws,
             TunnelStats("unauthenticated"),
             settings=settings,
             on_request=self._on_request,
             name="server",
-            guard=guard,
+            guard=self.admission.guard(),
         )
-        loop = asyncio.get_running_loop()
-        loop.call_later(settings.handshake_timeout, self._handshake_deadline, session)
+        self.admission.watch(session, settings.handshake_timeout)
         return session.link
-
-    def _limit_hit(self, limit: str, peer: str) -> None:
-        self.limit_stats.hits[limit] += 1
-        reason = _HANDSHAKE_LIMITS.get(limit)
-        if reason is not None:
-            self.stats.rejected[reason] += 1
-        quiet.warning(
-            ("limit", limit),
-            "limit %s reached: refused or closed a connection from %s",
-            limit,
-            peer,
-            extra={"peer": peer},
-        )
-
-    def _handshake_deadline(self, session: Session) -> None:
-        if session.guard is not None and session.transport is None:
-            session.guard.answered()  # the TLS handshake failed: no connection_lost comes
-        # transport None: the TLS handshake failed and asyncio already dropped the socket.
-        if session.phase is Phase.HANDSHAKE and session.transport and not session.closed.done():
-            self.stats.rejected["handshake_timeout"] += 1
-            quiet.warning(
-                "handshake_timeout",
-                "dropping the connection: no complete handshake within %g s",
-                self.settings.handshake_timeout,
-                extra={"peer": session.peer},
-            )
-            session.abort(f"handshake timeout ({self.settings.handshake_timeout:g} s)")
 
     def _on_request(self, session: Session, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(self._authorize(session, request))
@@ -419,20 +371,8 @@ class Server:
         for old, old_grant in list(self.sessions.items()):
             if old.phase is Phase.DETACHED and same_tunnel(old_grant, client, tunnel):
                 old.expire(Cut.EXPIRED, "replaced by a fresh session of the same tunnel")
-        if self._client_sessions.full(client.name, client.max_sessions):
-            active = self._client_sessions.by_key.get(client.name, 0)
-            raise RequestRefused(
-                Refusal.TOO_MANY_SESSIONS,
-                f"client {client.name!r} already has {active} sessions (max {client.max_sessions})",
-            )
-        if self._sessions_total.full():
-            self._limit_hit("sessions", "")
-            raise RequestRefused(
-                Refusal.SERVER_FULL,
-                f"the server has its maximum of {self._sessions_total.limit} sessions",
-            )
         # Taken now, synchronously: the checks below may await the resolver.
-        reserved.append(Slot((self._sessions_total, None), (self._client_sessions, client.name)))
+        reserved.append(self.admission.reserve(client))
         await check_grant(grant, self.settings.connect_timeout)
         return grant
 

@@ -87,7 +87,8 @@ async def test_max_sessions_holds_under_200_concurrent_upgrades_awaiting_the_res
     finally:
         await server.close(1)
     # every path released its reservation: the count is back to 0
-    assert server._client_sessions.total == 0 and server._sessions_total.total == 0
+    admission = server.admission
+    assert admission.client_sessions.total == 0 and admission.sessions_total.total == 0
 
 
 @pytest.mark.timeout(30)
@@ -140,10 +141,10 @@ async def test_streams_per_client_and_in_total_are_bounded(make_tunnel, echo_bac
             writer.close()
     # released on every close: the same client opens streams again
     for _ in range(100):
-        if tunnel.server._streams_total.total == 0:
+        if tunnel.server.admission.streams_total.total == 0:
             break
         await asyncio.sleep(0.02)
-    assert tunnel.server._streams_total.total == 0
+    assert tunnel.server.admission.streams_total.total == 0
     sent, received = await echo_roundtrip(tunnel.entry, 1 << 16)
     assert sent == received
 
