@@ -211,6 +211,13 @@ def parse_socket_address(text: str, allow_zero_port: bool = False) -> SocketAddr
     return Address.parse(text, allow_zero_port=allow_zero_port)
 
 
+def socket_address(host: str, port: int | str) -> SocketAddress:
+    """The seed's (host, port) pair, or a unix socket given as host ``unix:/path``."""
+    if host.startswith(UNIX_SCHEME):
+        return UnixPath.parse(host)
+    return Address(host, int(port))
+
+
 def ip_or_none(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)

@@ -16,25 +16,16 @@ import random
 import ssl as ssl_module
 from collections.abc import Callable, Iterable, Sequence
 
-from .addresses import (
-    UNIX_SCHEME,
-    Address,
-    AddressRule,
-    Endpoint,
-    SocketAddress,
-    UnixPath,
-    parse_proxy_url,
-)
+from .addresses import AddressRule, Endpoint, SocketAddress, parse_proxy_url, socket_address
 from .affinity import Affinity
 from .backoff import Backoff, BackoffPolicy
 from .clientconnect import ATTEMPT_ERRORS, failure, open_session
-from .clientlisten import DownRefusals, LocalListener, Sockets, bind_local, hand_over
+from .clientlisten import DownRefusals, Listening, Sockets
 from .clientresume import Resumed, count_streams, resume
 from .errors import describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, TunnelProtocol
 from .logs import tunnel_logger
 from .pool import End, ServerPool
-from .resets import Abortable
 from .session import Phase, Session
 from .settings import SessionSettings
 from .socks import Socks5Stream
@@ -129,10 +120,8 @@ class Client:
     ) -> None:
         self.mode = Mode(mode)
         self.protocol = TunnelProtocol(protocol)
-        self.listen: SocketAddress = _socket_address(listen_host, listen_port)
-        self.connect: SocketAddress | None = (
-            None if self.mode.socks else _socket_address(connect_host, connect_port)
-        )
+        self.listen = socket_address(listen_host, listen_port)
+        self.connect = None if self.mode.socks else socket_address(connect_host, connect_port)
         self.socket_mode = socket_mode
         self.proxy_protocol = proxy_protocol or ""
         self.allow_connect = tuple(allow_connect)
@@ -159,11 +148,12 @@ class Client:
         #: parsed here, once (AddressError for a bad URL, as config reports it)
         self.proxy = parse_proxy_url(proxy) if proxy else None
         self._random = random
-        self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
         self._log = tunnel_logger(self.name, log)
-        self._down = DownRefusals(self.stats, self._log)
+        self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
+        #: resets a local connection accepted while down, counted, logged (rate-limited)
+        down = DownRefusals(self.stats, self._log, lambda: self.last_error or "not connected yet")
         self.pool: ServerPool[Client] = ServerPool(
-            self, self.stats, self.refused_while_down, self._stream_for, self.mode is Mode.CONNECT
+            self, self.stats, down.refuse, self._stream_for, self.mode is Mode.CONNECT
         )
         # The name goes to the server as a label (X-Aiowstunnel-Tunnel), where it must fit
         # TUNNEL_NAME; a library name that does not is kept here and not sent.
@@ -199,7 +189,7 @@ class Client:
         #: socket is taken over once this one's first attempt is over (see _take_over).
         self.predecessor: Client | None = None
         self._replaced = False  # handed its listener to a successor: it only drains now
-        self._listener: LocalListener | None = None
+        self._listening = Listening(self, self._log)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -262,11 +252,11 @@ class Client:
             if (
                 not self.mode.server_listens
                 and self.pool.first is self
-                and self._listener is None
+                and self._listening.listener is None
                 and self.predecessor is None
             ):
                 try:
-                    await self._bind()
+                    self.listen_address = await self._listening.bind(self.pool.local_stream)
                 except OSError as exc:
                     self._failed("listen_failed", describe(exc), logging.ERROR)
                     self.first_bind.set()
@@ -364,8 +354,7 @@ class Client:
         then releases a LISTEN port). A reload's first step for a removed or replaced
         tunnel; :meth:`close` then drains the open streams."""
         self._goaway("tunnel removed or replaced")
-        if self._listener is not None:
-            self._listener.close()
+        self._listening.close()
 
     def detach_listener(self) -> Sockets | None:
         """Stop accepting here and hand the listening sockets over to a successor.
@@ -375,10 +364,7 @@ class Client:
         its open streams (:meth:`close`). None when there is no listener to hand over.
         """
         self._goaway("tunnel replaced")
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return None
-        return hand_over(listener)
+        return self._listening.hand_over()
 
     def _goaway(self, reason: str) -> None:
         for member in self.pool.led_by(self):
@@ -390,9 +376,9 @@ class Client:
         """Take the predecessor's listening socket (or bind afresh); False if that failed."""
         old, self.predecessor = self.predecessor, None
         assert old is not None
-        sock = old.detach_listener()
         try:
-            await self._bind(sock)
+            handed = old.detach_listener()
+            self.listen_address = await self._listening.bind(self.pool.local_stream, handed)
         except OSError as exc:
             self._failed("listen_failed", describe(exc), logging.ERROR)
             return False
@@ -419,8 +405,7 @@ class Client:
         others = [asyncio.ensure_future(m.close(timeout)) for m in self.pool.led_by(self)[1:]]
         self._closing = True
         self.first_bind.set()  # nobody waits for a take-over that will not come
-        if self._listener is not None:
-            self._listener.close()
+        self._listening.close()
         if self.pool.first is self:
             self.pool.close()
         sessions = self.pool.sessions_of(self)
@@ -431,19 +416,10 @@ class Client:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._listener is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
-            self._listener = None
+        await self._listening.wait_closed()
         return cut
 
     # -- connecting -----------------------------------------------------------------
-
-    async def _bind(self, sock: Sockets | None = None) -> None:
-        """Listen on :attr:`listen` (TCP, UDP or both), or serve ``sock``, handed over."""
-        self._listener, self.listen_address = await bind_local(self.pool.local_stream, self, sock)
-        how = "taking over" if sock else "listening on"
-        self._log.info("%s %s%s", how, self.listen_address, self.protocol.note)
 
     def _asked(self) -> SocketAddress | str | None:
         """What the tunnel request names: the target (CONNECT), the listener (LISTEN)."""
@@ -457,19 +433,7 @@ class Client:
             return Socks5Stream(session, self.socks_credentials)
         return session.new_stream()
 
-    def refused_while_down(self, transport: Abortable) -> None:
-        """A local connection accepted while the tunnel is down: reset it, count it, and
-        say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
-        self._down.refuse(transport, self.last_error or "not connected yet")
-
     async def connect_once(self) -> Session:
         """One session, without the listener or any retry (``aiowstunnel stdio``): the
         caller opens its stream on it. Raises as a connection attempt of :meth:`run` does."""
         return await open_session(self)
-
-
-def _socket_address(host: str, port: int | str) -> SocketAddress:
-    """The seed's (host, port) pair, or a unix socket given as host ``unix:/path``."""
-    if host.startswith(UNIX_SCHEME):
-        return UnixPath.parse(host)
-    return Address(host, int(port))

@@ -1,12 +1,14 @@
 """The client's local listener: bound (TCP or unix; a UDP socket for UDP flows, on the same
-port for tcp+udp) or served from a predecessor's sockets, handed over to a successor, and
-what becomes of a connection it accepts while the tunnel is down (reset at once, counted,
-and said in the log at most once per REFUSED_LOG_PERIOD).
+port for tcp+udp) or served from a predecessor's sockets, handed over to a successor
+(:class:`Listening`, its life in the first member of a tunnel), and what becomes of a
+connection it accepts while the tunnel is down (reset at once, counted, and said in the log
+at most once per REFUSED_LOG_PERIOD).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -138,18 +140,57 @@ def hand_over(listener: LocalListener) -> Sockets:
     return sock, listener.udp.hand_over() if listener.udp is not None else None
 
 
+class Listening:
+    """The local listener of a tunnel's first member over the Client's life: bound before
+    its first attempt, or served from the sockets of the instance it replaces on reload (so
+    that nothing waiting in their queues is refused), handed over in turn, closed."""
+
+    def __init__(self, side: LocalSide, log: TunnelLogger) -> None:
+        self.side = side
+        self.log = log
+        self.listener: LocalListener | None = None
+
+    async def bind(
+        self, new_stream: Callable[[], asyncio.BaseProtocol], handed: Sockets | None = None
+    ) -> SocketAddress:
+        """Listen on ``side.listen`` (TCP, UDP or both), or serve ``handed``, a
+        predecessor's sockets; returns the address bound. Raises OSError (bind_local)."""
+        self.listener, address = await bind_local(new_stream, self.side, handed)
+        how = "taking over" if handed else "listening on"
+        self.log.info("%s %s%s", how, address, self.side.protocol.note)
+        return address
+
+    def hand_over(self) -> Sockets | None:
+        """Stop accepting and return the sockets for a successor (:func:`hand_over`); None
+        when there is no listener."""
+        listener, self.listener = self.listener, None
+        return None if listener is None else hand_over(listener)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`: its sockets closed (a second at most), the listener gone."""
+        if self.listener is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.listener.wait_closed(), 1.0)
+            self.listener = None
+
+
 class DownRefusals:
     """The local connections refused while the tunnel is down, for one tunnel."""
 
-    def __init__(self, stats: TunnelStats, log: TunnelLogger) -> None:
+    def __init__(self, stats: TunnelStats, log: TunnelLogger, why: Callable[[], str]) -> None:
         self.stats = stats
         self.log = log
+        self.why = why  # why the tunnel is down: its last error
         self._refused = 0  # connections refused while down since the last such log line
         self._logged_at: float | None = None
 
-    def refuse(self, transport: Abortable, why: str) -> None:
-        """A local connection accepted while the tunnel is down (``why``): reset it, count
-        it, and say so in the log (rate-limited: REFUSED_LOG_PERIOD)."""
+    def refuse(self, transport: Abortable) -> None:
+        """A local connection accepted while the tunnel is down: reset it, count it, and
+        say so in the log, with why it is down (rate-limited: REFUSED_LOG_PERIOD)."""
         self.stats.stream_open_failures["tunnel_down"] += 1
         self.stats.stream_resets[Cut.TUNNEL_DOWN.value] += 1
         peer = format_peer(transport.get_extra_info("peername"))
@@ -164,14 +205,14 @@ class DownRefusals:
         self.log.warning(
             "refused a connection from %s: the tunnel is down (%s)%s",
             peer,
-            why,
+            self.why(),
             since,
         )
 
 
 class Refuse(asyncio.Protocol):
     """A local connection accepted while the tunnel is down: reset at once (see
-    Client.refused_while_down)."""
+    DownRefusals.refuse)."""
 
     def __init__(self, refuse: Callable[[Abortable], None]) -> None:
         self.refuse = refuse
