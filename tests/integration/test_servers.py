@@ -47,6 +47,21 @@ def opened(server: Server) -> int:
     return sum(stats.streams_opened for stats in server.client_stats.values())
 
 
+def slow_backoff_client(server: Server, backend_port: int) -> Client:
+    """A CONNECT client of ``server`` whose backoff (30 s) would show: after a GOAWAY its
+    next session must open at once, not after the backoff."""
+    return Client(
+        aiowstunnel.CONNECT,
+        LOCAL,
+        server.port,
+        LOCAL,
+        0,
+        LOCAL,
+        backend_port,
+        backoff=BackoffPolicy(initial=30.0, max=30.0),
+    )
+
+
 class Held:
     """An echo connection kept open: one byte echoed, then it waits to be finished."""
 
@@ -182,17 +197,7 @@ def test_goaway_holds_new_connections_on_uvloop_too():
 async def goaway_opens_the_next_session_at_once():
     backend = await start_backend()
     (server,) = await servers(1)
-    client = Client(
-        aiowstunnel.CONNECT,
-        LOCAL,
-        server.port,
-        LOCAL,
-        0,
-        LOCAL,
-        backend.port,
-        # A backoff this long would show: the next session must not wait for it.
-        backoff=BackoffPolicy(initial=30.0, max=30.0),
-    )
+    client = slow_backoff_client(server, backend.port)
     client.start()
     try:
         await client.wait_up(10)
@@ -256,16 +261,7 @@ async def test_an_open_that_crosses_the_goaway_is_opened_again_on_the_next_sessi
     nothing but its echo."""
     backend = await start_backend()
     (server,) = await servers(1)
-    client = Client(
-        aiowstunnel.CONNECT,
-        LOCAL,
-        server.port,
-        LOCAL,
-        0,
-        LOCAL,
-        backend.port,
-        backoff=BackoffPolicy(initial=30.0, max=30.0),
-    )
+    client = slow_backoff_client(server, backend.port)
     client.start()
     try:
         await client.wait_up(10)
@@ -359,16 +355,7 @@ async def test_an_open_the_server_accepted_before_its_goaway_finishes_on_the_old
         return slow
 
     server._dialer = slow_dialer
-    client = Client(
-        aiowstunnel.CONNECT,
-        LOCAL,
-        server.port,
-        LOCAL,
-        0,
-        LOCAL,
-        backend.port,
-        backoff=BackoffPolicy(initial=30.0, max=30.0),
-    )
+    client = slow_backoff_client(server, backend.port)
     client.start()
     try:
         await client.wait_up(10)
