@@ -25,6 +25,12 @@ def minflt(pid: int) -> int:
     return int(fields[7]) if fields else 0
 
 
+def user_sys(pid: int) -> tuple[float, float]:
+    """utime and stime of a process so far, in seconds."""
+    fields = R._stat_fields(pid)
+    return (int(fields[11]) / R.CLK_TCK, int(fields[12]) / R.CLK_TCK) if fields else (0.0, 0.0)
+
+
 ap = argparse.ArgumentParser()
 ap.add_argument("variant")
 ap.add_argument("--uvloop", action="store_true")
@@ -128,7 +134,7 @@ with tempfile.TemporaryDirectory() as tmp:
                                     "perf",
                                     "record",
                                     "-F",
-                                    "499",
+                                    os.environ.get("PERF_FREQ", "499"),
                                     "-g",
                                     "-p",
                                     str(pid),
@@ -141,6 +147,7 @@ with tempfile.TemporaryDirectory() as tmp:
                         )
                     time.sleep(0.5)
                 c0 = [R.cpu_seconds([p]) for p in pids]
+                us0 = [user_sys(p) for p in pids]
                 f0 = [minflt(p) for p in pids]
                 if sc in ("up", "down"):
                     r = R.run_client(sc, target, ["--bytes", a.mib * R.MiB, "--limit", 60], 120)
@@ -156,12 +163,14 @@ with tempfile.TemporaryDirectory() as tmp:
                 elif sc == "connect":
                     r = R.run_client("connect", target, ["--count", 2000, "--limit", 60], 90)
                 c1 = [R.cpu_seconds([p]) for p in pids]
+                us1 = [user_sys(p) for p in pids]
                 f1 = [minflt(p) for p in pids]
                 for t in tracers:
                     t.send_signal(signal.SIGINT)
                 for t in tracers:
                     t.wait(30)
                 r["cpu"] = [round(y - x, 3) for x, y in zip(c0, c1, strict=False)]
+                r["user_sys"] = [(round(b[0] - a[0], 2), round(b[1] - a[1], 2)) for a, b in zip(us0, us1, strict=False)]
                 r["faults"] = [y - x for x, y in zip(f0, f1, strict=False)]
                 res.append(r)
             if sc in ("up", "down"):
@@ -176,7 +185,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 )
             elif sc == "rtt":
                 print(
-                    f"rtt: p50 {[round(r.get('p50_us', 0)) for r in res]} p99 {[round(r.get('p99_us', 0)) for r in res]} cpu {[r['cpu'] for r in res]}",
+                    f"rtt: p50 {[round(r.get('p50_us', 0)) for r in res]} p99 {[round(r.get('p99_us', 0)) for r in res]} cpu {[r['cpu'] for r in res]} (user, sys) {[r['user_sys'] for r in res]}",
                     flush=True,
                 )
             elif sc == "conc":
@@ -202,6 +211,8 @@ with tempfile.TemporaryDirectory() as tmp:
         R.stop_all([be])
         for i in range(len(procs)):
             txt = (tmp / f"p{i}.log").read_text(errors="replace")
+            if os.environ.get("AB_KEEP_LOGS"):
+                open(f"/tmp/p{i}.log", "w").write(txt)
             n = txt.count("Traceback") + txt.count(" ERROR ")
             if n:
                 print(f"  proc{i}: {n} error lines; first: {txt.strip().splitlines()[0][:200]}")
