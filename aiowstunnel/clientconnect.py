@@ -29,6 +29,7 @@ from .session import Session
 from .settings import SessionSettings
 from .socks5 import Credentials
 from .stats import TunnelStats
+from .tlsreads import link_protocol
 from .udpsocket import udp_dialer
 
 #: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
@@ -126,7 +127,7 @@ async def open_session(
             proxy_tunnel(side.proxy, side.server), settings.connect_timeout
         )
         connecting = loop.create_connection(
-            lambda: link,
+            lambda: link_protocol(link, ssl is not None),
             sock=sock,
             ssl=ssl,
             server_hostname=server_hostname,
@@ -134,7 +135,7 @@ async def open_session(
         )
     else:
         connecting = loop.create_connection(
-            lambda: link,
+            lambda: link_protocol(link, ssl is not None),
             side.server.host,
             side.server.port,
             ssl=ssl,

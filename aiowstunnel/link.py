@@ -146,10 +146,11 @@ class Link(asyncio.Protocol):
         no_delay(transport)
         self.peer = format_peer(transport.get_extra_info("peername"))
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         self.keepalive.last_rx = self.loop.time()
         splitter = self.framer.splitter
         if splitter is None:
+            data = bytes(data)  # a view of a reused buffer (tlsreads): websockets may keep it
             if self._holding:
                 data = self._hold(data)
                 if not data:
@@ -408,4 +409,3 @@ class Link(asyncio.Protocol):
     def _close_timeout(self) -> None:
         if self.transport is not None and not self.lost:
             self.transport.abort()
-

@@ -28,7 +28,7 @@ from .dial import Dial
 from .errors import ProtocolViolation
 from .handshake import DEFAULT_PATH, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, Slot
-from .link import Link, ws_log
+from .link import ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
 from .policy import ClientPolicy, Policy
 from .resets import Cut
@@ -51,6 +51,7 @@ from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import LimitStats, ServerStats, TunnelStats
+from .tlsreads import link_protocol
 from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.server")
@@ -239,7 +240,7 @@ class Server:
 
     # -- sessions --------------------------------------------------------------------
 
-    def _new_session(self) -> Link:
+    def _new_session(self) -> asyncio.BaseProtocol:
         settings = self.settings
         ws = ServerProtocol(
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
@@ -255,7 +256,7 @@ class Server:
             guard=self.admission.guard(),
         )
         self.admission.watch(session, settings.handshake_timeout)
-        return session.link
+        return link_protocol(session.link, self.ssl is not None)
 
     def _on_request(self, session: Session, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(self._authorize(session, request))

@@ -16,7 +16,6 @@ from .addresses import Address, UnixPath
 from .dial import Dial
 from .errors import describe
 from .handshake import HEADER_PROTOCOL, Refusal, RequestRefused
-from .link import Link
 from .serveraccess import Grant
 from .session import Session
 from .socks import Socks5Stream
@@ -27,7 +26,7 @@ from .unixsock import listen_unix
 
 
 async def listen_endpoint(
-    new_link: Callable[[], Link],
+    new_link: Callable[[], asyncio.BaseProtocol],
     host: str,
     port: int,
     ssl: ssl_module.SSLContext | None,

@@ -136,7 +136,7 @@ class BinarySplitter:
         websockets alone decides what is still delivered (after a failure: nothing)."""
         self.active = False
 
-    def feed(self, data: bytes) -> list[tuple[bool, bytes | memoryview]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[bool, bytes | memoryview]]:
         if not self.active:
             if self._pending:  # a stop() between frames of a read: the held part first
                 data, self._pending, self._need = bytes(self._pending) + data, bytearray(), 0
