@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -178,3 +179,32 @@ def thread_read_buffer() -> memoryview:
     if view is None:
         view = _thread_buffers.view = memoryview(bytearray(READ_SIZE))
     return view
+
+
+#: buffers link_read_buffer took so far, all threads (a new one each time the last was kept)
+link_buffers_taken = 0
+
+
+def link_read_buffer() -> memoryview:
+    """The buffer this thread's TLS links read into (tlsreads): the last one, unless kept.
+
+    Unlike :func:`thread_read_buffer`, what is read into it can outlive the read: a stream's
+    transport may keep a received payload (a view of it) that it could not write at once.
+    The buffer is then left to it and a new one taken, so the next read never overwrites
+    what still waits. A live view counts in the bytearray's reference count; 3 is the
+    thread's attribute, this name and getrefcount's argument. A view is returned, not the
+    bytearray: asyncio's TLS transport reads the rest of a record into a slice of what it
+    is given, and a bytearray's slice is a copy.
+    """
+    global link_buffers_taken
+    buf: bytearray | None = getattr(_thread_buffers, "link", None)
+    if buf is None or sys.getrefcount(buf) > 3:
+        buf = _thread_buffers.link = bytearray(READ_SIZE)
+        link_buffers_taken += 1
+    return memoryview(buf)
+
+
+def link_read_view(nbytes: int) -> memoryview:
+    """The first ``nbytes`` of the buffer :func:`link_read_buffer` last returned in this
+    thread (get_buffer, the read and buffer_updated run back to back in one callback)."""
+    return memoryview(_thread_buffers.link)[:nbytes]

@@ -11,35 +11,9 @@ own read buffer is already one copy, and a buffer of ours there saved nothing me
 from __future__ import annotations
 
 import asyncio
-import sys
-import threading
 
 from .link import Link
-from .tcp import READ_SIZE
-
-_buffers = threading.local()
-#: buffers taken so far, all threads (a new one each time the last was still in use)
-taken = 0
-
-
-def read_buffer() -> memoryview:
-    """The buffer this thread's TLS links read into: the last one, unless still in use.
-
-    A view, not the bytearray: asyncio's TLS transport reads the rest of a record into a
-    slice of what it is given, and a bytearray's slice is a copy.
-
-    A stream's transport may keep a received payload (a view of this buffer) it could not
-    write at once; the buffer is then left to it and a new one taken, so what is read next
-    never overwrites what still waits. A view, or a transport's hold on the buffer, counts
-    in its reference count: 3 is the thread's attribute, this name and getrefcount's
-    argument.
-    """
-    global taken
-    buf: bytearray | None = getattr(_buffers, "buf", None)
-    if buf is None or sys.getrefcount(buf) > 3:
-        buf = _buffers.buf = bytearray(READ_SIZE)
-        taken += 1
-    return memoryview(buf)
+from .tcp import link_read_buffer, link_read_view
 
 
 class TlsReads(asyncio.BufferedProtocol):
@@ -55,12 +29,12 @@ class TlsReads(asyncio.BufferedProtocol):
         self.link.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return read_buffer()
+        return link_read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        # get_buffer, the read and buffer_updated run back to back in one callback, so the
-        # thread's buffer is still the one just read into.
-        self.link.data_received(memoryview(_buffers.buf)[:nbytes])
+        # Not a view kept from get_buffer: a TLS read that completes no record calls
+        # get_buffer without buffer_updated, and a kept view would pin a buffer per link.
+        self.link.data_received(link_read_view(nbytes))
 
     def eof_received(self) -> bool | None:
         return self.link.eof_received()

@@ -9,8 +9,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import pytest
 
 from aiowstunnel.addresses import Address, AddressRule
 from aiowstunnel.backoff import BackoffPolicy
@@ -88,9 +91,22 @@ def pattern_block(index: int, size: int, seed: bytes) -> bytes:
     return head + seed[: size - len(head)]
 
 
-async def echo_roundtrip(address: Address, total: int, block: int = 256 * 1024) -> tuple[str, str]:
-    """Send ``total`` bytes while reading the echo back; returns (sent, received) sha256."""
-    reader, writer = await asyncio.open_connection(address.host, address.port, limit=1 << 20)
+async def echo_roundtrip(
+    address: Address, total: int, block: int = 256 * 1024, *, slow_reader: bool = False
+) -> tuple[str, str]:
+    """Send ``total`` bytes while reading the echo back; returns (sent, received) sha256.
+
+    ``slow_reader``: a 16 KiB receive buffer and a 2 ms nap every 8 reads of 32 KiB, so the
+    tunnel's writes to this socket are often partial (a payload its transport keeps).
+    """
+    if slow_reader:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (address.host, address.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    else:
+        reader, writer = await asyncio.open_connection(address.host, address.port, limit=1 << 20)
     seed = os.urandom(block)
     sent, received = hashlib.sha256(), hashlib.sha256()
 
@@ -106,16 +122,27 @@ async def echo_roundtrip(address: Address, total: int, block: int = 256 * 1024) 
         writer.write_eof()
 
     sender = asyncio.create_task(send())
-    count = 0
-    while data := await reader.read(1 << 20):
+    count = reads = 0
+    while data := await reader.read(32 * 1024 if slow_reader else 1 << 20):
         received.update(data)
         count += len(data)
+        reads += 1
+        if slow_reader and reads % 8 == 0:
+            await asyncio.sleep(0.002)
     await sender
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
     assert count == total, f"received {count} of {total} bytes"
     return sent.hexdigest(), received.hexdigest()
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """New event loops of ``name``, "asyncio" or "uvloop" (the test skips without uvloop)."""
+    if name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 class FaultProxy:

@@ -10,16 +10,11 @@ import pytest
 from aiowstunnel.errors import describe
 from aiowstunnel.resets import reset
 
+from .helpers import loop_factory
+
 pytestmark = pytest.mark.timeout(20)
 LOCAL = "127.0.0.1"
 Runner = getattr(asyncio, "Runner", None)  # Python 3.11+
-
-
-def loop_factory(name: str):
-    if name == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
 
 
 def run(loop: str, coro):

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import socket
 import ssl
 
 import pytest
 import trustme
-import uvloop
 
 import aiowstunnel
-from aiowstunnel import tlsreads
+from aiowstunnel import tcp
 from aiowstunnel.client import Client
 from aiowstunnel.server import Server
-from aiowstunnel.tlsreads import read_buffer
+from aiowstunnel.tcp import link_read_buffer
 
+from ..helpers import loop_factory
 from .conftest import FAST_BACKOFF, LOCAL, echo_roundtrip, start_backend, wait_for_count
 
 
@@ -101,37 +98,6 @@ async def test_mutual_tls_refuses_client_without_certificate(make_tunnel, echo_b
     assert echo_backend.accepted == 0
 
 
-async def slow_echo(address, total: int, seed: bytes) -> tuple[str, str]:
-    """An echo through the tunnel whose reader has a small receive buffer and naps between
-    reads, so the tunnel's writes to it are often partial (a payload kept by the transport
-    while the next TLS read comes in)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (address.host, address.port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=64 * 1024)
-    sent, received = hashlib.sha256(), hashlib.sha256()
-
-    async def send() -> None:
-        for index in range(total // len(seed)):
-            chunk = bytes([index % 251]) + seed[1:]
-            sent.update(chunk)
-            writer.write(chunk)
-            await writer.drain()
-        writer.write_eof()
-
-    sender = asyncio.create_task(send())
-    reads = 0
-    while data := await reader.read(32 * 1024):
-        received.update(data)
-        reads += 1
-        if reads % 8 == 0:
-            await asyncio.sleep(0.002)
-    await sender
-    writer.close()
-    return sent.hexdigest(), received.hexdigest()
-
-
 async def slow_readers(mode: aiowstunnel.Mode, ca: trustme.CA) -> None:
     backend = await start_backend()
     # 16 MiB windows: more than a socket's send buffer takes, so writes stay partial
@@ -145,8 +111,8 @@ async def slow_readers(mode: aiowstunnel.Mode, ca: trustme.CA) -> None:
     try:
         await client.wait_up(10)
         assert client.listen_address is not None
-        seed = os.urandom(200 * 1024)
-        echoes = (slow_echo(client.listen_address, 16 << 20, seed) for _ in range(6))
+        address = client.listen_address
+        echoes = (echo_roundtrip(address, 16 << 20, slow_reader=True) for _ in range(6))
         for sent, received in await asyncio.gather(*echoes):
             assert sent == received
     finally:
@@ -162,21 +128,20 @@ def test_wss_slow_readers_get_their_bytes_intact(ca, mode, loop):
     # Both ends read TLS into one reused buffer (tlsreads); a payload that a slow reader's
     # transport still holds must not be overwritten by the next read. uvloop's transports
     # keep such a payload as it is (asyncio's on 3.11 copy it, so there nothing is kept).
-    factory = asyncio.new_event_loop if loop == "asyncio" else uvloop.new_event_loop
-    before = tlsreads.taken
-    with asyncio.Runner(loop_factory=factory) as runner:
+    before = tcp.link_buffers_taken
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         runner.run(slow_readers(mode, ca))
-    if loop == "uvloop":
-        assert tlsreads.taken > before  # a payload was kept: the case this is about happened
+    if loop == "uvloop":  # a payload was kept: the case this test is about happened
+        assert tcp.link_buffers_taken > before
 
 
-def test_the_tls_read_buffer_is_reused_only_when_nothing_points_into_it():
+def test_the_link_read_buffer_is_reused_only_when_nothing_points_into_it():
     # ids, not names: a name of ours would hold the buffer as a transport's view does
-    first = id(read_buffer().obj)
-    assert id(read_buffer().obj) == first  # nothing kept: the same buffer
-    kept = read_buffer()[:10]  # what a transport keeps of a payload it could not write
-    second = id(read_buffer().obj)
+    first = id(link_read_buffer().obj)
+    assert id(link_read_buffer().obj) == first  # nothing kept: the same buffer
+    kept = link_read_buffer()[:10]  # what a transport keeps of a payload it could not write
+    second = id(link_read_buffer().obj)
     assert second != first
-    assert id(read_buffer().obj) == second
+    assert id(link_read_buffer().obj) == second
     del kept
-    assert id(read_buffer().obj) == second
+    assert id(link_read_buffer().obj) == second
