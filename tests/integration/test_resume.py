@@ -67,12 +67,17 @@ class Tunnel:
         return self.client.listen_address
 
     async def cut(self) -> None:
-        """Cut the connection and wait until the session is resumed."""
+        """Cut the connection and wait until the session is resumed, over a new link: the
+        old one can look alive for a while after the RST, until the client's loop reads
+        it (a busy loop takes more than one 10 ms nap)."""
         session = self.client.session
+        cut_link = session.link
         assert self.proxy.cut() >= 1
         for _ in range(1000):
             await asyncio.sleep(0.01)
-            if self.client.session is session and self.client.up and not session.link.lost:
+            link = session.link
+            resumed = self.client.session is session and link is not cut_link
+            if resumed and not link.lost and self.client.up:
                 return
         raise AssertionError("not resumed within 10 s")
 
