@@ -195,7 +195,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 )
             elif sc == "connect":
                 print(
-                    f"connect: /s {[round(r.get('per_s', 0)) for r in res]} err {[r.get('errors') for r in res]}",
+                    f"connect: /s {[round(r.get('per_s', 0)) for r in res]} err {[r.get('errors') for r in res]} CPU µs/conn (server, client) {[tuple(round(c * 1e6 / max(r.get('ok', 0), 1)) for c in r['cpu']) for r in res]}",
                     flush=True,
                 )
         hwm = [R.mem_kb(pid).get("VmHWM", 0) / 1024 for pid in pids]  # as run.py
