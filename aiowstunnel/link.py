@@ -30,7 +30,6 @@ from .keepalive import Keepalive, PingBudget
 from .linkframes import Framer, write_chunks
 from .logs import escape
 from .settings import SessionSettings
-from .tcp import no_delay
 from .wire import DEFAULT_MAX_DATA
 
 #: websockets logs every connection opened and closed at INFO; our own lines say what
@@ -143,7 +142,6 @@ class Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         self.transport.set_write_buffer_limits(high=WS_HIGH_WATER)
         self.framer.transport = self.transport
-        no_delay(transport)
         self.peer = format_peer(transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes | memoryview) -> None:

@@ -8,8 +8,6 @@ which decides everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -98,7 +96,6 @@ class TcpStream(asyncio.BufferedProtocol):
         # Not isinstance-checked: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)
-        no_delay(transport)
         self.peer = format_peer(transport.get_extra_info("peername"))
         if self.before_open is not None:
             self.before_open(transport)
@@ -152,16 +149,6 @@ class TcpStream(asyncio.BufferedProtocol):
         if not transport.is_reading():
             transport.resume_reading()
         transport.pause_reading()
-
-
-def no_delay(transport: asyncio.BaseTransport) -> None:
-    """TCP_NODELAY: a 9-byte WINDOW frame must leave now, not after a delayed ACK (Nagle
-    would hold it ~40 ms and starve the sender). asyncio sets it on TCP transports; uvloop
-    does not."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _thread_buffers = threading.local()
