@@ -141,7 +141,7 @@ class Loader(ValueReader):
         values = {
             "max_handshakes": t.integer("max_handshakes", None, 1, INT32_MAX),
             "max_handshakes_per_address": t.integer(
-                "max_handshakes_per_address", d.max_handshakes_per_address, 1, INT32_MAX
+                "max_handshakes_per_address", None, 1, INT32_MAX
             ),
             # at least one ordinary upgrade request (a few hundred bytes, a long token)
             "max_handshake_bytes": t.integer(

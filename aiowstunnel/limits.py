@@ -38,7 +38,6 @@ LIMIT_NAMES = (
 #: token and config files read on reload, the exporter's scrapes.
 FD_RESERVE = 64
 DEFAULT_MAX_HANDSHAKE_BYTES = 16 * 1024
-DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 32
 DEFAULT_MAX_SEND_BUFFER = 8 * 1024 * 1024
 DEFAULT_MAX_VIOLATIONS = 100
 DEFAULT_METRICS_CONNECTIONS = 64
@@ -80,7 +79,7 @@ class ServerLimits:
     by :meth:`resolve` (config leaves them ``None`` unless the operator set them)."""
 
     max_handshakes: int | None = None
-    max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
+    max_handshakes_per_address: int | None = None
     max_handshake_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES
     max_sessions_total: int | None = None
     max_streams_total: int | None = None
@@ -101,12 +100,18 @@ class ServerLimits:
         nofile = open_files if open_files is not None else open_files_limit()
         budget = max(64, nofile - FD_RESERVE)
         handshakes = self.max_handshakes or min(512, max(16, budget // 8))
+        # Half: one address never starves the others, and one client daemon with many
+        # tunnels, or many users behind one NAT, reconnecting at once after a server
+        # restart is not refused (a fixed 32 refused a tenth of 1,000 tunnels and tripled
+        # the time until all were back: docs/performance.md, A thousand tunnels).
+        per_address = self.max_handshakes_per_address or max(1, handshakes // 2)
         sessions = self.max_sessions_total or min(4096, max(8, budget // 16))
         streams = self.max_streams_total or max(16, budget - handshakes - 2 * sessions)
         client_streams = self.max_client_streams or max(8, streams // 2)
         return replace(
             self,
             max_handshakes=handshakes,
+            max_handshakes_per_address=per_address,
             max_sessions_total=sessions,
             max_streams_total=streams,
             max_client_streams=client_streams,

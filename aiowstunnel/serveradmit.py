@@ -43,7 +43,7 @@ class Admission:
 
     def __init__(self, limits: ServerLimits, stats: ServerStats, limit_stats: LimitStats) -> None:
         assert limits.max_handshakes and limits.max_sessions_total and limits.max_streams_total
-        assert limits.max_client_streams
+        assert limits.max_client_streams and limits.max_handshakes_per_address
         self.limits = limits
         self.stats = stats
         self.limit_stats = limit_stats

@@ -32,6 +32,7 @@ def test_fd_budget_covers_handshakes_sessions_and_streams(
 ):
     limits = ServerLimits().resolve(nofile)
     assert (limits.max_handshakes, limits.max_sessions_total) == (handshakes, sessions)
+    assert limits.max_handshakes_per_address == handshakes // 2  # one address: half
     assert (limits.max_streams_total, limits.max_client_streams) == (streams, per_client)
     # one fd each (a session up to two) plus the reserve: never beyond the kernel's limit
     assert handshakes + 2 * sessions + streams + 64 <= nofile
@@ -41,6 +42,8 @@ def test_explicit_settings_are_kept_by_resolve():
     limits = ServerLimits(max_handshakes=7, max_streams_total=9, max_client_streams=3)
     assert ServerLimits.resolve(limits, 1 << 20).max_handshakes == 7
     assert limits.resolve(1 << 20).max_client_streams == 3
+    assert limits.resolve(1 << 20).max_handshakes_per_address == 3  # half of the 7
+    assert ServerLimits(max_handshakes_per_address=40).resolve().max_handshakes_per_address == 40
 
 
 def test_a_slot_goes_back_once_whatever_path_releases_it():

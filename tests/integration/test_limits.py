@@ -339,6 +339,42 @@ async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
 
 
 @pytest.mark.timeout(30)
+async def test_by_default_one_address_may_hold_half_of_the_handshakes_and_no_more():
+    # One client daemon with many tunnels (or one NAT) reconnecting at once after a server
+    # restart holds many upgrades at once: it gets half of max_handshakes, the other
+    # addresses the other half.
+    from aiowstunnel.limits import ServerLimits
+
+    server = await started(clients=[app("127.0.0.1:1")], limits=ServerLimits(max_handshakes=80))
+    idle = []
+    try:
+        for _ in range(41):
+            reader, writer = await asyncio.open_connection(
+                LOCAL, server.port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+            idle.append((reader, writer))
+
+        async def closed(reader: asyncio.StreamReader) -> bool:
+            try:
+                return await asyncio.wait_for(reader.read(), 0.5) == b""
+            except ConnectionError:
+                return True  # dropped with an RST
+            except asyncio.TimeoutError:
+                return False  # still waiting for the rest of its request: admitted
+
+        dropped = await asyncio.gather(*(closed(reader) for reader, _ in idle))
+        assert sum(dropped) == 1  # the 41st: 40 are half of the 80
+        assert server.limit_stats.hits["handshakes_per_address"] == 1
+        raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
+        assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
 async def test_a_peer_that_does_not_read_is_not_read_and_dropped_past_the_cap(
     echo_backend, monkeypatch
 ):
