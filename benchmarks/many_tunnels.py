@@ -23,7 +23,7 @@ and measures:
 4. a server restart (SIGTERM, wait for the exit, start it again): the time from the new
    server listening until every session is back, with the arrival curve (when 10/50/90/99/100 %
    were back: the backoff's jitter should spread the reconnects, not bunch them), and the
-   server's refusals meanwhile (``aiowstunnel_limit_hits_total``).
+   new server's refusals (limit hits, rejected handshakes, refused resumes: its counters).
 
 Sessions are counted from the server's ``/metrics`` (``aiowstunnel_server_sessions_active``,
 summed), polled every 50 ms. The machine's 2 cores are shared by both daemons, the backend and the
@@ -183,13 +183,22 @@ def _metrics(metrics_port: int) -> list:
     return list(text_string_to_metric_families(text))
 
 
-def limit_hits(metrics_port: int) -> dict[str, float]:
+def refusals(metrics_port: int) -> dict[str, float]:
+    """What a server process refused since it started: limit hits, rejected handshakes and
+    resume requests answered with a refusal, by name."""
     out = {}
+    labels = {
+        "aiowstunnel_limit_hits": "limit",
+        "aiowstunnel_server_rejected": "reason",
+        "aiowstunnel_server_resumes": "result",
+    }
     for family in _metrics(metrics_port):
-        if family.name == "aiowstunnel_limit_hits":
-            for s in family.samples:
-                if s.name.endswith("_total") and s.value:
-                    out[s.labels["limit"]] = s.value
+        label = labels.get(family.name)
+        if label is None:
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total") and s.value and s.labels[label] != "ok":
+                out[f"{family.name.removeprefix('aiowstunnel_')} {s.labels[label]}"] = s.value
     return out
 
 
@@ -314,8 +323,7 @@ def measure(transport: str, args, ports: run.Ports, workroot: Path) -> dict:
                     opener.stdin.close()
                 opener.wait(30)
             time.sleep(1.0)
-        # the restart: SIGTERM, the exit, a new server process
-        hits0 = limit_hits(v["server_metrics"])
+        # the restart: SIGTERM, the exit, a new server process (its counters start at 0)
         server.p.send_signal(signal.SIGTERM)
         server.p.wait(30)
         server.logf.close()
@@ -327,14 +335,12 @@ def measure(transport: str, args, ports: run.Ports, workroot: Path) -> dict:
         back = wait_sessions(v["server_metrics"], args.tunnels, args.limit, listening)
         res["restart"] = back
         res["restart_down_s"] = listening - down_at
-        res["restart_limit_hits"] = {
-            k: n - hits0.get(k, 0) for k, n in limit_hits(v["server_metrics"]).items()
-        }
+        res["restart_refusals"] = refusals(v["server_metrics"])
         m = back["marks_s"]
         run.log(f"{transport}: restart: listening after {res['restart_down_s']:.2f} s; back: "
                 + ", ".join(f"{p}% {m[p]:.2f} s" if m[p] is not None else f"{p}% -"
                             for p in m)
-                + f"; limit hits {res['restart_limit_hits']}")  # fmt: skip
+                + f"; refused {res['restart_refusals']}")  # fmt: skip
     except Exception as exc:
         res["error"] = str(exc)[:400]
         run.log(f"{transport}: failed: {res['error']}")
@@ -381,7 +387,7 @@ def report(results: list[dict], argv: list[str], elapsed: float) -> str:
                     _s(r.get("KiB_per_stream"), 1),
                     _s(back.get(100)),
                     " / ".join(_s(back.get(p)) for p in (50, 90, 99)),
-                    ", ".join(f"{k} {int(n)}" for k, n in r.get("restart_limit_hits", {}).items())
+                    ", ".join(f"{k} {int(n)}" for k, n in r.get("restart_refusals", {}).items())
                     or "0",
                 ]
             )
