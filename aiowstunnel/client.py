@@ -22,7 +22,7 @@ from .backoff import Backoff, BackoffPolicy
 from .clientconnect import ATTEMPT_ERRORS, failure, open_session
 from .clientlisten import DownRefusals, Listening, Sockets
 from .clientresume import Resumed, count_streams, resume
-from .errors import describe
+from .errors import HandshakeRefused, describe
 from .handshake import DEFAULT_PATH, TUNNEL_NAME, Mode, TunnelProtocol
 from .logs import tunnel_logger
 from .pool import End, ServerPool
@@ -266,10 +266,13 @@ class Client:
                 self.first_bind.set()
             started = loop.time()
             session: Session | None = None
+            asked: float | None = None  # a busy server's Retry-After
             try:
                 session = await open_session(self)
             except ATTEMPT_ERRORS as exc:
                 self._failed(*failure(exc, self.url, self.ssl is not None))
+                if isinstance(exc, HandshakeRefused):
+                    asked = exc.retry_after
             self.first_attempt.set()
             if self.predecessor is not None and not await self._take_over():
                 if session is not None:
@@ -286,7 +289,7 @@ class Client:
                 continue
             self.pool.expire_held()
             if not self._closing:
-                await self._pause()
+                await self._pause(asked)
 
     async def _serve(self, session: Session) -> None:
         self.session = session
@@ -343,8 +346,15 @@ class Client:
         self.last_error = message
         self._log.log(level, "%s", message)
 
-    async def _pause(self) -> None:
-        delay = self.backoff.next_delay()
+    async def _pause(self, asked: float | None = None) -> None:
+        if asked is None:
+            delay = self.backoff.next_delay()
+        else:
+            # The server is busy and said when to come back: that, jittered (the tunnels
+            # it turned away together must not return together), and the backoff is not
+            # advanced, since nothing is wrong with this tunnel. Never past the backoff's
+            # own ceiling.
+            delay = min(asked, self.backoff.policy.max) * (0.5 + self._random())
         self.stats.backoff_seconds = delay
         self._log.info("reconnecting in %.1f s", delay)
         await asyncio.sleep(delay)

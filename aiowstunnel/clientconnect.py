@@ -44,6 +44,12 @@ def failure(exc: BaseException, url: str, tls: bool) -> tuple[str, str, int]:
     under, its log line and the line's level."""
     if isinstance(exc, HandshakeRefused):
         label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
+        if exc.retry_after is not None:  # busy, not wrong: it said when to come back
+            return (
+                label,
+                f"server busy: {exc}; it asks to retry after {exc.retry_after:g} s",
+                logging.WARNING,
+            )
         return label, f"server refused the tunnel: {exc}", logging.ERROR
     if isinstance(exc, ssl_module.SSLError):
         return "tls", f"TLS failed with {url}: {describe(exc)}", logging.ERROR

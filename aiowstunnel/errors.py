@@ -61,12 +61,15 @@ class HandshakeRefused(TunnelError):
     Attributes:
         status: the HTTP status (401 bad token, 403 not allowed, 409 cannot listen, ...).
         reason: the plain-text reason the server gave.
+        retry_after: seconds the server asked the client to wait (a busy server's 503
+            ``Retry-After``, checked), or None.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 #: How asyncio words OS errors of its own making; uvloop says only the errno's text, as

@@ -226,6 +226,8 @@ class SessionGuard:
         handshakes, per_address: upgrades in progress, in total and by source address.
         streams, client_streams: open streams, in total and by client entry.
         on_hit: called with a name of :data:`LIMIT_NAMES` and the peer, once per refusal.
+        busy: connections over a handshake limit being told to come back later (None:
+            they are dropped at once).
     """
 
     def __init__(
@@ -236,8 +238,10 @@ class SessionGuard:
         streams: Slots,
         client_streams: Slots,
         on_hit: Callable[[str, str], None],
+        busy: Slots | None = None,
     ) -> None:
         self.limits = limits
+        self._busy = busy
         self.max_handshake_bytes = limits.max_handshake_bytes
         self.max_send_buffer = limits.max_send_buffer
         self.max_violations = limits.max_violations
@@ -257,10 +261,17 @@ class SessionGuard:
             return False
         if self._per_address.full(address):
             self._on_hit("handshakes_per_address", peer)
-            self.answered()
-            return False
+            return False  # its handshake slot goes back with the connection
         self._address = Slot((self._per_address, address))
         return True
+
+    def busy_slot(self) -> Slot | None:
+        """A place among the connections told to come back later, or None (drop it). Only
+        one that holds a handshake slot gets one: it keeps that slot until it is gone, so
+        that the answer costs no descriptor beyond the handshakes' budget."""
+        if self._handshake is None or self._busy is None or self._busy.full():
+            return None
+        return Slot((self._busy, None))
 
     def answered(self) -> None:
         """The handshake ended (answered, failed or dropped): its slots go back."""

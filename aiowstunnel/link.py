@@ -37,6 +37,21 @@ from .wire import DEFAULT_MAX_DATA
 ws_log = logging.getLogger("aiowstunnel.websockets")
 ws_log.setLevel(logging.WARNING)
 
+#: The longest Retry-After taken from a server, in seconds; a longer one is not a number
+#: this client trusts (the backoff decides instead).
+MAX_RETRY_AFTER = 3600
+
+
+def retry_after(value: str | None) -> float | None:
+    """A server's ``Retry-After`` in whole seconds, 1 to :data:`MAX_RETRY_AFTER`, else None
+    (absent, an HTTP date, out of range: the peer's number is not used unchecked)."""
+    digits = (value or "").strip()
+    if not (digits.isascii() and digits.isdigit()):  # "²".isdigit(), yet int("²") fails
+        return None
+    seconds = int(digits)
+    return float(seconds) if 1 <= seconds <= MAX_RETRY_AFTER else None
+
+
 #: The WebSocket's write-buffer high-water mark: past it every stream stops reading.
 WS_HIGH_WATER = 1024 * 1024
 #: Seconds to wait for the peer's side of the WebSocket closing handshake.
@@ -220,7 +235,9 @@ class Link(asyncio.Protocol):
         if response.status_code != 101:
             body = (response.body or b"").decode("utf-8", "replace").strip()
             error: Exception = HandshakeRefused(
-                response.status_code, body or response.reason_phrase
+                response.status_code,
+                body or response.reason_phrase,
+                retry_after(response.headers.get("Retry-After")),
             )
             if refused is not None:  # a resume refused before the upgrade, with its code
                 try:

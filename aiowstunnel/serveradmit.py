@@ -49,6 +49,10 @@ class Admission:
         self.limit_stats = limit_stats
         self.handshakes = Slots(limits.max_handshakes)
         self.handshakes_per_address = Slots(limits.max_handshakes_per_address)
+        #: over the per-address limit, told to come back later (each keeping its handshake
+        #: slot for at most BUSY_LINGER): an eighth of the slots, so that one address holds
+        #: at most half of them in progress and an eighth lingering
+        self.busy = Slots(max(1, limits.max_handshakes // 8))
         self.sessions_total = Slots(limits.max_sessions_total)
         self.client_sessions = Slots(0)  # by client name; the bound is each max_sessions
         self.streams_total = Slots(limits.max_streams_total)
@@ -64,6 +68,7 @@ class Admission:
             self.streams_total,
             self.client_streams,
             self.limit_hit,
+            self.busy,
         )
 
     def watch(self, session: Session, timeout: float) -> None:

@@ -13,10 +13,16 @@ import asyncio
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from .limits import SessionGuard
+from .limits import SessionGuard, Slot
 from .link import DEFAULT_SETTINGS, Link, LinkOwner
 from .settings import SessionSettings
 from .wire import DEFAULT_MAX_DATA
+
+#: A connection over a handshake limit is told to come back in this many seconds (503,
+#: Retry-After): the client waits that, jittered, instead of a failure's growing backoff.
+BUSY_RETRY_AFTER = 1
+#: ... and has this long to read the answer and close before it is dropped.
+BUSY_LINGER = 1.0
 
 
 class ServerLink(Link):
@@ -45,6 +51,7 @@ class ServerLink(Link):
         self._head: bytearray | None = bytearray() if guard is not None else None
         self._early: bytearray | None = None
         self._upgrade: Response | None = None  # websockets' 101, checked before accept()
+        self._busy: Slot | None = None  # while told to come back later (a 503, lingering)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -52,11 +59,30 @@ class ServerLink(Link):
             peername = transport.get_extra_info("peername")
             address = peername[0] if isinstance(peername, tuple) else str(peername)
             if not self.guard.admit(self.peer, address):
-                self.abort("too many handshakes in progress")
+                self._refuse_busy()
+
+    def _refuse_busy(self) -> None:
+        """Over the per-address limit: a 503 with Retry-After, not an RST, so that a client
+        turned away in a burst (one daemon's many tunnels after a server restart) comes
+        back in a second rather than after a failure's growing backoff. The answer goes out
+        at once, before the request is read; the connection keeps its handshake slot and
+        has BUSY_LINGER to read the answer and close. Past the busy slots (and over the
+        total limit, where it holds no slot) it is dropped with an RST."""
+        assert self.guard is not None
+        self._busy = self.guard.busy_slot()
+        reason = "too many handshakes in progress"
+        if self._busy is None:
+            self.abort(reason)
+            return
+        retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
+        self.reject(503, f"{reason}: retry later", retry, release=False)
+        self.loop.call_later(BUSY_LINGER, self.abort, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:
             self.guard.answered()
+        if self._busy is not None:
+            self._busy.release()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -144,8 +170,15 @@ class ServerLink(Link):
         self.flush()
         return False
 
-    def reject(self, status: int, reason: str, extra_headers: dict[str, str] | None = None) -> None:
-        """Refuse the upgrade with an HTTP status and a plain-text reason."""
+    def reject(
+        self,
+        status: int,
+        reason: str,
+        extra_headers: dict[str, str] | None = None,
+        release: bool = True,
+    ) -> None:
+        """Refuse the upgrade with an HTTP status and a plain-text reason; ``release``: its
+        handshake slots go back now (else with the connection)."""
         assert isinstance(self.ws, ServerProtocol)
         response = self.ws.reject(status, reason + "\n")
         if status == 401:
@@ -155,7 +188,7 @@ class ServerLink(Link):
         self.ws.send_response(response)
         self._head = self._early = None  # nothing after the request is read
         self._holding = False
-        if self.guard is not None:
+        if self.guard is not None and release:
             self.guard.answered()
         self._fail_handshake(f"refused {status}: {reason}")
         self.flush()

@@ -17,7 +17,7 @@ from websockets.uri import parse_uri
 from aiowstunnel import keepalive, wsframe
 from aiowstunnel.errors import ProtocolViolation
 from aiowstunnel.limits import ServerLimits, SessionGuard, Slots
-from aiowstunnel.link import Link, Message
+from aiowstunnel.link import Link, Message, retry_after
 from aiowstunnel.resume import ReplayLog
 from aiowstunnel.resumption import Resumption
 from aiowstunnel.serverlink import ServerLink
@@ -293,3 +293,25 @@ async def test_a_ping_flood_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     pair.pump()
     assert ("abuse", "ping-flood") in pair.server_owner.events
     assert pair.st.aborted
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("1", 1.0),
+        (" 30 ", 30.0),
+        ("3600", 3600.0),
+        (None, None),  # none sent: the backoff decides
+        ("0", None),  # would retry in a tight loop
+        ("3601", None),  # past what a client waits on a server's word
+        ("-1", None),
+        ("1.5", None),  # not HTTP's delay-seconds
+        ("Wed, 21 Oct 2026 07:28:00 GMT", None),  # a date: not taken
+        ("99999999999999999999", None),
+        ("²", None),  # a digit to str.isdigit, not to int()
+        ("\u0661\u0660", None),  # Arabic-Indic ten: int() takes it, HTTP does not
+        ("", None),
+    ],
+)
+def test_a_servers_retry_after_is_used_only_when_it_is_a_sane_number(header, seconds):
+    assert retry_after(header) == seconds

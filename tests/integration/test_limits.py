@@ -306,6 +306,19 @@ async def test_head_larger_than_the_budget_gets_a_431_at_once():
         await server.close(1)
 
 
+async def told_to_come_back(reader: asyncio.StreamReader) -> bool:
+    """True for a connection answered 503 with Retry-After and then closed (over a
+    handshake limit); False for one still waiting for the rest of its request (admitted)."""
+    try:
+        answer = await asyncio.wait_for(reader.read(), 0.5)
+    except asyncio.TimeoutError:
+        return False
+    status, body, _ = split_response(answer)
+    assert status == 503 and b"\r\nRetry-After: 1\r\n" in answer, answer
+    assert b"too many handshakes in progress" in body
+    return True
+
+
 @pytest.mark.timeout(30)
 async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
     from aiowstunnel.limits import ServerLimits
@@ -321,14 +334,8 @@ async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
             )
             writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
             idle.append((reader, writer))
-        closed = 0
-        for reader, _ in idle:
-            try:
-                if await asyncio.wait_for(reader.read(), 0.5) == b"":
-                    closed += 1
-            except (asyncio.TimeoutError, ConnectionError):
-                pass
-        assert closed == 2
+        answers = await asyncio.gather(*(told_to_come_back(reader) for reader, _ in idle))
+        assert sum(answers) == 2  # a 503 with Retry-After, then closed: not an RST
         assert server.limit_stats.hits["handshakes_per_address"] == 2
         raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
         assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
@@ -354,23 +361,91 @@ async def test_by_default_one_address_may_hold_half_of_the_handshakes_and_no_mor
             )
             writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
             idle.append((reader, writer))
-
-        async def closed(reader: asyncio.StreamReader) -> bool:
-            try:
-                return await asyncio.wait_for(reader.read(), 0.5) == b""
-            except ConnectionError:
-                return True  # dropped with an RST
-            except asyncio.TimeoutError:
-                return False  # still waiting for the rest of its request: admitted
-
-        dropped = await asyncio.gather(*(closed(reader) for reader, _ in idle))
-        assert sum(dropped) == 1  # the 41st: 40 are half of the 80
+        answers = await asyncio.gather(*(told_to_come_back(reader) for reader, _ in idle))
+        assert sum(answers) == 1  # the 41st: 40 are half of the 80
         assert server.limit_stats.hits["handshakes_per_address"] == 1
         raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
         assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
     finally:
         for _, writer in idle:
             writer.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped():
+    # Each 503 keeps its connection's handshake slot for up to a second: an eighth of the
+    # slots (2 of 16) may be told so at once; past that an address's extra connections are
+    # dropped, so one address never holds more than its half and an eighth.
+    from aiowstunnel.limits import ServerLimits
+
+    limits = ServerLimits(max_handshakes=16, max_handshakes_per_address=1)
+    server = await started(clients=[app("127.0.0.1:1")], limits=limits)
+    conns = []
+    try:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(
+                LOCAL, server.port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+            conns.append((reader, writer))
+
+        async def outcome(reader: asyncio.StreamReader) -> str:
+            try:
+                answer = await asyncio.wait_for(reader.read(), 0.5)
+            except asyncio.TimeoutError:
+                return "waiting"
+            except ConnectionError:
+                return "dropped"
+            return "busy" if answer.startswith(b"HTTP/1.1 503 ") else "dropped"
+
+        outcomes = await asyncio.gather(*(outcome(reader) for reader, _ in conns))
+        assert sorted(outcomes) == ["busy", "busy", "dropped", "dropped", "waiting"]
+        assert server.limit_stats.hits["handshakes_per_address"] == 4
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_client_told_the_server_is_busy_comes_back_when_asked_not_after_its_backoff(
+    echo_backend,
+):
+    from aiowstunnel.backoff import BackoffPolicy
+    from aiowstunnel.client import Client
+    from aiowstunnel.limits import ServerLimits
+
+    server = await started(
+        clients=[app(f"127.0.0.1:{echo_backend.port}")],
+        limits=ServerLimits(max_handshakes_per_address=1),
+    )
+    # 127.0.0.1's one upgrade slot, held by a request that never ends
+    _, holder = await asyncio.open_connection(LOCAL, server.port)
+    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    # a failure would wait 0.9 x 30 s; the server's Retry-After of 1 s, jittered: 1.4 s
+    client = Client(
+        aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
+        token=TOKEN, backoff=BackoffPolicy(initial=30, max=60), random=lambda: 0.9,
+    )  # fmt: skip
+    client.start()
+    try:
+        for _ in range(500):
+            if client.stats.connect_failures:
+                break
+            await asyncio.sleep(0.01)
+        assert client.last_error is not None and "server busy" in client.last_error
+        assert "retry after 1 s" in client.last_error
+        assert client.stats.backoff_seconds == pytest.approx(1.4)
+        holder.close()
+        await client.wait_up(5)  # well before 27 s
+        assert client.backoff.attempt == 0  # a busy server is no failure of the tunnel's
+        assert client.listen_address is not None
+        sent, received = await echo_roundtrip(client.listen_address, 64 * 1024)
+        assert sent == received
+    finally:
+        holder.close()
+        await client.close(1)
         await server.close(1)
 
 
