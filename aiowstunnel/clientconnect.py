@@ -46,7 +46,7 @@ def failure(exc: BaseException, url: str, tls: bool) -> tuple[str, str, int]:
         label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
         if exc.retry_after is not None:  # busy, not wrong: it said when to come back
             return (
-                label,
+                "too_many_handshakes",  # the server's own reason for it
                 f"server busy: {exc}; it asks to retry after {exc.retry_after:g} s",
                 logging.WARNING,
             )

@@ -437,6 +437,7 @@ async def test_a_client_told_the_server_is_busy_comes_back_when_asked_not_after_
         assert client.last_error is not None and "server busy" in client.last_error
         assert "retry after 1 s" in client.last_error
         assert client.stats.backoff_seconds == pytest.approx(1.4)
+        assert client.stats.connect_failures["too_many_handshakes"] >= 1
         holder.close()
         await client.wait_up(5)  # well before 27 s
         assert client.backoff.attempt == 0  # a busy server is no failure of the tunnel's
