@@ -273,6 +273,10 @@ class Client:
                 self._failed(*failure(exc, self.url, self.ssl is not None))
                 if isinstance(exc, HandshakeRefused):
                     asked = exc.retry_after
+            except Exception as exc:  # a fault of ours: logged, and the tunnel tries again
+                self.stats.connect_failures["error"] += 1
+                self.last_error = f"connection attempt failed: {describe(exc)}"
+                self._log.error("%s", self.last_error, exc_info=exc)
             self.first_attempt.set()
             if self.predecessor is not None and not await self._take_over():
                 if session is not None:

@@ -220,8 +220,12 @@ class Link(asyncio.Protocol):
     # -- the client's side of the handshake ---------------------------------------------
 
     def send_request(self, request: Request) -> None:
-        """Client side: send the upgrade request (see client.py for its headers)."""
+        """Client side: send the upgrade request (see client.py for its headers); nothing
+        when the server has answered before it was asked (a busy server's 503 comes as the
+        connection opens): websockets has then closed our side, and the answer stands."""
         assert isinstance(self.ws, ClientProtocol)
+        if self.handshake.done():
+            return
         self.ws.send_request(request)
         self.flush()
 

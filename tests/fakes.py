@@ -41,6 +41,8 @@ class FakeTransport:
         return self.buffered
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_written:  # as uvloop's and asyncio's transports
+            raise RuntimeError("Cannot call write() after write_eof()")
         if self.closing:
             return
         self.written += data

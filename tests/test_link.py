@@ -15,7 +15,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from aiowstunnel import keepalive, wsframe
-from aiowstunnel.errors import ProtocolViolation
+from aiowstunnel.errors import HandshakeRefused, ProtocolViolation
 from aiowstunnel.limits import ServerLimits, SessionGuard, Slots
 from aiowstunnel.link import Link, Message, retry_after
 from aiowstunnel.resume import ReplayLog
@@ -315,3 +315,25 @@ async def test_a_ping_flood_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_a_servers_retry_after_is_used_only_when_it_is_a_sane_number(header, seconds):
     assert retry_after(header) == seconds
+
+
+async def test_a_refusal_that_comes_before_the_request_is_the_answer_and_nothing_is_sent():
+    # A busy server answers 503 as the connection opens; the client's request would
+    # follow websockets' EOF (a RuntimeError on a real transport, which ended the tunnel).
+    owner = Owner()
+    ws = ClientProtocol(parse_uri("ws://127.0.0.1/aiowstunnel"), subprotocols=PROTOCOLS)
+    link = Link(ws, owner)
+    owner.link = link
+    transport = FakeTransport(link)
+    link.connection_made(transport)
+    body = b"too many handshakes in progress: retry later\n"
+    link.data_received(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    link.send_request(ws.connect())
+    assert transport.written == b"" and transport.eof_written
+    with pytest.raises(HandshakeRefused) as refused:
+        link.handshake.result()
+    assert (refused.value.status, refused.value.retry_after) == (503, 1.0)
+    assert "too many handshakes" in refused.value.reason

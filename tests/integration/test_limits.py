@@ -528,3 +528,42 @@ async def test_a_ping_flood_is_dropped_after_the_ping_budget():
         attacker.close()
     finally:
         await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_fault_in_a_connection_attempt_is_logged_and_the_tunnel_tries_again(
+    echo_backend, monkeypatch, caplog
+):
+    # An attempt that raised something unforeseen ended the client's task without a word
+    # (found with a 503 that came before the request): it is a failure like the others.
+    from aiowstunnel import client as client_module
+    from aiowstunnel.backoff import BackoffPolicy
+    from aiowstunnel.client import Client
+
+    real = client_module.open_session
+    calls = 0
+
+    async def faulty(side, *args, **kw):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        return await real(side, *args, **kw)
+
+    monkeypatch.setattr(client_module, "open_session", faulty)
+    server = await started(clients=[app(f"127.0.0.1:{echo_backend.port}")])
+    client = Client(
+        aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
+        token=TOKEN, backoff=BackoffPolicy(initial=0.05, max=0.1),
+    )  # fmt: skip
+    client.start()
+    try:
+        await client.wait_up(10)
+        assert client.stats.connect_failures["error"] == 1
+        assert "connection attempt failed: Cannot call write() after write_eof()" in caplog.text
+        assert client.listen_address is not None
+        sent, received = await echo_roundtrip(client.listen_address, 64 * 1024)
+        assert sent == received
+    finally:
+        await client.close(1)
+        await server.close(1)
