@@ -54,9 +54,19 @@ class Backoff:
         except OverflowError:  # factor**attempt beyond a float: long past max anyway
             return p.max
 
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one more failure."""
-        self.last_delay = self.ceiling() * self._random()
+    def next_delay(self, down_for: float | None = None) -> float:
+        """The delay before the next attempt; each call counts one more failure.
+
+        ``down_for``: how long the connection has been down. The ceiling is then also at
+        most that long (and at least ``initial``): failures in quick succession (a server
+        restarting refuses every attempt for half a second) do not push the next attempt
+        far past the outage, so a tunnel is back within about the outage's length of the
+        server's return, while a long outage still spreads the attempts as wide.
+        """
+        ceiling = self.ceiling()
+        if down_for is not None:
+            ceiling = min(ceiling, max(self.policy.initial, down_for))
+        self.last_delay = ceiling * self._random()
         self.attempt += 1
         return self.last_delay
 

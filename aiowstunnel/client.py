@@ -148,6 +148,7 @@ class Client:
         #: parsed here, once (AddressError for a bad URL, as config reports it)
         self.proxy = parse_proxy_url(proxy) if proxy else None
         self._random = random
+        self._down_since: float | None = None  # the first failure of this backoff sequence
         self._log = tunnel_logger(self.name, log)
         self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
         #: resets a local connection accepted while down, counted, logged (rate-limited)
@@ -351,8 +352,13 @@ class Client:
         self._log.log(level, "%s", message)
 
     async def _pause(self, asked: float | None = None) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._down_since is None or self.backoff.attempt == 0:
+            # a new sequence (the start, or after a session that stayed up reset_after):
+            # a session that keeps failing soon after it opens counts from its first fall
+            self._down_since = now
         if asked is None:
-            delay = self.backoff.next_delay()
+            delay = self.backoff.next_delay(down_for=now - self._down_since)
         else:
             # The server is busy and said when to come back: that, jittered (the tunnels
             # it turned away together must not return together), and the backoff is not

@@ -147,3 +147,16 @@ def test_policy_rejects_non_finite_factor_and_bad_reset_after(kwargs: dict) -> N
 def test_large_factor_stays_capped_after_many_attempts() -> None:
     backoff = Backoff(BackoffPolicy(initial=1, max=60, factor=1e5), random=lambda: 0.5)
     assert delays(backoff, 100)[-1] == 30.0
+
+
+def test_the_ceiling_is_at_most_how_long_the_connection_has_been_down() -> None:
+    # A server restarting refuses every attempt for a moment: four quick failures must not
+    # put the next attempt 16 s out when the server has been gone for half a second.
+    backoff = Backoff(BackoffPolicy(initial=1, max=60), random=lambda: TOP)
+    quick = [backoff.next_delay(down_for=t) for t in (0.0, 0.1, 0.3, 0.5)]
+    assert quick == pytest.approx([1 * TOP] * 4)  # never below initial, nor above it here
+    assert backoff.attempt == 4
+    assert backoff.next_delay(down_for=5.0) == pytest.approx(5 * TOP)  # the outage's length
+    # never above the sequence's own ceiling: the sixth failure's is 32 s
+    assert backoff.next_delay(down_for=600.0) == pytest.approx(32 * TOP)
+    assert backoff.next_delay() == pytest.approx(60 * TOP)  # without it: the plain sequence
