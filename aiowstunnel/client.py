@@ -34,6 +34,9 @@ from .stats import TunnelStats
 from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.client")
+#: A server's "busy, retry after" is followed this many times in a row; then the backoff
+#: decides again (a server that stays busy is not asked once a second forever).
+BUSY_RETRIES = 3
 
 
 class Client:
@@ -149,6 +152,7 @@ class Client:
         self.proxy = parse_proxy_url(proxy) if proxy else None
         self._random = random
         self._down_since: float | None = None  # the first failure of this backoff sequence
+        self._busy_in_a_row = 0  # attempts answered "busy, retry after" in a row
         self._log = tunnel_logger(self.name, log)
         self._per_server(Endpoint(self.ssl is not None, tunnel_host, int(tunnel_port), path))
         #: resets a local connection accepted while down, counted, logged (rate-limited)
@@ -357,14 +361,15 @@ class Client:
             # a new sequence (the start, or after a session that stayed up reset_after):
             # a session that keeps failing soon after it opens counts from its first fall
             self._down_since = now
-        if asked is None:
+        self._busy_in_a_row = self._busy_in_a_row + 1 if asked is not None else 0
+        if asked is None or self._busy_in_a_row > BUSY_RETRIES:
             delay = self.backoff.next_delay(down_for=now - self._down_since)
         else:
             # The server is busy and said when to come back: that, jittered (the tunnels
             # it turned away together must not return together), and the backoff is not
-            # advanced, since nothing is wrong with this tunnel. Never past the backoff's
-            # own ceiling.
-            delay = min(asked, self.backoff.policy.max) * (0.5 + self._random())
+            # advanced, since nothing is wrong with this tunnel; a server that stays busy
+            # gets the backoff again. Never past the backoff's max.
+            delay = min(asked * (0.5 + self._random()), self.backoff.policy.max)
         self.stats.backoff_seconds = delay
         self._log.info("reconnecting in %.1f s", delay)
         await asyncio.sleep(delay)

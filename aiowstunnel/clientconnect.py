@@ -149,31 +149,31 @@ async def open_session(
             ssl_handshake_timeout=tls_timeout,
         )
     await asyncio.wait_for(connecting, settings.connect_timeout)
-    request = ws.connect()
-    target = side.listen if side.mode.server_listens else side.connect
-    asked = "" if side.mode.server_listens else side.proxy_protocol  # else we send it
-    creds = side.socks_credentials if side.mode is Mode.REVERSE_SOCKS5 else None
-    auth = (creds.username, creds.password) if creds is not None else None
-    tunnel = TunnelRequest(
-        side.mode,
-        target,
-        side.token,
-        side.sent_name,
-        asked,
-        auth,
-        side.protocol,
-        settings.udp_idle_timeout,
-    )
-    for key, value in tunnel.headers():
-        request.headers[key] = value
-    if resume_of is not None and resume_of.resumption is not None:
-        request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
-        for key, value in (route or Affinity()).headers().items():
+    try:  # from here every way out but the session's start drops the connection
+        request = ws.connect()
+        target = side.listen if side.mode.server_listens else side.connect
+        asked = "" if side.mode.server_listens else side.proxy_protocol  # else we send it
+        creds = side.socks_credentials if side.mode is Mode.REVERSE_SOCKS5 else None
+        auth = (creds.username, creds.password) if creds is not None else None
+        tunnel = TunnelRequest(
+            side.mode,
+            target,
+            side.token,
+            side.sent_name,
+            asked,
+            auth,
+            side.protocol,
+            settings.udp_idle_timeout,
+        )
+        for key, value in tunnel.headers():
             request.headers[key] = value
-    elif settings.resume_timeout > 0:
-        request.headers[resumeauth.HEADER_RESUMABLE] = "1"
-    link.send_request(request)
-    try:
+        if resume_of is not None and resume_of.resumption is not None:
+            request.headers[resumeauth.HEADER_RESUME] = resume_of.resumption.id_hex
+            for key, value in (route or Affinity()).headers().items():
+                request.headers[key] = value
+        elif settings.resume_timeout > 0:
+            request.headers[resumeauth.HEADER_RESUMABLE] = "1"
+        link.send_request(request)
         response = await asyncio.wait_for(
             asyncio.shield(link.handshake), settings.handshake_timeout
         )
@@ -218,5 +218,6 @@ def _still_wanted() -> None:
     cancelled it meanwhile must not be handed a session that nobody will close (close()
     would then wait for its task forever)."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    # Task.cancelling() exists from Python 3.11; on 3.10 this check is skipped
+    if task is not None and getattr(task, "cancelling", lambda: 0)():
         raise asyncio.CancelledError

@@ -241,7 +241,10 @@ class Link(asyncio.Protocol):
             error: Exception = HandshakeRefused(
                 response.status_code,
                 body or response.reason_phrase,
-                retry_after(response.headers.get("Retry-After")),
+                # only a busy server's: a proxy's 401 or 403 with one is no invitation
+                retry_after(response.headers.get("Retry-After"))
+                if response.status_code == 503
+                else None,
             )
             if refused is not None:  # a resume refused before the upgrade, with its code
                 try:

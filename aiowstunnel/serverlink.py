@@ -21,8 +21,10 @@ from .wire import DEFAULT_MAX_DATA
 #: A connection over a handshake limit is told to come back in this many seconds (503,
 #: Retry-After): the client waits that, jittered, instead of a failure's growing backoff.
 BUSY_RETRY_AFTER = 1
-#: ... and has this long to read the answer and close before it is dropped.
+#: ... and has this long to send its request, read the answer and close before it is
+#: dropped.
 BUSY_LINGER = 1.0
+BUSY_REASON = "too many handshakes in progress"
 
 
 class ServerLink(Link):
@@ -52,6 +54,7 @@ class ServerLink(Link):
         self._early: bytearray | None = None
         self._upgrade: Response | None = None  # websockets' 101, checked before accept()
         self._busy: Slot | None = None  # while told to come back later (a 503, lingering)
+        self._busy_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -65,24 +68,33 @@ class ServerLink(Link):
         """Over the per-address limit: a 503 with Retry-After, not an RST, so that a client
         turned away in a burst (one daemon's many tunnels after a server restart) comes
         back in a second rather than after a failure's growing backoff. The answer goes out
-        at once, before the request is read; the connection keeps its handshake slot and
-        has BUSY_LINGER to read the answer and close. Past the busy slots (and over the
-        total limit, where it holds no slot) it is dropped with an RST."""
+        with the request's first bytes (a client of an older version wrote its request
+        after an answer that came first, and failed); the connection keeps its handshake
+        slot and has BUSY_LINGER from now to send them, read the answer and close. Past the
+        busy slots (and over the total limit, where it holds no slot) it is dropped with an
+        RST."""
         assert self.guard is not None
         self._busy = self.guard.busy_slot()
-        reason = "too many handshakes in progress"
         if self._busy is None:
-            self.abort(reason)
+            self.abort(BUSY_REASON)
             return
-        retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
-        self.reject(503, f"{reason}: retry later", retry, release=False)
-        self.loop.call_later(BUSY_LINGER, self.abort, reason)
+        self._busy_timer = self.loop.call_later(BUSY_LINGER, self.abort, BUSY_REASON)
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self._busy is not None:
+            if not self.handshake.done():  # the first bytes: the answer; the rest is dropped
+                retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
+                self.reject(503, f"{BUSY_REASON}: retry later", retry, release=False)
+            return
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:
             self.guard.answered()
         if self._busy is not None:
             self._busy.release()
+        if self._busy_timer is not None:
+            self._busy_timer.cancel()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:

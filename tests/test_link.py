@@ -337,3 +337,19 @@ async def test_a_refusal_that_comes_before_the_request_is_the_answer_and_nothing
         link.handshake.result()
     assert (refused.value.status, refused.value.retry_after) == (503, 1.0)
     assert "too many handshakes" in refused.value.reason
+
+
+async def test_a_retry_after_counts_only_on_a_503():
+    # a proxy's 401 or 403 with a Retry-After is no invitation to retry without backoff
+    for status, expected in ((503, 1.0), (401, None), (403, None), (429, None)):
+        owner = Owner()
+        ws = ClientProtocol(parse_uri("ws://127.0.0.1/aiowstunnel"), subprotocols=PROTOCOLS)
+        link = Link(ws, owner)
+        owner.link = link
+        link.connection_made(FakeTransport(link))
+        link.send_request(ws.connect())
+        head = b"HTTP/1.1 %d Nope\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+        link.data_received(head % status)
+        with pytest.raises(HandshakeRefused) as refused:
+            link.handshake.result()
+        assert refused.value.retry_after == expected, status

@@ -373,12 +373,14 @@ async def test_by_default_one_address_may_hold_half_of_the_handshakes_and_no_mor
 
 
 @pytest.mark.timeout(30)
-async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped():
+async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped(monkeypatch):
     # Each 503 keeps its connection's handshake slot for up to a second: an eighth of the
     # slots (2 of 16) may be told so at once; past that an address's extra connections are
     # dropped, so one address never holds more than its half and an eighth.
+    from aiowstunnel import serverlink
     from aiowstunnel.limits import ServerLimits
 
+    monkeypatch.setattr(serverlink, "BUSY_LINGER", 10.0)  # none expires during the test
     limits = ServerLimits(max_handshakes=16, max_handshakes_per_address=1)
     server = await started(clients=[app("127.0.0.1:1")], limits=limits)
     conns = []
@@ -402,9 +404,84 @@ async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped():
         outcomes = await asyncio.gather(*(outcome(reader) for reader, _ in conns))
         assert sorted(outcomes) == ["busy", "busy", "dropped", "dropped", "waiting"]
         assert server.limit_stats.hits["handshakes_per_address"] == 4
+        for _, writer in conns:
+            writer.close()
+        admission = server.admission
+        for _ in range(200):  # every slot goes back with its connection
+            if admission.handshakes.total == admission.busy.total == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (admission.handshakes.total, admission.busy.total) == (0, 0)
     finally:
         for _, writer in conns:
             writer.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_the_busy_answer_waits_for_the_request_and_a_client_that_never_closes_is_dropped(
+    monkeypatch,
+):
+    # Clients of an older version wrote their request after an answer that came first and
+    # failed: the 503 follows the request's first bytes. One that then never closes is
+    # dropped after BUSY_LINGER, and its slots go back.
+    from aiowstunnel import serverlink
+    from aiowstunnel.limits import ServerLimits
+
+    monkeypatch.setattr(serverlink, "BUSY_LINGER", 0.5)
+    limits = ServerLimits(max_handshakes=16, max_handshakes_per_address=1)
+    server = await started(clients=[app("127.0.0.1:1")], limits=limits)
+    _, holder = await asyncio.open_connection(LOCAL, server.port)
+    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    try:
+        reader, writer = await asyncio.open_connection(LOCAL, server.port)
+        with pytest.raises(asyncio.TimeoutError):  # nothing before the request
+            await asyncio.wait_for(reader.read(1), 0.2)
+        writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+        assert await told_to_come_back(reader)
+        admission = server.admission
+        assert admission.busy.total == 1
+        for _ in range(200):  # this client never closes: dropped after the linger
+            if admission.busy.total == 0 and admission.handshakes.total == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert (admission.busy.total, admission.handshakes.total) == (0, 1)  # the holder's
+        writer.close()
+    finally:
+        holder.close()
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_a_server_that_stays_busy_gets_the_backoff_again(echo_backend):
+    from aiowstunnel import client as client_module
+    from aiowstunnel.backoff import BackoffPolicy
+    from aiowstunnel.client import Client
+    from aiowstunnel.limits import ServerLimits
+
+    server = await started(
+        clients=[app(f"127.0.0.1:{echo_backend.port}")],
+        limits=ServerLimits(max_handshakes_per_address=1),
+    )
+    _, holder = await asyncio.open_connection(LOCAL, server.port)  # holds the one slot
+    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    client = Client(
+        aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
+        token=TOKEN, backoff=BackoffPolicy(initial=30, max=60), random=lambda: 0.1,
+    )  # fmt: skip
+    client.start()
+    busy = client.stats.connect_failures
+    try:
+        for _ in range(1000):
+            if busy["too_many_handshakes"] > client_module.BUSY_RETRIES:
+                break
+            await asyncio.sleep(0.01)
+        # three times the server's second (0.6 s each); then the backoff: 0.1 x 30 s
+        assert busy["too_many_handshakes"] == client_module.BUSY_RETRIES + 1
+        assert client.stats.backoff_seconds == pytest.approx(3.0)
+    finally:
+        holder.close()
+        await client.close(1)
         await server.close(1)
 
 
