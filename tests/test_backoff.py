@@ -160,3 +160,18 @@ def test_the_ceiling_is_at_most_how_long_the_connection_has_been_down() -> None:
     # never above the sequence's own ceiling: the sixth failure's is 32 s
     assert backoff.next_delay(down_for=600.0) == pytest.approx(32 * TOP)
     assert backoff.next_delay() == pytest.approx(60 * TOP)  # without it: the plain sequence
+
+
+async def test_a_session_that_outlived_the_ceiling_starts_a_new_outage_a_flapping_one_does_not():
+    import aiowstunnel
+    from aiowstunnel.client import Client
+
+    client = Client(aiowstunnel.CONNECT, "127.0.0.1", 9, "127.0.0.1", 0, "127.0.0.1", 9,
+                    backoff=BackoffPolicy(initial=1, max=60, reset_after=30))  # fmt: skip
+    delays(client.backoff, 2)  # two failures at the start: the ceiling is now 4 s
+    client._down_since = 100.0
+    client._session_ended(stayed_up=0.2)  # gone within the ceiling: flapping
+    assert (client._down_since, client.backoff.attempt) == (100.0, 2)
+    client._session_ended(stayed_up=16.0)  # up longer than the 4 s: this is a new outage
+    assert client._down_since is None
+    assert client.backoff.attempt == 2  # under reset_after: the sequence goes on
