@@ -80,14 +80,6 @@ class ServerLink(Link):
             return
         self._busy_timer = self.loop.call_later(BUSY_LINGER, self.abort, BUSY_REASON)
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        if self._busy is not None:
-            if not self.handshake.done():  # the first bytes: the answer; the rest is dropped
-                retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
-                self.reject(503, f"{BUSY_REASON}: retry later", retry, release=False)
-            return
-        super().data_received(data)
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.guard is not None:
             self.guard.answered()
@@ -120,6 +112,10 @@ class ServerLink(Link):
         together are bounded by max_handshake_bytes (431 past it).
         """
         assert self._head is not None and self.guard is not None
+        if self._busy is not None:  # the request's first bytes: the answer, nothing parsed
+            retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
+            self.reject(503, f"{BUSY_REASON}: retry later", retry, release=False)
+            return b""  # and what follows goes to websockets, which discards it now
         budget = self.guard.max_handshake_bytes
         if self._early is not None:  # the request is in, its answer pending
             self._early += data
