@@ -16,6 +16,7 @@ import pytest
 import aiowstunnel
 from aiowstunnel import wire
 from aiowstunnel.addresses import AddressRule
+from aiowstunnel.limits import ServerLimits
 from aiowstunnel.policy import ClientPolicy, token_digest
 from aiowstunnel.server import Server
 
@@ -306,6 +307,26 @@ async def test_head_larger_than_the_budget_gets_a_431_at_once():
         await server.close(1)
 
 
+async def unfinished_request(
+    port: int, source: str = LOCAL
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from ``source`` whose upgrade request never ends: it holds its
+    handshake slot until the server answers or drops it."""
+    reader, writer = await asyncio.open_connection(LOCAL, port, local_addr=(source, 0))
+    writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    return reader, writer
+
+
+async def slots_back(server: Server, handshakes: int = 0) -> None:
+    """Wait until the server holds ``handshakes`` handshake slots and no busy answer."""
+    admission = server.admission
+    for _ in range(200):
+        if (admission.handshakes.total, admission.busy.total) == (handshakes, 0):
+            return
+        await asyncio.sleep(0.01)
+    assert (admission.handshakes.total, admission.busy.total) == (handshakes, 0)
+
+
 async def told_to_come_back(reader: asyncio.StreamReader) -> bool:
     """True for a connection answered 503 with Retry-After and then closed (over a
     handshake limit); False for one still waiting for the rest of its request (admitted)."""
@@ -319,57 +340,37 @@ async def told_to_come_back(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-@pytest.mark.timeout(30)
-async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
-    from aiowstunnel.limits import ServerLimits
-
-    server = await started(
-        clients=[app("127.0.0.1:1")], limits=ServerLimits(max_handshakes_per_address=4)
-    )
+async def one_address_past_its_share(limits: ServerLimits, connections: int) -> int:
+    """Open ``connections`` unfinished upgrades from 127.0.0.2; how many were told to come
+    back (each also a limit hit) while 127.0.0.1 is served meanwhile."""
+    server = await started(clients=[app("127.0.0.1:1")], limits=limits)
     idle = []
     try:
-        for _ in range(6):
-            reader, writer = await asyncio.open_connection(
-                LOCAL, server.port, local_addr=("127.0.0.2", 0)
-            )
-            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
-            idle.append((reader, writer))
+        for _ in range(connections):
+            idle.append(await unfinished_request(server.port, "127.0.0.2"))
         answers = await asyncio.gather(*(told_to_come_back(reader) for reader, _ in idle))
-        assert sum(answers) == 2  # a 503 with Retry-After, then closed: not an RST
-        assert server.limit_stats.hits["handshakes_per_address"] == 2
+        assert server.limit_stats.hits["handshakes_per_address"] == sum(answers)
         raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
         assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
+        return sum(answers)
     finally:
         for _, writer in idle:
             writer.close()
         await server.close(1)
+
+
+@pytest.mark.timeout(30)
+async def test_handshakes_per_address_are_bounded_and_other_addresses_served():
+    # a 503 with Retry-After, then closed: not an RST
+    assert await one_address_past_its_share(ServerLimits(max_handshakes_per_address=4), 6) == 2
 
 
 @pytest.mark.timeout(30)
 async def test_by_default_one_address_may_hold_half_of_the_handshakes_and_no_more():
     # One client daemon with many tunnels (or one NAT) reconnecting at once after a server
     # restart holds many upgrades at once: it gets half of max_handshakes, the other
-    # addresses the other half.
-    from aiowstunnel.limits import ServerLimits
-
-    server = await started(clients=[app("127.0.0.1:1")], limits=ServerLimits(max_handshakes=80))
-    idle = []
-    try:
-        for _ in range(41):
-            reader, writer = await asyncio.open_connection(
-                LOCAL, server.port, local_addr=("127.0.0.2", 0)
-            )
-            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
-            idle.append((reader, writer))
-        answers = await asyncio.gather(*(told_to_come_back(reader) for reader, _ in idle))
-        assert sum(answers) == 1  # the 41st: 40 are half of the 80
-        assert server.limit_stats.hits["handshakes_per_address"] == 1
-        raw = await exchange(server.port, upgrade_request(server.port, "wrong"))
-        assert raw.startswith(b"HTTP/1.1 401 ")  # 127.0.0.1 is served meanwhile
-    finally:
-        for _, writer in idle:
-            writer.close()
-        await server.close(1)
+    # addresses the other half. The 41st of 41 is told to come back: 40 are half of 80.
+    assert await one_address_past_its_share(ServerLimits(max_handshakes=80), 41) == 1
 
 
 @pytest.mark.timeout(30)
@@ -386,11 +387,7 @@ async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped(mo
     conns = []
     try:
         for _ in range(5):
-            reader, writer = await asyncio.open_connection(
-                LOCAL, server.port, local_addr=("127.0.0.2", 0)
-            )
-            writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
-            conns.append((reader, writer))
+            conns.append(await unfinished_request(server.port, "127.0.0.2"))
 
         async def outcome(reader: asyncio.StreamReader) -> str:
             try:
@@ -406,12 +403,7 @@ async def test_the_busy_answers_are_bounded_past_them_a_connection_is_dropped(mo
         assert server.limit_stats.hits["handshakes_per_address"] == 4
         for _, writer in conns:
             writer.close()
-        admission = server.admission
-        for _ in range(200):  # every slot goes back with its connection
-            if admission.handshakes.total == admission.busy.total == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert (admission.handshakes.total, admission.busy.total) == (0, 0)
+        await slots_back(server)  # every slot goes back with its connection
     finally:
         for _, writer in conns:
             writer.close()
@@ -431,21 +423,16 @@ async def test_the_busy_answer_waits_for_the_request_and_a_client_that_never_clo
     monkeypatch.setattr(serverlink, "BUSY_LINGER", 0.5)
     limits = ServerLimits(max_handshakes=16, max_handshakes_per_address=1)
     server = await started(clients=[app("127.0.0.1:1")], limits=limits)
-    _, holder = await asyncio.open_connection(LOCAL, server.port)
-    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    _, holder = await unfinished_request(server.port)
     try:
         reader, writer = await asyncio.open_connection(LOCAL, server.port)
         with pytest.raises(asyncio.TimeoutError):  # nothing before the request
             await asyncio.wait_for(reader.read(1), 0.2)
         writer.write(b"GET /aiowstunnel HTTP/1.1\r\n")
         assert await told_to_come_back(reader)
-        admission = server.admission
-        assert admission.busy.total == 1
-        for _ in range(200):  # this client never closes: dropped after the linger
-            if admission.busy.total == 0 and admission.handshakes.total == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert (admission.busy.total, admission.handshakes.total) == (0, 1)  # the holder's
+        assert server.admission.busy.total == 1
+        # this client never closes: dropped after the linger; the holder's slot stays
+        await slots_back(server, handshakes=1)
         writer.close()
     finally:
         holder.close()
@@ -463,8 +450,7 @@ async def test_a_server_that_stays_busy_gets_the_backoff_again(echo_backend):
         clients=[app(f"127.0.0.1:{echo_backend.port}")],
         limits=ServerLimits(max_handshakes_per_address=1),
     )
-    _, holder = await asyncio.open_connection(LOCAL, server.port)  # holds the one slot
-    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    _, holder = await unfinished_request(server.port)  # holds the one slot
     client = Client(
         aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
         token=TOKEN, backoff=BackoffPolicy(initial=30, max=60), random=lambda: 0.1,
@@ -497,9 +483,7 @@ async def test_a_client_told_the_server_is_busy_comes_back_when_asked_not_after_
         clients=[app(f"127.0.0.1:{echo_backend.port}")],
         limits=ServerLimits(max_handshakes_per_address=1),
     )
-    # 127.0.0.1's one upgrade slot, held by a request that never ends
-    _, holder = await asyncio.open_connection(LOCAL, server.port)
-    holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+    _, holder = await unfinished_request(server.port)  # 127.0.0.1's one upgrade slot
     # a failure would wait 0.9 x 30 s; the server's Retry-After of 1 s, jittered: 1.4 s
     client = Client(
         aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
