@@ -7,12 +7,16 @@ usage: tls_idle.py [N] [tls|plain]
 
 import asyncio
 import gc
+import os
 import ssl
-import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import uvloop
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import run as R
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 MODE = sys.argv[2] if len(sys.argv) > 2 else "tls"
@@ -33,8 +37,7 @@ uvloop.run(main())
 
 
 def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    return R.mem_kb(os.getpid())["VmRSS"]
 
 
 class Sink(asyncio.Protocol):
@@ -42,15 +45,11 @@ class Sink(asyncio.Protocol):
         pass
 
 
-async def main() -> None:
+async def main(workdir: Path) -> None:
     ctx = None
     if MODE == "tls":
-        d = tempfile.mkdtemp()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", d + "/k", "-out", d + "/c", "-days", "1", "-subj", "/CN=localhost"],
-                       check=True, capture_output=True)  # fmt: skip
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(d + "/c", d + "/k")
+        ctx.load_cert_chain(*R.self_signed(workdir))
     srv = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0, ssl=ctx)
     port = srv.sockets[0].getsockname()[1]
     gc.collect()
@@ -66,4 +65,5 @@ async def main() -> None:
     await child.wait()
 
 
-uvloop.run(main())
+with tempfile.TemporaryDirectory() as tmp:
+    uvloop.run(main(Path(tmp)))
