@@ -1,10 +1,10 @@
 """A slow consumer cannot make the tunnel buffer without bound, nor slow other streams.
 
 The bound (protocol.md, Flow control): per stream, the receiver holds at most its window
-(256 KiB) plus its socket's write buffer high-water mark (256 KiB); the sender reads only
-what its credit lets it send at once, so it holds nothing waiting for credit: under 1 MiB
-per stream per tunnel. The assertion allows 16 MiB of RSS growth for the allocator's own
-slack, against 64 MiB pushed.
+(2 MiB by default) plus its socket's write buffer high-water mark (256 KiB); the sender
+reads only what its credit lets it send at once, so it holds nothing waiting for credit:
+under 2.5 MiB per stream per tunnel. The assertion allows 16 MiB of RSS growth for the
+allocator's own slack, against 64 MiB pushed.
 """
 
 from __future__ import annotations

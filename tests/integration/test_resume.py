@@ -529,9 +529,12 @@ async def test_a_detached_session_with_200_streams_holds_at_most_a_window_each_w
     reads nothing (every credit used up), the session holds at most a window per stream
     per direction (protocol.md, Resumption: what is unconfirmed never exceeds the credit
     not yet returned)."""
-    from aiowstunnel.wire import DEFAULT_WINDOW
-
     from ..helpers import TunnelProcess
+
+    # The window the client may fill per stream is the server's: 256 KiB, not the default
+    # 2 MiB, so that a small push uses up every stream's credit (200 default windows
+    # would be 400 MiB through the test).
+    window = 256 * 1024
 
     never = asyncio.Event()
 
@@ -539,7 +542,7 @@ async def test_a_detached_session_with_200_streams_holds_at_most_a_window_each_w
         await never.wait()
 
     backend = await start_backend(stalled)
-    server = Server(LOCAL, 0)
+    server = Server(LOCAL, 0, window=window)
     await server.listen()
     proxy = await FaultProxy(server.port).start()
     client = await TunnelProcess("client", "connect", proxy.port, backend.port).start()
@@ -547,7 +550,7 @@ async def test_a_detached_session_with_200_streams_holds_at_most_a_window_each_w
     try:
         await _until(lambda: bool(server.sessions), 10)
         before = (await client.stats())["rss"]
-        block = os.urandom(384 * 1024)  # more than a window: each stream stalls
+        block = os.urandom(window + 128 * 1024)  # more than a window: each stream stalls
         for _ in range(200):
             _, writer = await asyncio.open_connection(LOCAL, client.port)
             writer.write(block)
@@ -568,7 +571,7 @@ async def test_a_detached_session_with_200_streams_holds_at_most_a_window_each_w
         after = await client.stats()
         assert after["detached"] and after["streams_active"] == 200
         grown = after["rss"] - before
-        bound = 200 * 2 * DEFAULT_WINDOW
+        bound = 200 * 2 * window
         print(f"\ndetached with 200 stalled streams: client RSS +{grown / MiB:.1f} MiB")
         assert grown < bound, f"+{grown / MiB:.1f} MiB, bound {bound / MiB:.0f} MiB"
     finally:
