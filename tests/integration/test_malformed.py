@@ -76,7 +76,9 @@ async def test_text_message_closes_session(make_tunnel, echo_backend):
 
 @pytest.mark.timeout(30)
 async def test_stream_level_faults_get_rst_and_session_survives(make_tunnel, echo_backend):
-    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port)
+    # A window smaller than one message may be, so a single DATA frame can overrun it
+    # (the default, 2 MiB, is larger than the largest frame the server accepts).
+    tunnel = await make_tunnel(aiowstunnel.CONNECT, echo_backend.port, server_kw={"window": 65536})
     ws = await raw_session(tunnel.server, echo_backend.port)
 
     # DATA before OPEN: the stream does not exist.
@@ -89,7 +91,7 @@ async def test_stream_level_faults_get_rst_and_session_survives(make_tunnel, ech
     # A real stream, then one byte more than the credit the server gave.
     await ws.send(wire.Open(3, 65536).serialize())
     ok = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
-    assert isinstance(ok, wire.OpenOk)
+    assert isinstance(ok, wire.OpenOk) and ok.window == 65536
     await ws.send(wire.Data(3, b"x" * (ok.window + 1)).serialize())
     frame = wire.parse_frame(await asyncio.wait_for(ws.recv(), 5))
     assert isinstance(frame, wire.Rst), frame
