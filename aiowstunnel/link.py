@@ -127,7 +127,10 @@ class Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.loop = asyncio.get_running_loop()
-        self.handshake: asyncio.Future[Response | Request] = self.loop.create_future()
+        # The client's: the 101 (or why there was none). The server's: done when the
+        # request came (it went to the owner, and is not kept: its parsed headers would
+        # be 3 KiB of every idle session).
+        self.handshake: asyncio.Future[Response | None] = self.loop.create_future()
         # A failed handshake nobody awaits any more (timed out) is not an error to report.
         self.handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.close_reason = ""
@@ -264,7 +267,7 @@ class Link(asyncio.Protocol):
         if self.ws.handshake_exc is not None:
             self._fail_handshake(f"bad upgrade request: {self.ws.handshake_exc}")
             return
-        self.handshake.set_result(request)
+        self.handshake.set_result(None)
         self.owner.link_request(request)
 
     def _fail_handshake(self, reason: str) -> None:

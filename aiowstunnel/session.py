@@ -163,7 +163,7 @@ class Session:
         return self.link.transport
 
     @property
-    def handshake(self) -> asyncio.Future[Response | Request]:
+    def handshake(self) -> asyncio.Future[Response | None]:
         return self.link.handshake
 
     def new_stream(self) -> TcpStream:
