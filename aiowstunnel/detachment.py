@@ -11,6 +11,7 @@ import enum
 from typing import Protocol
 
 from .errors import ResumeRefused
+from .lazyevent import LazyEvent
 from .link import Link
 from .resets import Cut
 from .resume import encode_resumed
@@ -60,9 +61,7 @@ class Detachment:
         self.replayed = 0  # bytes resent by the last resume
         self.replaced = False  # the last resume replaced a link not yet lost here
         self.before = Phase.OPEN  # the phase to go back to once resumed
-        self._changed = False  # while detached, and once the session ended
-        # made by wait() only: an asyncio.Event is 0.76 KiB of each idle session
-        self._waiters: asyncio.Event | None = None
+        self.changed = LazyEvent()  # set while detached, and once the session ended
         self._expiry: asyncio.TimerHandle | None = None
 
     def detach(self, reason: str) -> None:
@@ -74,7 +73,7 @@ class Detachment:
         timeout = session.resumption.timeout
         why = f"not resumed within {timeout:g} s"
         self._expiry = self.loop.call_later(timeout, session.expire, Cut.EXPIRED, why)
-        self._set_changed(True)
+        self.changed.set()
         session.table.update_all()
         session.detached()
 
@@ -107,7 +106,7 @@ class Detachment:
             link.send_message(message)
         self.replayed = sum(len(m) for m in replay)
         session.phase = self.before
-        self._set_changed(False)
+        self.changed.clear()
         session.table.update_all()
         link.flush()
         session.resumed()
@@ -115,24 +114,13 @@ class Detachment:
     async def wait(self) -> bool:
         """Until the link is lost: True if the session is detached (resumable), False if
         it ended."""
-        if not self._changed:
-            if self._waiters is None:
-                self._waiters = asyncio.Event()
-            await self._waiters.wait()
+        await self.changed.wait()
         return self.session.phase is Phase.DETACHED
 
     def ended(self) -> None:
         """The session ended (expired, or closed): no expiry, and waiters wake."""
         self._cancel()
-        self._set_changed(True)
-
-    def _set_changed(self, changed: bool) -> None:
-        self._changed = changed
-        if self._waiters is not None:
-            if changed:
-                self._waiters.set()
-            else:
-                self._waiters.clear()
+        self.changed.set()
 
     def _cancel(self) -> None:
         if self._expiry is not None:

@@ -66,7 +66,7 @@ async def shutdown(session: Drainable, reason: str, timeout: float) -> None:
     in ``drain_cut``), give the peer the rest of the linger to close, close; bounded."""
     session.goaway(reason)
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(session.table.wait_idle(), timeout)
+        await asyncio.wait_for(session.table.idle.wait(), timeout)
     if len(session.table):
         session.drain_cut += session.reset_streams(
             Cut.DRAIN_TIMEOUT, f"{reason}: not finished within {timeout:g} s"

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from .errors import LocalProtocolError, describe
+from .lazyevent import LazyEvent
 from .limits import QuietLog, SessionGuard
 from .logs import quote
 from .mux import Mux
@@ -83,8 +84,7 @@ class StreamTable:
         #: the peer's OPENs accepted whose dial is under way: open streams for the drain (an
         #: OPEN that arrived before our GOAWAY finishes on this session, dialed or refused)
         self.dialing = 0
-        # made by wait_idle() only: an asyncio.Event is 0.76 KiB of each idle session
-        self._idle: asyncio.Event | None = None
+        self.idle = LazyEvent(True)  # set while no stream is open (drain waits on it)
         #: where every stream reads into; see read_buffer()
         self.read_view = thread_read_buffer()
 
@@ -93,27 +93,15 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self._streams) + self.dialing
 
-    async def wait_idle(self) -> None:
-        """Until no stream is open and none is being dialed."""
-        if not len(self):
-            return
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        await self._idle.wait()
-
-    def _now_idle(self) -> None:
-        idle, self._idle = self._idle, None
-        if idle is not None:
-            idle.set()
-
     def dial_started(self) -> None:
         self.dialing += 1
+        self.idle.clear()
 
     def dial_ended(self) -> None:
         """A dial is over (its stream registered, or refused): maybe the last one."""
         self.dialing = max(0, self.dialing - 1)  # cut_all may have counted it out
         if not len(self):
-            self._now_idle()
+            self.idle.set()
             self.host.streams_idle()
 
     def __iter__(self) -> Iterator[TcpStream]:
@@ -173,6 +161,7 @@ class StreamTable:
             self.host.send(self.mux.accept_stream(stream.stream_id))
         sid = stream.stream_id
         self._streams[sid] = stream
+        self.idle.clear()
         self.stats.streams_opened += 1
         self.stats.streams_active += 1
         stream.opened_at = time.monotonic()
@@ -353,7 +342,7 @@ class StreamTable:
             self.cut(stream, cause, reason)
         self._streams.clear()
         self.dialing = 0  # the session's end cancels them
-        self._now_idle()
+        self.idle.set()
         return len(streams)
 
     def release(self, stream_id: int) -> tuple[asyncio.Transport, bytes, bool] | None:
@@ -391,7 +380,7 @@ class StreamTable:
                 extra=self.host.log_extra(),
             )
         if not len(self):
-            self._now_idle()
+            self.idle.set()
             self.host.streams_idle()
 
     # -- reading policy ----------------------------------------------------------------

@@ -3,7 +3,7 @@
 this process under tracemalloc, N library CONNECT Clients (no streams) in a child process.
 Prints the RSS per session and the Python allocations per session, by the line that made
 them (the top ones), once all N are up and idle.
-usage: session_memory.py [N] [frames]    (frames: traceback depth for grouping, default 1)
+usage: session_memory.py [N] [depth]    (depth > 1: grouped by traceback, default by line)
 """
 
 import asyncio
@@ -35,6 +35,12 @@ uvloop.run(main())
 """
 
 
+def place(filename: str) -> str:
+    """aiowstunnel/x.py for our modules, the bare file name for the rest."""
+    parent, name = os.path.split(filename)
+    return f"aiowstunnel/{name}" if os.path.basename(parent) == "aiowstunnel" else name
+
+
 async def main() -> None:
     import aiowstunnel
 
@@ -60,7 +66,7 @@ async def main() -> None:
     for s in stats[:40]:
         if s.size_diff / N < 24:
             break
-        where = " <- ".join(f"{os.path.relpath(f.filename, os.path.dirname(os.path.dirname(aiowstunnel.__file__))) if 'aiowstunnel' in f.filename else os.path.basename(f.filename)}:{f.lineno}" for f in s.traceback)
+        where = " <- ".join(f"{place(f.filename)}:{f.lineno}" for f in s.traceback)
         print(f"{s.size_diff / N:8.0f} B  {s.count_diff / N:5.1f} blocks  {where}")
     child.kill()
     await child.wait()
