@@ -22,7 +22,7 @@ from .affinity import SERVER_HEADER, Affinity
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
 from .errors import HandshakeRefused, ProtocolViolation, describe
-from .handshake import HEADER_PROTOCOL, Mode, Refusal, TunnelProtocol, TunnelRequest
+from .handshake import HEADER_PROTOCOL, Mode, TunnelProtocol, TunnelRequest, refusal_label
 from .link import Link, ws_log
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Session
@@ -32,9 +32,6 @@ from .stats import TunnelStats
 from .tlsreads import link_protocol
 from .udpsocket import udp_dialer
 
-#: A refusal's HTTP status -> the ``reason`` label of connect_failures_total: the same
-#: labels the server counts in server_rejected_total (handshake.Refusal is the one list).
-_REFUSAL_LABELS: dict[int, str] = {refusal.status: refusal.label for refusal in Refusal}
 #: What a failed connection attempt may raise (each is counted and logged: failure()).
 ATTEMPT_ERRORS = (HandshakeRefused, ssl_module.SSLError, OSError, asyncio.TimeoutError)
 
@@ -43,7 +40,8 @@ def failure(exc: BaseException, url: str, tls: bool) -> tuple[str, str, int]:
     """A failed attempt to open a session with ``url``: the ``reason`` label it counts
     under, its log line and the line's level."""
     if isinstance(exc, HandshakeRefused):
-        label = _REFUSAL_LABELS.get(exc.status, f"http_{exc.status}")
+        # the same labels the server counts in server_rejected_total (handshake.Refusal)
+        label = refusal_label(exc.status, exc.named)
         if exc.retry_after is not None:  # busy, not wrong: it said when to come back
             return (
                 "too_many_handshakes",  # the server's own reason for it

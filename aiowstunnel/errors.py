@@ -63,13 +63,22 @@ class HandshakeRefused(TunnelError):
         reason: the plain-text reason the server gave.
         retry_after: seconds the server asked the client to wait (a busy server's 503
             ``Retry-After``, checked), or None.
+        named: the refusal's label as the server named it (``X-Aiowstunnel-Refusal``,
+            unchecked: handshake.refusal_label reads it), or None.
     """
 
-    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        retry_after: float | None = None,
+        named: str | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.named = named
 
 
 #: How asyncio words OS errors of its own making; uvloop says only the errno's text, as

@@ -33,6 +33,9 @@ HEADER_PROTOCOL = "X-Aiowstunnel-Protocol"
 #: LISTEN with UDP: the server opens the flows, and ends each after this many idle seconds
 #: (the tunnel's udp_idle_timeout; 0 = never).
 HEADER_UDP_IDLE = "X-Aiowstunnel-Udp-Idle-Timeout"
+#: On a refused upgrade: the refusal's label (Refusal.label, the ``reason`` of the metrics),
+#: so that a client tells apart the refusals that share a status (503: shutting down, full)
+HEADER_REFUSAL = "X-Aiowstunnel-Refusal"
 #: The longest idle timeout a client may ask for (a day); 0 (never) is allowed too: the
 #: flows are bounded by the stream limits either way.
 MAX_UDP_IDLE = 86_400.0
@@ -128,6 +131,16 @@ class Refusal(enum.Enum):
     @property
     def label(self) -> str:
         return self.value[1]
+
+
+def refusal_label(status: int, named: str | None) -> str:
+    """The label of a refusal the client got: the server's ``X-Aiowstunnel-Refusal``
+    (``named``) when it is a refusal of that status, else the first refusal listed with
+    the status (503 without it: ``shutting_down``), else ``http_<status>``."""
+    fits = [refusal.label for refusal in Refusal if refusal.status == status]
+    if named in fits:
+        return named
+    return fits[0] if fits else f"http_{status}"
 
 
 class RequestRefused(TunnelError):

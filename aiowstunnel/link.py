@@ -26,6 +26,7 @@ from websockets.server import ServerProtocol
 from . import resumeauth
 from .addresses import format_peer
 from .errors import HandshakeRefused, ProtocolViolation
+from .handshake import HEADER_REFUSAL
 from .keepalive import Keepalive, PingBudget
 from .linkframes import Framer, write_chunks
 from .logs import escape
@@ -248,6 +249,7 @@ class Link(asyncio.Protocol):
                 retry_after(response.headers.get("Retry-After"))
                 if response.status_code == 503
                 else None,
+                response.headers.get(HEADER_REFUSAL),
             )
             if refused is not None:  # a resume refused before the upgrade, with its code
                 try:

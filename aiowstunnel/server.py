@@ -306,7 +306,9 @@ class Server:
                 escape(refused.reason),  # it may quote the request (a path, a header)
                 extra={"peer": session.peer, "client": name or None},
             )
-            session.server_link.reject(refused.refusal.status, refused.reason)
+            session.server_link.reject(
+                refused.refusal.status, refused.reason, label=refused.refusal.label
+            )
             return
         except BaseException as exc:  # our bug, or cancelled: answer, never leave one hanging
             for slot in reserved:
@@ -319,7 +321,7 @@ class Server:
                 extra={"peer": session.peer},
             )
             self.stats.rejected["internal_error"] += 1
-            session.server_link.reject(500, "internal error")
+            session.server_link.reject(500, "internal error", label="internal_error")
             return
         if session.closed.done():  # the client went away while we checked
             for slot in reserved:

@@ -14,6 +14,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from .handshake import HEADER_REFUSAL
 from .limits import SessionGuard, Slot
 from .link import DEFAULT_SETTINGS, Link, LinkOwner
 from .settings import SessionSettings
@@ -115,7 +116,9 @@ class ServerLink(Link):
         assert self._head is not None and self.guard is not None
         if self._busy is not None:  # the request's first bytes: the answer, nothing parsed
             retry = {"Retry-After": str(BUSY_RETRY_AFTER)}
-            self.reject(503, f"{BUSY_REASON}: retry later", retry, release=False)
+            self.reject(
+                503, f"{BUSY_REASON}: retry later", retry, False, label="too_many_handshakes"
+            )
             return b""  # and what follows goes to websockets, which discards it now
         budget = self.guard.max_handshake_bytes
         if self._early is not None:  # the request is in, its answer pending
@@ -132,7 +135,9 @@ class ServerLink(Link):
             if len(head) > budget:
                 self._head, self._holding = None, False
                 self.guard.hit("handshake_bytes", self.peer)
-                self.reject(431, f"request head larger than {budget} bytes")
+                self.reject(
+                    431, f"request head larger than {budget} bytes", label="handshake_too_large"
+                )
             return b""
         end += 4
         self._early = head[end:]
@@ -189,11 +194,15 @@ class ServerLink(Link):
         reason: str,
         extra_headers: dict[str, str] | None = None,
         release: bool = True,
+        *,
+        label: str,
     ) -> None:
-        """Refuse the upgrade with an HTTP status and a plain-text reason; ``release``: its
+        """Refuse the upgrade with an HTTP status and a plain-text reason; ``label`` (the
+        ``reason`` it counts under) goes in X-Aiowstunnel-Refusal; ``release``: its
         handshake slots go back now (else with the connection)."""
         assert isinstance(self.ws, ServerProtocol)
         response = self.ws.reject(status, reason + "\n")
+        response.headers[HEADER_REFUSAL] = label
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="aiowstunnel"'
         for key, value in (extra_headers or {}).items():

@@ -197,6 +197,7 @@ class ResumeRegistry:
                 Refusal.RESUME_REFUSED.status,
                 str(refused),
                 {HEADER_REFUSED: refused.code},
+                label=Refusal.RESUME_REFUSED.label,
             )
             return
         if not session.server_link.check_upgrade(request):

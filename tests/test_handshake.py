@@ -18,6 +18,7 @@ from aiowstunnel.handshake import (
     RequestRefused,
     TunnelRequest,
     bearer_token,
+    refusal_label,
 )
 
 from . import fuzzing
@@ -121,6 +122,24 @@ def test_oversized_port_is_a_bad_request() -> None:
 def test_refusal_status_and_label(refusal: Refusal, status: int, label: str) -> None:
     assert refusal.status == status
     assert refusal.label == label
+
+
+@pytest.mark.parametrize(
+    ("status", "named", "label"),
+    [
+        (503, "server_full", "server_full"),
+        (503, "shutting_down", "shutting_down"),
+        (503, None, "shutting_down"),  # a server that does not name it: the first of 503
+        (503, "bad_token", "shutting_down"),  # a name of another status is not believed
+        (401, "bad_token", "bad_token"),
+        (401, "x" * 5000, "bad_token"),
+        (502, "server_full", "http_502"),  # a proxy's own status
+    ],
+)
+def test_refusal_label_believes_the_server_only_within_the_status(
+    status: int, named: str | None, label: str
+) -> None:
+    assert refusal_label(status, named) == label
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,48 @@ async def test_max_sessions_holds_under_200_concurrent_upgrades_awaiting_the_res
 
 
 @pytest.mark.timeout(30)
+async def test_a_full_server_and_one_shutting_down_are_told_apart_by_the_client(echo_backend):
+    # Both answer 503 without Retry-After; the label comes from X-Aiowstunnel-Refusal.
+    from aiowstunnel.backoff import BackoffPolicy
+    from aiowstunnel.client import Client
+
+    server = await started(
+        clients=[app(f"{LOCAL}:{echo_backend.port}")], limits=ServerLimits(max_sessions_total=1)
+    )
+
+    def client() -> Client:
+        return Client(
+            aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, echo_backend.port,
+            token=TOKEN, backoff=BackoffPolicy(initial=30, max=60), random=lambda: 0.1,
+        )  # fmt: skip
+
+    async def first_failure(c: Client) -> str:
+        for _ in range(500):
+            if c.stats.connect_failures:
+                return next(iter(c.stats.connect_failures))
+            await asyncio.sleep(0.01)
+        raise AssertionError("no connection attempt failed")
+
+    first, second, third = client(), client(), client()
+    first.start()
+    try:
+        await first.wait_up(5)
+        second.start()
+        assert await first_failure(second) == "server_full"
+        assert server.stats.rejected["server_full"] == 1
+        assert second.last_error is not None
+        assert "maximum of 1 sessions" in second.last_error
+        server._closing = True  # as close() sets it: requests still arriving are refused
+        third.start()
+        assert await first_failure(third) == "shutting_down"
+        assert server.stats.rejected["shutting_down"] == 1
+    finally:
+        for c in (first, second, third):
+            await c.close(1)
+        await server.close(1)
+
+
+@pytest.mark.timeout(30)
 async def test_streams_per_client_and_in_total_are_bounded(make_tunnel, echo_backend):
     # Finding 6: one client may hold max_client_streams, all of them max_streams_total.
     from aiowstunnel.limits import ServerLimits
