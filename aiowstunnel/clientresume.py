@@ -1,6 +1,7 @@
 """The client's side of a detached session (protocol.md, Resumption): reconnect attempts
-to resume it, backed off but capped so that several fit within resume_timeout, until it is
-resumed, refused or ended; the log line and the counters of each outcome.
+to resume it, backed off but capped so that several fit within resume_timeout (a busy
+server's Retry-After is waited, jittered), until it is resumed, refused or ended; the log
+line and the counters of each outcome.
 
 A resume goes to the server that holds the session: the client's own URL, and behind a
 balancer the affinity of the session's 101 (affinity.py), whichever member of a pool of
@@ -60,6 +61,7 @@ async def resume(
     backoff = Backoff(BackoffPolicy(initial=min(0.1, cap), max=cap), random)
     stats = side.stats
     while session.phase is Phase.DETACHED and not stopping():
+        asked: float | None = None  # a busy server's Retry-After
         try:
             await open_session(side, resume_of=session, route=route)
         except ResumeRefused as refused:
@@ -79,6 +81,7 @@ async def resume(
                 session.expire(Cut.RESUME_REFUSED, f"resume refused: {exc}")
                 return Resumed.ENDED
             side.last_error = f"resume failed: {exc}"
+            asked = exc.retry_after
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             side.last_error = f"resume failed: {describe(exc)}"
         else:
@@ -91,8 +94,11 @@ async def resume(
                 count_streams(len(session.streams), "open"),
             )
             return Resumed.RESUMED
+        delay = backoff.next_delay()
+        if asked is not None:  # busy: not sooner than it asked, jittered (an expiry ends it)
+            delay = max(delay, asked * (0.5 + random()))
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(session.closed), backoff.next_delay())
+            await asyncio.wait_for(asyncio.shield(session.closed), delay)
     return Resumed.ENDED
 
 

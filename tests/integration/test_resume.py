@@ -615,6 +615,43 @@ async def test_a_resume_replaces_the_link_of_a_session_the_server_still_holds(ec
         await tunnel.close()
 
 
+@pytest.mark.timeout(30)
+async def test_a_resume_told_busy_waits_the_retry_after_and_resumes(echo_backend):
+    from aiowstunnel.limits import ServerLimits
+
+    tunnel = await Tunnel.start(
+        aiowstunnel.CONNECT,
+        echo_backend.port,
+        server_kw={"limits": ServerLimits(max_handshakes_per_address=1)},
+        client_kw={"random": lambda: 0.1},  # the Retry-After of 1 s is waited 0.6 s
+    )
+    rejected = tunnel.server.stats.rejected
+    try:
+        reader, writer = await asyncio.open_connection(tunnel.entry.host, tunnel.entry.port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        # an upgrade from the same address that never ends holds the address's one slot
+        _, holder = await asyncio.open_connection(LOCAL, tunnel.server.port)
+        holder.write(b"GET /aiowstunnel HTTP/1.1\r\n")
+        await _until(lambda: tunnel.server.admission.handshakes.total == 1, 5)
+        tunnel.proxy.cut()
+        await _until(lambda: rejected["too_many_handshakes"] >= 1, 5)
+        busy_at = asyncio.get_running_loop().time()
+        await asyncio.sleep(1.5)  # the attempts it makes meanwhile are counted
+        told = rejected["too_many_handshakes"]
+        holder.close()
+        await _until(lambda: tunnel.client.up, 10)
+        # at 0, 0.6, 1.2 s (the one at 1.8 s resumes); the resume's own backoff alone asked
+        # 8 times in those 1.5 s
+        assert 2 <= told <= 4, (told, asyncio.get_running_loop().time() - busy_at)
+        assert tunnel.server.stats.resumes["ok"] == 1
+        writer.write(b"after")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"after"
+        writer.close()
+    finally:
+        await tunnel.close()
+
+
 @pytest.mark.timeout(60)
 async def test_a_token_revoked_during_the_detach_means_no_resume(echo_backend):
     target = f"{LOCAL}:{echo_backend.port}"
