@@ -462,6 +462,10 @@ class Client:
             return f"proxy on {self.listen_address or self.listen}"
         return self.connect if self.mode is Mode.CONNECT else self.listen
 
+    def datagram_session(self) -> Session | None:
+        """The session the local UDP socket's datagrams go to (the pool's choice)."""
+        return self.pool.datagram_session()
+
     def _stream_for(self, session: Session) -> asyncio.BaseProtocol:
         """The protocol of a local connection the pool gave to ``session``."""
         if self.mode is Mode.SOCKS5:

@@ -41,7 +41,10 @@ class LocalSide(Protocol):
     socket_mode: int
     protocol: TunnelProtocol
     stats: TunnelStats
-    session: Session | None  # the UDP socket's datagrams go to its flows
+
+    def datagram_session(self) -> Session | None:
+        """The session whose flows the UDP socket's datagrams go to now."""
+        ...
 
 
 class LocalListener:
@@ -88,7 +91,8 @@ async def bind_local(
         return LocalListener(tcp, None), address
 
     def flows() -> FlowTable | None:
-        return side.session.flows if side.session is not None else None
+        session = side.datagram_session()
+        return session.flows if session is not None else None
 
     try:
         udp = await bind_endpoint(address.bind_host, address.port, flows, side.stats, udp_sock)

@@ -91,6 +91,7 @@ class ServerPool(Generic[M]):
         self._held: set[HeldConnection] = set()
         self._at_once_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self._datagrams: Session | None = None  # where the UDP datagrams went last
 
     @property
     def first(self) -> M:
@@ -209,6 +210,19 @@ class ServerPool(Generic[M]):
         self._turn += 1
         n = len(live)
         return min((live[(self._turn + i) % n] for i in range(n)), key=lambda s: len(s.streams))
+
+    def datagram_session(self) -> Session | None:
+        """The session the local UDP socket's datagrams go to. A source's flow lives in one
+        session, so they stay on the one they went to while it is open; else they go to
+        the first open one in the servers' order (a cut, a GOAWAY or a server down moves
+        them, and they stay there), else to the first member's session (detached or
+        none: dropped, and counted, until one is open)."""
+        current = self._datagrams
+        if current is None or current.phase is not Phase.OPEN:
+            sessions = [m.session for m in self.members if m.session is not None]
+            live = [s for s in sessions if s.phase is Phase.OPEN]
+            current = self._datagrams = live[0] if live else None
+        return current if current is not None else self.first.session
 
     def local_stream(self) -> asyncio.BaseProtocol:
         """The protocol of a connection the local listener accepted."""

@@ -377,3 +377,52 @@ async def test_an_open_the_server_accepted_before_its_goaway_finishes_on_the_old
         await client.close(1)
         await server.close(0.1)
         backend.server.close()
+
+
+def flows(server: Server) -> int:
+    return sum(stats.flows_opened for stats in server.client_stats.values())
+
+
+@pytest.mark.timeout(60)
+async def test_udp_goes_to_the_next_server_while_its_own_is_lost_and_stays_there():
+    from ..udp_helpers import UdpEcho, exchange, udp_server
+
+    echo_transport, _, echo_port = await udp_server(UdpEcho)
+    two = await servers(2)
+    client = Client(
+        aiowstunnel.CONNECT, LOCAL, two[0].port, LOCAL, 0, LOCAL, echo_port,
+        protocol="udp", backoff=FAST_BACKOFF, ping_interval=1.0, ping_timeout=1.0,
+        more_servers=[url(two[1])],
+    )  # fmt: skip
+    client.start()
+    try:
+        await until(lambda: all(m.session_up for m in client.group))
+        entry = client.listen_address
+        assert entry is not None
+        # A source's flow lives in one session: every datagram goes to the first server's.
+        results = await exchange(entry.host, entry.port, 4, 20)
+        assert [r.intact for r in results] == [20] * 4
+        assert (flows(two[0]), flows(two[1])) == (4, 0)
+
+        # Server 0 is lost (its sessions cut; the client's detaches, to resume when it can).
+        port0 = two[0].port
+        two[0]._server.close()
+        for session in list(two[0].sessions):
+            session.abort("killed")
+        await until(lambda: not client.group[0].session_up)
+        results = await exchange(entry.host, entry.port, 4, 20)
+        assert [r.intact for r in results] == [20] * 4, client.stats.datagram_drops
+        assert flows(two[1]) == 4
+
+        # It comes back, and the flows stay where they went (a source keeps its server).
+        two[0] = Server(LOCAL, port0, ping_interval=1.0, ping_timeout=1.0, name="s0")
+        await two[0].listen()
+        await until(lambda: client.group[0].session_up)
+        results = await exchange(entry.host, entry.port, 4, 20)
+        assert [r.intact for r in results] == [20] * 4
+        assert (flows(two[0]), flows(two[1])) == (0, 8)
+    finally:
+        await client.close(1)
+        for server in two:
+            await server.close(0.1)
+        echo_transport.close()
