@@ -9,6 +9,7 @@ derived from the process's RLIMIT_NOFILE, so the limits are hit before the kerne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import time
@@ -253,6 +254,8 @@ class SessionGuard:
         # Taken when the connection is accepted (before TLS): counts every descriptor.
         self._handshake: Slot | None = None if handshakes.full() else Slot((handshakes, None))
         self._address: Slot | None = None
+        #: the handshake's deadline (serveradmit's timer), cancelled once the session opens
+        self.deadline: asyncio.TimerHandle | None = None
 
     def admit(self, peer: str, address: str) -> bool:
         """At connection_made: False (and the hit reported) when over a handshake limit."""
@@ -278,6 +281,14 @@ class SessionGuard:
         for slot in (self._handshake, self._address):
             if slot is not None:
                 slot.release()
+
+    def upgraded(self) -> None:
+        """The 101 is sent: the slots go back, and the deadline is not needed any more
+        (a refusal keeps it: it bounds a peer that never closes)."""
+        self.answered()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     def stream_slot(self, peer: str) -> Slot | None:
         """A slot for one more stream of this session's client, or None (hit reported)."""

@@ -73,7 +73,11 @@ class Admission:
 
     def watch(self, session: Session, timeout: float) -> None:
         """Drop ``session``'s connection if its handshake is not complete in ``timeout``."""
-        asyncio.get_running_loop().call_later(timeout, self._handshake_deadline, session, timeout)
+        deadline = asyncio.get_running_loop().call_later(
+            timeout, self._handshake_deadline, session, timeout
+        )
+        if session.guard is not None:
+            session.guard.deadline = deadline
 
     def reserve(self, client: ClientPolicy) -> Slot:
         """The session slot of an authenticated request of ``client``, or the refusal.

@@ -159,7 +159,10 @@ class ServerLink(Link):
         early, self._head, self._early = self._early, None, None
         self._holding = False
         if self.guard is not None:
-            self.guard.answered()
+            if response.status_code == 101:
+                self.guard.upgraded()
+            else:
+                self.guard.answered()
         if response.status_code != 101:
             self._fail_handshake(f"invalid upgrade: {response.status_code}")
             self.flush()

@@ -36,6 +36,31 @@ async def test_slowloris_handshakes_are_cut_at_the_timeout(make_tunnel, echo_bac
     assert sent == received
 
 
+@pytest.mark.timeout(30)
+async def test_the_handshake_deadline_ends_with_the_upgrade_and_stays_for_a_refusal(
+    make_tunnel, echo_backend
+):
+    tunnel = await make_tunnel(
+        aiowstunnel.CONNECT, echo_backend.port, server_kw={"handshake_timeout": 0.5}
+    )
+    # an open session does not keep its deadline's timer (nor the session in it)
+    assert [s.guard.deadline for s in tunnel.server.sessions if s.guard] == [None]
+    # a refused peer that stays connected is still dropped at the deadline
+    reader, writer = await asyncio.open_connection(LOCAL, tunnel.server.port)
+    started = time.monotonic()
+    writer.write(
+        b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 5)  # until the server's side is gone
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:40]
+    assert b"X-Aiowstunnel-Refusal: bad_path" in answer
+    assert time.monotonic() - started < 0.5 + 1.0
+    writer.close()
+    sent, received = await echo_roundtrip(tunnel.entry, 1 << 16)  # the session lives on
+    assert sent == received
+
+
 async def _drip(port: int) -> float:
     """Send an upgrade request one byte at a time until the server hangs up."""
     reader, writer = await asyncio.open_connection(LOCAL, port)
