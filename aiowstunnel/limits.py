@@ -268,6 +268,19 @@ class SessionGuard:
         self._address = Slot((self._per_address, address))
         return True
 
+    def worth_tls(self, peer: str, address: str) -> bool:
+        """Before a TLS handshake: False (and the hit reported) when the connection would be
+        dropped without an answer after it (over the total, or over the per-address limit
+        with every place among those told to come back later taken)."""
+        if self._handshake is None:
+            self._on_hit("handshakes", peer)
+            return False
+        busy_full = self._busy is None or self._busy.full()
+        if busy_full and self._per_address.full(address):
+            self._on_hit("handshakes_per_address", peer)
+            return False
+        return True
+
     def busy_slot(self) -> Slot | None:
         """A place among the connections told to come back later, or None (drop it). Only
         one that holds a handshake slot gets one: it keeps that slot until it is gone, so

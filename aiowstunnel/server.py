@@ -51,7 +51,7 @@ from .serverresume import ResumeRegistry
 from .session import Phase, Session
 from .settings import SessionSettings
 from .stats import LimitStats, ServerStats, TunnelStats
-from .tlsreads import link_protocol
+from .tlsreads import TlsAccept
 from .unixsock import DEFAULT_SOCKET_MODE
 
 log = logging.getLogger("aiowstunnel.server")
@@ -169,10 +169,10 @@ class Server:
         """
         if self._server is not None:
             return
-        tls_timeout = self.settings.handshake_timeout if self.ssl else None
-        self._server = await listen_endpoint(
-            self._new_session, self.host, self.port, self.ssl, tls_timeout, sock
-        )
+        # TLS is started by the accepted connection itself (tlsreads.TlsAccept), once its
+        # admission is checked: the listener itself is plain TCP
+        factory = self._new_tls_connection if self.ssl else self._new_connection
+        self._server = await listen_endpoint(factory, self.host, self.port, sock)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         scheme = "wss" if self.ssl else "ws"
@@ -240,7 +240,23 @@ class Server:
 
     # -- sessions --------------------------------------------------------------------
 
-    def _new_session(self) -> asyncio.BaseProtocol:
+    def _new_connection(self) -> asyncio.BaseProtocol:
+        return self._new_session().link
+
+    def _new_tls_connection(self) -> asyncio.BaseProtocol:
+        session = self._new_session()
+        guard = session.guard
+        assert self.ssl is not None and guard is not None
+        return TlsAccept(
+            session.link,
+            self.ssl,
+            self.settings.handshake_timeout,
+            guard.worth_tls,
+            guard.answered,
+            self._pending,
+        )
+
+    def _new_session(self) -> Session:
         settings = self.settings
         ws = ServerProtocol(
             subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
@@ -256,7 +272,7 @@ class Server:
             guard=self.admission.guard(),
         )
         self.admission.watch(session, settings.handshake_timeout)
-        return link_protocol(session.link, self.ssl is not None)
+        return session
 
     def _on_request(self, session: Session, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(self._authorize(session, request))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import ssl as ssl_module
 from collections.abc import Callable
 
 from .addresses import Address, UnixPath
@@ -29,11 +28,10 @@ async def listen_endpoint(
     new_link: Callable[[], asyncio.BaseProtocol],
     host: str,
     port: int,
-    ssl: ssl_module.SSLContext | None,
-    tls_timeout: float | None,
     sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    """The tunnel endpoint: ``host``:``port`` bound, or ``sock`` (handed over) served.
+    """The tunnel endpoint: ``host``:``port`` bound, or ``sock`` (handed over) served;
+    plain TCP (a TLS endpoint's connections start their TLS themselves: tlsreads).
 
     Raises:
         OSError: the address cannot be bound; the message names it.
@@ -44,8 +42,6 @@ async def listen_endpoint(
             return await loop.create_server(
                 new_link,
                 sock=sock,
-                ssl=ssl,
-                ssl_handshake_timeout=tls_timeout,
                 backlog=1024,
             )
         else:
@@ -53,8 +49,6 @@ async def listen_endpoint(
                 new_link,
                 host or None,
                 port,
-                ssl=ssl,
-                ssl_handshake_timeout=tls_timeout,
                 backlog=1024,
             )
     except OSError as exc:

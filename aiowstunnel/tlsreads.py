@@ -1,4 +1,5 @@
-"""A link's protocol on a TLS connection: decrypted bytes read straight into one buffer.
+"""A link's protocol on a TLS connection: decrypted bytes read straight into one buffer,
+and on the server the handshake started by the admission, not before it.
 
 uvloop's and asyncio's TLS transports hand a plain protocol each decrypted read as a new
 bytes object, copied out of the TLS object record by record and joined; a buffered
@@ -6,14 +7,32 @@ protocol gets the decrypted bytes written into its own buffer instead (measured 
 docs/performance.md, TLS). :class:`TlsReads` is that buffered protocol in front of a
 :class:`~link.Link`, which stays a plain protocol: on a plain TCP connection the transport's
 own read buffer is already one copy, and a buffer of ours there saved nothing measurable.
+
+:class:`TlsAccept` is what a server's TLS endpoint accepts: a plain TCP connection whose
+admission is checked first, so that one the server would drop anyway (over its handshake
+limits) is dropped before any TLS work, then the TLS handshake and the
+link. A listener with ``ssl=`` does the handshake of every connection before its protocol
+hears of it: each one dropped then had cost a handshake's CPU, and left its heap behind
+(docs/performance.md, A thousand tunnels).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
+import ssl as ssl_module
+from collections.abc import Callable
+from typing import cast
 
+from .addresses import format_peer
+from .errors import describe
 from .link import Link
+from .resets import Abortable, reset
 from .tcp import link_read_buffer, link_read_view
+
+log = logging.getLogger("aiowstunnel.server")
 
 
 class TlsReads(asyncio.BufferedProtocol):
@@ -47,6 +66,88 @@ class TlsReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.link.resume_writing()
+
+
+class TlsAccept(asyncio.Protocol):
+    """A server's TLS connection before its handshake, as the plain listener accepted it.
+
+    Its admission is checked first: a connection over the limits is dropped with nothing
+    read. An admitted one leaves this transport unread (its socket is duplicated and the
+    transport closed from connection_made, before the event loop reads anything) and is
+    served again by ``connect_accepted_socket`` with TLS: the handshake and everything
+    after it as on a listener with ``ssl=``. (``start_tls`` cannot take over here: uvloop
+    starts reading once connection_made returns, pause or not, and the ClientHello would
+    reach this protocol instead of the TLS one.)
+
+    Args:
+        link: the connection's link, its protocol once TLS is up (TlsReads).
+        ssl: the server's context.
+        timeout: seconds the TLS handshake may take (handshake_timeout).
+        admit: given the peer (``host:port``) and its address, False to drop the
+            connection before TLS (the server's admission: over its limits, the hit
+            counted).
+        failed: the connection is dropped, its handshake failed or it went first (its
+            slots go back).
+        tasks: where the handshake's task is kept until it ends.
+    """
+
+    __slots__ = ("_admit", "_failed", "_ssl", "_tasks", "_timeout", "link")
+
+    def __init__(
+        self,
+        link: Link,
+        ssl: ssl_module.SSLContext,
+        timeout: float,
+        admit: Callable[[str, str], bool],
+        failed: Callable[[], None],
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self.link = link
+        self._ssl = ssl
+        self._timeout = timeout
+        self._admit = admit
+        self._failed = failed
+        self._tasks = tasks
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(Abortable, base)  # a TCP transport (uvloop's or asyncio's)
+        peername = transport.get_extra_info("peername")
+        address = peername[0] if isinstance(peername, tuple) else str(peername)
+        if not self._admit(format_peer(peername), address):
+            reset(transport)
+            self._failed()
+            return
+        try:
+            sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        except OSError as exc:  # out of descriptors: as over a limit
+            log.debug("cannot take over an accepted connection: %s", describe(exc))
+            reset(transport)
+            self._failed()
+            return
+        transport.abort()  # its descriptor only: the duplicate keeps the connection
+        task = asyncio.get_running_loop().create_task(self._handshake(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: TlsReads(self.link),
+                sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._timeout,
+            )
+        except Exception as exc:  # the peer's TLS failed, timed out, or it went away
+            log.debug("TLS handshake failed: %s", describe(exc))
+            sock.close()
+            self._failed()
+        except BaseException:  # cancelled: the server closes
+            sock.close()
+            self._failed()
+            raise
+
+    def data_received(self, data: bytes) -> None:
+        pass  # never: the transport is closed in connection_made, before any read
 
 
 def link_protocol(link: Link, tls: bool) -> asyncio.BaseProtocol:

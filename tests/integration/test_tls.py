@@ -145,3 +145,55 @@ def test_the_link_read_buffer_is_reused_only_when_nothing_points_into_it():
     assert id(link_read_buffer().obj) == second
     del kept
     assert id(link_read_buffer().obj) == second
+
+
+@pytest.mark.timeout(30)
+async def test_over_the_handshake_limits_a_tls_connection_is_dropped_before_any_tls(ca):
+    # The admission comes before the TLS handshake: a connection the server would drop
+    # anyway costs it no handshake (nor the wait for a ClientHello that never comes).
+    from aiowstunnel.limits import ServerLimits
+
+    backend = await start_backend()
+    server = Server(
+        LOCAL, 0, ssl=server_context(ca, False), handshake_timeout=5.0,
+        limits=ServerLimits(max_handshakes=2),
+    )  # fmt: skip
+    await server.listen()
+    holders = []
+    try:
+        for _ in range(2):  # TCP connections that never say hello hold both slots
+            holders.append(await asyncio.open_connection(LOCAL, server.port))
+        await until(lambda: server.admission.handshakes.total == 2)
+        reader, writer = await asyncio.open_connection(LOCAL, server.port)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 2.0)  # reset, with no ServerHello
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert server.limit_stats.hits["handshakes"] == 1
+        writer.close()
+        for _, holder in holders:  # the slots come back; a real client is served
+            holder.close()
+        await until(lambda: server.admission.handshakes.total == 0)
+        client = Client(
+            aiowstunnel.CONNECT, LOCAL, server.port, LOCAL, 0, LOCAL, backend.port,
+            backoff=FAST_BACKOFF, ssl=client_context(ca, False),
+        )  # fmt: skip
+        client.start()
+        try:
+            await client.wait_up(10)
+            assert client.listen_address is not None
+            sent, received = await echo_roundtrip(client.listen_address, 1 << 16)
+            assert sent == received
+        finally:
+            await client.close(1)
+    finally:
+        await server.close(1)
+        backend.server.close()
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
