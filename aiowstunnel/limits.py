@@ -9,14 +9,16 @@ derived from the process's RLIMIT_NOFILE, so the limits are hit before the kerne
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: The ``limit`` label of ``aiowstunnel_limit_hits_total``: a fixed set, each one a
 #: setting of :class:`ServerLimits` (or of ``[metrics]``), never anything a peer sent.
@@ -254,13 +256,19 @@ class SessionGuard:
         # Taken when the connection is accepted (before TLS): counts every descriptor.
         self._handshake: Slot | None = None if handshakes.full() else Slot((handshakes, None))
         self._address: Slot | None = None
+        self._early_busy: Slot | None = None  # told before TLS to come back later
         #: the handshake's deadline (serveradmit's timer), cancelled once the session opens
         self.deadline: asyncio.TimerHandle | None = None
 
     def admit(self, peer: str, address: str) -> bool:
-        """At connection_made: False (and the hit reported) when over a handshake limit."""
-        if self._handshake is None:
+        """At connection_made (after TLS): False (and the hit reported) when over a
+        handshake limit; True at once for a connection admitted before its TLS."""
+        if self._handshake is None or not self._handshake.held:  # over, or out of time
             self._on_hit("handshakes", peer)
+            return False
+        if self._address is not None:
+            return True
+        if self._early_busy is not None:  # told before TLS: counted then
             return False
         if self._per_address.full(address):
             self._on_hit("handshakes_per_address", peer)
@@ -268,36 +276,45 @@ class SessionGuard:
         self._address = Slot((self._per_address, address))
         return True
 
-    def worth_tls(self, peer: str, address: str) -> bool:
-        """Before a TLS handshake: False (and the hit reported) when the connection would be
-        dropped without an answer after it (over the total, or over the per-address limit
-        with every place among those told to come back later taken)."""
+    def admit_before_tls(self, peer: str, address: str) -> bool:
+        """A TLS connection as it arrives, before its handshake: False (and the hit
+        reported) to drop it with nothing read. Within the address's share it takes its
+        place now; over it, a place among those told to come back later (the 503 goes
+        out over TLS), or none left: dropped."""
         if self._handshake is None:
             self._on_hit("handshakes", peer)
             return False
-        busy_full = self._busy is None or self._busy.full()
-        if busy_full and self._per_address.full(address):
-            self._on_hit("handshakes_per_address", peer)
-            return False
-        return True
+        if not self._per_address.full(address):
+            self._address = Slot((self._per_address, address))
+            return True
+        self._on_hit("handshakes_per_address", peer)
+        self._early_busy = self.busy_slot()
+        return self._early_busy is not None
 
     def busy_slot(self) -> Slot | None:
         """A place among the connections told to come back later, or None (drop it). Only
         one that holds a handshake slot gets one: it keeps that slot until it is gone, so
-        that the answer costs no descriptor beyond the handshakes' budget."""
-        if self._handshake is None or self._busy is None or self._busy.full():
+        that the answer costs no descriptor beyond the handshakes' budget. The caller
+        releases it (one taken before TLS is handed over here)."""
+        early, self._early_busy = self._early_busy, None
+        if early is not None:
+            return early
+        if self._handshake is None or not self._handshake.held:
+            return None
+        if self._busy is None or self._busy.full():
             return None
         return Slot((self._busy, None))
 
     def answered(self) -> None:
         """The handshake ended (answered, failed or dropped): its slots go back."""
-        for slot in (self._handshake, self._address):
+        for slot in (self._handshake, self._address, self._early_busy):
             if slot is not None:
                 slot.release()
 
-    def upgraded(self) -> None:
-        """The 101 is sent: the slots go back, and the deadline is not needed any more
-        (a refusal keeps it: it bounds a peer that never closes)."""
+    def settled(self) -> None:
+        """The handshake is over for good (the 101 sent, or the connection gone before it
+        was served): the slots go back and the deadline is not needed any more. A refusal
+        keeps it (answered): it bounds a peer that never closes."""
         self.answered()
         if self.deadline is not None:
             self.deadline.cancel()

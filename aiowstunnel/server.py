@@ -152,6 +152,8 @@ class Server:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._pending: set[asyncio.Task[None]] = set()
+        #: TLS handshakes under way (TlsAccept): a close lets them end within its timeout
+        self._tls_handshakes: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -211,7 +213,18 @@ class Server:
             grant.close_listeners()  # no new streams: stop accepting on LISTEN ports
         sessions = list(self.sessions)
         before = sum(s.drain_cut for s in sessions)  # a second close counts only its own
+        started = asyncio.get_running_loop().time()
         await asyncio.gather(*(s.shutdown("server shutting down", timeout) for s in sessions))
+        # A TLS handshake under way ends as before the close: its request is refused
+        # (shutting_down), unless the drain's time is over by then.
+        if self._tls_handshakes:
+            late = set(self._tls_handshakes)
+            left = started + timeout - asyncio.get_running_loop().time()
+            if left > 0:
+                _, late = await asyncio.wait(late, timeout=left)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -251,9 +264,9 @@ class Server:
             session.link,
             self.ssl,
             self.settings.handshake_timeout,
-            guard.worth_tls,
-            guard.answered,
-            self._pending,
+            guard.admit_before_tls,
+            guard.settled,
+            self._tls_handshakes,
         )
 
     def _new_session(self) -> Session:

@@ -160,7 +160,7 @@ class ServerLink(Link):
         self._holding = False
         if self.guard is not None:
             if response.status_code == 101:
-                self.guard.upgraded()
+                self.guard.settled()
             else:
                 self.guard.answered()
         if response.status_code != 101:
@@ -182,6 +182,7 @@ class ServerLink(Link):
         if response.status_code == 101:
             self._upgrade = response
             return True
+        response.headers[HEADER_REFUSAL] = "bad_upgrade"
         self.ws.send_response(response)
         self._head = self._early = None
         self._holding = False

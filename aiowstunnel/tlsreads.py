@@ -91,7 +91,7 @@ class TlsAccept(asyncio.Protocol):
         tasks: where the handshake's task is kept until it ends.
     """
 
-    __slots__ = ("_admit", "_failed", "_ssl", "_tasks", "_timeout", "link")
+    __slots__ = ("_admit", "_failed", "_ssl", "_started", "_tasks", "_timeout", "link")
 
     def __init__(
         self,
@@ -108,6 +108,7 @@ class TlsAccept(asyncio.Protocol):
         self._admit = admit
         self._failed = failed
         self._tasks = tasks
+        self._started = False  # the handshake's task ran: the socket is the transport's
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(Abortable, base)  # a TCP transport (uvloop's or asyncio's)
@@ -127,9 +128,16 @@ class TlsAccept(asyncio.Protocol):
         transport.abort()  # its descriptor only: the duplicate keeps the connection
         task = asyncio.get_running_loop().create_task(self._handshake(sock))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda task: self._ended(task, sock))
+
+    def _ended(self, task: asyncio.Task[None], sock: socket.socket) -> None:
+        self._tasks.discard(task)
+        if not self._started:  # cancelled before it ran (the server closes): still ours
+            sock.close()
+            self._failed()
 
     async def _handshake(self, sock: socket.socket) -> None:
+        self._started = True
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: TlsReads(self.link),
@@ -137,12 +145,12 @@ class TlsAccept(asyncio.Protocol):
                 ssl=self._ssl,
                 ssl_handshake_timeout=self._timeout,
             )
+        # The socket is the transport's from the call on: a failure or a cancel closes
+        # it there (uvloop holds an I/O reference, asyncio the same object), never here.
         except Exception as exc:  # the peer's TLS failed, timed out, or it went away
             log.debug("TLS handshake failed: %s", describe(exc))
-            sock.close()
             self._failed()
         except BaseException:  # cancelled: the server closes
-            sock.close()
             self._failed()
             raise
 

@@ -414,7 +414,8 @@ async def test_udp_goes_to_the_next_server_while_its_own_is_lost_and_stays_there
         assert [r.intact for r in results] == [20] * 4, client.stats.datagram_drops
         assert flows(two[1]) == 4
 
-        # It comes back, and the flows stay where they went (a source keeps its server).
+        # It comes back, and the datagrams stay with the session they moved to: new
+        # sources' flows open there too, while it is open.
         two[0] = Server(LOCAL, port0, ping_interval=1.0, ping_timeout=1.0, name="s0")
         await two[0].listen()
         await until(lambda: client.group[0].session_up)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import pytest
@@ -197,3 +198,56 @@ async def until(predicate, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.mark.timeout(30)
+async def test_closing_the_server_ends_the_tls_handshakes_under_way(ca):
+    server = Server(LOCAL, 0, ssl=server_context(ca, False), handshake_timeout=20.0)
+    await server.listen()
+    silent = [await asyncio.open_connection(LOCAL, server.port) for _ in range(3)]
+    await until(lambda: server.admission.handshakes.total == 3)  # each waits for a hello
+    await server.close(1)
+    for reader, writer in silent:  # each is closed, not left to its 20 s
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    assert server.admission.handshakes.total == 0
+
+
+@pytest.mark.timeout(30)
+async def test_one_address_holds_its_share_of_tls_handshakes_and_the_others_are_served(ca):
+    # Connections that never say hello count against their address before TLS: past its
+    # share and the places of those told to come back, the next is reset at once, and
+    # another address still gets its handshake.
+    from aiowstunnel.limits import ServerLimits
+
+    server = Server(
+        LOCAL, 0, ssl=server_context(ca, False), handshake_timeout=10.0,
+        limits=ServerLimits(max_handshakes=16),
+    )  # fmt: skip
+    await server.listen()
+    admission = server.admission
+    assert (admission.handshakes_per_address.limit, admission.busy.limit) == (8, 2)
+    silent = []
+    try:
+        for _ in range(10):  # 8 in the address's share, 2 to be told to come back
+            silent.append(await asyncio.open_connection(LOCAL, server.port))
+        held = admission.handshakes_per_address
+        await until(lambda: (held.total, admission.busy.total) == (8, 2))
+        reader, writer = await asyncio.open_connection(LOCAL, server.port)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 2.0)
+        writer.close()
+        assert server.limit_stats.hits["handshakes_per_address"] == 3  # 2 told, 1 reset
+        # another address: its TLS handshake is done
+        _, other = await asyncio.open_connection(
+            LOCAL, server.port, ssl=client_context(ca, False), server_hostname="localhost",
+            local_addr=("127.0.0.2", 0),
+        )  # fmt: skip
+        assert other.get_extra_info("ssl_object").version() is not None
+        other.close()
+    finally:
+        for _, holder in silent:
+            holder.close()
+        await server.close(1)
+    await until(lambda: admission.handshakes.total == admission.busy.total == 0)
