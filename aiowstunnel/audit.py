@@ -80,7 +80,5 @@ def _file_warnings(path: Path, what: str, writable_only: bool = False) -> list[s
     if mode & stat.S_IWOTH:
         out.append(f"{what} {path} is writable by every user (mode {mode:04o})")
     if not writable_only and mode & (stat.S_IRGRP | stat.S_IROTH):
-        out.append(
-            f"{what} {path} is readable by other users (mode {mode:04o}): chmod 600 it"
-        )
+        out.append(f"{what} {path} is readable by other users (mode {mode:04o}): chmod 600 it")
     return out

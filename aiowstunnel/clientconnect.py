@@ -111,9 +111,7 @@ async def open_session(
             rules = RuleSet(f"tunnel {side.name!r}", "allow_connect", side.allow_connect)
             header = proxy_protocol(side.proxy_protocol)
             if side.protocol.tcp:
-                session.dial = dialer(
-                    side.connect, lambda: rules, settings.connect_timeout, header
-                )
+                session.dial = dialer(side.connect, lambda: rules, settings.connect_timeout, header)
             if side.protocol.udp and isinstance(side.connect, Address):
                 connect = side.connect
                 session.flows.dial = udp_dialer(

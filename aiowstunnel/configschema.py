@@ -160,9 +160,7 @@ class Loader(ValueReader):
             "max_detached_per_client": t.integer(
                 "max_detached_per_client", d.max_detached_per_client, 1, INT32_MAX
             ),
-            "max_detached_bytes": t.integer(
-                "max_detached_bytes", d.max_detached_bytes, 1, 2**62
-            ),
+            "max_detached_bytes": t.integer("max_detached_bytes", d.max_detached_bytes, 1, 2**62),
         }
         # an error is already recorded for a None that had a default
         return ServerLimits(**{k: v for k, v in values.items() if v is not None})

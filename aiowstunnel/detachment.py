@@ -126,5 +126,3 @@ class Detachment:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-
-

@@ -63,9 +63,7 @@ class Dialer:
                 host.send(table.mux.refuse_stream(stream_id, "server stream limit reached"))
                 return
         table.dial_started()
-        task = asyncio.get_running_loop().create_task(
-            self._dial(stream_id, origin, target, slot)
-        )
+        task = asyncio.get_running_loop().create_task(self._dial(stream_id, origin, target, slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -79,9 +79,7 @@ class MetricsServer:
             )
         except OSError as exc:
             where = host_port(host or "*", port)
-            raise OSError(
-                exc.errno, f"metrics: cannot listen on {where}: {describe(exc)}"
-            ) from exc
+            raise OSError(exc.errno, f"metrics: cannot listen on {where}: {describe(exc)}") from exc
 
     @property
     def port(self) -> int:

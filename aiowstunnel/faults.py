@@ -53,9 +53,7 @@ class PeerFaults:
     def session_violation(self, exc: ProtocolViolation) -> None:
         """A session-level violation: logged, and the session closes with 1002."""
         session = self.session
-        quiet.warning(
-            "violation", "protocol violation: %s", escape(exc), extra=session.log_extra()
-        )
+        quiet.warning("violation", "protocol violation: %s", escape(exc), extra=session.log_extra())
         session.fail(CloseCode.PROTOCOL_ERROR, str(exc))
 
     def stream_violation(self, stream_id: int, reason: str) -> None:

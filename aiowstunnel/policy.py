@@ -89,9 +89,7 @@ def allows_ip(
     return any(rule.protocol == protocol and rule.matches_ip(ip, port) for rule in rules)
 
 
-def needs_resolution(
-    rules: Sequence[AddressRule], target: Address, protocol: str = "tcp"
-) -> bool:
+def needs_resolution(rules: Sequence[AddressRule], target: Address, protocol: str = "tcp") -> bool:
     """True when the target is a name that no name rule allows but a CIDR rule might."""
     return (
         ip_or_none(target.host) is None

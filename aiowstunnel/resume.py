@@ -386,4 +386,3 @@ def refusal_from_close(close_code: int, reason: str) -> ResumeRefused | None:
         return None
     prefix = code + ": "
     return ResumeRefused(code, reason[len(prefix) :] if reason.startswith(prefix) else reason)
-

@@ -47,6 +47,7 @@ class Grant:
         if mode is Mode.SOCKS5:
             return "socks5: each stream's target checked against allow_connect"
         return f"{'SOCKS5 proxy ' if mode.socks else ''}listen on {self.bound}"
+
     def close_listeners(self) -> None:
         """Stop taking new connections and datagrams for the session (LISTEN modes)."""
         if self.listener is not None:

@@ -183,11 +183,13 @@ class ResumeRegistry:
             if target is None and limited is not None and limited[0] == client.name:
                 raise ResumeRefused("limit", limited[1])
             if target is None or grant is None or target.closed.done():
-                raise ResumeRefused("unknown_session", "no such session here: it expired, "
-                                    "or the server restarted")
+                raise ResumeRefused(
+                    "unknown_session", "no such session here: it expired, or the server restarted"
+                )
             if not same_tunnel(grant, client, tunnel):
-                raise ResumeRefused("wrong_client", "the session is another client's or "
-                                    "another tunnel's")
+                raise ResumeRefused(
+                    "wrong_client", "the session is another client's or another tunnel's"
+                )
             reason = still_allowed(policy, grant)
             if reason:
                 raise ResumeRefused("wrong_client", reason)
@@ -255,6 +257,7 @@ class ResumeRegistry:
             _streams(len(session.streams)),
             extra=session.log_extra(),
         )
+
 
 def _streams(n: int) -> str:
     return f"{n} stream{'' if n == 1 else 's'}"

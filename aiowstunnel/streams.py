@@ -31,6 +31,7 @@ log = logging.getLogger("aiowstunnel.session")
 #: the peer can cause these lines: a few per period, not one per frame
 quiet = QuietLog(log)
 
+
 class StreamHost(Protocol):
     """What a :class:`StreamTable` needs from its session (passed down: no upward import)."""
 

@@ -174,9 +174,7 @@ async def bind_endpoint(
     return protocol
 
 
-def send(
-    transport: asyncio.DatagramTransport, data: bytes, to: SourceAddress | None = None
-) -> str:
+def send(transport: asyncio.DatagramTransport, data: bytes, to: SourceAddress | None = None) -> str:
     """One datagram out of ``transport``: ``""`` when sent, else the drop reason."""
     if transport.is_closing():
         return "no_session"

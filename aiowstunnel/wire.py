@@ -234,9 +234,7 @@ def data_header(stream_id: int) -> bytes:
     return HEADER.pack(FrameType.DATA, stream_id)
 
 
-def split_data(
-    stream_id: int, data: memoryview, max_data: int
-) -> list[tuple[bytes, memoryview]]:
+def split_data(stream_id: int, data: memoryview, max_data: int) -> list[tuple[bytes, memoryview]]:
     """The DATA messages carrying ``data`` on a stream, as (header, payload) pairs of at
     most ``max_data`` payload bytes each, in order: the link frames each pair without
     joining it (credit is taken first, with ``Mux.reserve_data``)."""
@@ -310,9 +308,7 @@ def parse_frame(message: bytes | bytearray | memoryview) -> Frame:
         raise ProtocolViolation(f"{kind.name} on stream 0, which is reserved for the session")
     if kind is FrameType.DATAGRAM:
         if len(payload) > MAX_DATAGRAM:
-            raise ProtocolViolation(
-                f"DATAGRAM of {len(payload)} bytes, the most is {MAX_DATAGRAM}"
-            )
+            raise ProtocolViolation(f"DATAGRAM of {len(payload)} bytes, the most is {MAX_DATAGRAM}")
         return Datagram(stream_id, payload)
     if kind is FrameType.FLOW_OPEN:
         return FlowOpen(stream_id, _reason(payload, "FLOW_OPEN origin"))

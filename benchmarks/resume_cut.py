@@ -36,8 +36,14 @@ async def measure(cuts: int) -> list[float]:
     await server.listen()
     proxy = await FaultProxy(server.port).start()
     client = Client(
-        aiowstunnel.CONNECT, "127.0.0.1", proxy.port, "127.0.0.1", 0, "127.0.0.1",
-        backend.port, backoff=FAST,
+        aiowstunnel.CONNECT,
+        "127.0.0.1",
+        proxy.port,
+        "127.0.0.1",
+        0,
+        "127.0.0.1",
+        backend.port,
+        backoff=FAST,
     )
     client.start()
     await client.wait_up(10)

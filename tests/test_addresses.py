@@ -261,8 +261,14 @@ def test_rule_matches_ip(rule: str, ip: str, port: int, expected: bool) -> None:
         ("ws://h:81/p?k=v", False, "h", 81, "/p?k=v", "ws://h:81/p?k=v"),  # the query is sent
         ("ws://h:81?k=v", False, "h", 81, "/dflt?k=v", "ws://h:81/dflt?k=v"),
         # an IRI becomes a URI, as websockets makes it: IDNA host, percent-encoded path
-        ("wss://bücher.example/tü", True, "xn--bcher-kva.example", 443, "/t%C3%BC",
-         "wss://xn--bcher-kva.example:443/t%C3%BC"),
+        (
+            "wss://bücher.example/tü",
+            True,
+            "xn--bcher-kva.example",
+            443,
+            "/t%C3%BC",
+            "wss://xn--bcher-kva.example:443/t%C3%BC",
+        ),
     ],
 )
 def test_endpoint_parses_once_into_its_parts(

@@ -705,6 +705,8 @@ def test_server_name_and_stop_grace() -> None:
     assert config.server is not None and config.server.name == "edge-1"
     plain = load(server())
     assert plain.stop_grace == 0.0 and plain.server is not None and plain.server.name == ""
+
+
 # -- UDP tunnels (issue 18) ----------------------------------------------------------------
 
 

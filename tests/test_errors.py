@@ -53,8 +53,10 @@ def test_local_misuse_is_not_taken_for_a_peer_violation() -> None:
         (OSError(errno.EADDRNOTAVAIL, "address not available"), os.strerror(errno.EADDRNOTAVAIL)),
         (ConnectionRefusedError(111, "Connection refused"), "Connection refused"),
         # our own message around an errno, and TLS: kept
-        (ConnectionRefusedError(111, "connect to db:5432 failed: Connection refused"),
-         "connect to db:5432 failed: Connection refused"),
+        (
+            ConnectionRefusedError(111, "connect to db:5432 failed: Connection refused"),
+            "connect to db:5432 failed: Connection refused",
+        ),
         (ssl.SSLError(524297, "[SSL] PEM lib (_ssl.c:3905)"), "[SSL] PEM lib (_ssl.c:3905)"),
         (FileNotFoundError(2, "No such file or directory"), "No such file or directory"),
         (OSError(errno.EACCES, None), os.strerror(errno.EACCES)),

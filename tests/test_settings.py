@@ -44,8 +44,9 @@ def test_defaults_are_the_same_everywhere() -> None:
     assert (defaults.window, defaults.max_streams) == (DEFAULT_WINDOW, DEFAULT_MAX_STREAMS)
     assert defaults.max_frame == 1024 * 1024 + 64 >= MIN_MAX_FRAME
     config = load_config(
-        CONFIG.replace("window = 65536\nmax_frame = 200000\nhandshake_timeout = 3.5\n", "")
-        .replace("ping_interval = 2.5\nresume_timeout = 0\n", ""),
+        CONFIG.replace("window = 65536\nmax_frame = 200000\nhandshake_timeout = 3.5\n", "").replace(
+            "ping_interval = 2.5\nresume_timeout = 0\n", ""
+        ),
         Path("/etc"),
     )
     assert config.server is not None

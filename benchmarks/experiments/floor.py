@@ -52,8 +52,14 @@ try:
         c0 = R.cpu_seconds([p1.pid, p2.pid])
         rs.append(R.run_client("rtt", t, ["--count", 5000, "--limit", 60], 90))
         cpu.append(round(R.cpu_seconds([p1.pid, p2.pid]) - c0, 2))
-    print("rtt p50", [round(r["p50_us"]) for r in rs], "p99", [round(r["p99_us"]) for r in rs],
-          "CPU s of both relays", cpu)
+    print(
+        "rtt p50",
+        [round(r["p50_us"]) for r in rs],
+        "p99",
+        [round(r["p99_us"]) for r in rs],
+        "CPU s of both relays",
+        cpu,
+    )
     r = R.run_client("concurrent", t, ["--count", 200, "--bytes", R.MiB, "--limit", 60], 90)
     print("conc", round(r["seconds"], 2), r["errors"])
     r = R.run_client("connect", t, ["--count", 2000, "--limit", 60], 90)

@@ -81,7 +81,9 @@ with tempfile.TemporaryDirectory() as tmp:
         if a.resume_timeout is not None:  # both daemons: [server] and the [[tunnel]]
             line = f"resume_timeout = {a.resume_timeout:g}\n"
             t = (tmp / "server.toml").read_text()
-            (tmp / "server.toml").write_text(t.replace("[[server.client]]", line + "\n[[server.client]]"))
+            (tmp / "server.toml").write_text(
+                t.replace("[[server.client]]", line + "\n[[server.client]]")
+            )
             (tmp / "client.toml").write_text((tmp / "client.toml").read_text() + line)
         for i, (argv, wp) in enumerate(cmds):
             p = subprocess.Popen(
@@ -170,7 +172,10 @@ with tempfile.TemporaryDirectory() as tmp:
                 for t in tracers:
                     t.wait(30)
                 r["cpu"] = [round(y - x, 3) for x, y in zip(c0, c1, strict=False)]
-                r["user_sys"] = [(round(b[0] - a[0], 2), round(b[1] - a[1], 2)) for a, b in zip(us0, us1, strict=False)]
+                r["user_sys"] = [
+                    (round(b[0] - a[0], 2), round(b[1] - a[1], 2))
+                    for a, b in zip(us0, us1, strict=False)
+                ]
                 r["faults"] = [y - x for x, y in zip(f0, f1, strict=False)]
                 res.append(r)
             if sc in ("up", "down"):
@@ -199,7 +204,9 @@ with tempfile.TemporaryDirectory() as tmp:
                     flush=True,
                 )
         hwm = [R.mem_kb(pid).get("VmHWM", 0) / 1024 for pid in pids]  # as run.py
-        print(f"rss: peak MB server {hwm[0]:.1f} client {hwm[1]:.1f} sum {sum(hwm):.1f}", flush=True)
+        print(
+            f"rss: peak MB server {hwm[0]:.1f} client {hwm[1]:.1f} sum {sum(hwm):.1f}", flush=True
+        )
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

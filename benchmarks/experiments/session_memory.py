@@ -52,7 +52,9 @@ async def main() -> None:
     before_rss = R.mem_kb(os.getpid())["VmRSS"]
     before = tracemalloc.take_snapshot()
     code = CLIENTS.format(n=N, port=server.port, resume=resume)
-    child = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
     assert child.stdout is not None
     await asyncio.wait_for(child.stdout.readline(), 120)
     await asyncio.sleep(2)  # the last handshakes' leftovers collected
@@ -62,7 +64,9 @@ async def main() -> None:
     assert len(server.sessions) == N, len(server.sessions)
     stats = after.compare_to(before, "traceback" if DEPTH > 1 else "lineno")
     total = sum(s.size_diff for s in stats)
-    print(f"{N} sessions: RSS {(rss - before_rss) / N:.1f} KiB/session, Python {total / N / 1024:.1f} KiB/session")
+    print(
+        f"{N} sessions: RSS {(rss - before_rss) / N:.1f} KiB/session, Python {total / N / 1024:.1f} KiB/session"
+    )
     for s in stats[:40]:
         if s.size_diff / N < 24:
             break

@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (experiment script: benchmarks/README.md, docs/performance.md)
+# Experiment script: benchmarks/README.md, docs/performance.md
 """The floor of a wss:// session's memory: RSS per idle TLS connection on a bare uvloop
 server (no tunnel code), N clients in a child process opening at most 512 at once, as a
 client daemon with N tunnels does after a restart.
@@ -55,7 +55,9 @@ async def main(workdir: Path) -> None:
     gc.collect()
     before = rss_kib()
     code = CLIENT.format(port=port, tls=MODE == "tls", n=N)
-    child = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
     assert child.stdout is not None
     await child.stdout.readline()
     await asyncio.sleep(1)

@@ -301,9 +301,7 @@ async def test_forged_and_replayed_resumes_are_refused_and_the_owner_still_resum
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES, ids=str)
-async def test_a_restarted_server_refuses_the_resume_and_a_fresh_session_starts(
-    echo_backend, mode
-):
+async def test_a_restarted_server_refuses_the_resume_and_a_fresh_session_starts(echo_backend, mode):
     from .test_faults import free_port, start_server_process
 
     proc, port = await start_server_process(0)

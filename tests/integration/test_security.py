@@ -187,8 +187,16 @@ async def test_tunnel_names_per_client_entry_are_bounded(echo_backend, monkeypat
     await server.listen()
     clients = [
         Client(
-            aiowstunnel.CONNECT, "127.0.0.1", server.port, "127.0.0.1", 0, "127.0.0.1",
-            echo_backend.port, token="t", name=name, backoff=FAST_BACKOFF,
+            aiowstunnel.CONNECT,
+            "127.0.0.1",
+            server.port,
+            "127.0.0.1",
+            0,
+            "127.0.0.1",
+            echo_backend.port,
+            token="t",
+            name=name,
+            backoff=FAST_BACKOFF,
         )
         for name in ("db", "web", "ssh", "db")
     ]

@@ -34,9 +34,7 @@ async def wait_until(check, timeout: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize("mode", [aiowstunnel.CONNECT, aiowstunnel.LISTEN])
-async def test_100k_datagrams_over_50_flows_come_back_whole_and_in_order(
-    make_tunnel, mode
-) -> None:
+async def test_100k_datagrams_over_50_flows_come_back_whole_and_in_order(make_tunnel, mode) -> None:
     echo_transport, echo, port = await udp_server(UdpEcho)
     try:
         tunnel = await make_tunnel(mode, port, client_kw={"protocol": "udp"})
@@ -45,7 +43,12 @@ async def test_100k_datagrams_over_50_flows_come_back_whole_and_in_order(
         started = loop.time()
         # 2,000 per flow, every 1,000th of them 65,507 bytes: 100 of the largest datagrams.
         results = await exchange(
-            entry.host, entry.port, FLOWS, DATAGRAMS // FLOWS, big_every=1000, window=4,
+            entry.host,
+            entry.port,
+            FLOWS,
+            DATAGRAMS // FLOWS,
+            big_every=1000,
+            window=4,
             timeout=5.0,  # a busy machine may stall the loop; late is not lost
         )
         elapsed = loop.time() - started

@@ -77,9 +77,7 @@ async def test_udp_flood_leaves_the_tcp_stream_of_its_session_intact(tmp_path: P
         assert sent == got
         pids = [server.proc.pid, client.proc.pid]
         before = [proc_memory(pid, "VmHWM") for pid in pids]
-        flooder = subprocess.Popen(
-            [sys.executable, "-c", FLOODER, str(entry), str(FLOOD_SECONDS)]
-        )
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(entry), str(FLOOD_SECONDS)])
         await asyncio.sleep(0.5)  # the flood is on before the transfer starts
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -207,9 +207,12 @@ async def test_a_cut_is_a_reset_and_a_clean_end_an_eof(tmp_path, loop):
         assert "2 streams open at SIGTERM, 0 finished, 2 reset at the drain timeout" in (
             server.log_text()
         )
-        assert await metric(
-            c1metrics, "aiowstunnel_streams_reset_total", tunnel="conn", reason="peer_reset"
-        ) == 2  # the backend's RST, then the server's drain timeout
+        assert (
+            await metric(
+                c1metrics, "aiowstunnel_streams_reset_total", tunnel="conn", reason="peer_reset"
+            )
+            == 2
+        )  # the backend's RST, then the server's drain timeout
 
         server = Daemon(dirs[0], sconf, env)
         await server.start()
@@ -286,8 +289,10 @@ async def test_reload_changes_one_tunnel_without_stalling_the_others(tmp_path):
                         pass  # C not listening yet
             assert time.monotonic() - sighup < 5, served
             await asyncio.sleep(0.01)
-        print(f"\nreload: READY {ready_after:.3f} s, C serves {served['C']:.3f} s, "
-              f"A its new target {served['A']:.3f} s after SIGHUP")
+        print(
+            f"\nreload: READY {ready_after:.3f} s, C serves {served['C']:.3f} s, "
+            f"A its new target {served['A']:.3f} s after SIGHUP"
+        )
         assert ready_after < 1.0 and max(served.values()) < 1.0
         assert not old.done()  # the old instance's stream is still open
         assert "draining: A (1 stream)" in ready["STATUS"]
@@ -368,7 +373,7 @@ async def test_server_names_each_tunnel_and_debug_logs_one_line_per_stream(tmp_p
             assert sent == received
         for daemon in (server, client):
             await until(lambda d=daemon: len(re.findall(r"stream \d+ closed", d.log_text())) == 3)
-            lines = daemon.log_text().splitlines()[before[daemon]:]
+            lines = daemon.log_text().splitlines()[before[daemon] :]
             assert len([x for x in lines if re.search(r"DEBUG .*stream \d+ opened", x)]) == 3
             assert len([x for x in lines if re.search(r"DEBUG .*stream \d+ closed", x)]) == 3
             assert len(lines) == 6, lines  # nothing per chunk, at any level
