@@ -25,6 +25,12 @@ def host_port(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def peer_host(peer: object) -> str:
+    """The host of a socket address (``get_extra_info("peername")``), anything else as a
+    string: what the per-address handshake limit counts by."""
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
 def format_peer(peer: object) -> str:
     """A socket address (``get_extra_info("peername")``: a ``(host, port, ...)`` tuple) as
     ``host:port``; anything else (a string, None) as it is."""

@@ -78,3 +78,10 @@ class Backoff:
     def reset(self) -> None:
         self.attempt = 0
         self.last_delay = 0.0
+
+
+def asked_delay(asked: float, random: Callable[[], float]) -> float:
+    """A busy server's Retry-After (``asked`` seconds) as the wait before the next attempt:
+    jittered 0.5-1.5x, so that the clients it turned away together do not return together
+    (protocol.md)."""
+    return asked * (0.5 + random())

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .addresses import AddressRule, Endpoint, SocketAddress, parse_proxy_url, socket_address
 from .affinity import Affinity
-from .backoff import Backoff, BackoffPolicy
+from .backoff import Backoff, BackoffPolicy, asked_delay
 from .clientconnect import ATTEMPT_ERRORS, failure, open_session
 from .clientlisten import DownRefusals, Listening, Sockets
 from .clientresume import Resumed, count_streams, resume
@@ -379,7 +379,7 @@ class Client:
             # it turned away together must not return together), and the backoff is not
             # advanced, since nothing is wrong with this tunnel; a server that stays busy
             # gets the backoff again. Never past the backoff's max.
-            delay = min(asked * (0.5 + self._random()), self.backoff.policy.max)
+            delay = min(asked_delay(asked, self._random), self.backoff.policy.max)
         self.stats.backoff_seconds = delay
         self._log.info("reconnecting in %.1f s", delay)
         await asyncio.sleep(delay)

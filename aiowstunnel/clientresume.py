@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .affinity import Affinity
-from .backoff import Backoff, BackoffPolicy
+from .backoff import Backoff, BackoffPolicy, asked_delay
 from .clientconnect import TunnelSide, open_session
 from .errors import HandshakeRefused, ResumeRefused, describe
 from .logs import TunnelLogger
@@ -96,7 +96,7 @@ async def resume(
             return Resumed.RESUMED
         delay = backoff.next_delay()
         if asked is not None:  # busy: not sooner than it asked, jittered (an expiry ends it)
-            delay = max(delay, asked * (0.5 + random()))
+            delay = max(delay, asked_delay(asked, random))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(session.closed), delay)
     return Resumed.ENDED

@@ -218,10 +218,9 @@ class ServerPool(Generic[M]):
         them, and they stay there), else to the first member's session (detached or
         none: dropped, and counted, until one is open)."""
         current = self._datagrams
-        if current is None or current.phase is not Phase.OPEN:
-            sessions = [m.session for m in self.members if m.session is not None]
-            live = [s for s in sessions if s.phase is Phase.OPEN]
-            current = self._datagrams = live[0] if live else None
+        if _phase(current) is not Phase.OPEN:
+            live = (m.session for m in self.members if _phase(m.session) is Phase.OPEN)
+            current = self._datagrams = next(live, None)
         return current if current is not None else self.first.session
 
     def local_stream(self) -> asyncio.BaseProtocol:

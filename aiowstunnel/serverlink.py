@@ -14,6 +14,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from .addresses import peer_host
 from .handshake import HEADER_REFUSAL
 from .limits import SessionGuard, Slot
 from .link import DEFAULT_SETTINGS, Link, LinkOwner
@@ -61,8 +62,7 @@ class ServerLink(Link):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.guard is not None:
-            peername = transport.get_extra_info("peername")
-            address = peername[0] if isinstance(peername, tuple) else str(peername)
+            address = peer_host(transport.get_extra_info("peername"))
             if not self.guard.admit(self.peer, address):
                 self._refuse_busy()
 

@@ -26,7 +26,7 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import cast
 
-from .addresses import format_peer
+from .addresses import format_peer, peer_host
 from .errors import describe
 from .link import Link
 from .resets import Abortable, reset
@@ -113,8 +113,7 @@ class TlsAccept(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(Abortable, base)  # a TCP transport (uvloop's or asyncio's)
         peername = transport.get_extra_info("peername")
-        address = peername[0] if isinstance(peername, tuple) else str(peername)
-        if not self._admit(format_peer(peername), address):
+        if not self._admit(format_peer(peername), peer_host(peername)):
             reset(transport)
             self._failed()
             return
@@ -153,9 +152,6 @@ class TlsAccept(asyncio.Protocol):
         except BaseException:  # cancelled: the server closes
             self._failed()
             raise
-
-    def data_received(self, data: bytes) -> None:
-        pass  # never: the transport is closed in connection_made, before any read
 
 
 def link_protocol(link: Link, tls: bool) -> asyncio.BaseProtocol:

@@ -175,3 +175,11 @@ async def test_a_session_that_outlived_the_ceiling_starts_a_new_outage_a_flappin
     client._session_ended(stayed_up=16.0)  # up longer than the 4 s: this is a new outage
     assert client._down_since is None
     assert client.backoff.attempt == 2  # under reset_after: the sequence goes on
+
+
+def test_a_busy_servers_retry_after_is_jittered_half_to_one_and_a_half_times() -> None:
+    from aiowstunnel.backoff import asked_delay
+
+    assert asked_delay(2.0, lambda: 0.0) == 1.0
+    assert asked_delay(2.0, lambda: 0.5) == 2.0
+    assert asked_delay(2.0, lambda: 0.999) == pytest.approx(2.998)
