@@ -196,7 +196,10 @@ async def open_session(
         raise
     if credentials is not None and settings.resume_timeout > 0:
         session.resumption = Resumption(
-            credentials.session_id, settings.resume_timeout, credentials=credentials
+            credentials.session_id,
+            settings.resume_timeout,
+            credentials=credentials,
+            path_delay=session.round_trip,
         )
     # What routes a resume of this session back to its server (affinity.py).
     side.affinity = Affinity.from_response(

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
@@ -144,6 +146,10 @@ class Link(asyncio.Protocol):
             self.loop, settings.ping_interval, settings.ping_timeout, self._send_ping, self.abort
         )
         self._ping_budget = PingBudget()
+        #: the quickest pong on this link, in seconds (time.monotonic): its path's round
+        #: trip without queues, for the replay log's limit (resume.paced_limit)
+        self.round_trip = math.inf
+        self._ping: tuple[bytes, float] | None = None  # the last ping: payload, sent at
         self._fragments: list[Message] | None = None
         # The data path: after the handshake, BINARY frames are cut and built by the
         # framer (wsframe), everything else still goes through websockets.
@@ -286,7 +292,9 @@ class Link(asyncio.Protocol):
     def _send_ping(self) -> bool:
         if self.ended or self.ws.state is not State.OPEN:
             return False
-        self.ws.send_ping(os.urandom(4))
+        payload = os.urandom(4)
+        self.ws.send_ping(payload)
+        self._ping = (payload, time.monotonic())
         self.flush()
         return True
 
@@ -343,6 +351,11 @@ class Link(asyncio.Protocol):
             self.keepalive.stop()
             self.owner.link_closing()  # nothing can be sent any more; link_lost follows
             self._close_later()
+        elif opcode is Opcode.PONG:  # also proves liveness (Keepalive.last_rx)
+            ping = self._ping
+            if ping is not None and frame.data == ping[0]:
+                self.round_trip = min(self.round_trip, time.monotonic() - ping[1])
+                self._ping = None
         elif (
             opcode is Opcode.PING  # answered by websockets itself, counted here
             and not self._ping_budget.spend(self.loop.time())
@@ -351,7 +364,6 @@ class Link(asyncio.Protocol):
             # No closing handshake: a flooder does not read, and waiting CLOSE_TIMEOUT for
             # it would mean reading (and discarding) its flood all that time.
             self.owner.link_abuse("ping-flood", PingBudget.reason(), drop=True)
-        # A PONG only proves liveness (Keepalive.last_rx).
 
     def _message(self, message: Message) -> None:
         if not self.opened:

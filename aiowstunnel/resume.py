@@ -35,8 +35,11 @@ only messages it holds, after a claim between what the peer confirmed and what w
 from __future__ import annotations
 
 import enum
+import math
 import struct
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ProtocolViolation, ResumeRefused
@@ -82,10 +85,13 @@ ACK_BYTES = 512 * 1024
 #: sockets until confirmations arrive (as when the WebSocket's write buffer is full), so an
 #: honest session is slowed, never closed. 8 MiB is twice what Linux lets one TCP
 #: connection keep unacknowledged by default (tcp_wmem's 4 MiB): room for what is in
-#: flight and for the count's way back, so the WebSocket is not slowed. A larger log only
-#: holds what waits in buffers on loopback: 64 MiB cost 40 MB of peak RSS under load
-#: (docs/performance.md).
+#: flight and for the count's way back, so a long path is not slowed. It is the ceiling of
+#: the log's :attr:`~ReplayLog.limit`, which starts lower and grows only while the
+#: confirmations say the path needs it (:func:`paced_limit`).
 DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
+#: where the log's limit starts and the least it comes down to: one default window
+#: (wire.DEFAULT_WINDOW), so the log never stops one stream before its credit does
+DEFAULT_MIN_LOG_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_LOG_MESSAGES = 65_536
 
 
@@ -93,6 +99,38 @@ def is_sequenced(message: bytes | bytearray | memoryview) -> bool:
     """True for a message that takes a sequence number (all but ACK, RESUME, RESUMED and
     DATAGRAM)."""
     return not message or (message[0] not in UNSEQUENCED and message[0] != DATAGRAM_TYPE)
+
+
+def unmeasured() -> float:
+    """The round trip of a link that has none measured (see :class:`ReplayLog`)."""
+    return math.inf
+
+
+def paced_limit(
+    limit: int, delay: float, path_delay: float, blocked: bool, floor: int, ceiling: int
+) -> int:
+    """The log's next limit, from one timed message (a probe) confirmed ``delay`` seconds
+    after it was logged. ``path_delay`` is the link's round trip without queues (its
+    quickest pong: ``link.Link.round_trip``), ``blocked`` whether the log was full since
+    the probe was logged.
+
+    - Confirmed at about the path's pace (within 3/2 of its round trip: the peer confirms
+      every ACK_BYTES, which adds a little) while the log held the streams back: the path
+      has room the log does not let them use, and the limit doubles. A probe takes a round
+      trip, so a long path reaches the ceiling in a few.
+    - Confirmed late (over three round trips): the bytes wait in buffers on the way
+      (loopback, a busy peer, a bloated queue), where a larger log only holds more of what
+      waits; the limit comes down by a quarter, to the floor at least.
+    - Otherwise, or with no round trip measured yet, it stays. (TCP Vegas's reasoning,
+      applied to the log's limit.)
+    """
+    if path_delay == math.inf:
+        return limit
+    if delay > 3.0 * path_delay:
+        return max(floor, limit - limit // 4)
+    if blocked and delay * 2.0 <= path_delay * 3.0:
+        return min(ceiling, 2 * limit)
+    return limit
 
 
 # -- the replay log ---------------------------------------------------------------------------
@@ -110,20 +148,39 @@ class ReplayLog:
     objects given to :meth:`append`, never copied: the caller passes objects it will not
     change (a view of the session's reused read buffer must be copied first).
 
+    The log is :attr:`full` at :attr:`limit` bytes, which follows the pace of the
+    confirmations (:func:`paced_limit`): one message at a time is timed from its append to
+    its confirmation, and each such probe sets the limit anew, between ``min_bytes`` and
+    ``max_bytes``. A resume starts it again from ``min_bytes`` (a new link may take
+    another path).
+
     Args:
-        max_bytes, max_messages: when either is reached the log is :attr:`full` (the
-            session stops reading its local sockets); past 5/4 of either, :meth:`append`
-            refuses (the peer does not confirm: the session closes without resume).
+        max_bytes, max_messages: the ceiling of :attr:`limit`, and the messages at which
+            the log is :attr:`full` (the session stops reading its local sockets); past 5/4
+            of either, :meth:`append` refuses (the peer does not confirm: the session
+            closes without resume).
+        min_bytes: the floor of :attr:`limit`, and where it starts (at most ``max_bytes``).
+        clock: seconds, monotonic; the probes' timer.
+        path_delay: the round trip of the link the session has now, in seconds, on the
+            clock's scale (``inf`` while none was measured: the limit stays).
     """
 
     __slots__ = (
+        "_blocked",
+        "_clock",
         "_entries",
+        "_path_delay",
+        "_probe",
+        "_probe_at",
         "bytes_held",
         "confirmed",
+        "full",
         "hard_bytes",
         "hard_messages",
+        "limit",
         "max_bytes",
         "max_messages",
+        "min_bytes",
         "sent",
     )
 
@@ -131,9 +188,14 @@ class ReplayLog:
         self,
         max_bytes: int = DEFAULT_MAX_LOG_BYTES,
         max_messages: int = DEFAULT_MAX_LOG_MESSAGES,
+        min_bytes: int = DEFAULT_MIN_LOG_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        path_delay: Callable[[], float] = unmeasured,
     ) -> None:
-        if max_bytes < 1 or max_messages < 1:
-            raise ValueError(f"log limits must be positive, got {max_bytes}, {max_messages}")
+        if max_bytes < 1 or max_messages < 1 or min_bytes < 1:
+            raise ValueError(
+                f"log limits must be positive, got {max_bytes}, {max_messages}, {min_bytes}"
+            )
         # made on the first message and dropped once all are confirmed: an empty deque is
         # 0.76 KiB, kept by every idle session otherwise
         self._entries: deque[Entry] | None = None
@@ -144,14 +206,22 @@ class ReplayLog:
         self.max_messages = max_messages
         self.hard_bytes = max_bytes + max_bytes // 4
         self.hard_messages = max_messages + max_messages // 4
+        self.min_bytes = min(min_bytes, max_bytes)
+        #: the bytes at which the log is full now (paced_limit)
+        self.limit = self.min_bytes
+        self._clock = clock
+        self._path_delay = path_delay
+        self._probe = 0  # sequence number of the message being timed, 0 for none
+        self._probe_at = 0.0  # when it was logged
+        self._blocked = False  # the log was full since the probe was logged
+        #: the log holds its limit (of bytes or messages): the session stops reading its
+        #: local sockets. It stays full until 3/4 of the limit is left, so that a session
+        #: with many streams does not pause and resume them all at every confirmation.
+        self.full = False
 
     @property
     def messages_held(self) -> int:
         return self.sent - self.confirmed
-
-    @property
-    def full(self) -> bool:
-        return self.bytes_held >= self.max_bytes or self.sent - self.confirmed >= self.max_messages
 
     def append(self, prefix: Buffer, payload: Buffer = b"") -> int:
         """Log one message sent (``prefix + payload``); returns its sequence number.
@@ -172,8 +242,14 @@ class ReplayLog:
         if entries is None:
             entries = self._entries = deque()
         entries.append((prefix, payload))
-        self.bytes_held += size
         self.sent += 1
+        if not self._probe:  # time this one
+            self._probe = self.sent
+            self._probe_at = self._clock()
+            self._blocked = self.full
+        self.bytes_held += size
+        if self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages:
+            self.full = self._blocked = True
         return self.sent
 
     def confirm(self, count: int) -> int:
@@ -202,7 +278,28 @@ class ReplayLog:
         self.confirmed = count
         if count == self.sent:
             self._entries = None
+        if self._probe and count >= self._probe:
+            self.limit = paced_limit(
+                self.limit,
+                self._clock() - self._probe_at,
+                self._path_delay(),
+                self._blocked,
+                self.min_bytes,
+                self.max_bytes,
+            )
+            self._probe = 0
+        if self.full:
+            self._recheck()
         return released
+
+    def _recheck(self) -> None:
+        """Whether the log is still full after a confirmation (down to 3/4 of the limits)
+        or a new limit."""
+        limit = self.limit
+        self.full = (
+            self.bytes_held > limit - limit // 4
+            or self.sent - self.confirmed > self.max_messages - self.max_messages // 4
+        )
 
     def replay(self, claimed: int) -> list[Entry]:
         """The messages to resend after the peer says it received ``claimed``, in order.
@@ -224,6 +321,11 @@ class ReplayLog:
                 "bad_claim",
                 f"claimed {claimed} messages received, {self.confirmed} were confirmed before",
             )
+        # a new link, maybe another path: the limit starts again (nothing timed across the
+        # outage)
+        self._probe = 0
+        self.limit = self.min_bytes
+        self.full = self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages
         self.confirm(claimed)
         return list(self._entries or ())
 

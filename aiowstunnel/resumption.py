@@ -40,6 +40,9 @@ class Resumption:
         timeout: seconds the session is kept once its link is lost (resume_timeout).
         credentials: the client's (session id and secret, rotated at each resume).
         secret: the server's (:class:`~resumeauth.ServerSecret`).
+        path_delay: the round trip of the session's link now (``Session.round_trip``),
+            which lets the log's limit grow on a long path (:func:`~resume.paced_limit`);
+            without it the limit stays at its floor.
     """
 
     def __init__(
@@ -49,12 +52,13 @@ class Resumption:
         *,
         credentials: resumeauth.Credentials | None = None,
         secret: resumeauth.ServerSecret | None = None,
+        path_delay: Callable[[], float] | None = None,
     ) -> None:
         self.session_id = session_id
         self.timeout = timeout
         self.credentials = credentials
         self.secret = secret
-        self.log = resume.ReplayLog()
+        self.log = resume.ReplayLog(path_delay=path_delay or resume.unmeasured)
         self.counter = resume.ReceiveCounter()
         self.resumes = 0
         self.replayed_bytes = 0  # in all resumes, for the metric

@@ -151,6 +151,7 @@ class ResumeRegistry:
             credentials.session_id,
             self.timeout,
             secret=ServerSecret(credentials.secret),
+            path_delay=session.round_trip,
         )
         self.sessions[credentials.session_id] = session
         session.on_detach.append(self._detached)

@@ -135,6 +135,10 @@ class Session:
     def dial(self, dial: Dial | None) -> None:
         self.dialer.dial = dial
 
+    def round_trip(self) -> float:
+        """The round trip of the session's link now, for the replay log's limit."""
+        return self.link.round_trip
+
     def attach(self, link: Link) -> None:
         """Carry the session over ``link`` from now on (one link at a time)."""
         self.link = link

@@ -397,8 +397,18 @@ class StreamTable:
         )
 
     def update_all(self) -> None:
+        """Set every stream's reading after a change of the session's (its output paused
+        or resumed, a full replay log): the session's part is asked once, since this runs
+        for hundreds of streams at once, as often as the log fills."""
+        host = self.host
+        if not host.sending or host.paused:
+            for stream in list(self._streams.values()):
+                stream.set_reading(False)
+            return
+        accepted = self.mux.accepted
         for stream in list(self._streams.values()):
-            self.update_reading(stream)
+            sid = stream.stream_id
+            stream.set_reading(stream.backlog is None and sid is not None and accepted(sid))
 
     # -- sending -------------------------------------------------------------------------
 

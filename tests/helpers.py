@@ -152,10 +152,17 @@ class FaultProxy:
     either direction: to each peer, the other has simply gone quiet. While ``stalled`` it
     also forwards nothing, but drops nothing either: what arrives is held (in the sockets'
     buffers and here) until the stall ends or the connection is cut, new connections too.
+
+    With ``delay`` it is a long path: each chunk goes on ``delay`` seconds after it arrived,
+    in each direction, and reading never waits for that, so what is in flight grows with
+    the rate as on a real one (up to ``MAX_IN_FLIGHT`` bytes per direction held here).
     """
 
-    def __init__(self, target_port: int) -> None:
+    MAX_IN_FLIGHT = 64 * 1024 * 1024
+
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
         self.target_port = target_port
+        self.delay = delay
         self.blackhole = False
         self.refuse = False  # reset each new connection at once: the path is down
         #: while set, one side closing leaves the other open (a NAT that forgot the
@@ -203,7 +210,34 @@ class FaultProxy:
             if not self.hold:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        async def late_pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+            room = asyncio.Semaphore(self.MAX_IN_FLIGHT // 65536)
+
+            async def arrive() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await src.read(65536):
+                        await room.acquire()
+                        chunks.put_nowait((loop.time() + self.delay, data))
+                chunks.put_nowait((loop.time() + self.delay, b""))
+
+            async def leave() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        due, data = await chunks.get()
+                        room.release()
+                        await asyncio.sleep(due - loop.time())
+                        if not data:
+                            break
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(arrive(), leave())
+
+        relay = late_pipe if self.delay else pipe
+        await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
 
     def cut(self) -> int:
         """Break every relayed connection now, both sides, with an RST (SO_LINGER 0), as

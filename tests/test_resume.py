@@ -5,6 +5,7 @@ no sockets); and a simulation of two real Muxes that resume across cuts."""
 from __future__ import annotations
 
 import hmac
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -300,8 +301,10 @@ def test_log_is_full_at_its_limits_and_refuses_past_five_quarters() -> None:
         log.append(b"x")
     assert info.value.code == "log_overflow"
     assert (log.sent, log.bytes_held) == (11, 125)  # nothing logged
-    log.confirm(3)
-    assert not log.full
+    log.confirm(4)  # 85 bytes: still full, until 3/4 of the limit is left
+    assert log.full
+    log.confirm(5)
+    assert not log.full  # 75 bytes: the streams read again
     log.append(b"x")
 
 
@@ -317,6 +320,95 @@ def test_log_message_count_limit() -> None:
 def test_log_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="log limits must be positive"):
         ReplayLog(max_bytes=0)
+    with pytest.raises(ValueError, match="log limits must be positive"):
+        ReplayLog(min_bytes=0)
+
+
+# -- the log's limit follows the path (resume.paced_limit) ----------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+KiB = 1024
+
+
+def paced_log(round_trip: float, clock: Clock) -> ReplayLog:
+    return ReplayLog(
+        max_bytes=800 * KiB, min_bytes=200 * KiB, clock=clock, path_delay=lambda: round_trip
+    )
+
+
+def fill_and_confirm(log: ReplayLog, clock: Clock, delay: float) -> None:
+    """Send until the log is full (the first message timed), then confirm it all
+    ``delay`` seconds later."""
+    while not log.full:
+        log.append(b"x" * (10 * KiB))
+    clock.now += delay
+    log.confirm(log.sent)
+
+
+def test_a_long_path_lets_the_limit_double_per_round_trip_up_to_the_ceiling() -> None:
+    clock = Clock()
+    log = paced_log(0.1, clock)  # 100 ms, and confirmations come back at that pace
+    assert log.limit == 200 * KiB  # where it starts: the floor
+    limits = []
+    for _ in range(4):
+        fill_and_confirm(log, clock, 0.12)
+        limits.append(log.limit // KiB)
+    assert limits == [400, 800, 800, 800]
+
+
+def test_confirmations_that_wait_in_buffers_bring_the_limit_down_to_the_floor() -> None:
+    clock = Clock()
+    log = paced_log(0.1, clock)
+    for _ in range(2):
+        fill_and_confirm(log, clock, 0.1)
+    assert log.limit == 800 * KiB
+    limits = []
+    for _ in range(6):  # now each waits a second: the bytes queue on the way
+        fill_and_confirm(log, clock, 1.0)
+        limits.append(log.limit // KiB)
+    assert limits == [600, 450, 337, 253, 200, 200]
+
+
+def test_the_limit_stays_without_a_round_trip_or_without_the_streams_held_back() -> None:
+    clock = Clock()
+    unmeasured = ReplayLog(max_bytes=800 * KiB, min_bytes=200 * KiB, clock=clock)
+    fill_and_confirm(unmeasured, clock, 0.1)
+    assert unmeasured.limit == 200 * KiB  # no pong yet: nothing to compare with
+    log = paced_log(0.1, clock)
+    log.append(b"x")  # an interactive stream: the log is never full
+    clock.now += 0.1
+    log.confirm(log.sent)
+    assert log.limit == 200 * KiB
+
+
+def test_a_resume_starts_the_limit_again_from_the_floor() -> None:
+    clock = Clock()
+    log = paced_log(0.1, clock)
+    for _ in range(2):
+        fill_and_confirm(log, clock, 0.1)
+    log.append(b"y")
+    assert log.limit == 800 * KiB
+    assert joined(log.replay(log.sent - 1)) == [b"y"]
+    assert (log.limit, log.full) == (200 * KiB, False)
+
+
+def test_paced_limit_decisions() -> None:
+    args = {"floor": 100, "ceiling": 1000}
+    assert resume.paced_limit(200, 0.14, 0.1, True, **args) == 400  # at the path's pace
+    assert resume.paced_limit(800, 0.14, 0.1, True, **args) == 1000  # the ceiling
+    assert resume.paced_limit(200, 0.2, 0.1, True, **args) == 200  # between: stays
+    assert resume.paced_limit(200, 0.14, 0.1, False, **args) == 200  # nothing held back
+    assert resume.paced_limit(400, 0.31, 0.1, True, **args) == 300  # queued on the way
+    assert resume.paced_limit(120, 0.31, 0.1, True, **args) == 100  # not below the floor
+    assert resume.paced_limit(200, 5.0, math.inf, True, **args) == 200  # no round trip
 
 
 actions = st.lists(

@@ -129,10 +129,15 @@ def test_wss_slow_readers_get_their_bytes_intact(ca, mode, loop):
     # Both ends read TLS into one reused buffer (tlsreads); a payload that a slow reader's
     # transport still holds must not be overwritten by the next read. uvloop's transports
     # keep such a payload as it is (asyncio's on 3.11 copy it, so there nothing is kept).
+    # How often a write stays partial is up to the scheduler: the echoes go again (3 rounds
+    # at most) until a payload was kept, so that the case this test is about happened.
     before = tcp.link_buffers_taken
-    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        runner.run(slow_readers(mode, ca))
-    if loop == "uvloop":  # a payload was kept: the case this test is about happened
+    for _ in range(3):
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            runner.run(slow_readers(mode, ca))
+        if loop == "asyncio" or tcp.link_buffers_taken > before:
+            break
+    if loop == "uvloop":
         assert tcp.link_buffers_taken > before
 
 
