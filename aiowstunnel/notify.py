@@ -6,19 +6,27 @@ datagram protocol of sd_notify(3), so that the daemon runs the same without the 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-try:  # systemd-python is an optional extra (docs/architecture.md, Design rules: Dependencies).
-    from systemd import daemon as _sd_daemon
-except ImportError:  # pragma: no cover - depends on the machine
-    _sd_daemon = None
+
+def libsystemd() -> ModuleType | None:
+    """systemd-python's ``systemd.daemon``, or None where it is not installed (an optional
+    extra: docs/architecture.md, Design rules: Dependencies). Imported only by a notifier
+    that has a socket to send to: libsystemd and what it links are 0.8 MB of every
+    daemon's memory, which a daemon that systemd did not start need not carry."""
+    try:
+        return importlib.import_module("systemd.daemon")
+    except ImportError:  # pragma: no cover - depends on the machine
+        return None
 
 
 class Notifier:
@@ -50,10 +58,16 @@ class Notifier:
         """
         env_path = os.environ.get("NOTIFY_SOCKET") or None
         self.socket_path = socket_path if socket_path is not None else env_path
+        self._sd_daemon: ModuleType | None = None
         if use_libsystemd is None:
-            use_libsystemd = _sd_daemon is not None and self.socket_path == env_path
-        elif use_libsystemd and _sd_daemon is None:
-            raise RuntimeError("use_libsystemd=True but systemd-python is not installed")
+            use_libsystemd = self.socket_path is not None and self.socket_path == env_path
+            if use_libsystemd:
+                self._sd_daemon = libsystemd()
+                use_libsystemd = self._sd_daemon is not None
+        elif use_libsystemd:
+            self._sd_daemon = libsystemd()
+            if self._sd_daemon is None:
+                raise RuntimeError("use_libsystemd=True but systemd-python is not installed")
         self.use_libsystemd = use_libsystemd
         self._sock: socket.socket | None = None
         self._warned = False
@@ -84,8 +98,8 @@ class Notifier:
         message = "\n".join(part.replace("\n", " ") for part in parts)
         try:
             if self.use_libsystemd:
-                assert _sd_daemon is not None
-                if not _sd_daemon.notify(message):
+                assert self._sd_daemon is not None
+                if not self._sd_daemon.notify(message):
                     raise OSError("sd_notify found no $NOTIFY_SOCKET")
             else:
                 self._send_datagram(message.encode())

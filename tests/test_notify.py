@@ -23,7 +23,7 @@ BACKENDS = [
     pytest.param(
         True,
         id="libsystemd",
-        marks=pytest.mark.skipif(notify._sd_daemon is None, reason="systemd-python missing"),
+        marks=pytest.mark.skipif(notify.libsystemd() is None, reason="systemd-python missing"),
     ),
 ]
 
