@@ -290,6 +290,10 @@ class ReplayLog:
             self._probe = 0
         if self.full:
             self._recheck()
+        else:  # a new limit may be below what is held
+            self.full = (
+                self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages
+            )
         return released
 
     def _recheck(self) -> None:

@@ -63,6 +63,7 @@ class Resumption:
         self.resumes = 0
         self.replayed_bytes = 0  # in all resumes, for the metric
         self._rotation_pending = False  # server: the client has not yet shown it rotated
+        self._told_full = False  # what the streams were last told of the log (full_changed)
 
     @property
     def id_hex(self) -> str:
@@ -91,18 +92,27 @@ class Resumption:
         """
         frames = link.frame_data(stream_id, data)
         log = self.log
-        full = log.full
         for frame in frames:
             log.append(*frame)
         if attached:
             link.send_frames(frames)
-        if not full and log.full:
+        if log.full is not self._told_full:
+            self._told_full = log.full
             stop()
 
     @property
     def full(self) -> bool:
         """The log holds its limit: the streams stop reading until confirmations come."""
         return self.log.full
+
+    def full_changed(self) -> bool:
+        """Whether :attr:`full` changed since the streams were last told (they are to be
+        told now: every append and confirmation may change it, a control message or a
+        lower limit as well as DATA)."""
+        if self.log.full is self._told_full:
+            return False
+        self._told_full = self.log.full
+        return True
 
     # -- receiving -------------------------------------------------------------------
 
@@ -136,10 +146,8 @@ class Resumption:
         return message
 
     def _confirm(self, count: int, room: Callable[[], None]) -> None:
-        log = self.log
-        full = log.full
-        log.confirm(count)
-        if full and not log.full:
+        self.log.confirm(count)
+        if self.full_changed():
             room()
 
     # -- a resume --------------------------------------------------------------------

@@ -316,6 +316,8 @@ class Session:
             except ResumeRefused as refused:  # the peer confirms nothing: no resume
                 self._log_overflow(refused)
                 return
+            if self.resumption.full_changed():  # a control message may fill the log too
+                self.table.update_all()
         if self.phase is not Phase.DETACHED:
             self.link.send_message(message)
 
