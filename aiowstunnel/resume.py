@@ -246,10 +246,9 @@ class ReplayLog:
         if not self._probe:  # time this one
             self._probe = self.sent
             self._probe_at = self._clock()
-            self._blocked = self.full
+            self._blocked = False
         self.bytes_held += size
-        if self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages:
-            self.full = self._blocked = True
+        self._set_full()
         return self.sent
 
     def confirm(self, count: int) -> int:
@@ -288,22 +287,21 @@ class ReplayLog:
                 self.max_bytes,
             )
             self._probe = 0
-        if self.full:
-            self._recheck()
-        else:  # a new limit may be below what is held
-            self.full = (
-                self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages
-            )
+        self._set_full()  # fewer held, or a new limit (maybe below what is held)
         return released
 
-    def _recheck(self) -> None:
-        """Whether the log is still full after a confirmation (down to 3/4 of the limits)
-        or a new limit."""
-        limit = self.limit
-        self.full = (
-            self.bytes_held > limit - limit // 4
-            or self.sent - self.confirmed > self.max_messages - self.max_messages // 4
-        )
+    def _set_full(self) -> None:
+        """Set :attr:`full` from what is held: full at a limit, and once full, until no
+        more than 3/4 of both is left. Only the byte limit holds the streams back in the
+        sense of paced_limit (``_blocked``): a larger byte limit cannot help the message
+        count."""
+        limit, most = self.limit, self.max_messages
+        if self.full:
+            limit, most = limit - limit // 4 + 1, most - most // 4 + 1
+        over_bytes = self.bytes_held >= limit
+        self.full = over_bytes or self.sent - self.confirmed >= most
+        if over_bytes:
+            self._blocked = True
 
     def replay(self, claimed: int) -> list[Entry]:
         """The messages to resend after the peer says it received ``claimed``, in order.
@@ -329,7 +327,8 @@ class ReplayLog:
         # outage)
         self._probe = 0
         self.limit = self.min_bytes
-        self.full = self.bytes_held >= self.limit or self.sent - self.confirmed >= self.max_messages
+        self.full = False
+        self._set_full()
         self.confirm(claimed)
         return list(self._entries or ())
 

@@ -14,7 +14,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from aiowstunnel import keepalive, wsframe
+from aiowstunnel import keepalive, resume, wsframe
 from aiowstunnel.errors import HandshakeRefused, ProtocolViolation
 from aiowstunnel.limits import ServerLimits, SessionGuard, Slots
 from aiowstunnel.link import Link, Message, retry_after
@@ -167,6 +167,22 @@ async def test_resumable_data_is_framed_once_logged_as_sent_and_replayed(
     pair.pump()
     assert owner.messages == sent and stops == [1]  # not sent; already full: no new stop
     assert resumption.replay(0) == [*sent, head + b"detached"]
+
+
+def test_a_control_message_that_fills_the_log_stops_the_streams_and_a_confirmation_resumes_them():
+    """Every change of the log's full is told, not only one made by DATA: a WINDOW or an
+    OPEN may be the message that fills it (the streams would read on into log_overflow)."""
+    resumption = Resumption(b"s" * 16, 60.0)
+    resumption.log = ReplayLog(max_bytes=100)
+    resumption.sent(b"\x01" + bytes(98))  # an OPEN of 99 bytes: not full yet
+    assert not resumption.full_changed()
+    resumption.sent(b"\x03" + bytes(9))  # a FIN: 109 bytes held, full
+    assert resumption.full and resumption.full_changed()
+    assert not resumption.full_changed()  # told once
+    rooms: list[int] = []
+    ack = resume.encode_ack(2)
+    assert resumption.received(ack, lambda: rooms.append(1)) is None
+    assert not resumption.full and rooms == [1]
 
 
 @pytest.mark.parametrize("own_framing", [True, False], ids=["own-framing", "websockets"])

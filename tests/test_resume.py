@@ -400,6 +400,33 @@ def test_a_resume_starts_the_limit_again_from_the_floor() -> None:
     assert (log.limit, log.full) == (200 * KiB, False)
 
 
+def test_a_limit_lowered_below_what_is_held_makes_the_log_full() -> None:
+    clock = Clock()
+    log = paced_log(0.1, clock)
+    for _ in range(2):
+        fill_and_confirm(log, clock, 0.1)
+    assert log.limit == 800 * KiB
+    for _ in range(70):  # 700 KiB held, the first message timed: not full at 800 KiB
+        log.append(b"x" * (10 * KiB))
+    assert not log.full
+    clock.now += 1.0
+    log.confirm(log.sent - 69)  # the timed one, late: the limit comes down to 600 KiB
+    assert (log.limit, log.bytes_held, log.full) == (600 * KiB, 690 * KiB, True)
+
+
+def test_a_full_message_count_does_not_raise_the_byte_limit() -> None:
+    clock = Clock()
+    log = ReplayLog(
+        max_bytes=800 * KiB, max_messages=8, min_bytes=200 * KiB, clock=clock,
+        path_delay=lambda: 0.1,
+    )  # fmt: skip
+    while not log.full:
+        log.append(b"x")
+    clock.now += 0.1
+    log.confirm(log.sent)
+    assert log.limit == 200 * KiB  # full by count, at the path's pace: bytes stay
+
+
 def test_paced_limit_decisions() -> None:
     args = {"floor": 100, "ceiling": 1000}
     assert resume.paced_limit(200, 0.14, 0.1, True, **args) == 400  # at the path's pace
