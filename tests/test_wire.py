@@ -225,8 +225,12 @@ def test_str_names_type_and_stream(frame: Frame, text: str) -> None:
 stream_ids = st.integers(1, U32_MAX)
 windows = st.integers(1, MAX_WINDOW)
 reasons = st.text(max_size=MAX_REASON // 4)  # at most 4 UTF-8 bytes per character
-#: an OPEN's origin: a NUL in it is dropped when sent (what follows a NUL is the target)
-origins = st.text(st.characters(blacklist_characters="\x00"), max_size=MAX_REASON // 4)
+#: an OPEN's origin: a NUL in it is dropped when sent (what follows a NUL is the target);
+#: text as st.text makes it, no lone surrogates (not UTF-8: a reason encodes them as "?")
+origins = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=MAX_REASON // 4,
+)
 frames = st.one_of(
     st.builds(Open, stream_ids, windows, origins),
     st.builds(OpenOk, stream_ids, windows),
