@@ -44,15 +44,13 @@ class Keepalive:
         self._on_silent = on_silent
         self.last_rx = loop.time()
         self._last_ping = 0.0
-        self._timer: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._stopped = False
 
     def start(self) -> None:
-        # The first ping goes at once: its pong, on a link with nothing queued yet, times
-        # the path's round trip (link.Link.round_trip).
         if self.interval and not self._stopped:
-            self._timer = self.loop.call_soon(self._ping)
+            self._timer = self.loop.call_later(self.interval, self._ping)
 
     def stop(self) -> None:
         self._stopped = True

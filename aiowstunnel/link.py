@@ -286,6 +286,9 @@ class Link(asyncio.Protocol):
 
     def _open(self) -> None:
         self.opened = True
+        # One ping at once, keepalive or not: its pong, on a link with nothing queued yet,
+        # times the path's round trip (round_trip; the keepalive's pings refine it).
+        self._send_ping()
         self.keepalive.start()
         self.owner.link_open()
 

@@ -248,7 +248,13 @@ class ReplayLog:
             self._probe_at = self._clock()
             self._blocked = False
         self.bytes_held += size
-        self._set_full()
+        # (the common case, under both limits and not full, without a call: once per DATA)
+        if (
+            self.full
+            or self.bytes_held >= self.limit
+            or self.sent - self.confirmed >= self.max_messages
+        ):
+            self._set_full()
         return self.sent
 
     def confirm(self, count: int) -> int:

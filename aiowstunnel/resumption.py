@@ -52,13 +52,13 @@ class Resumption:
         *,
         credentials: resumeauth.Credentials | None = None,
         secret: resumeauth.ServerSecret | None = None,
-        path_delay: Callable[[], float] | None = None,
+        path_delay: Callable[[], float] = resume.unmeasured,
     ) -> None:
         self.session_id = session_id
         self.timeout = timeout
         self.credentials = credentials
         self.secret = secret
-        self.log = resume.ReplayLog(path_delay=path_delay or resume.unmeasured)
+        self.log = resume.ReplayLog(path_delay=path_delay)
         self.counter = resume.ReceiveCounter()
         self.resumes = 0
         self.replayed_bytes = 0  # in all resumes, for the metric
@@ -96,8 +96,7 @@ class Resumption:
             log.append(*frame)
         if attached:
             link.send_frames(frames)
-        if log.full is not self._told_full:
-            self._told_full = log.full
+        if self.full_changed():
             stop()
 
     @property

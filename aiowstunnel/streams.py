@@ -405,10 +405,8 @@ class StreamTable:
             for stream in list(self._streams.values()):
                 stream.set_reading(False)
             return
-        accepted = self.mux.accepted
         for stream in list(self._streams.values()):
-            sid = stream.stream_id
-            stream.set_reading(stream.backlog is None and sid is not None and accepted(sid))
+            stream.set_reading(stream.backlog is None and self.accepted(stream))
 
     # -- sending -------------------------------------------------------------------------
 

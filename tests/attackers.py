@@ -125,7 +125,8 @@ class RawSession:
         self.flush()
 
     async def frames(self, timeout: float) -> list[Frame]:
-        """The frames that arrive within ``timeout`` (answers pings as websockets does)."""
+        """The frames that arrive within ``timeout``, pings and pongs left out (websockets
+        answers the pings; a link pings at once when it opens)."""
         assert self.protocol is not None
         protocol = self.protocol
         got: list[Frame] = []
@@ -133,7 +134,11 @@ class RawSession:
         async def read() -> None:
             while data := await self.reader.read(65536):
                 protocol.receive_data(data)
-                got.extend(e for e in protocol.events_received() if isinstance(e, Frame))
+                got.extend(
+                    e
+                    for e in protocol.events_received()
+                    if isinstance(e, Frame) and e.opcode not in (Opcode.PING, Opcode.PONG)
+                )
                 self.flush()
 
         with contextlib.suppress(asyncio.TimeoutError, ConnectionError):

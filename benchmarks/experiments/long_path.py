@@ -3,7 +3,8 @@
 client reaching the server through tests/helpers.py's FaultProxy with a delay (each chunk
 forwarded DELAY seconds late, each way), STREAMS streams pushing MIB MiB each to a sink.
 Prints MB/s and the largest limit the client's log had, for the log as shipped (paced) or
-with its limit held at 8 MiB or 2 MiB (the fixed limits of before, for comparison).
+with its limit held at 8 MiB or 2 MiB (fixed sizes for comparison; the 3/4 at which a full
+log reads again is today's, so they are not exactly the code before the pacing).
 usage: long_path.py [--log paced|fixed8|fixed2] [--delay S] [--streams N] [--mib M]
 Run from the checkout root with the venv's python.
 """
