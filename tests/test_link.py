@@ -369,3 +369,18 @@ async def test_a_retry_after_counts_only_on_a_503():
         with pytest.raises(HandshakeRefused) as refused:
             link.handshake.result()
         assert refused.value.retry_after == expected, status
+
+
+async def test_each_link_times_its_round_trip_at_open_with_no_keepalive() -> None:
+    """The ping a link sends at open is answered, and its pong times the path (the replay
+    log's limit is measured against it), even with ping_interval unset."""
+    pair = make_pair()  # pings=(None, ...): no keepalive
+    for _ in range(3):
+        pair.pump()
+    for link in (pair.client, pair.server):
+        assert 0.0 <= link.round_trip < 1.0
+    before = pair.client.round_trip
+    pair.server.ws.send_pong(b"not ours")  # an unsolicited pong times nothing
+    pair.server.flush()
+    pair.pump()
+    assert pair.client.round_trip == before
