@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
@@ -154,6 +155,11 @@ class Link(asyncio.Protocol):
         # The data path: after the handshake, BINARY frames are cut and built by the
         # framer (wsframe), everything else still goes through websockets.
         self.framer = Framer(ws, max_data=max_data)
+        # Called for every DATA: the framer's own methods, not wrappers (a call less each).
+        #: ``data`` as the frames of its DATA messages (:meth:`Framer.frame_data`)
+        self.frame_data: Callable[[int, memoryview], list[list[bytes]]] = self.framer.frame_data
+        #: send frames of :attr:`frame_data`, unless closing (:meth:`Framer.send_frames`)
+        self.send_frames: Callable[[list[list[bytes]]], None] = self.framer.send_frames
         self._close_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -184,10 +190,11 @@ class Link(asyncio.Protocol):
             return
         # No state check per item: websockets can only reach CLOSED through a close frame,
         # and the splitter hands that over as the last item, with the rest of the read.
+        # Nor the handshake's (_message): the splitter starts only once the link is open.
         try:
             for is_binary, chunk in splitter.feed(data):
                 if is_binary:
-                    self._message(chunk)
+                    self.owner.link_message(chunk)  # the owner may change: a resume
                 else:
                     self.ws.receive_data(cast(bytes, chunk))
                     self._process()
@@ -386,14 +393,6 @@ class Link(asyncio.Protocol):
         framer = self.framer
         framer.send_frames(framer.frame_data(stream_id, data))
 
-    def frame_data(self, stream_id: int, data: memoryview) -> list[list[bytes]]:
-        """``data`` as the frames of its DATA messages (:meth:`Framer.frame_data`)."""
-        return self.framer.frame_data(stream_id, data)
-
-    def send_frames(self, frames: list[list[bytes]]) -> None:
-        """Send frames of :meth:`frame_data`, unless closing (:meth:`Framer.send_frames`)."""
-        self.framer.send_frames(frames)
-
     def send_frame(self, header: bytes, payload: bytes | memoryview) -> None:
         """One message, ``header + payload`` (a DATAGRAM), framed as DATA is."""
         self.framer.send_frame(header, payload)
@@ -401,7 +400,8 @@ class Link(asyncio.Protocol):
     def flush(self) -> None:
         """Write what websockets has queued (frames, and its EOF after a close)."""
         transport = self.transport
-        if transport is None or self.framer.nothing_queued():
+        # websockets' send queue is known to be empty (inline: this runs after every read)
+        if transport is None or (self.framer.own and not self.ws.writes):
             return  # nothing queued: most calls, once DATA goes straight to the transport
         chunks = self.ws.data_to_send()
         if not chunks:

@@ -22,7 +22,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import wsframe
-from .wire import DEFAULT_MAX_DATA, data_frames
+from .wire import DEFAULT_MAX_DATA, data_frame, data_frames
 
 
 class Framer:
@@ -69,10 +69,6 @@ class Framer:
 
     # -- outgoing -----------------------------------------------------------------------
 
-    def nothing_queued(self) -> bool:
-        """websockets' send queue is known to be empty (so a flush has nothing to do)."""
-        return self.own and not self.ws.writes
-
     def send_message(self, message: bytes) -> None:
         """Queue one binary message (sent at the link's next flush), unless closing."""
         if self.ws.state is not State.OPEN:
@@ -87,7 +83,10 @@ class Framer:
         """``data`` as DATA messages of at most :attr:`max_data`, each a BINARY frame
         (masked on the client side) as the chunks to write; none refers to ``data``, so a
         resumable session logs the frames it sends as they are, copied once."""
-        return data_frames(stream_id, data, self.max_data, self._mask_keys)
+        keys = self._mask_keys
+        if len(data) <= self.max_data:  # one frame: wire.data_frames' first case, a call less
+            return [data_frame(stream_id, data, keys.next() if keys is not None else None)]
+        return data_frames(stream_id, data, self.max_data, keys)
 
     def send_frames(self, frames: list[list[bytes]]) -> None:
         """Send frames of :meth:`frame_data`, unless closing: into websockets' own queue
@@ -100,8 +99,15 @@ class Framer:
                 self.ws.send_binary(wsframe.frame_message(frame))
             return
         writes = self.ws.writes
-        if len(frames) == 1 and not writes and self.transport is not None:
-            write_chunks(self.transport, frames[0])  # no round through the queue and flush
+        transport = self.transport
+        if len(frames) == 1 and not writes and transport is not None:
+            # no round through the queue and flush (write_chunks, inline: once per DATA)
+            chunks = frames[0]
+            if not transport.is_closing():
+                if len(chunks) == 1:  # the native path's frame is one chunk
+                    transport.write(chunks[0])
+                else:
+                    transport.writelines(chunks)
             return
         for frame in frames:
             writes.extend(frame)

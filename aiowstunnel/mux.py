@@ -237,9 +237,9 @@ class Mux:
         machine = self._streams[stream_id]
         if machine.state not in _SENDS_DATA:
             machine.move(Move.SEND_DATA, by_peer=False)  # raises: illegal in this state
-        n = min(size, machine.send_window.available)
-        if n:
-            machine.send_window.consume(n)
+        window = machine.send_window
+        n = min(size, window.available)
+        window.available -= n  # (Window.consume's check holds: n is at most what is there)
         return n
 
     def send_fin(self, stream_id: int) -> bytes:

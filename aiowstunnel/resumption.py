@@ -96,7 +96,7 @@ class Resumption:
             log.append(*frame)
         if attached:
             link.send_frames(frames)
-        if self.full_changed():
+        if log.full is not self._told_full and self.full_changed():  # (once per DATA)
             stop()
 
     @property

@@ -95,6 +95,8 @@ class Session:
         self.settings = settings
         self.mux = Mux(self.client_side, window=settings.window, max_streams=settings.max_streams)
         self.table = StreamTable(self.mux, self, stats, guard)
+        # made once: passed with every message (room made in a full log reads again)
+        self._update_all = self.table.update_all
         self.flows = FlowTable(self)  # UDP datagram flows (udp.py), beside the streams
         self.on_request = on_request
         self.name = name
@@ -212,13 +214,14 @@ class Session:
         resumption = self.resumption
         if resumption is not None:
             # counted; ACK and WINDOW counts confirm, and room made in a full log reads again
-            given = resumption.received(message, self.table.update_all)
+            given = resumption.received(message, self._update_all)
             if given is None:
                 return
             message = given
         data = self.mux.receive_data(message)
         if data is not None:
-            self.table.deliver(*data)
+            stream_id, payload = data
+            self.table.deliver(stream_id, payload)
         elif not self.flows.receive(message):  # a DATAGRAM's fast path, as DATA's above
             for event in self.mux.receive(message):
                 self._event(event)
@@ -327,7 +330,7 @@ class Session:
             return
         try:  # framed once: the frames sent are the ones logged; a full log stops reading
             attached = self.phase is not Phase.DETACHED
-            self.resumption.send_data(self.link, stream_id, data, attached, self.table.update_all)
+            self.resumption.send_data(self.link, stream_id, data, attached, self._update_all)
         except ResumeRefused as refused:
             self._log_overflow(refused)
 
