@@ -22,7 +22,15 @@ from .affinity import SERVER_HEADER, Affinity
 from .destinations import RuleSet, dialer, proxy_protocol
 from .dial import proxy_tunnel
 from .errors import HandshakeRefused, ProtocolViolation, describe
-from .handshake import HEADER_PROTOCOL, Mode, TunnelProtocol, TunnelRequest, refusal_label
+from .handshake import (
+    HEADER_EARLY_DATA,
+    HEADER_PROTOCOL,
+    Mode,
+    TunnelProtocol,
+    TunnelRequest,
+    parse_early_data,
+    refusal_label,
+)
 from .link import Link, ws_log
 from .resumption import Discarded, ResumeHandshake, Resumption
 from .session import Session
@@ -160,6 +168,7 @@ async def open_session(
             auth,
             side.protocol,
             settings.udp_idle_timeout,
+            early_data=session.mux.early_receive,
         )
         for key, value in tunnel.headers():
             request.headers[key] = value
@@ -180,6 +189,11 @@ async def open_session(
             await asyncio.wait_for(asyncio.shield(handshake.done), settings.handshake_timeout)
             return session
         credentials = resumeauth.Credentials.from_headers(response.headers)
+        try:  # what the server takes before its OPEN_OK (0 from older servers)
+            session.mux.early_send = parse_early_data(response.headers.get(HEADER_EARLY_DATA))
+        except ValueError as exc:
+            link.abort("handshake failed")
+            raise ConnectionError(f"bad upgrade response: {exc}") from None
         confirmed = response.headers.get(HEADER_PROTOCOL, TunnelProtocol.TCP.value)
         if confirmed != side.protocol.value:
             # A server of an older version ignores the header and would carry TCP only.

@@ -102,7 +102,7 @@ class Dialer:
         finally:
             if table.get(stream_id) is not stream and stream.slot is not None:
                 stream.slot.release()  # never registered: forget() will not see it
-            table.dial_ended()
+            table.dial_ended(stream_id)
 
 
 def failure_label(exc: BaseException) -> str:

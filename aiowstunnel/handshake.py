@@ -36,6 +36,9 @@ HEADER_UDP_IDLE = "X-Aiowstunnel-Udp-Idle-Timeout"
 #: On a refused upgrade: the refusal's label (Refusal.label, the ``reason`` of the metrics),
 #: so that a client tells apart the refusals that share a status (503: shutting down, full)
 HEADER_REFUSAL = "X-Aiowstunnel-Refusal"
+#: both ways (the request and the 101): how many bytes of DATA the sender takes on each
+#: stream its peer opens, before its OPEN_OK (protocol.md, Early data); absent = none
+HEADER_EARLY_DATA = "X-Aiowstunnel-Early-Data"
 #: The longest idle timeout a client may ask for (a day); 0 (never) is allowed too: the
 #: flows are bounded by the stream limits either way.
 MAX_UDP_IDLE = 86_400.0
@@ -171,6 +174,8 @@ class TunnelRequest:
     protocol: TunnelProtocol = TunnelProtocol.TCP
     #: LISTEN with UDP: how long the server keeps an idle flow (0 = never)
     udp_idle_timeout: float = DEFAULT_UDP_IDLE
+    #: the early data the client takes on each stream the server opens (0 = none)
+    early_data: int = 0
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [(HEADER_MODE, self.mode.value)]
@@ -187,6 +192,8 @@ class TunnelRequest:
             headers.append((HEADER_PROTOCOL, self.protocol.value))
             if self.mode is Mode.LISTEN:
                 headers.append((HEADER_UDP_IDLE, f"{self.udp_idle_timeout:g}"))
+        if self.early_data:
+            headers.append((HEADER_EARLY_DATA, str(self.early_data)))
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         return headers
@@ -198,7 +205,14 @@ class TunnelRequest:
         Raises:
             RequestRefused: 400 with what is missing or malformed.
         """
-        once = (HEADER_MODE, HEADER_ADDRESS, HEADER_PROTOCOL, HEADER_UDP_IDLE, "Authorization")
+        once = (
+            HEADER_MODE,
+            HEADER_ADDRESS,
+            HEADER_PROTOCOL,
+            HEADER_UDP_IDLE,
+            HEADER_EARLY_DATA,
+            "Authorization",
+        )
         for name in once:
             if len(_all(headers, name)) > 1:
                 raise RequestRefused(Refusal.BAD_REQUEST, f"duplicate {name} header")
@@ -248,7 +262,27 @@ class TunnelRequest:
         token = bearer_token(headers.get("Authorization"))
         socks_auth = _socks_auth(headers.get(HEADER_SOCKS_AUTH), mode)
         protocol, idle = _protocol(headers, mode, address)
-        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth, protocol, idle)
+        try:
+            early = parse_early_data(headers.get(HEADER_EARLY_DATA))
+        except ValueError as exc:
+            raise RequestRefused(Refusal.BAD_REQUEST, str(exc)) from None
+        return cls(mode, address, token, tunnel, proxy_protocol, socks_auth, protocol, idle, early)
+
+
+def parse_early_data(value: str | None) -> int:
+    """The peer's X-Aiowstunnel-Early-Data: bytes it takes before its OPEN_OK, 0 when absent.
+
+    Raises:
+        ValueError: not a whole number of bytes in 0..2**31 - 1 (the range of a window).
+    """
+    if value is None:
+        return 0
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
+        raise ValueError(
+            f"{HEADER_EARLY_DATA}: {value[:20]!r} is not a number of bytes in 0..2147483647"
+        )
+    return int(text)
 
 
 def _socks_auth(value: str | None, mode: Mode) -> tuple[str, str] | None:

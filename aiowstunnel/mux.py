@@ -33,6 +33,7 @@ from .wire import (
     DEFAULT_MAX_DATA,
     DEFAULT_MAX_STREAMS,
     DEFAULT_WINDOW,
+    EARLY_DATA,
     HEADER_SIZE,
     MAX_WINDOW,
     TRANSITIONS,
@@ -67,13 +68,16 @@ _FIN_UNSENT = frozenset((StreamState.OPENING, StreamState.OPEN, StreamState.HALF
 class StreamMachine:
     """The protocol state of one stream: its state and both credit windows."""
 
-    __slots__ = ("datagram", "recv_window", "send_window", "state", "stream_id")
+    __slots__ = ("datagram", "early", "recv_window", "send_window", "state", "stream_id")
 
-    def __init__(self, stream_id: int, window: int, datagram: bool = False) -> None:
+    def __init__(self, stream_id: int, window: int, datagram: bool = False, early: int = 0) -> None:
         self.stream_id = stream_id
         self.state = StreamState.OPENING
         self.recv_window = ReceiveWindow(window)  # what the peer may still send us
-        self.send_window = Window(0)  # what we may still send; set by OPEN / OPEN_OK
+        #: what we may still send; set by OPEN / OPEN_OK, until then the early data
+        self.send_window = Window(early)
+        #: a stream we opened: the early data the peer takes before its OPEN_OK (0: none)
+        self.early = early
         #: a datagram flow (FLOW_OPEN): DATAGRAM frames only, outside the windows
         self.datagram = datagram
         if datagram:
@@ -103,6 +107,10 @@ class Mux:
         window: our receive window per stream (announced in OPEN / OPEN_OK).
         max_data: the largest DATA payload we send.
         max_streams: streams the peer may have open with us at once.
+
+    Early data (protocol.md): :attr:`early_receive` is what we take on each stream the peer
+    opens before our OPEN_OK (we announce it in the handshake); :attr:`early_send` what the
+    peer announced it takes on ours (0 until the handshake says, and for older peers).
     """
 
     def __init__(
@@ -118,6 +126,8 @@ class Mux:
         self.window = window
         self.max_data = max_data
         self.max_streams = max_streams
+        self.early_receive = min(EARLY_DATA, window)
+        self.early_send = 0
         self._streams: dict[int, StreamMachine] = {}
         self._next_id = 1 if client_side else 2
         self._peer_last_id = 0  # highest stream id the peer opened
@@ -146,6 +156,15 @@ class Mux:
         machine = self._streams.get(stream_id)
         return machine is not None and machine.state is not StreamState.OPENING
 
+    def sendable(self, stream_id: int) -> bool:
+        """We may send DATA on the stream now, credit permitting: it is open, or ours and
+        opening with early data (protocol.md, Early data)."""
+        machine = self._streams.get(stream_id)
+        return machine is not None and (
+            machine.state in _SENDS_DATA
+            or (machine.early > 0 and machine.state is StreamState.OPENING)
+        )
+
     def fin_unsent(self, stream_id: int) -> bool:
         """We may still send FIN on the stream (it is known and we have not sent one)."""
         machine = self._streams.get(stream_id)
@@ -154,7 +173,11 @@ class Mux:
     def credit(self, stream_id: int) -> int:
         """What we may send on the stream now."""
         machine = self._streams.get(stream_id)
-        if machine is None or machine.state not in _SENDS_DATA:
+        if machine is None:
+            return 0
+        if machine.state not in _SENDS_DATA and not (
+            machine.early > 0 and machine.state is StreamState.OPENING
+        ):
             return 0
         return machine.send_window.available
 
@@ -184,7 +207,8 @@ class Mux:
             raise LocalProtocolError("stream ids exhausted")
         stream_id = self._next_id
         self._next_id += 2
-        self._streams[stream_id] = StreamMachine(stream_id, self.window)
+        early = min(self.early_send, EARLY_DATA)
+        self._streams[stream_id] = StreamMachine(stream_id, self.window, early=early)
         return stream_id, Open(stream_id, self.window, origin, target).serialize()
 
     def open_flow(self, origin: str = "") -> tuple[int, bytes]:
@@ -235,7 +259,9 @@ class Mux:
         builds them straight into WebSocket frames, without a message object).
         """
         machine = self._streams[stream_id]
-        if machine.state not in _SENDS_DATA:
+        if machine.state not in _SENDS_DATA and not (
+            machine.early > 0 and machine.state is StreamState.OPENING
+        ):
             machine.move(Move.SEND_DATA, by_peer=False)  # raises: illegal in this state
         window = machine.send_window
         n = min(size, window.available)
@@ -336,6 +362,8 @@ class Mux:
                 return []
             if machine.datagram:
                 raise ProtocolViolation("DATA on a datagram flow", sid)
+            if machine.state is StreamState.OPENING and not self._ours(sid):
+                return self._receive_early(machine, frame)
             machine.move(Move.RECV_DATA, by_peer=True)
             try:
                 machine.recv_window.consume(len(frame.data))
@@ -364,7 +392,16 @@ class Mux:
             if not self._ours(sid):
                 raise ProtocolViolation("OPEN_OK for a stream the peer opened", sid)
             machine.move(Move.RECV_OPEN_OK, by_peer=True)
-            machine.send_window = Window(frame.window)
+            # The early data we sent counts against the window the peer announces now.
+            early_sent = machine.early - machine.send_window.available
+            if early_sent > frame.window:
+                raise ProtocolViolation(
+                    f"OPEN_OK window {frame.window} is smaller than the {early_sent} bytes "
+                    "of early data it took",
+                    sid,
+                )
+            machine.early = 0
+            machine.send_window = Window(frame.window - early_sent)
             return [StreamAccepted(sid)]
         if isinstance(frame, Fin):
             machine = self._known(sid, frame)
@@ -388,6 +425,23 @@ class Mux:
         assert isinstance(frame, GoAway)
         self.goaway_received = True
         return [GoAwayReceived(frame.reason)]
+
+    def _receive_early(self, machine: StreamMachine, frame: Data) -> list[Event]:
+        """DATA on a stream the peer opened, before our OPEN_OK: early data, taken up to
+        what we announced (the dialing side keeps it until the target is connected)."""
+        window = machine.recv_window
+        taken = window.size - window.available + len(frame.data)
+        if taken > self.early_receive:
+            announced = self.early_receive
+            raise ProtocolViolation(
+                f"DATA before OPEN_OK beyond the {announced} bytes of early data announced "
+                f"({taken})"
+                if announced
+                else "DATA before OPEN_OK (this side announced no early data)",
+                machine.stream_id,
+            )
+        window.available -= len(frame.data)
+        return [DataReceived(machine.stream_id, frame.data)]  # type: ignore[arg-type]
 
     def _known(self, sid: int, frame: Frame) -> StreamMachine | None:
         """The stream a frame is for; None to ignore a late frame on a closed stream."""

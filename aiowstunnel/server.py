@@ -26,7 +26,7 @@ from .affinity import SERVER_HEADER, default_server_name
 from .destinations import dialer, proxy_protocol
 from .dial import Dial
 from .errors import ProtocolViolation
-from .handshake import DEFAULT_PATH, Refusal, RequestRefused
+from .handshake import DEFAULT_PATH, HEADER_EARLY_DATA, Refusal, RequestRefused
 from .limits import QuietLog, ServerLimits, Slot
 from .link import ws_log
 from .logs import TunnelLogger, escape, tunnel_logger
@@ -375,6 +375,9 @@ class Server:
         session.on_goaway.append(self._peer_going_away)
         dial = None if grant.request.mode.server_listens else self._dialer(grant)
         headers = {SERVER_HEADER: self.name}
+        # Early data both ways (protocol.md): what the client takes, what we take.
+        session.mux.early_send = grant.request.early_data
+        headers[HEADER_EARLY_DATA] = str(session.mux.early_receive)
         if grant.bound:
             headers["X-Aiowstunnel-Bound"] = grant.bound
         dial = serve_flows(session, grant, dial, headers, self.settings.connect_timeout)

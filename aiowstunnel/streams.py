@@ -85,6 +85,9 @@ class StreamTable:
         #: the peer's OPENs accepted whose dial is under way: open streams for the drain (an
         #: OPEN that arrived before our GOAWAY finishes on this session, dialed or refused)
         self.dialing = 0
+        #: dialing side: the early data of streams still being dialed (protocol.md, Early
+        #: data), written to the socket once it connects; at most Mux.early_receive each
+        self._early: dict[int, bytearray] = {}
         self.idle = LazyEvent(True)  # set while no stream is open (drain waits on it)
         #: where every stream reads into; see read_buffer()
         self.read_view = thread_read_buffer()
@@ -98,8 +101,9 @@ class StreamTable:
         self.dialing += 1
         self.idle.clear()
 
-    def dial_ended(self) -> None:
+    def dial_ended(self, stream_id: int) -> None:
         """A dial is over (its stream registered, or refused): maybe the last one."""
+        self._early.pop(stream_id, None)  # refused, or reset meanwhile: it goes nowhere
         self.dialing = max(0, self.dialing - 1)  # cut_all may have counted it out
         if not len(self):
             self.idle.set()
@@ -155,6 +159,8 @@ class StreamTable:
                 self.host.ids_exhausted(str(exc))  # the open streams finish
                 return
             self.host.send(message)
+            if self.mux.early_send:  # a copy of what goes early, for release()
+                stream.early = bytearray()
         else:  # dialing side
             if stream.stream_id not in self.mux:  # reset while we dialed
                 self.cut(stream, Cut.PEER_RESET, "the other side gave up while we dialed")
@@ -162,6 +168,9 @@ class StreamTable:
             self.host.send(self.mux.accept_stream(stream.stream_id))
         sid = stream.stream_id
         self._streams[sid] = stream
+        early = self._early.pop(sid, None)
+        if early is not None:  # after a PROXY header (before_open), before anything else
+            self.deliver(sid, memoryview(early))
         self.idle.clear()
         self.stats.streams_opened += 1
         self.stats.streams_active += 1
@@ -207,7 +216,8 @@ class StreamTable:
             stream.backlog = memoryview(bytes(stream.backlog) + data)
             self._send_backlog(stream)
             return
-        if state is StreamState.OPENING:  # a read before OPEN_OK (the pause was dropped)
+        if state is StreamState.OPENING and not self.mux.credit(sid):
+            # a read before OPEN_OK with no early data left (or a dropped pause's)
             stream.backlog = memoryview(bytes(data))  # it waits, and outlives the buffer
             self.update_reading(stream)
             return
@@ -251,6 +261,9 @@ class StreamTable:
         (it answers with a WINDOW when credit is due; never while the socket is paused)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.transport is None:
+            if stream is None and self.mux.state(stream_id) is StreamState.OPENING:
+                # early data while we dial (the Mux took only what we announced)
+                self._early.setdefault(stream_id, bytearray()).extend(data)
             return
         n = len(data)
         self.stats.received_bytes += n
@@ -268,6 +281,7 @@ class StreamTable:
     def peer_accepted(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is not None:
+            stream.early = None  # delivered: the peer's window now counts it
             stream.opened()
             self._send_backlog(stream)  # early data or EOF, if any; resumes reading
 
@@ -342,6 +356,7 @@ class StreamTable:
         for stream in streams:
             self.cut(stream, cause, reason)
         self._streams.clear()
+        self._early.clear()
         self.dialing = 0  # the session's end cancels them
         self.idle.set()
         return len(streams)
@@ -349,12 +364,16 @@ class StreamTable:
     def release(self, stream_id: int) -> tuple[asyncio.Transport, bytes, bool] | None:
         """Take back a stream the peer refused before it opened, its socket untouched, for
         another session to open it again: its transport, the bytes read from it (none was
-        sent: there was no OPEN_OK) and whether it read EOF. None if it cannot move."""
+        sent but early data, which is kept until then) and whether it read EOF. None if it
+        cannot move."""
         stream = self._streams.get(stream_id)
         transport = stream.transport if stream is not None else None
-        if stream is None or transport is None or stream.sent or transport.is_closing():
+        if stream is None or transport is None or transport.is_closing():
             return None
-        data = bytes(stream.backlog) if stream.backlog is not None else b""
+        early = stream.early or b""
+        if stream.sent != len(early):
+            return None
+        data = bytes(early) + (bytes(stream.backlog) if stream.backlog is not None else b"")
         stream.transport = None  # nothing here touches the socket any more
         self.forget(stream, "refused as the other side goes away: moved to another session")
         return transport, data, stream.at_eof
@@ -389,9 +408,11 @@ class StreamTable:
     def update_reading(self, stream: TcpStream) -> None:
         """A socket reads while its data can go out at once: accepted, nothing waiting,
         and the session's output neither full nor closed."""
+        sid = stream.stream_id
         stream.set_reading(
             stream.backlog is None
-            and self.accepted(stream)
+            and sid is not None
+            and self.mux.sendable(sid)
             and self.host.sending
             and not self.host.paused
         )
@@ -405,8 +426,9 @@ class StreamTable:
             for stream in list(self._streams.values()):
                 stream.set_reading(False)
             return
-        for stream in list(self._streams.values()):
-            stream.set_reading(stream.backlog is None and self.accepted(stream))
+        sendable = self.mux.sendable
+        for sid, stream in list(self._streams.items()):
+            stream.set_reading(stream.backlog is None and sendable(sid))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -416,23 +438,26 @@ class StreamTable:
             self.host.send_data(stream_id, data[:n])
             self.stats.sent_bytes += n
             stream.sent += n
+            if stream.early is not None:  # before OPEN_OK
+                stream.early += data[:n]
         return n
 
     def _send_backlog(self, stream: TcpStream) -> None:
         """Send what credit allows, then FIN if EOF waits; set reading to match.
 
-        Before OPEN_OK nothing is sent: reading is paused until then, but a transport that
-        dropped that pause (TcpStream._repause) may have delivered one read, which waits here.
+        Before OPEN_OK only early data is sent (protocol.md), and never a FIN: reading is
+        paused once it is used up, but a transport that dropped that pause
+        (TcpStream._repause) may have delivered one read, which waits here.
         """
         sid = stream.stream_id
-        if sid is None or not self.mux.accepted(sid):
+        if sid is None or not self.mux.sendable(sid):
             self.update_reading(stream)
             return
         backlog = stream.backlog
         if backlog is not None:
             n = self._send_data(stream, sid, backlog)
             stream.backlog = backlog[n:] if n < len(backlog) else None
-        if stream.backlog is None and self.eof_pending(stream):
+        if stream.backlog is None and self.eof_pending(stream) and self.mux.accepted(sid):
             self._send_fin(stream)
         self.update_reading(stream)
         self.host.flush()

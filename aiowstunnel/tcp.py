@@ -67,6 +67,9 @@ class TcpStream(asyncio.BufferedProtocol):
         # OPEN_OK, or with the credit used up) or that the transport made despite a pause;
         # at most SPILL_READ, since reads are otherwise sized to the credit
         self.backlog: memoryview | None = None
+        #: listener side, until OPEN_OK: a copy of the early data sent (protocol.md, Early
+        #: data), so that a stream refused as its peer goes away can move whole (release)
+        self.early: bytearray | None = None
         self.reading = True  # what we last told the transport
         self.at_eof = False  # the socket said EOF: it must never be read again
         self.slot: Slot | None = None  # server side: this stream's place in the limits

@@ -27,6 +27,11 @@ DEFAULT_WINDOW = 2 * 1024 * 1024
 #: protocol.md: "a window never exceeds 2**31 - 1" (as in HTTP/2)
 MAX_WINDOW = 2**31 - 1
 DEFAULT_MAX_DATA = 128 * 1024
+#: protocol.md, Early data: the most DATA this implementation takes on a stream the peer
+#: opened before its OPEN_OK (announced in the handshake), and the most it sends that way
+#: whatever the peer announced: a first flight (a TLS ClientHello, an HTTP request, an SSH
+#: banner) goes with the OPEN instead of a round trip later
+EARLY_DATA = 16 * 1024
 MAX_REASON = 512
 DEFAULT_MAX_STREAMS = 10_000
 #: The largest UDP payload there is without IPv6 jumbograms (65,535 - 8 bytes of UDP header;

@@ -10,6 +10,7 @@ from aiowstunnel.addresses import Address
 from aiowstunnel.handshake import (
     CONNECT,
     HEADER_ADDRESS,
+    HEADER_EARLY_DATA,
     HEADER_MODE,
     HEADER_TUNNEL,
     LISTEN,
@@ -18,6 +19,7 @@ from aiowstunnel.handshake import (
     RequestRefused,
     TunnelRequest,
     bearer_token,
+    parse_early_data,
     refusal_label,
 )
 
@@ -48,6 +50,19 @@ def test_request_round_trips_through_headers(request_: TunnelRequest) -> None:
         ["Authorization"] if request_.token is not None else []
     )
     assert TunnelRequest.from_headers(dict(headers)) == request_
+
+
+def test_early_data_round_trips_and_a_bad_value_is_refused_by_name() -> None:
+    request = TunnelRequest(LISTEN, Address("127.0.0.1", 9000), early_data=16384)
+    headers = dict(request.headers())
+    assert headers[HEADER_EARLY_DATA] == "16384"
+    assert TunnelRequest.from_headers(headers) == request
+    del headers[HEADER_EARLY_DATA]  # a client from before early data
+    assert TunnelRequest.from_headers(headers).early_data == 0
+    for bad in ("-1", "16k", "", "2147483648", "\u0661"):
+        refused = refusal_of({**headers, HEADER_EARLY_DATA: bad})
+        assert refused.refusal is Refusal.BAD_REQUEST and HEADER_EARLY_DATA in refused.reason
+    assert parse_early_data(" 0 ") == 0 and parse_early_data(None) == 0
 
 
 def test_headers_carry_mode_address_and_bearer_token() -> None:

@@ -11,7 +11,17 @@ from aiowstunnel.resets import Cut
 from aiowstunnel.stats import TunnelStats
 from aiowstunnel.streams import StreamTable
 from aiowstunnel.tcp import READ_SIZE, SPILL_READ, STREAM_HIGH_WATER, TcpStream
-from aiowstunnel.wire import Data, Fin, Frame, Open, Rst, WindowUpdate, parse_frame, split_data
+from aiowstunnel.wire import (
+    Data,
+    Fin,
+    Frame,
+    Open,
+    OpenOk,
+    Rst,
+    WindowUpdate,
+    parse_frame,
+    split_data,
+)
 
 from .fakes import FakeTransport
 
@@ -310,3 +320,82 @@ def test_a_dial_that_completes_after_the_peer_gave_up_is_reset() -> None:
     stream.connection_made(transport)
     assert transport.aborted and pair.host.sent == []
     assert pair.stats.stream_resets["peer_reset"] == 1
+
+
+# -- early data (protocol.md, Early data) ------------------------------------------------
+
+
+def early_pair(early: int, peer_window: int = 1000) -> Pair:
+    """A Pair whose peer announced ``early`` bytes of early data in the handshake."""
+    pair = Pair(peer_window=peer_window)
+    pair.mux.early_send = early
+    pair.peer.early_receive = early
+    return pair
+
+
+def test_early_data_goes_right_after_the_open_and_the_fin_waits_for_open_ok() -> None:
+    pair = early_pair(64)
+    stream, transport = pair.connect()
+    assert transport.reading  # it may read its early data at once
+    assert len(stream.get_buffer(-1)) == 64  # sized to the early allowance
+    read(stream, b"GET / HTTP/1.1\r\n\r\n")
+    stream.eof_received()
+    sent = [parse_frame(message) for message in pair.host.sent]
+    assert sent[1:] == [Data(1, memoryview(b"GET / HTTP/1.1\r\n\r\n"))]  # no FIN
+    assert [type(e) for e in pair.to_peer()] == [m.StreamRequested, m.DataReceived]
+    pair.from_peer(pair.peer.accept_stream(1))
+    assert pair.host.frames() == [Fin(1)]  # after OPEN_OK, never before
+
+
+def test_what_the_early_allowance_lacks_waits_for_open_ok() -> None:
+    pair = early_pair(4)
+    stream, transport = pair.connect()
+    pair.to_peer()
+    assert read(stream, b"abcdefgh") == 4  # a read sized to the allowance
+    assert read(stream, b"efgh") == 4  # the next finds it used up: it waits
+    assert not transport.reading  # paused with a backlog until OPEN_OK
+    assert pair.host.frames() == [Data(1, memoryview(b"abcd"))]
+    pair.from_peer(pair.peer.accept_stream(1))
+    assert pair.host.frames() == [Data(1, memoryview(b"efgh"))]
+    assert transport.reading
+    # the 4 early bytes counted against the 1000 the peer announced in OPEN_OK
+    assert pair.mux.credit(1) == 1000 - 8
+
+
+def test_no_early_data_to_a_peer_that_announced_none() -> None:
+    pair = early_pair(0)
+    stream, transport = pair.connect()
+    pair.to_peer()
+    assert not transport.reading
+    read(stream, b"hi")
+    assert pair.host.sent == []  # waits for OPEN_OK, as with peers from before early data
+
+
+def test_a_stream_refused_as_its_peer_goes_away_moves_with_its_early_data() -> None:
+    pair = early_pair(64)
+    stream, _transport = pair.connect()
+    read(stream, b"early")
+    pair.to_peer()
+    read_more = pair.table.release(1)
+    assert read_more is not None
+    _transport, data, eof = read_more
+    assert data == b"early" and not eof  # the next session sends it again, whole
+
+
+def test_the_dialing_side_keeps_early_data_until_it_has_connected() -> None:
+    pair = early_pair(64)
+    opener, _ = pair.connect()
+    read(opener, b"hello")
+    host = Host()
+    dialer = StreamTable(pair.peer, host, TunnelStats("t"))
+    for message in pair.host.sent:  # OPEN, then early DATA, before the dial is done
+        for event in pair.peer.receive(message):
+            if isinstance(event, m.DataReceived):
+                dialer.deliver(event.stream_id, event.data)
+    pair.host.sent.clear()
+    stream = TcpStream(dialer, 1)
+    stream.before_open = lambda transport: transport.write(b"PROXY UNKNOWN\r\n")
+    transport = FakeTransport(stream)
+    stream.connection_made(transport)
+    assert bytes(transport.written) == b"PROXY UNKNOWN\r\nhello"  # the header first
+    assert host.frames() == [OpenOk(1, 1000)]  # and no WINDOW: 5 bytes are not a quarter

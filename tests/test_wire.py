@@ -30,6 +30,7 @@ from aiowstunnel.mux import (
 from aiowstunnel.windows import Window
 from aiowstunnel.wire import (
     DEFAULT_WINDOW,
+    EARLY_DATA,
     HEADER_SIZE,
     MAX_REASON,
     MAX_WINDOW,
@@ -568,6 +569,56 @@ def test_frame_before_open_ok_is_reset(frame: Frame, match: str) -> None:
     client = Mux(True)
     sid, _ = client.open_stream()
     stream_fault(client, frame.serialize(), sid, match)
+
+
+def early_pair(early: int, server_window: int = DEFAULT_WINDOW) -> tuple[Mux, Mux]:
+    """A client and server as after a handshake in which the server announced ``early``."""
+    client, server = pair(server_window=server_window)
+    client.early_send = server.early_receive = early
+    return client, server
+
+
+def test_early_data_is_taken_up_to_the_announced_allowance_and_counts_in_the_window() -> None:
+    client, server = early_pair(8, server_window=100)
+    sid, message = client.open_stream()
+    server.receive(message)
+    assert client.credit(sid) == 8  # before OPEN_OK: the early allowance
+    sent, n = send_data(client, sid, b"0123456789")
+    assert n == 8 and client.credit(sid) == 0
+    assert server.receive(sent[0]) == [DataReceived(sid, b"01234567")]
+    assert client.receive(server.accept_stream(sid)) == [StreamAccepted(sid)]
+    assert client.credit(sid) == 100 - 8  # the early bytes are part of the window
+    sent, n = send_data(client, sid, b"x" * 92)
+    assert n == 92 and server.receive(sent[0]) == [DataReceived(sid, b"x" * 92)]
+    stream_fault(server, Data(sid, b"!").serialize(), sid, "window overflow")
+
+
+def test_early_data_beyond_the_allowance_or_unannounced_is_reset() -> None:
+    client, server = early_pair(8)
+    sid, message = client.open_stream()
+    server.receive(message)
+    server.receive(Data(sid, b"1234").serialize())
+    stream_fault(server, Data(sid, b"56789").serialize(), sid, "beyond the 8 bytes of early")
+    client, server = early_pair(0)
+    sid, message = client.open_stream()
+    server.receive(message)
+    assert client.credit(sid) == 0
+    with pytest.raises(ProtocolViolation, match="SEND_DATA is illegal in state opening"):
+        client.reserve_data(sid, 1)
+    stream_fault(server, Data(sid, b"x").serialize(), sid, "announced no early data")
+
+
+def test_an_open_ok_window_below_the_early_data_sent_is_reset() -> None:
+    client, _server = early_pair(8)
+    sid, _message = client.open_stream()
+    send_data(client, sid, b"12345678")
+    stream_fault(client, OpenOk(sid, 7).serialize(), sid, "smaller than the 8 bytes of early")
+
+
+def test_early_data_is_sent_at_most_16_kib_whatever_the_peer_announced() -> None:
+    client, _server = early_pair(2**31 - 1)
+    sid, _ = client.open_stream()
+    assert client.credit(sid) == EARLY_DATA == 16 * 1024
 
 
 def test_open_ok_twice_or_for_the_peer_s_stream_is_reset() -> None:
