@@ -1,4 +1,4 @@
-
+# An experiment script (benchmarks/README.md, docs/performance.md).
 """Early data over a long path: a library Server and Client in one process, the client
 reaching the server through tests/helpers.py's FaultProxy with a delay (DELAY seconds each
 way), COUNT connections one after the other, each sending a 100-byte request at once and
