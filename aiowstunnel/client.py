@@ -313,6 +313,7 @@ class Client:
         session.on_detach.append(self._update)
         if self.mode is Mode.CONNECT:
             session.on_refused = self.pool.reopen
+            session.table.keeps_early = True  # so that they move with their early data
         self.pool.opened(session)
         route = self.affinity
         while (end := await self.pool.wait_end(session)) is End.DETACHED:

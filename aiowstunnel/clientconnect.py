@@ -190,7 +190,10 @@ async def open_session(
             return session
         credentials = resumeauth.Credentials.from_headers(response.headers)
         try:  # what the server takes before its OPEN_OK (0 from older servers)
-            session.mux.early_send = parse_early_data(response.headers.get(HEADER_EARLY_DATA))
+            early = response.headers.get_all(HEADER_EARLY_DATA)
+            if len(early) > 1:
+                raise ValueError(f"{len(early)} {HEADER_EARLY_DATA} headers")
+            session.mux.early_send = parse_early_data(early[0] if early else None)
         except ValueError as exc:
             link.abort("handshake failed")
             raise ConnectionError(f"bad upgrade response: {exc}") from None

@@ -278,7 +278,7 @@ def parse_early_data(value: str | None) -> int:
     if value is None:
         return 0
     text = value.strip()
-    if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
+    if len(text) > 10 or not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
         raise ValueError(
             f"{HEADER_EARLY_DATA}: {value[:20]!r} is not a number of bytes in 0..2147483647"
         )

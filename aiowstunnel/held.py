@@ -105,12 +105,16 @@ class HeldConnection(asyncio.Protocol):
         if transport.is_closing():
             return
         transport.set_protocol(stream)
-        stream.connection_made(transport)  # OPEN goes out; reading pauses until OPEN_OK
+        # The stream starts out reading (TcpStream.reading), so the socket must too, however
+        # our full buffer or the session it came from (StreamTable.release) left it; its
+        # table pauses it again where it may not read yet (no OPEN_OK, no early data).
+        if not self._eof and not transport.is_reading():
+            transport.resume_reading()
+        stream.connection_made(transport)  # OPEN goes out
         if self._buffer:
-            # Before OPEN_OK the table keeps it as the stream's backlog, sent with credit.
+            # Sent early as far as the peer takes it, the rest waits for OPEN_OK.
             stream.table.data(stream, memoryview(bytes(self._buffer)))
             self._buffer.clear()
         if self._eof:
             stream.eof_received()
-        # A pause of ours (a full buffer) is the stream's from here: it paused reading in
-        # connection_made until OPEN_OK, and resumes it with its credit.
+        # From here the stream's table decides when the socket reads.

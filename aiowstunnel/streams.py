@@ -88,6 +88,10 @@ class StreamTable:
         #: dialing side: the early data of streams still being dialed (protocol.md, Early
         #: data), written to the socket once it connects; at most Mux.early_receive each
         self._early: dict[int, bytearray] = {}
+        #: listener side: the streams the peer refuses as it goes away move to another
+        #: session (release; the client's CONNECT tunnels), so each keeps a copy of the
+        #: early data it sent until OPEN_OK
+        self.keeps_early = False
         self.idle = LazyEvent(True)  # set while no stream is open (drain waits on it)
         #: where every stream reads into; see read_buffer()
         self.read_view = thread_read_buffer()
@@ -159,7 +163,7 @@ class StreamTable:
                 self.host.ids_exhausted(str(exc))  # the open streams finish
                 return
             self.host.send(message)
-            if self.mux.early_send:  # a copy of what goes early, for release()
+            if self.mux.early_send and self.keeps_early:  # a copy for release()
                 stream.early = bytearray()
         else:  # dialing side
             if stream.stream_id not in self.mux:  # reset while we dialed
@@ -338,6 +342,8 @@ class StreamTable:
         stream = self._streams.get(stream_id)
         if stream is not None:
             self.cut(stream, cause, detail)
+        else:  # reset while we dial: its early data goes nowhere (the dial goes on)
+            self._early.pop(stream_id, None)
 
     def reset_all(self, cause: Cut, reason: str) -> int:
         """Reset every open stream, on both ends (RST to the peer too). Returns how many."""

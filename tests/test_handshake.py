@@ -59,7 +59,7 @@ def test_early_data_round_trips_and_a_bad_value_is_refused_by_name() -> None:
     assert TunnelRequest.from_headers(headers) == request
     del headers[HEADER_EARLY_DATA]  # a client from before early data
     assert TunnelRequest.from_headers(headers).early_data == 0
-    for bad in ("-1", "16k", "", "2147483648", "\u0661"):
+    for bad in ("-1", "16k", "", "2147483648", "\u0661", "1" * 5000):
         refused = refusal_of({**headers, HEADER_EARLY_DATA: bad})
         assert refused.refusal is Refusal.BAD_REQUEST and HEADER_EARLY_DATA in refused.reason
     assert parse_early_data(" 0 ") == 0 and parse_early_data(None) == 0

@@ -4,9 +4,11 @@ each test drives the socket events by hand and checks the frames and the socket 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from aiowstunnel import mux as m
+from aiowstunnel.held import HeldConnection
 from aiowstunnel.resets import Cut
 from aiowstunnel.stats import TunnelStats
 from aiowstunnel.streams import StreamTable
@@ -373,6 +375,7 @@ def test_no_early_data_to_a_peer_that_announced_none() -> None:
 
 def test_a_stream_refused_as_its_peer_goes_away_moves_with_its_early_data() -> None:
     pair = early_pair(64)
+    pair.table.keeps_early = True  # as the client's CONNECT sessions (pool.reopen)
     stream, _transport = pair.connect()
     read(stream, b"early")
     pair.to_peer()
@@ -399,3 +402,60 @@ def test_the_dialing_side_keeps_early_data_until_it_has_connected() -> None:
     stream.connection_made(transport)
     assert bytes(transport.written) == b"PROXY UNKNOWN\r\nhello"  # the header first
     assert host.frames() == [OpenOk(1, 1000)]  # and no WINDOW: 5 bytes are not a quarter
+
+
+def test_early_data_of_a_stream_reset_while_dialing_is_not_kept() -> None:
+    pair = early_pair(64)
+    dialer = StreamTable(pair.peer, Host(), TunnelStats("t"))
+    for message in (Open(1, 1000).serialize(), Data(1, b"x" * 64).serialize()):
+        for event in pair.peer.receive(message):
+            if isinstance(event, m.DataReceived):
+                dialer.deliver(event.stream_id, event.data)
+    assert dialer.release(1) is None  # (dialing: nothing to release)
+    pair.peer.receive(Rst(1, "gone").serialize())
+    dialer.cut_id(1, Cut.PEER_RESET, "gone")  # as the session dispatches StreamReset
+    # the dial goes on for up to connect_timeout: its early bytes are not kept meanwhile
+    stream = TcpStream(dialer, 1)
+    transport = FakeTransport(stream)
+    stream.connection_made(transport)
+    assert transport.written == b"" and transport.aborted  # reset, nothing written
+
+
+class MovableTransport(FakeTransport):
+    """A FakeTransport a held connection can take over (set_protocol)."""
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+
+def moved(old_early: int, new_early: int, old_paused: bool) -> FakeTransport:
+    """A stream refused as its peer goes away, before OPEN_OK, moved as pool.reopen does
+    (release, a held connection, attached to the next session's table), then accepted
+    there. Returns its socket's transport."""
+
+    async def run() -> FakeTransport:
+        old = early_pair(old_early)
+        old.table.keeps_early = True
+        old.host.paused = old_paused  # e.g. the old link's output full when GOAWAY came
+        stream = TcpStream(old.table)
+        transport = MovableTransport(stream)
+        stream.connection_made(transport)
+        old.to_peer()
+        taken = old.table.release(1)
+        assert taken is not None
+        new = early_pair(new_early)
+        held = HeldConnection(
+            lambda t: None, 1.0, lambda h: h.attach(TcpStream(new.table)), lambda h: None
+        )
+        held.adopt(*taken)
+        new.to_peer()
+        new.from_peer(new.peer.accept_stream(1))  # OPEN_OK on the new session
+        return transport
+
+    return asyncio.run(run())
+
+
+def test_a_moved_stream_reads_again_whatever_its_old_session_left_it_at() -> None:
+    assert moved(old_early=0, new_early=0, old_paused=False).reading
+    assert moved(old_early=0, new_early=64, old_paused=False).reading  # paused there
+    assert moved(old_early=64, new_early=64, old_paused=True).reading  # output full there

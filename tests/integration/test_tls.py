@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 
 import pytest
@@ -99,8 +100,30 @@ async def test_mutual_tls_refuses_client_without_certificate(make_tunnel, echo_b
     assert echo_backend.accepted == 0
 
 
+async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An echo backend that reads as the slow reader does (naps; its listening socket has a
+    small receive buffer, see slow_readers), so that the dialing side's writes to it stay
+    partial too: in LISTEN mode the client's link payloads go to the backend, the server's
+    to the application."""
+    reads = 0
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(32 * 1024):
+            writer.write(data)
+            await writer.drain()
+            reads += 1
+            if reads % 8 == 0:
+                await asyncio.sleep(0.002)
+        writer.write_eof()
+    writer.close()
+
+
 async def slow_readers(mode: aiowstunnel.Mode, ca: trustme.CA) -> None:
-    backend = await start_backend()
+    backend = await start_backend(slow_echo)
+    # Set on the listening socket, so that each connection has it from its handshake on:
+    # shrinking it on an accepted socket that early data already reached stalls the
+    # sender on a zero window (Linux), which is no test of ours.
+    for sock in backend.server.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     # 16 MiB windows: more than a socket's send buffer takes, so writes stay partial
     server = Server(LOCAL, 0, ssl=server_context(ca, False), window=16 << 20)
     await server.listen()
