@@ -1,0 +1,88 @@
+# An experiment script (benchmarks/README.md, docs/performance.md).
+"""Both tunnel ends in one process: a library Server and a CONNECT Client on uvloop, with
+run.py's echo backend and its driver (connect or rtt) as subprocesses, so that a profiler or
+callgrind sees both daemons' work and nothing else. Prints the driver's result and the CPU
+time of this process per operation; --profile adds cProfile's table and Python calls per op.
+usage: inproc.py [--scen connect|rtt] [--count N] [--profile] [--sort tottime|cumtime] [--top N]
+Run with the venv's python from outside the checkout (or with the package to measure first on
+PYTHONPATH): the copy it imports is printed first.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import random
+import subprocess
+import sys
+import time
+
+import uvloop
+
+import aiowstunnel
+from aiowstunnel.client import Client
+from aiowstunnel.server import Server
+
+RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "run.py")
+ap = argparse.ArgumentParser()
+ap.add_argument("--scen", choices=["connect", "rtt"], default="connect")
+ap.add_argument("--count", type=int, default=1000)
+ap.add_argument("--profile", action="store_true")
+ap.add_argument("--sort", default="tottime")
+ap.add_argument("--top", type=int, default=40)
+a = ap.parse_args()
+
+
+def port() -> int:
+    return random.randint(20000, 29999)  # run.py's range; a clash fails loudly
+
+
+async def main() -> None:
+    print(aiowstunnel.__file__, flush=True)
+    bport, tport, lport = port(), port(), port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    backend = subprocess.Popen([sys.executable, RUN, "backend", "--port", str(bport)], **quiet)
+    server = Server("127.0.0.1", tport)
+    server.start()
+    client = Client(aiowstunnel.CONNECT, "127.0.0.1", tport, "127.0.0.1", lport, "127.0.0.1", bport)
+    client.start()
+    try:
+        await client.wait_up(10)
+        for _ in range(100):  # until the backend answers through the tunnel
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+                writer.write(b"c")
+                ok = await asyncio.wait_for(reader.read(1), 1) == b"c"
+                writer.close()
+                if ok:
+                    break
+            except (OSError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+        profile = cProfile.Profile() if a.profile else None
+        started = time.process_time()
+        if profile:
+            profile.enable()
+        args = [RUN, "client", a.scen, "--port", str(lport), "--count", str(a.count)]
+        driver = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=subprocess.PIPE)
+        out, _ = await driver.communicate()
+        if profile:
+            profile.disable()
+        cpu = time.process_time() - started
+        result = json.loads(out.decode().split("RESULT ", 1)[1])
+        shown = {k: result[k] for k in ("per_s", "p50_us", "ok", "errors") if k in result}
+        print(shown, f"CPU per op {cpu / a.count * 1e6:.0f} us (both ends)")
+        if profile:
+            stats = pstats.Stats(profile)
+            stats.sort_stats(a.sort).print_stats(a.top)
+            calls = sum(v[1] for v in stats.stats.values())
+            print(f"Python calls per op {calls / a.count:.0f}")
+    finally:
+        await client.close(1)
+        await server.close(1)
+        backend.terminate()
+
+
+uvloop.run(main())
