@@ -566,6 +566,11 @@ async def test_rolling_restart_under_load_fails_no_connection(cluster: Cluster):
         f"served again {', '.join(f'{b:.2f}' for _, b in timings)} s after it; worst gap "
         f"{load.worst_gap() * 1000:.0f} ms, worst echo {load.worst_latency() * 1000:.0f} ms"
     )
+    if failed:  # what the daemons said about resets and refusals, for whoever reads the run
+        for daemon in cluster.clients + cluster.servers:
+            for line in daemon.log_text().splitlines():
+                if any(word in line for word in ("reset", "refused", "moved", "held")):
+                    print(f"{daemon.log_path.parent.name}: {line[:300]}")
     assert not failed, failed[:5]
     assert total > 200
 
