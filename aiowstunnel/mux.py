@@ -65,6 +65,12 @@ _PEER_SENDS_NO_MORE = frozenset((StreamState.HALF_CLOSED_REMOTE, StreamState.CLO
 _FIN_UNSENT = frozenset((StreamState.OPENING, StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
 
 
+def _may_send(machine: StreamMachine) -> bool:
+    """DATA may go out on the stream, credit permitting: it is open, or it is ours and
+    opening with early data (``early`` is zeroed at OPEN_OK)."""
+    return machine.state in _SENDS_DATA or machine.early > 0
+
+
 class StreamMachine:
     """The protocol state of one stream: its state and both credit windows."""
 
@@ -160,10 +166,7 @@ class Mux:
         """We may send DATA on the stream now, credit permitting: it is open, or ours and
         opening with early data (protocol.md, Early data)."""
         machine = self._streams.get(stream_id)
-        return machine is not None and (
-            machine.state in _SENDS_DATA
-            or (machine.early > 0 and machine.state is StreamState.OPENING)
-        )
+        return machine is not None and _may_send(machine)
 
     def fin_unsent(self, stream_id: int) -> bool:
         """We may still send FIN on the stream (it is known and we have not sent one)."""
@@ -173,11 +176,7 @@ class Mux:
     def credit(self, stream_id: int) -> int:
         """What we may send on the stream now."""
         machine = self._streams.get(stream_id)
-        if machine is None:
-            return 0
-        if machine.state not in _SENDS_DATA and not (
-            machine.early > 0 and machine.state is StreamState.OPENING
-        ):
+        if machine is None or not _may_send(machine):
             return 0
         return machine.send_window.available
 
@@ -259,9 +258,7 @@ class Mux:
         builds them straight into WebSocket frames, without a message object).
         """
         machine = self._streams[stream_id]
-        if machine.state not in _SENDS_DATA and not (
-            machine.early > 0 and machine.state is StreamState.OPENING
-        ):
+        if not _may_send(machine):
             machine.move(Move.SEND_DATA, by_peer=False)  # raises: illegal in this state
         window = machine.send_window
         n = min(size, window.available)
